@@ -1,0 +1,206 @@
+package arm
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Defaults applied by New to zero fields of Config.
+const (
+	DefaultOperationDuration = time.Second
+	DefaultPollInterval      = time.Second
+	DefaultTokenLifetime     = time.Hour
+	// DefaultMaxRoutes is Azure's default number of routes per route table.
+	DefaultMaxRoutes = 400
+	// MaxIPConfigsPerNIC is Azure's limit of ipConfigurations per network
+	// interface.
+	MaxIPConfigsPerNIC = 256
+)
+
+// Config describes the simulated subscription: one resource group with one
+// virtual network, one subnet, one route table associated with the subnet
+// and a set of network interfaces.
+type Config struct {
+	SubscriptionID, ResourceGroup, Location string
+	VNetName                                string
+	VNetPrefixes                            []netip.Prefix
+	SubnetName                              string
+	Subnet                                  netip.Prefix
+	// RouteTableName is created empty at start and associated with the subnet.
+	RouteTableName string
+	// NICs are created at start, each with one primary Static ipConfiguration
+	// named "ipconfig1".
+	NICs []NICSpec
+	// OperationDuration is how long a long-running operation reports
+	// InProgress (default 1s).
+	OperationDuration time.Duration
+	// PollInterval is advertised on long-running operation responses: as
+	// Retry-After in whole seconds when it is at least one second, else as
+	// retry-after-ms (default 1s).
+	PollInterval time.Duration
+	// Throttle configures the per-subscription token buckets; zero fields take
+	// Azure's defaults.
+	Throttle Throttle
+	// StaticToken is a bearer token accepted in addition to issued ones
+	// ("" = none).
+	StaticToken string
+	// TokenLifetime is the lifetime of tokens from IssueToken (default 1h).
+	TokenLifetime time.Duration
+	// MaxRoutes caps the routes of one route table (default 400).
+	MaxRoutes int
+	// Faults are the faults active from the start.
+	Faults Faults
+	Logger *slog.Logger
+}
+
+// NICSpec is a network interface created at start.
+type NICSpec struct {
+	Name, VMName string
+	MAC          net.HardwareAddr
+	Primary      netip.Addr
+}
+
+// Throttle holds the sizes and refill rates (tokens per second) of the
+// per-subscription token buckets for reads, writes and deletes.
+type Throttle struct {
+	ReadBucket, WriteBucket, DeleteBucket int
+	ReadRefill, WriteRefill, DeleteRefill float64
+}
+
+// withDefaults fills zero fields with Azure's documented limits: reads 250
+// refilled at 25/s, writes and deletes 200 refilled at 10/s.
+func (t Throttle) withDefaults() Throttle {
+	if t.ReadBucket == 0 {
+		t.ReadBucket = 250
+	}
+	if t.ReadRefill == 0 {
+		t.ReadRefill = 25
+	}
+	if t.WriteBucket == 0 {
+		t.WriteBucket = 200
+	}
+	if t.WriteRefill == 0 {
+		t.WriteRefill = 10
+	}
+	if t.DeleteBucket == 0 {
+		t.DeleteBucket = 200
+	}
+	if t.DeleteRefill == 0 {
+		t.DeleteRefill = 10
+	}
+	return t
+}
+
+// withDefaults returns a copy of cfg with defaults set and validates it.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.OperationDuration == 0 {
+		cfg.OperationDuration = DefaultOperationDuration
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.TokenLifetime == 0 {
+		cfg.TokenLifetime = DefaultTokenLifetime
+	}
+	if cfg.MaxRoutes == 0 {
+		cfg.MaxRoutes = DefaultMaxRoutes
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Throttle = cfg.Throttle.withDefaults()
+	return cfg, cfg.validate()
+}
+
+func (cfg Config) validate() error {
+	var errs []error
+	for name, v := range map[string]string{
+		"subscription id": cfg.SubscriptionID, "resource group": cfg.ResourceGroup,
+		"location": cfg.Location, "vnet name": cfg.VNetName, "subnet name": cfg.SubnetName,
+		"route table name": cfg.RouteTableName,
+	} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is empty", name))
+		} else if strings.ContainsAny(v, "/?#") {
+			errs = append(errs, fmt.Errorf("%s %q contains a reserved character", name, v))
+		}
+	}
+	if cfg.OperationDuration < 0 || cfg.PollInterval < time.Millisecond || cfg.TokenLifetime < 0 {
+		errs = append(errs, errors.New("operation duration, poll interval (at least 1ms) and token lifetime must be positive"))
+	}
+	if cfg.MaxRoutes < 0 {
+		errs = append(errs, fmt.Errorf("max routes %d is negative", cfg.MaxRoutes))
+	}
+	t := cfg.Throttle
+	if t.ReadBucket < 0 || t.WriteBucket < 0 || t.DeleteBucket < 0 || t.ReadRefill < 0 || t.WriteRefill < 0 || t.DeleteRefill < 0 {
+		errs = append(errs, errors.New("throttle buckets and refill rates must not be negative"))
+	}
+	if len(cfg.VNetPrefixes) == 0 {
+		errs = append(errs, errors.New("vnet has no address prefixes"))
+	}
+	for _, p := range cfg.VNetPrefixes {
+		if !p.IsValid() || !p.Addr().Is4() || p.Masked() != p {
+			errs = append(errs, fmt.Errorf("vnet prefix %s is not a canonical IPv4 prefix", p))
+		}
+	}
+	errs = append(errs, cfg.validateSubnet()...)
+	errs = append(errs, cfg.validateNICs()...)
+	if err := cfg.Faults.validate(); err != nil {
+		errs = append(errs, fmt.Errorf("faults: %w", err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("invalid arm config: %w", err)
+	}
+	return nil
+}
+
+func (cfg Config) validateSubnet() []error {
+	s := cfg.Subnet
+	if !s.IsValid() || !s.Addr().Is4() || s.Masked() != s {
+		return []error{fmt.Errorf("subnet %s is not a canonical IPv4 prefix", s)}
+	}
+	if s.Bits() > 29 {
+		return []error{fmt.Errorf("subnet %s is smaller than /29, the smallest Azure allows", s)}
+	}
+	for _, p := range cfg.VNetPrefixes {
+		if p.Bits() <= s.Bits() && p.Contains(s.Addr()) {
+			return nil
+		}
+	}
+	return []error{fmt.Errorf("subnet %s is outside the vnet address space", s)}
+}
+
+func (cfg Config) validateNICs() []error {
+	var errs []error
+	names := map[string]bool{}
+	addrs := map[netip.Addr]bool{}
+	macs := map[string]bool{}
+	for _, n := range cfg.NICs {
+		key := strings.ToLower(n.Name)
+		switch {
+		case n.Name == "" || strings.ContainsAny(n.Name, "/?#"):
+			errs = append(errs, fmt.Errorf("nic name %q is invalid", n.Name))
+		case names[key]:
+			errs = append(errs, fmt.Errorf("nic %s is listed twice", n.Name))
+		}
+		names[key] = true
+		if len(n.MAC) != 6 {
+			errs = append(errs, fmt.Errorf("nic %s: mac %q is not a 6-byte address", n.Name, n.MAC))
+		} else if macs[n.MAC.String()] {
+			errs = append(errs, fmt.Errorf("nic %s: mac %s is used twice", n.Name, n.MAC))
+		}
+		macs[n.MAC.String()] = true
+		if !usable(cfg.Subnet, n.Primary) {
+			errs = append(errs, fmt.Errorf("nic %s: primary %s is not a usable address of subnet %s", n.Name, n.Primary, cfg.Subnet))
+		} else if addrs[n.Primary] {
+			errs = append(errs, fmt.Errorf("nic %s: primary %s is used twice", n.Name, n.Primary))
+		}
+		addrs[n.Primary] = true
+	}
+	return errs
+}
