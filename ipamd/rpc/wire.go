@@ -1,0 +1,238 @@
+package rpc
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Version is the protocol version this package speaks, "major.minor".
+const Version = "1.0"
+
+const (
+	versionMajor = 1
+	versionMinor = 0
+)
+
+// DefaultSocketPath is where the daemon listens unless configured otherwise.
+const DefaultSocketPath = "/run/vnet-cni/ipamd.sock"
+
+// Operation names on the wire.
+const (
+	opAllocate = "allocate"
+	opRelease  = "release"
+	opCheck    = "check"
+	opGC       = "gc"
+	opStatus   = "status"
+)
+
+// Limits on identifiers, checked by the server before the handler is called.
+const (
+	maxContainerIDLen = 1024
+	maxIfNameLen      = 15 // IFNAMSIZ - 1
+	maxNameLen        = 253
+	maxNetnsLen       = 4096
+)
+
+// request is the envelope of every request, as the server decodes it.
+type request struct {
+	Version   string          `json:"version"`
+	Op        string          `json:"op"`
+	TimeoutMS int64           `json:"timeoutMs,omitempty"`
+	Body      json.RawMessage `json:"body,omitempty"`
+}
+
+// outRequest is the envelope of a request as the client encodes it.
+type outRequest struct {
+	Version   string `json:"version"`
+	Op        string `json:"op"`
+	TimeoutMS int64  `json:"timeoutMs,omitempty"`
+	Body      any    `json:"body"`
+}
+
+// response is the envelope of every response: Error or Body. The server
+// sets Body to the response value; the client sets it to a pointer to the
+// response type before decoding, so that the body is decoded in the same pass.
+type response struct {
+	Version string `json:"version"`
+	Error   *Error `json:"error,omitempty"`
+	Body    any    `json:"body,omitempty"`
+}
+
+// Attachment identifies one network attachment of a container, the key of
+// every record: CNI_CONTAINERID and CNI_IFNAME.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// AllocateRequest asks for the address of an attachment. Allocate is
+// idempotent: the same attachment gets the same address again.
+type AllocateRequest struct {
+	ContainerID  string `json:"containerID"`
+	IfName       string `json:"ifName"`
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
+	Netns        string `json:"netns,omitempty"`
+}
+
+// Assignment is an address held by an attachment, with what the plugin needs
+// to configure the pod: the pod gets IP/Subnet.Bits() and a default route via
+// Gateway.
+type Assignment struct {
+	ContainerID  string       `json:"containerID"`
+	IfName       string       `json:"ifName"`
+	PodNamespace string       `json:"podNamespace,omitempty"`
+	PodName      string       `json:"podName,omitempty"`
+	IP           netip.Addr   `json:"ip"`
+	Subnet       netip.Prefix `json:"subnet"`
+	Gateway      netip.Addr   `json:"gateway"`
+	MTU          int          `json:"mtu"`
+}
+
+// AllocateResponse carries the attachment's assignment.
+type AllocateResponse struct {
+	Assignment Assignment `json:"assignment"`
+}
+
+// ReleaseRequest releases the address of an attachment. Release is
+// idempotent: releasing an unknown attachment succeeds with Known false.
+type ReleaseRequest struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// ReleaseResponse tells whether the attachment was known, and its address.
+type ReleaseResponse struct {
+	Known bool       `json:"known"`
+	IP    netip.Addr `json:"ip,omitzero"`
+}
+
+// CheckRequest asks for the current assignment of an attachment.
+type CheckRequest struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// CheckResponse holds the assignment, nil when the attachment is unknown.
+type CheckResponse struct {
+	Assignment *Assignment `json:"assignment,omitempty"`
+}
+
+// GCRequest lists every attachment that is still valid; the daemon releases
+// all others. Valid must not be nil: an empty, non-nil list releases
+// everything, a missing list is refused.
+type GCRequest struct {
+	Valid []Attachment `json:"valid"`
+}
+
+// GCResponse lists the assignments that the collection released.
+type GCResponse struct {
+	Released []Assignment `json:"released,omitempty"`
+}
+
+// StatusRequest asks for the daemon's status. It has no fields yet.
+type StatusRequest struct{}
+
+// PoolCounts counts the node's addresses by state.
+type PoolCounts struct {
+	Free      int `json:"free"`
+	Assigned  int `json:"assigned"`
+	Cooling   int `json:"cooling"`
+	Releasing int `json:"releasing"`
+	Total     int `json:"total"`
+	Max       int `json:"max"`
+}
+
+// StatusResponse tells whether Allocate can currently succeed, and describes
+// the node's network.
+type StatusResponse struct {
+	Ready     bool           `json:"ready"`
+	Reason    string         `json:"reason,omitempty"` // why not ready
+	NodeName  string         `json:"nodeName"`
+	Pool      PoolCounts     `json:"pool"`
+	VNetCIDRs []netip.Prefix `json:"vnetCIDRs"`
+	Subnet    netip.Prefix   `json:"subnet"`
+	Gateway   netip.Addr     `json:"gateway"`
+	PrimaryIP netip.Addr     `json:"primaryIP"`
+	MTU       int            `json:"mtu"`
+}
+
+func (r AllocateRequest) validate() error {
+	if err := validateAttachment(r.ContainerID, r.IfName); err != nil {
+		return err
+	}
+	switch {
+	case len(r.PodNamespace) > maxNameLen:
+		return fmt.Errorf("pod namespace longer than %d bytes", maxNameLen)
+	case len(r.PodName) > maxNameLen:
+		return fmt.Errorf("pod name longer than %d bytes", maxNameLen)
+	case len(r.Netns) > maxNetnsLen:
+		return fmt.Errorf("netns longer than %d bytes", maxNetnsLen)
+	}
+	return nil
+}
+
+func (r ReleaseRequest) validate() error { return validateAttachment(r.ContainerID, r.IfName) }
+func (r CheckRequest) validate() error   { return validateAttachment(r.ContainerID, r.IfName) }
+func (StatusRequest) validate() error    { return nil }
+
+func (r GCRequest) validate() error {
+	if r.Valid == nil {
+		return errors.New("gc request without a list of valid attachments (send an empty list to release everything)")
+	}
+	for i, a := range r.Valid {
+		if err := validateAttachment(a.ContainerID, a.IfName); err != nil {
+			return fmt.Errorf("valid attachment %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// validateAttachment applies the CNI rules: a container ID of letters, digits,
+// '_', '.' and '-'; an interface name of at most 15 bytes without '/', ':' or
+// white space, and neither "." nor "..".
+func validateAttachment(containerID, ifName string) error {
+	if containerID == "" {
+		return errors.New("empty container id")
+	}
+	if len(containerID) > maxContainerIDLen {
+		return fmt.Errorf("container id longer than %d bytes", maxContainerIDLen)
+	}
+	for _, c := range []byte(containerID) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-'
+		if !ok {
+			return fmt.Errorf("container id %q: invalid character %q", containerID, c)
+		}
+	}
+	if ifName == "" {
+		return errors.New("empty interface name")
+	}
+	if len(ifName) > maxIfNameLen {
+		return fmt.Errorf("interface name %q longer than %d bytes", ifName, maxIfNameLen)
+	}
+	if ifName == "." || ifName == ".." {
+		return fmt.Errorf("invalid interface name %q", ifName)
+	}
+	if strings.ContainsAny(ifName, "/: \t\n\v\f\r") {
+		return fmt.Errorf("interface name %q contains '/', ':' or white space", ifName)
+	}
+	return nil
+}
+
+// parseVersion parses "major.minor".
+func parseVersion(v string) (int, int, error) {
+	ma, mi, ok := strings.Cut(v, ".")
+	if !ok {
+		return 0, 0, fmt.Errorf("protocol version %q is not major.minor", v)
+	}
+	major, err1 := strconv.ParseUint(ma, 10, 16)
+	minor, err2 := strconv.ParseUint(mi, 10, 16)
+	if err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("protocol version %q is not major.minor", v)
+	}
+	return int(major), int(minor), nil
+}
