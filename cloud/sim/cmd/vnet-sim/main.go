@@ -1,0 +1,208 @@
+// Command vnet-sim runs the simulated Azure cloud: `vnet-sim up` starts the
+// control plane, IMDS and the fabric and serves until interrupted; `down`
+// removes what a crashed run left; `faults` and `stats` talk to the admin
+// endpoint of a running simulation.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/fabric"
+)
+
+const usage = `usage:
+  vnet-sim up     [--nodes N] [--dir DIR] [--prefix P] [--lro D] [--poll D] [--static-token T] [--no-fabric] [--log-level L]
+  vnet-sim down   --dir DIR | --prefix P
+  vnet-sim faults --dir DIR [--set JSON]
+  vnet-sim stats  --dir DIR
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "up":
+		err = up(os.Args[2:])
+	case "down":
+		err = down(os.Args[2:])
+	case "faults":
+		err = faults(os.Args[2:])
+	case "stats":
+		err = stats(os.Args[2:])
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "vnet-sim: unknown command %q\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vnet-sim: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func up(args []string) error {
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	nodes := fs.Int("nodes", 2, "number of VMs")
+	dir := fs.String("dir", "", "directory for ca.pem and sim.json (default /run/vnet-sim/PREFIX)")
+	prefix := fs.String("prefix", "", "name prefix of this run's namespaces (default random)")
+	lro := fs.Duration("lro", time.Second, "how long a long-running operation stays InProgress")
+	poll := fs.Duration("poll", time.Second, "poll interval the API advertises for long-running operations")
+	token := fs.String("static-token", "", "a bearer token the control plane accepts besides IMDS-issued ones")
+	noFabric := fs.Bool("no-fabric", false, "run the control plane only (no namespaces)")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if *prefix == "" {
+		*prefix = randomPrefix()
+	}
+	ownDir := *dir == ""
+	if ownDir {
+		*dir = filepath.Join("/run/vnet-sim", *prefix)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	s, err := sim.Start(ctx, sim.Options{
+		Nodes: *nodes, Prefix: *prefix, Dir: *dir,
+		OperationDuration: *lro, PollInterval: *poll,
+		StaticToken: *token, NoFabric: *noFabric, Logger: logger,
+	})
+	if err != nil {
+		if ownDir {
+			_ = os.RemoveAll(*dir)
+		}
+		return err
+	}
+	d := s.Description()
+	logger.Info("vnet-sim up", "prefix", d.Prefix, "nodes", len(d.Nodes), "arm", d.ARMEndpoint, "admin", d.AdminEndpoint)
+	// The one line on stdout: where the description is. Scripts wait for it.
+	fmt.Println(filepath.Join(*dir, "sim.json"))
+	<-ctx.Done()
+	logger.Info("vnet-sim shutting down", "prefix", d.Prefix)
+	err = s.Close()
+	if ownDir {
+		err = errors.Join(err, os.RemoveAll(*dir))
+	}
+	return err
+}
+
+func randomPrefix() string {
+	return fmt.Sprintf("vs%06x", time.Now().UnixNano()&0xffffff)
+}
+
+func down(args []string) error {
+	fs := flag.NewFlagSet("down", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory of the run (reads sim.json)")
+	prefix := fs.String("prefix", "", "name prefix of the run")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *prefix == "" {
+		if *dir == "" {
+			return errors.New("down needs --dir or --prefix")
+		}
+		d, err := readDescription(*dir)
+		if err != nil {
+			return err
+		}
+		*prefix = d.Prefix
+	}
+	return fabric.Cleanup(*prefix)
+}
+
+func faults(args []string) error {
+	fs := flag.NewFlagSet("faults", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory of the run (reads sim.json)")
+	set := fs.String("set", "", "faults as JSON to install (omit to print the current ones)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	d, err := readDescription(*dir)
+	if err != nil {
+		return err
+	}
+	if *set == "" {
+		return adminCall(http.MethodGet, d.AdminEndpoint+"/faults", nil)
+	}
+	if !json.Valid([]byte(*set)) {
+		return errors.New("--set is not valid JSON")
+	}
+	return adminCall(http.MethodPut, d.AdminEndpoint+"/faults", []byte(*set))
+}
+
+func stats(args []string) error {
+	fs := flag.NewFlagSet("stats", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory of the run (reads sim.json)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	d, err := readDescription(*dir)
+	if err != nil {
+		return err
+	}
+	return adminCall(http.MethodGet, d.AdminEndpoint+"/stats", nil)
+}
+
+func readDescription(dir string) (sim.Description, error) {
+	var d sim.Description
+	if dir == "" {
+		return d, errors.New("--dir is required")
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "sim.json"))
+	if err != nil {
+		return d, fmt.Errorf("read description: %w", err)
+	}
+	if err := json.Unmarshal(data, &d); err != nil {
+		return d, fmt.Errorf("decode %s: %w", filepath.Join(dir, "sim.json"), err)
+	}
+	return d, nil
+}
+
+func adminCall(method, url string, body []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin endpoint: %w", err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("read admin response: %w", err)
+	}
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("admin endpoint answered %s: %s", resp.Status, bytes.TrimSpace(out))
+	}
+	_, err = os.Stdout.Write(out)
+	return err
+}

@@ -1,0 +1,16 @@
+package sim
+
+import (
+	"crypto/x509"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim/simca"
+)
+
+func newManagedIdentity() (azcore.TokenCredential, error) {
+	return azidentity.NewManagedIdentityCredential(nil)
+}
+
+func loadPool(path string) (*x509.CertPool, error) { return simca.LoadPool(path) }

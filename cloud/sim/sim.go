@@ -1,0 +1,465 @@
+// Package sim runs the simulated Azure cloud: the ARM network control plane
+// over HTTPS with its own CA, an admin endpoint for faults and call counts,
+// and, unless disabled, the fabric (vnet, node and internet namespaces) with
+// each node's IMDS at 169.254.169.254 and the control plane reachable from
+// inside every node at the same URL as from the host.
+package sim
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/fabric"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/simca"
+)
+
+// Options configures a simulated cloud. The zero value of every field but
+// Dir has a sensible default.
+type Options struct {
+	// Nodes is the number of VMs, each with one NIC (default 2).
+	Nodes int
+	// Prefix names every namespace of this run; default a random "vs"+6 hex.
+	Prefix string
+	// Dir receives the CA file and the description (sim.json).
+	Dir string
+	// VNet is the virtual network's address space (default 10.240.0.0/12).
+	VNet netip.Prefix
+	// Subnet is the node subnet (default 10.240.0.0/16).
+	Subnet netip.Prefix
+	// Internet is the range of the internet namespace (default 203.0.113.0/24).
+	Internet netip.Prefix
+	// Location is the Azure region name (default "westeurope").
+	Location string
+	// OperationDuration is how long a long-running operation stays
+	// InProgress (default 1s); PollInterval what the API advertises for
+	// polling it (default 1s).
+	OperationDuration time.Duration
+	PollInterval      time.Duration
+	// StaticToken is accepted by the control plane besides the tokens that
+	// IMDS issues (empty: none).
+	StaticToken string
+	// Faults are the initial injected faults.
+	Faults arm.Faults
+	// NoFabric runs the control plane alone (no namespaces, no root needed).
+	NoFabric bool
+	Logger   *slog.Logger
+}
+
+// Fixed names of the simulated resources.
+const (
+	SubscriptionID = "5e1f0000-5e1f-4000-8000-00000000c0de"
+	ResourceGroup  = "vnet-sim-rg"
+	VNetName       = "vnet-sim-vnet"
+	SubnetName     = "nodes"
+	RouteTableName = "vnet-sim-routes"
+	// Audience is the resource for which tokens are requested.
+	Audience = "https://management.azure.com/"
+)
+
+// Description is the machine-readable description of a running simulation,
+// written to Dir/sim.json.
+type Description struct {
+	Prefix         string            `json:"prefix"`
+	ARMEndpoint    string            `json:"armEndpoint"`
+	ARMAudience    string            `json:"armAudience"`
+	CAFile         string            `json:"caFile"`
+	AdminEndpoint  string            `json:"adminEndpoint"`
+	StaticToken    string            `json:"staticToken,omitempty"`
+	SubscriptionID string            `json:"subscriptionId"`
+	ResourceGroup  string            `json:"resourceGroup"`
+	Location       string            `json:"location"`
+	VNet           string            `json:"vnet"`
+	VNetPrefixes   []string          `json:"vnetPrefixes"`
+	Subnet         string            `json:"subnet"`
+	SubnetPrefix   string            `json:"subnetPrefix"`
+	Gateway        string            `json:"gateway"`
+	RouteTable     string            `json:"routeTable"`
+	VNetNetns      string            `json:"vnetNetns,omitempty"`
+	InternetNetns  string            `json:"internetNetns,omitempty"`
+	InternetHost   string            `json:"internetHost,omitempty"`
+	Nodes          []NodeDescription `json:"nodes"`
+}
+
+// NodeDescription describes one VM.
+type NodeDescription struct {
+	Name      string `json:"name"`
+	VMID      string `json:"vmId"`
+	NIC       string `json:"nic"`
+	MAC       string `json:"mac"`
+	PrimaryIP string `json:"primaryIP"`
+	Netns     string `json:"netns,omitempty"`
+}
+
+// Sim is a running simulated cloud.
+type Sim struct {
+	opts   Options
+	ca     *simca.CA
+	arm    *arm.Server
+	fab    *fabric.Fabric
+	desc   Description
+	log    *slog.Logger
+	nodes  []nodeInfo
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex // guards servers and closed
+	servers []*http.Server
+	closed  bool
+}
+
+type nodeInfo struct {
+	name    string
+	vmID    string
+	nic     string
+	mac     net.HardwareAddr
+	primary netip.Addr
+}
+
+// Start brings up a simulated cloud. Close it to remove everything.
+func Start(ctx context.Context, opts Options) (s *Sim, err error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	s = &Sim{opts: opts, log: opts.Logger}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, s.Close())
+			s = nil
+		}
+	}()
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create sim dir: %w", err)
+	}
+	if s.ca, err = simca.New("vnet-sim CA "+opts.Prefix, 30*24*time.Hour); err != nil {
+		return nil, err
+	}
+	caFile := filepath.Join(opts.Dir, "ca.pem")
+	if err := s.ca.WriteFile(caFile); err != nil {
+		return nil, err
+	}
+	s.nodes = makeNodes(opts)
+	if s.arm, err = arm.New(s.armConfig()); err != nil {
+		return nil, fmt.Errorf("control plane: %w", err)
+	}
+
+	tlsCfg, err := s.ca.ServerConfig("127.0.0.1", "localhost")
+	if err != nil {
+		return nil, err
+	}
+	armLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen for the control plane: %w", err)
+	}
+	armAddr := armLn.Addr().String()
+	s.serve(s.arm.Handler(), tls.NewListener(armLn, tlsCfg))
+	adminLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen for the admin endpoint: %w", err)
+	}
+	s.serve(s.arm.AdminHandler(), adminLn)
+
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	if !opts.NoFabric {
+		if err := s.startFabric(ctx, runCtx, armAddr, tlsCfg); err != nil {
+			return nil, err
+		}
+	}
+	s.desc = s.describe("https://"+armAddr, caFile, "http://"+adminLn.Addr().String())
+	if err := writeJSON(filepath.Join(opts.Dir, "sim.json"), s.desc); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (o *Options) setDefaults() error {
+	if o.Dir == "" {
+		return errors.New("sim: Dir is required")
+	}
+	if o.Nodes == 0 {
+		o.Nodes = 2
+	}
+	if o.Nodes < 1 || o.Nodes > 200 {
+		return fmt.Errorf("sim: nodes %d out of range 1..200", o.Nodes)
+	}
+	if o.Prefix == "" {
+		b := make([]byte, 3)
+		if _, err := rand.Read(b); err != nil {
+			return fmt.Errorf("sim: random prefix: %w", err)
+		}
+		o.Prefix = "vs" + hex.EncodeToString(b)
+	}
+	if len(o.Prefix) > 12 {
+		return fmt.Errorf("sim: prefix %q longer than 12 characters", o.Prefix)
+	}
+	if !o.VNet.IsValid() {
+		o.VNet = netip.MustParsePrefix("10.240.0.0/12")
+	}
+	if !o.Subnet.IsValid() {
+		o.Subnet = netip.MustParsePrefix("10.240.0.0/16")
+	}
+	if !o.Internet.IsValid() {
+		o.Internet = netip.MustParsePrefix("203.0.113.0/24")
+	}
+	if !o.VNet.Contains(o.Subnet.Addr()) || o.Subnet.Bits() < o.VNet.Bits() {
+		return fmt.Errorf("sim: subnet %s is not inside the vnet %s", o.Subnet, o.VNet)
+	}
+	// Azure reserves 5 addresses per subnet; the nodes take the next ones.
+	if size := 1 << (32 - o.Subnet.Bits()); size-5 < o.Nodes {
+		return fmt.Errorf("sim: subnet %s too small for %d nodes", o.Subnet, o.Nodes)
+	}
+	if o.Location == "" {
+		o.Location = "westeurope"
+	}
+	if o.OperationDuration == 0 {
+		o.OperationDuration = time.Second
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// makeNodes derives each VM's identity: NIC MACs in Microsoft's 00:0d:3a
+// range, primaries from the first address Azure hands out (.4) on.
+func makeNodes(opts Options) []nodeInfo {
+	seed := make([]byte, 2)
+	_, _ = rand.Read(seed)
+	nodes := make([]nodeInfo, opts.Nodes)
+	addr := opts.Subnet.Masked().Addr()
+	for range 4 {
+		addr = addr.Next()
+	}
+	for i := range nodes {
+		name := fmt.Sprintf("node%d", i)
+		id := make([]byte, 16)
+		_, _ = rand.Read(id)
+		id[6] = id[6]&0x0f | 0x40
+		id[8] = id[8]&0x3f | 0x80
+		nodes[i] = nodeInfo{
+			name:    name,
+			vmID:    fmt.Sprintf("%x-%x-%x-%x-%x", id[0:4], id[4:6], id[6:8], id[8:10], id[10:]),
+			nic:     name + "-nic",
+			mac:     net.HardwareAddr{0x00, 0x0d, 0x3a, seed[0], seed[1], byte(i)},
+			primary: addr,
+		}
+		addr = addr.Next()
+	}
+	return nodes
+}
+
+func (s *Sim) armConfig() arm.Config {
+	cfg := arm.Config{
+		SubscriptionID:    SubscriptionID,
+		ResourceGroup:     ResourceGroup,
+		Location:          s.opts.Location,
+		VNetName:          VNetName,
+		VNetPrefixes:      []netip.Prefix{s.opts.VNet},
+		SubnetName:        SubnetName,
+		Subnet:            s.opts.Subnet,
+		RouteTableName:    RouteTableName,
+		OperationDuration: s.opts.OperationDuration,
+		PollInterval:      s.opts.PollInterval,
+		StaticToken:       s.opts.StaticToken,
+		Faults:            s.opts.Faults,
+		Logger:            s.log,
+	}
+	for _, n := range s.nodes {
+		cfg.NICs = append(cfg.NICs, arm.NICSpec{Name: n.nic, VMName: n.name, MAC: n.mac, Primary: n.primary})
+	}
+	return cfg
+}
+
+// serve runs handler on ln until Close.
+func (s *Sim) serve(handler http.Handler, ln net.Listener) {
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+	s.mu.Lock()
+	s.servers = append(s.servers, srv)
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("sim server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+}
+
+func (s *Sim) startFabric(ctx, runCtx context.Context, armAddr string, tlsCfg *tls.Config) error {
+	topo := fabric.Topology{
+		Prefix:       s.opts.Prefix,
+		VNetPrefixes: []netip.Prefix{s.opts.VNet},
+		Subnet:       s.opts.Subnet,
+		Internet:     s.opts.Internet,
+	}
+	for _, n := range s.nodes {
+		topo.Nodes = append(topo.Nodes, fabric.Node{Name: n.name, MAC: n.mac, Primary: n.primary})
+	}
+	fab, err := fabric.Create(ctx, topo)
+	if err != nil {
+		return fmt.Errorf("fabric: %w", err)
+	}
+	s.fab = fab
+	if err := fab.Apply(ctx, s.desiredState()); err != nil {
+		return fmt.Errorf("fabric: first reconcile: %w", err)
+	}
+	for _, n := range s.nodes {
+		nsPath := fab.NodeNSPath(n.name)
+		// The control plane at the same address as on the host, so that a
+		// daemon inside the node uses the URL from the description.
+		ln, err := listenIn(nsPath, armAddr)
+		if err != nil {
+			return fmt.Errorf("control plane in node %s: %w", n.name, err)
+		}
+		s.serve(s.arm.Handler(), tls.NewListener(ln, tlsCfg))
+		ln, err = listenIn(nsPath, netip.AddrPortFrom(fabric.IMDSAddr, 80).String())
+		if err != nil {
+			return fmt.Errorf("imds in node %s: %w", n.name, err)
+		}
+		s.serve(s.imdsHandler(n), ln)
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fab.Run(runCtx, s.desiredState, s.arm.Changed())
+	}()
+	return nil
+}
+
+// desiredState derives the fabric's forwarding state from the control plane.
+func (s *Sim) desiredState() fabric.State {
+	return stateFromSnapshot(s.arm.Snapshot(), s.nodes)
+}
+
+func stateFromSnapshot(snap arm.Snapshot, nodes []nodeInfo) fabric.State {
+	vmByNIC := make(map[string]string, len(nodes))
+	for _, n := range nodes {
+		vmByNIC[n.nic] = n.name
+	}
+	var st fabric.State
+	for _, nic := range snap.NICs {
+		vm, ok := vmByNIC[nic.Name]
+		if !ok {
+			continue
+		}
+		ns := fabric.NodeState{Name: vm, IPForwarding: nic.IPForwarding}
+		if nic.Primary.IsValid() {
+			ns.IPs = append(ns.IPs, nic.Primary)
+		}
+		ns.IPs = append(ns.IPs, nic.Secondary...)
+		st.Nodes = append(st.Nodes, ns)
+	}
+	for _, r := range snap.Routes {
+		if r.NextHopType == "VirtualAppliance" && r.NextHop.IsValid() {
+			st.Routes = append(st.Routes, fabric.Route{Prefix: r.Prefix, NextHop: r.NextHop})
+		}
+	}
+	return st
+}
+
+func (s *Sim) describe(armURL, caFile, adminURL string) Description {
+	d := Description{
+		Prefix:         s.opts.Prefix,
+		ARMEndpoint:    armURL,
+		ARMAudience:    Audience,
+		CAFile:         caFile,
+		AdminEndpoint:  adminURL,
+		StaticToken:    s.opts.StaticToken,
+		SubscriptionID: SubscriptionID,
+		ResourceGroup:  ResourceGroup,
+		Location:       s.opts.Location,
+		VNet:           VNetName,
+		VNetPrefixes:   []string{s.opts.VNet.String()},
+		Subnet:         SubnetName,
+		SubnetPrefix:   s.opts.Subnet.String(),
+		Gateway:        s.opts.Subnet.Masked().Addr().Next().String(),
+		RouteTable:     RouteTableName,
+	}
+	if s.fab != nil {
+		d.VNetNetns = s.fab.VNetNSPath()
+		d.InternetNetns = s.fab.InternetNSPath()
+		d.InternetHost = s.fab.InternetHost().String()
+	}
+	for _, n := range s.nodes {
+		nd := NodeDescription{Name: n.name, VMID: n.vmID, NIC: n.nic, MAC: n.mac.String(), PrimaryIP: n.primary.String()}
+		if s.fab != nil {
+			nd.Netns = s.fab.NodeNSPath(n.name)
+		}
+		d.Nodes = append(d.Nodes, nd)
+	}
+	return d
+}
+
+// Description returns what sim.json holds.
+func (s *Sim) Description() Description { return s.desc }
+
+// ARM returns the control plane, for tests that inspect or fault it directly.
+func (s *Sim) ARM() *arm.Server { return s.arm }
+
+// CA returns the simulation's certificate authority.
+func (s *Sim) CA() *simca.CA { return s.ca }
+
+// IMDSHandler returns the metadata service of the named node, for tests that
+// run the control plane without the fabric and serve IMDS on loopback.
+func (s *Sim) IMDSHandler(node string) (http.Handler, bool) {
+	for _, n := range s.nodes {
+		if n.name == node {
+			return s.imdsHandler(n), true
+		}
+	}
+	return nil, false
+}
+
+// Fabric returns the data plane, nil with NoFabric.
+func (s *Sim) Fabric() *fabric.Fabric { return s.fab }
+
+// Close stops every server and removes the fabric. It is idempotent.
+func (s *Sim) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	servers := s.servers
+	s.mu.Unlock()
+
+	if s.cancel != nil {
+		s.cancel()
+	}
+	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, srv := range servers {
+		if err := srv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down server: %w", err))
+			_ = srv.Close()
+		}
+	}
+	s.wg.Wait()
+	if s.fab != nil {
+		if err := s.fab.Destroy(); err != nil {
+			errs = append(errs, fmt.Errorf("destroy fabric: %w", err))
+		}
+	}
+	if s.arm != nil {
+		s.arm.Close()
+	}
+	return errors.Join(errs...)
+}
