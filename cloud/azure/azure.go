@@ -1,0 +1,431 @@
+// Package azure is vnet-cni's Azure provider: the node identity from IMDS,
+// the NIC's secondary ipConfigurations through the armnetwork SDK (batched
+// updates with ETag/If-Match), and credentials through azidentity. Against
+// the simulated cloud only the endpoint, the CA and the credential differ.
+package azure
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	azcloud "github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
+
+	"github.com/vnet-cni/vnet-cni/cloud"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/simca"
+)
+
+// MaxIPConfigurations is Azure's limit of ipConfigurations per NIC.
+const MaxIPConfigurations = 256
+
+// ipConfigPrefix names the ipConfigurations vnet-cni creates.
+const ipConfigPrefix = "vnetcni-"
+
+// Config configures the provider.
+type Config struct {
+	// ResourceManagerEndpoint is the ARM URL (default https://management.azure.com).
+	ResourceManagerEndpoint string
+	// Audience is the token audience of ARM (default https://management.azure.com/).
+	Audience string
+	// CAFile, if set, is a PEM bundle trusted for the ARM endpoint instead of
+	// the system roots (the simulated cloud's CA).
+	CAFile string
+	// IMDSEndpoint is the instance metadata service (default http://169.254.169.254).
+	IMDSEndpoint string
+	// Credential authenticates to ARM.
+	Credential azcore.TokenCredential
+	// CallTimeout bounds every cloud operation, polling included (default 30s).
+	CallTimeout time.Duration
+	// MaxRetries is the SDK's retry count for throttled and failed requests
+	// (default 3); retries honour Retry-After.
+	MaxRetries int32
+	// PollFrequency is used when the API does not advertise a poll interval (default 1s).
+	PollFrequency time.Duration
+	Logger        *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.ResourceManagerEndpoint == "" {
+		c.ResourceManagerEndpoint = "https://management.azure.com"
+	}
+	if c.Audience == "" {
+		c.Audience = "https://management.azure.com/"
+	}
+	if c.IMDSEndpoint == "" {
+		c.IMDSEndpoint = "http://169.254.169.254"
+	}
+	if c.CallTimeout == 0 {
+		c.CallTimeout = 30 * time.Second
+	}
+	if c.MaxRetries == 0 {
+		c.MaxRetries = 3
+	}
+	if c.PollFrequency == 0 {
+		c.PollFrequency = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Provider manages the secondary addresses of the node's NIC.
+type Provider struct {
+	cfg   Config
+	node  cloud.Node
+	nics  *armnetwork.InterfacesClient
+	vnets *armnetwork.VirtualNetworksClient
+	log   *slog.Logger
+}
+
+// New discovers the node (IMDS, then the NIC whose MAC IMDS reports, then
+// its virtual network) and returns a provider for it.
+func New(ctx context.Context, cfg Config) (*Provider, error) {
+	cfg.setDefaults()
+	if cfg.Credential == nil {
+		return nil, errors.New("azure: no credential configured")
+	}
+	transport, err := armTransport(cfg.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	opts := &arm.ClientOptions{ClientOptions: policy.ClientOptions{
+		Cloud: azcloud.Configuration{Services: map[azcloud.ServiceName]azcloud.ServiceConfiguration{
+			azcloud.ResourceManager: {Endpoint: cfg.ResourceManagerEndpoint, Audience: cfg.Audience},
+		}},
+		Transport: transport,
+		Retry:     policy.RetryOptions{MaxRetries: cfg.MaxRetries},
+	}}
+
+	ictx, cancel := context.WithTimeout(ctx, cfg.CallTimeout)
+	defer cancel()
+	inst, err := readInstance(ictx, &http.Client{Transport: &http.Transport{Proxy: nil}}, cfg.IMDSEndpoint)
+	if err != nil {
+		return nil, &cloud.Error{Kind: cloud.Transient, Op: "IMDS_Instance", Err: err}
+	}
+	factory, err := armnetwork.NewClientFactory(inst.SubscriptionID, cfg.Credential, opts)
+	if err != nil {
+		return nil, fmt.Errorf("azure: client factory: %w", err)
+	}
+	p := &Provider{
+		cfg:   cfg,
+		nics:  factory.NewInterfacesClient(),
+		vnets: factory.NewVirtualNetworksClient(),
+		log:   cfg.Logger,
+	}
+	if err := p.discover(ctx, inst); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func armTransport(caFile string) (*http.Client, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if caFile != "" {
+		pool, err := simca.LoadPool(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("azure: %w", err)
+		}
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{Transport: tr}, nil
+}
+
+// discover finds the NIC that IMDS describes and the VNet's address space.
+func (p *Provider) discover(ctx context.Context, inst instance) error {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	var nic *armnetwork.Interface
+	pager := p.nics.NewListPager(inst.ResourceGroup, nil)
+	for pager.More() && nic == nil {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return classify("NetworkInterfaces_List", err)
+		}
+		for _, n := range page.Value {
+			if n.Properties != nil && normalizeMAC(deref(n.Properties.MacAddress)) == inst.MAC {
+				nic = n
+				break
+			}
+		}
+	}
+	if nic == nil {
+		return &cloud.Error{Kind: cloud.Fatal, Op: "NetworkInterfaces_List",
+			Err: fmt.Errorf("no network interface in resource group %s has MAC %s", inst.ResourceGroup, inst.MAC)}
+	}
+	primary, err := primaryConfig(nic)
+	if err != nil {
+		return &cloud.Error{Kind: cloud.Fatal, Op: "NetworkInterfaces_List", Err: err}
+	}
+	subnetID := ""
+	if primary.Properties.Subnet != nil {
+		subnetID = deref(primary.Properties.Subnet.ID)
+	}
+	vnetRG, vnetName, err := parseSubnetID(subnetID)
+	if err != nil {
+		return &cloud.Error{Kind: cloud.Fatal, Op: "NetworkInterfaces_List", Err: err}
+	}
+	vnet, err := p.vnets.Get(ctx, vnetRG, vnetName, nil)
+	if err != nil {
+		return classify("VirtualNetworks_Get", err)
+	}
+	var prefixes []netip.Prefix
+	if vnet.Properties != nil && vnet.Properties.AddressSpace != nil {
+		for _, s := range vnet.Properties.AddressSpace.AddressPrefixes {
+			pfx, err := netip.ParsePrefix(deref(s))
+			if err != nil {
+				return &cloud.Error{Kind: cloud.Fatal, Op: "VirtualNetworks_Get", Err: fmt.Errorf("bad vnet prefix %q: %w", deref(s), err)}
+			}
+			prefixes = append(prefixes, pfx.Masked())
+		}
+	}
+	if len(prefixes) == 0 {
+		return &cloud.Error{Kind: cloud.Fatal, Op: "VirtualNetworks_Get", Err: fmt.Errorf("vnet %s has no address space", vnetName)}
+	}
+	p.node = cloud.Node{
+		Provider:       "azure",
+		SubscriptionID: inst.SubscriptionID,
+		ResourceGroup:  inst.ResourceGroup,
+		Location:       inst.Location,
+		VMName:         inst.VMName,
+		VMID:           inst.VMID,
+		NICName:        deref(nic.Name),
+		NICID:          deref(nic.ID),
+		MAC:            inst.MAC,
+		PrimaryIP:      inst.PrimaryIP,
+		Subnet:         inst.Subnet,
+		SubnetID:       subnetID,
+		Gateway:        inst.Subnet.Addr().Next(),
+		VNetPrefixes:   prefixes,
+		MaxIPs:         MaxIPConfigurations,
+	}
+	return nil
+}
+
+// parseSubnetID returns the resource group and VNet name of a subnet id
+// /subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/V/subnets/N.
+func parseSubnetID(id string) (rg, vnet string, err error) {
+	parts := strings.Split(strings.Trim(id, "/"), "/")
+	if len(parts) != 10 || !strings.EqualFold(parts[2], "resourceGroups") ||
+		!strings.EqualFold(parts[6], "virtualNetworks") || !strings.EqualFold(parts[8], "subnets") {
+		return "", "", fmt.Errorf("malformed subnet id %q", id)
+	}
+	return parts[3], parts[7], nil
+}
+
+func primaryConfig(nic *armnetwork.Interface) (*armnetwork.InterfaceIPConfiguration, error) {
+	if nic.Properties == nil {
+		return nil, fmt.Errorf("network interface %s has no properties", deref(nic.Name))
+	}
+	for _, c := range nic.Properties.IPConfigurations {
+		if c != nil && c.Properties != nil && deref(c.Properties.Primary) {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("network interface %s has no primary ipConfiguration", deref(nic.Name))
+}
+
+// Node returns the node identity found at start.
+func (p *Provider) Node() cloud.Node { return p.node }
+
+// NIC reads the NIC's current addresses.
+func (p *Provider) NIC(ctx context.Context) (cloud.NIC, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	nic, _, err := p.get(ctx)
+	if err != nil {
+		return cloud.NIC{}, err
+	}
+	return nicState(nic), nil
+}
+
+func (p *Provider) get(ctx context.Context) (*armnetwork.Interface, string, error) {
+	resp, err := p.nics.Get(ctx, p.node.ResourceGroup, p.node.NICName, nil)
+	if err != nil {
+		return nil, "", classify("NetworkInterfaces_Get", err)
+	}
+	return &resp.Interface, deref(resp.Etag), nil
+}
+
+func nicState(nic *armnetwork.Interface) cloud.NIC {
+	var st cloud.NIC
+	if nic.Properties == nil {
+		return st
+	}
+	st.IPForwarding = deref(nic.Properties.EnableIPForwarding)
+	for _, c := range nic.Properties.IPConfigurations {
+		if c == nil || c.Properties == nil {
+			continue
+		}
+		ip, err := netip.ParseAddr(deref(c.Properties.PrivateIPAddress))
+		if err != nil {
+			continue
+		}
+		if deref(c.Properties.Primary) {
+			st.Primary = ip
+		} else {
+			st.Secondary = append(st.Secondary, ip)
+		}
+	}
+	slices.SortFunc(st.Secondary, func(a, b netip.Addr) int { return a.Compare(b) })
+	return st
+}
+
+// maxConflictRetries bounds re-reads after a concurrent writer changed the NIC.
+const maxConflictRetries = 4
+
+// AddIPs adds n secondary ipConfigurations with addresses chosen by the cloud,
+// in one NIC update, and returns the new addresses.
+func (p *Provider) AddIPs(ctx context.Context, n int) ([]netip.Addr, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	const op = "NetworkInterfaces_CreateOrUpdate"
+	for attempt := 0; ; attempt++ {
+		nic, etag, err := p.get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if have := len(nic.Properties.IPConfigurations); have+n > MaxIPConfigurations {
+			return nil, &cloud.Error{Kind: cloud.NICLimit, Op: op,
+				Err: fmt.Errorf("nic %s holds %d of %d ipConfigurations, cannot add %d", p.node.NICName, have, MaxIPConfigurations, n)}
+		}
+		primary, err := primaryConfig(nic)
+		if err != nil {
+			return nil, &cloud.Error{Kind: cloud.Fatal, Op: op, Err: err}
+		}
+		names := make(map[string]bool, n)
+		for range n {
+			name, err := newConfigName()
+			if err != nil {
+				return nil, err
+			}
+			names[name] = true
+			nic.Properties.IPConfigurations = append(nic.Properties.IPConfigurations, &armnetwork.InterfaceIPConfiguration{
+				Name: to.Ptr(name),
+				Properties: &armnetwork.InterfaceIPConfigurationPropertiesFormat{
+					Primary:                   to.Ptr(false),
+					PrivateIPAllocationMethod: to.Ptr(armnetwork.IPAllocationMethodDynamic),
+					PrivateIPAddressVersion:   to.Ptr(armnetwork.IPVersionIPv4),
+					Subnet:                    &armnetwork.Subnet{ID: primary.Properties.Subnet.ID},
+				},
+			})
+		}
+		updated, err := p.put(ctx, nic, etag)
+		if err != nil {
+			if cloud.KindOf(err) == cloud.Conflict && attempt < maxConflictRetries {
+				p.log.Debug("nic changed concurrently, re-reading", "nic", p.node.NICName, "attempt", attempt+1)
+				continue
+			}
+			return nil, err
+		}
+		var added []netip.Addr
+		for _, c := range updated.Properties.IPConfigurations {
+			if c == nil || c.Properties == nil || !names[deref(c.Name)] {
+				continue
+			}
+			ip, err := netip.ParseAddr(deref(c.Properties.PrivateIPAddress))
+			if err != nil {
+				return nil, &cloud.Error{Kind: cloud.Fatal, Op: op, Err: fmt.Errorf("ipConfiguration %s has no address: %w", deref(c.Name), err)}
+			}
+			added = append(added, ip)
+		}
+		if len(added) != n {
+			return added, &cloud.Error{Kind: cloud.Transient, Op: op, Err: fmt.Errorf("asked for %d addresses, the nic shows %d new ones", n, len(added))}
+		}
+		slices.SortFunc(added, func(a, b netip.Addr) int { return a.Compare(b) })
+		return added, nil
+	}
+}
+
+// RemoveIPs removes the secondary ipConfigurations holding ips in one NIC
+// update. Addresses not on the NIC are ignored; the primary is never removed.
+func (p *Provider) RemoveIPs(ctx context.Context, ips []netip.Addr) error {
+	if len(ips) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	drop := make(map[netip.Addr]bool, len(ips))
+	for _, ip := range ips {
+		drop[ip] = true
+	}
+	for attempt := 0; ; attempt++ {
+		nic, etag, err := p.get(ctx)
+		if err != nil {
+			return err
+		}
+		keep := nic.Properties.IPConfigurations[:0:0]
+		for _, c := range nic.Properties.IPConfigurations {
+			if c != nil && c.Properties != nil && !deref(c.Properties.Primary) {
+				if ip, err := netip.ParseAddr(deref(c.Properties.PrivateIPAddress)); err == nil && drop[ip] {
+					continue
+				}
+			}
+			keep = append(keep, c)
+		}
+		if len(keep) == len(nic.Properties.IPConfigurations) {
+			return nil
+		}
+		nic.Properties.IPConfigurations = keep
+		if _, err := p.put(ctx, nic, etag); err != nil {
+			if cloud.KindOf(err) == cloud.Conflict && attempt < maxConflictRetries {
+				continue
+			}
+			return err
+		}
+		return nil
+	}
+}
+
+// put writes the whole NIC with If-Match and waits for the operation.
+func (p *Provider) put(ctx context.Context, nic *armnetwork.Interface, etag string) (*armnetwork.Interface, error) {
+	const op = "NetworkInterfaces_CreateOrUpdate"
+	// The precondition belongs to the PUT only, not to the polls after it.
+	putCtx := ctx
+	if etag != "" {
+		putCtx = policy.WithHTTPHeader(ctx, http.Header{"If-Match": []string{etag}})
+	}
+	poller, err := p.nics.BeginCreateOrUpdate(putCtx, p.node.ResourceGroup, p.node.NICName, *nic, nil)
+	if err != nil {
+		return nil, classify(op, err)
+	}
+	resp, err := poller.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: p.cfg.PollFrequency})
+	if err != nil {
+		return nil, classify(op, err)
+	}
+	return &resp.Interface, nil
+}
+
+func newConfigName() (string, error) {
+	b := make([]byte, 5)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("random ipConfiguration name: %w", err)
+	}
+	return ipConfigPrefix + hex.EncodeToString(b), nil
+}
+
+// deref returns *p, or the zero value for nil: the SDK models are all pointers.
+func deref[T any](p *T) T {
+	if p == nil {
+		var zero T
+		return zero
+	}
+	return *p
+}
