@@ -1,0 +1,99 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// NodeConfig is the whole wanted datapath of a node.
+type NodeConfig struct {
+	Bridge BridgeConfig
+	// VNetPrefixes is the address space of the virtual network.
+	VNetPrefixes []netip.Prefix
+	// SNATExclusions are the destinations that pods reach with their own
+	// address; nil means VNetPrefixes. Everything else is masqueraded to
+	// the node's primary IP.
+	SNATExclusions []netip.Prefix
+	// DisableSNAT leaves pod traffic untranslated (and removes the ip table).
+	DisableSNAT bool
+	// Pods maps pod addresses to the MACs of their interfaces. Unless
+	// SyncPods is set they are added to the pods already registered; with
+	// SyncPods they are the complete list and the others are removed.
+	Pods     map[netip.Addr]net.HardwareAddr
+	SyncPods bool
+}
+
+// NodeInfo is what EnsureNode reached.
+type NodeInfo struct {
+	Bridge BridgeInfo
+	// NFTChanges counts the nftables changes made: tables rebuilt and set
+	// elements added or removed. 0 when everything was in place.
+	NFTChanges int
+}
+
+// ErrConfig is wrapped by errors about an invalid configuration.
+var ErrConfig = errors.New("invalid datapath configuration")
+
+// EnsureNode reconciles the node: the bridge (see EnsureBridge), IPv4
+// forwarding when SNAT is on, and the nftables tables, rebuilt in one
+// transaction when a chain, rule or set differs from the wanted one and
+// otherwise only corrected element by element. When everything is in place
+// it only reads, without taking the lock; the plugin calls it on every ADD.
+func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error) {
+	exclude := cfg.SNATExclusions
+	if exclude == nil {
+		exclude = cfg.VNetPrefixes
+	}
+	exclude = normalPrefixes(exclude)
+	if !cfg.DisableSNAT && len(exclude) == 0 {
+		return NodeInfo{}, fmt.Errorf("%w: snat needs the vnet prefixes or explicit exclusions", ErrConfig)
+	}
+	for ip, mac := range cfg.Pods {
+		if !ip.Is4() || len(mac) != 6 {
+			return NodeInfo{}, fmt.Errorf("%w: pod %s with mac %s: want an ipv4 address and an ethernet mac", ErrConfig, ip, mac)
+		}
+	}
+	// The nftables read does not depend on the bridge: overlap the two.
+	var raw nftRaw
+	var rawErr error
+	fetched := make(chan struct{})
+	go func() {
+		defer close(fetched)
+		raw, rawErr = n.fetchNFT()
+	}()
+	br, err := n.EnsureBridge(ctx, cfg.Bridge)
+	<-fetched
+	if err != nil {
+		return NodeInfo{}, err
+	}
+	if rawErr != nil {
+		return NodeInfo{Bridge: br}, rawErr
+	}
+	info := NodeInfo{Bridge: br}
+	if !br.PrimaryIP.IsValid() && !cfg.DisableSNAT {
+		return info, fmt.Errorf("bridge %s has no primary ipv4 address to masquerade to", br.Name)
+	}
+	if !cfg.DisableSNAT {
+		// Pod traffic leaving the VNet is routed by the node (see the
+		// snat rule in buildTables).
+		if err := n.ensureSysctl("net/ipv4/ip_forward", "1"); err != nil {
+			return info, err
+		}
+	}
+	spec := nftSpec{
+		master:    br.Master,
+		masterMAC: br.MAC, // pinned to the master's
+		bridgeMAC: br.MAC,
+		primary:   br.PrimaryIP,
+		snat:      !cfg.DisableSNAT,
+		exclude:   exclude,
+	}
+	for _, p := range br.Addrs {
+		spec.nodeIPs = append(spec.nodeIPs, p.Addr())
+	}
+	info.NFTChanges, err = n.reconcileNFT(ctx, spec, raw, cfg.Pods, cfg.SyncPods, br.Index)
+	return info, err
+}

@@ -1,0 +1,307 @@
+package bridge
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is the name of both tables owned by vnet-cni: one of family
+// bridge (MAC and ARP handling towards the fabric) and one of family ip
+// (SNAT).
+const TableName = "vnet-cni"
+
+// podSet is the name of the set of pod addresses in both tables: a map
+// ipv4_addr : ether_addr in the bridge table, a plain set in the ip table.
+const podSet = "pods"
+
+// Chain names.
+const (
+	chainPrerouting  = "prerouting"
+	chainPostrouting = "postrouting"
+)
+
+// nftSpec is everything the rules depend on, except the pods (which are
+// set elements, changed without touching the rules).
+type nftSpec struct {
+	master    string
+	masterMAC net.HardwareAddr
+	bridgeMAC net.HardwareAddr
+	nodeIPs   []netip.Addr // the bridge's addresses
+	primary   netip.Addr   // SNAT target
+	snat      bool
+	exclude   []netip.Prefix // destinations never masqueraded; sorted, masked
+}
+
+// wantRule is one rule with the comment that explains it.
+type wantRule struct {
+	note  string
+	exprs []expr.Any
+}
+
+type wantChain struct {
+	chain *nftables.Chain
+	rules []wantRule
+}
+
+// wantTable is one table as vnet-cni wants it. Its only set is podSet;
+// isMap says whether it maps to ether addresses.
+type wantTable struct {
+	table  *nftables.Table
+	isMap  bool
+	chains []wantChain
+}
+
+func (w wantTable) podSet() *nftables.Set {
+	s := &nftables.Set{Table: w.table, Name: podSet, KeyType: nftables.TypeIPAddr}
+	if w.isMap {
+		s.IsMap = true
+		s.DataType = nftables.TypeEtherAddr
+	}
+	return s
+}
+
+// Protocol numbers and offsets used below.
+const (
+	etherTypeIP  = unix.ETH_P_IP
+	etherTypeARP = unix.ETH_P_ARP
+
+	arpRequest = 1
+	arpReply   = 2
+
+	// Offsets in an Ethernet/IPv4 ARP packet.
+	arpSHA = 8
+	arpTHA = 18
+	arpTPA = 24
+
+	ipSrc = 12
+	ipDst = 16
+)
+
+// arpEthIPv4 is the fixed start of an Ethernet/IPv4 ARP packet: hardware
+// type 1, protocol 0x0800, address lengths 6 and 4.
+var arpEthIPv4 = []byte{0x00, 0x01, 0x08, 0x00, 0x06, 0x04}
+
+// buildTables computes the wanted tables. In nft syntax, with eth0 as the
+// master and 02:00:00:00:00:01 as its (and the bridge's) MAC:
+//
+//	table bridge vnet-cni {
+//	  map pods { type ipv4_addr : ether_addr }
+//	  chain prerouting { type filter hook prerouting priority -300
+//	    # fabric -> pod: the fabric sends pod traffic to the NIC's MAC
+//	    iifname eth0 ether type ip ether daddr set ip daddr map @pods meta pkttype set other-host
+//	    # ARP replies to a pod's request (asked with the NIC's MAC) go to that pod
+//	    iifname eth0 arp operation reply ether daddr set arp daddr ip map @pods arp daddr ether set (same) meta pkttype set other-host
+//	    # with SNAT: pod traffic leaving the VNet is handed to the node's IP stack
+//	    iifname != eth0 ether type ip ether daddr & 01:.. == 0 ip saddr @pods ip daddr != { exclusions } ether daddr set 02:00:00:00:00:01 meta pkttype set host
+//	  }
+//	  chain postrouting { type filter hook postrouting priority 300
+//	    # pods asking for the node's own address: the node answers, the fabric need not
+//	    oifname eth0 ether saddr != 02:00:00:00:00:01 arp operation request arp daddr ip <node ip> drop
+//	    # ARP for a pod of this node is answered on the bridge
+//	    oifname eth0 arp operation request arp daddr ip @pods drop
+//	    # the fabric accepts only the NIC's MAC
+//	    oifname eth0 ether saddr set 02:00:00:00:00:01
+//	    oifname eth0 arp saddr ether set 02:00:00:00:00:01
+//	  }
+//	}
+//	table ip vnet-cni {            # only with SNAT
+//	  set pods { type ipv4_addr }
+//	  chain postrouting { type nat hook postrouting priority 100
+//	    ip saddr @pods ip daddr != { exclusions } snat to <primary>
+//	  }
+//	}
+func buildTables(s nftSpec) []wantTable {
+	accept := nftables.ChainPolicyAccept
+	bt := &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
+	fromMaster := ifnameIs(expr.MetaKeyIIFNAME, s.master, true)
+	toMaster := ifnameIs(expr.MetaKeyOIFNAME, s.master, true)
+
+	pre := wantChain{chain: &nftables.Chain{
+		Name: chainPrerouting, Table: bt, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-300), Policy: &accept,
+	}}
+	pre.add("fabric to pod: destination mac of the pod owning the ip",
+		fromMaster, etherTypeIs(etherTypeIP),
+		loadNet(ipDst, 4), lookupMAC(),
+		writeLL(0), setPktType(unix.PACKET_OTHERHOST))
+	pre.add("arp reply from the fabric to the asking pod",
+		fromMaster, arpOp(arpReply),
+		loadNet(arpTPA, 4), lookupMAC(),
+		writeLL(0), writeNet(arpTHA, 6), setPktType(unix.PACKET_OTHERHOST))
+	if s.snat {
+		pre.add("pod to outside the vnet: route through the node for snat",
+			ifnameIs(expr.MetaKeyIIFNAME, s.master, false), etherTypeIs(etherTypeIP),
+			// unicast destinations only
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 0, Len: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x01}, Xor: []byte{0x00}},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x00}},
+			loadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSet},
+			notInPrefixes(s.exclude),
+			&expr.Immediate{Register: 1, Data: s.bridgeMAC}, writeLL(0),
+			setPktType(unix.PACKET_HOST))
+	}
+
+	post := wantChain{chain: &nftables.Chain{
+		Name: chainPostrouting, Table: bt, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(300), Policy: &accept,
+	}}
+	// The bridge postrouting hook has no input interface, so pods' frames
+	// are told from the node's own by their source MAC (the node's is the
+	// NIC's, rewritten only by the rules below).
+	for _, ip := range s.nodeIPs {
+		post.add("arp from pods for the node's address "+ip.String()+" is answered by the node",
+			toMaster,
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: s.masterMAC},
+			arpOp(arpRequest),
+			loadNet(arpTPA, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ip.AsSlice()},
+			&expr.Verdict{Kind: expr.VerdictDrop})
+	}
+	post.add("arp for a pod of this node is answered on the bridge",
+		toMaster, arpOp(arpRequest),
+		loadNet(arpTPA, 4), &expr.Lookup{SourceRegister: 1, SetName: podSet},
+		&expr.Verdict{Kind: expr.VerdictDrop})
+	post.add("to the fabric: source mac of the nic",
+		toMaster, &expr.Immediate{Register: 1, Data: s.masterMAC}, writeLL(6))
+	post.add("to the fabric: arp sender mac of the nic",
+		toMaster, isARP(), &expr.Immediate{Register: 1, Data: s.masterMAC}, writeNet(arpSHA, 6))
+
+	tables := []wantTable{{table: bt, isMap: true, chains: []wantChain{pre, post}}}
+	if !s.snat {
+		return tables
+	}
+
+	it := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+	nat := wantChain{chain: &nftables.Chain{
+		Name: chainPostrouting, Table: it, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept,
+	}}
+	nat.add("pod to outside the vnet: snat to the node's primary ip",
+		loadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSet},
+		notInPrefixes(s.exclude),
+		&expr.Immediate{Register: 1, Data: s.primary.AsSlice()},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1})
+	return append(tables, wantTable{table: it, chains: []wantChain{nat}})
+}
+
+// add appends a rule; parts are expressions or groups of them.
+func (c *wantChain) add(note string, parts ...any) {
+	c.rules = append(c.rules, wantRule{note: note, exprs: flatten(parts)})
+}
+
+// lookupMAC replaces the address in register 1 by the pod's MAC; no match
+// ends the rule.
+func lookupMAC() expr.Any {
+	return &expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: podSet}
+}
+
+// ifnameIs compares the input or output interface name.
+func ifnameIs(key expr.MetaKey, name string, eq bool) []expr.Any {
+	op := expr.CmpOpEq
+	if !eq {
+		op = expr.CmpOpNeq
+	}
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: b},
+	}
+}
+
+func etherTypeIs(t uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(t)},
+	}
+}
+
+// isARP matches Ethernet/IPv4 ARP.
+func isARP() []expr.Any {
+	return flatten([]any{etherTypeIs(etherTypeARP),
+		loadNet(0, uint32(len(arpEthIPv4))),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: arpEthIPv4}})
+}
+
+func arpOp(op uint16) []expr.Any {
+	return flatten([]any{isARP(),
+		loadNet(6, 2),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(op)}})
+}
+
+func loadNet(off, n uint32) *expr.Payload {
+	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
+}
+
+func writeLL(off uint32) *expr.Payload {
+	return &expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: off, Len: 6}
+}
+
+func writeNet(off, n uint32) *expr.Payload {
+	return &expr.Payload{OperationType: expr.PayloadWrite, SourceRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
+}
+
+func setPktType(t uint8) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: 1, Data: []byte{t}},
+		&expr.Meta{Key: expr.MetaKeyPKTTYPE, SourceRegister: true, Register: 1},
+	}
+}
+
+// notInPrefixes matches an IPv4 destination outside every prefix: the
+// address is loaded once into register 1, each prefix is checked through a
+// masked copy in register 2.
+func notInPrefixes(ps []netip.Prefix) []expr.Any {
+	if len(ps) == 0 {
+		return nil
+	}
+	e := []expr.Any{loadNet(ipDst, 4)}
+	for _, p := range ps {
+		mask := net.CIDRMask(p.Bits(), 32)
+		e = append(e,
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 2, Data: p.Masked().Addr().AsSlice()})
+	}
+	return e
+}
+
+// flatten turns the nested []expr.Any produced by the helpers above into one
+// list; it lets rules be written as a mix of single expressions and groups.
+func flatten(in []any) []expr.Any {
+	var out []expr.Any
+	for _, x := range in {
+		switch v := x.(type) {
+		case []expr.Any:
+			out = append(out, v...)
+		case expr.Any:
+			out = append(out, v)
+		default:
+			panic(fmt.Sprintf("bridge: rule part of type %T", x))
+		}
+	}
+	return out
+}
+
+// normalPrefixes masks, sorts and de-duplicates IPv4 prefixes.
+func normalPrefixes(in []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(in))
+	for _, p := range in {
+		if p.IsValid() && p.Addr().Unmap().Is4() {
+			out = append(out, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked())
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out)
+}
