@@ -83,6 +83,13 @@ func (c *Client) Status(ctx context.Context, req StatusRequest) (StatusResponse,
 	return resp, err
 }
 
+// List returns every address the daemon holds.
+func (c *Client) List(ctx context.Context, req ListRequest) (ListResponse, error) {
+	var resp ListResponse
+	err := c.call(ctx, opList, req, &resp)
+	return resp, err
+}
+
 // call makes one call on a new connection. Errors: ErrUnreachable (wrapped)
 // when the connection cannot be made, ctx's error (wrapped) when it ends
 // first, an *Error (wrapped) for an error response.

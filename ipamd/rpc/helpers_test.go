@@ -124,6 +124,18 @@ func (f *fakeHandler) Status(ctx context.Context, req rpc.StatusRequest) (rpc.St
 	return f.status(ctx, req)
 }
 
+func (f *fakeHandler) List(_ context.Context, req rpc.ListRequest) (rpc.ListResponse, error) {
+	f.record(req)
+	return listResponse(), nil
+}
+
+func listResponse() rpc.ListResponse {
+	return rpc.ListResponse{Addresses: []rpc.AddressRecord{
+		{IP: netip.MustParseAddr("10.240.0.7"), State: "assigned", ContainerID: "c1", IfName: "eth0", PodNamespace: "default", PodName: "web", Since: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
+		{IP: netip.MustParseAddr("10.240.0.8"), State: "free", Since: time.Date(2026, 1, 2, 3, 4, 6, 0, time.UTC)},
+	}}
+}
+
 // testServer is a served rpc.Server.
 type testServer struct {
 	srv    *rpc.Server

@@ -120,6 +120,13 @@ func TestRoundTrip(t *testing.T) {
 			wantReq: rpc.StatusRequest{},
 			want:    notReady,
 		},
+		{
+			name:    "list",
+			h:       &fakeHandler{},
+			call:    func(ctx context.Context, c *rpc.Client) (any, error) { return c.List(ctx, rpc.ListRequest{}) },
+			wantReq: rpc.ListRequest{},
+			want:    listResponse(),
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

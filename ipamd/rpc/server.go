@@ -42,6 +42,8 @@ type Handler interface {
 	GC(ctx context.Context, req GCRequest) (GCResponse, error)
 	// Status reports readiness, the pool and the node's network.
 	Status(ctx context.Context, req StatusRequest) (StatusResponse, error)
+	// List returns every address the daemon holds (for `vnet-ipamd status`).
+	List(ctx context.Context, req ListRequest) (ListResponse, error)
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -580,6 +582,8 @@ func (s *Server) dispatch(ctx context.Context, req request) (body any, err error
 		return handle(ctx, req, s.h.GC)
 	case opStatus:
 		return handle(ctx, req, s.h.Status)
+	case opList:
+		return handle(ctx, req, s.h.List)
 	default:
 		return nil, Errorf(CodeInvalidRequest, "unknown operation %q", req.Op)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Version is the protocol version this package speaks, "major.minor".
@@ -27,6 +28,7 @@ const (
 	opCheck    = "check"
 	opGC       = "gc"
 	opStatus   = "status"
+	opList     = "list"
 )
 
 // Limits on identifiers, checked by the server before the handler is called.
@@ -91,6 +93,10 @@ type Assignment struct {
 	Subnet       netip.Prefix `json:"subnet"`
 	Gateway      netip.Addr   `json:"gateway"`
 	MTU          int          `json:"mtu"`
+	// VNetCIDRs and PrimaryIP describe the node's network, so that the
+	// plugin needs one round trip for ADD (SNAT exclusions, bridge set-up).
+	VNetCIDRs []netip.Prefix `json:"vnetCIDRs,omitempty"`
+	PrimaryIP netip.Addr     `json:"primaryIP,omitzero"`
 }
 
 // AllocateResponse carries the attachment's assignment.
@@ -159,6 +165,33 @@ type StatusResponse struct {
 	Gateway   netip.Addr     `json:"gateway"`
 	PrimaryIP netip.Addr     `json:"primaryIP"`
 	MTU       int            `json:"mtu"`
+	// LimitReached reports that the pool wants more addresses than the NIC,
+	// maxIPs or the subnet allow.
+	LimitReached bool `json:"limitReached,omitempty"`
+	// LastCloudError is the last cloud error the pool hit, empty after a
+	// successful cloud call.
+	LastCloudError string `json:"lastCloudError,omitempty"`
+}
+
+// ListRequest asks for every address the daemon holds.
+type ListRequest struct{}
+
+// AddressRecord is one address of the pool and, when it is assigned or
+// cooling, its owner.
+type AddressRecord struct {
+	IP           netip.Addr `json:"ip"`
+	State        string     `json:"state"`
+	ContainerID  string     `json:"containerID,omitempty"`
+	IfName       string     `json:"ifName,omitempty"`
+	PodNamespace string     `json:"podNamespace,omitempty"`
+	PodName      string     `json:"podName,omitempty"`
+	// Since is when the address entered its state.
+	Since time.Time `json:"since"`
+}
+
+// ListResponse lists the addresses, sorted by IP.
+type ListResponse struct {
+	Addresses []AddressRecord `json:"addresses"`
 }
 
 func (r AllocateRequest) validate() error {
@@ -179,6 +212,7 @@ func (r AllocateRequest) validate() error {
 func (r ReleaseRequest) validate() error { return validateAttachment(r.ContainerID, r.IfName) }
 func (r CheckRequest) validate() error   { return validateAttachment(r.ContainerID, r.IfName) }
 func (StatusRequest) validate() error    { return nil }
+func (ListRequest) validate() error      { return nil }
 
 func (r GCRequest) validate() error {
 	if r.Valid == nil {
