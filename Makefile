@@ -6,7 +6,7 @@ LDFLAGS  := -s -w
 CGO_ENABLED ?= 0
 export CGO_ENABLED
 
-BINARIES := $(BIN)/vnet-sim
+BINARIES := $(BIN)/vnet-sim $(BIN)/vnet-ipamd $(BIN)/vnet-cni
 
 .PHONY: all build test lint clean
 
@@ -16,6 +16,12 @@ build: $(BINARIES)
 
 $(BIN)/vnet-sim: FORCE
 	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $@ ./cloud/sim/cmd/vnet-sim
+
+$(BIN)/vnet-ipamd: FORCE
+	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $@ ./ipamd/cmd/vnet-ipamd
+
+$(BIN)/vnet-cni: FORCE
+	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $@ ./cni/cmd/vnet-cni
 
 # The race detector needs cgo. Tests that need root skip themselves without it;
 # CI runs as root, so every tier runs there.

@@ -1,0 +1,287 @@
+// Package config is the configuration file of vnet-ipamd: one JSON document with
+// typed fields, defaults, and a validation whose every error names the field and
+// the allowed values.
+//
+// Load (or Parse) starts from Default, overlays the file, and validates. Unknown
+// fields are an error, and so are wrongly cased names: "warmIpTarget" is not
+// "warmIPTarget". Durations are Go duration strings such as "30s" or "1m30s".
+// A daemon that overrides fields from flags calls Validate again afterwards.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/pool"
+)
+
+// Default values of the fields; Default returns them as a Config.
+const (
+	DefaultWarmIPTarget   = 10
+	DefaultMinIPTarget    = 0
+	DefaultMaxIPs         = 30
+	DefaultBatchSize      = 10
+	DefaultCooldown       = 30 * time.Second
+	DefaultReleaseDelay   = 60 * time.Second
+	DefaultAllocateWait   = 5 * time.Second
+	DefaultResyncInterval = 60 * time.Second
+	DefaultSocketPath     = "/run/vnet-cni/ipamd.sock"
+	DefaultStoreDir       = "/var/lib/vnet-cni"
+	DefaultCNIConfDir     = "/etc/cni/net.d"
+	DefaultCNIConfName    = "10-vnet-cni.conflist"
+	DefaultCNIVersion     = "1.1.0"
+	DefaultReleaseSpool   = "/var/lib/vnet-cni/release-spool"
+	DefaultMetricsAddr    = "127.0.0.1:10093"
+	DefaultLogLevel       = LogInfo
+	DefaultMode           = ModeBridge
+	DefaultProvider       = ProviderAzure
+	DefaultCallTimeout    = 30 * time.Second
+
+	DefaultResourceManagerEndpoint = "https://management.azure.com"
+	DefaultResourceManagerAudience = "https://management.azure.com/"
+	DefaultIMDSEndpoint            = "http://169.254.169.254"
+	DefaultCredential              = CredentialManagedIdentity
+)
+
+// Allowed values of the enumerated fields.
+const (
+	LogDebug = "debug"
+	LogInfo  = "info"
+	LogWarn  = "warn"
+	LogError = "error"
+
+	// ModeBridge: pods get secondary VNet addresses of the node's NIC behind
+	// the azure0 bridge. The only mode implemented so far; "kubenet" will follow.
+	ModeBridge = "bridge"
+
+	ProviderAzure = "azure"
+
+	// CredentialManagedIdentity authenticates to ARM with the VM's managed
+	// identity through IMDS (azidentity). Use it on real Azure VMs.
+	CredentialManagedIdentity = "managedIdentity"
+	// CredentialStaticTokenFile sends the bearer token read from TokenFile.
+	// Use it against the simulated cloud (vnet-sim) and in tests, where no
+	// identity endpoint exists; never on a real cluster.
+	CredentialStaticTokenFile = "staticTokenFile"
+)
+
+// Limits of the numeric and duration fields, inclusive.
+const (
+	MaxAllocateWait = 30 * time.Second
+	MaxCooldown     = time.Hour
+	MaxReleaseDelay = 24 * time.Hour
+	MinResync       = time.Second
+	MaxResync       = 24 * time.Hour
+	MinCallTimeout  = time.Second
+	MaxCallTimeout  = 10 * time.Minute
+	// maxSocketPath is the room in sockaddr_un.sun_path without the final NUL.
+	maxSocketPath = 107
+)
+
+// Config is the daemon's configuration. The JSON names are the camelCase field
+// names shown in the tags.
+type Config struct {
+	// WarmIPTarget is the number of free addresses to keep ready, 0..255.
+	WarmIPTarget int `json:"warmIPTarget"`
+	// MinIPTarget is the floor of secondary addresses on the NIC (free,
+	// assigned and cooling; the primary is not counted), 0..maxIPs.
+	MinIPTarget int `json:"minIPTarget"`
+	// MaxIPs is the ceiling of secondary addresses on the NIC, 1..255: an
+	// Azure NIC holds 256 ipConfigurations, one of them the primary. The
+	// default 30 is one address per pod at Azure CNI's default of 30 pods per
+	// node (the primary address is not counted). Cooling addresses count
+	// toward it, so a node at its pod limit that deletes and creates pods
+	// waits for the cooldown; set maxIPs above the node's max pods (e.g. by
+	// one batch) to avoid that.
+	MaxIPs int `json:"maxIPs"`
+	// IPAddressCount is the size of the first fill at start-up (the knob a
+	// cluster template sets), 0..maxIPs; the daemon's first allocation asks
+	// for max(ipAddressCount, what the pool maths wants). Default: the value
+	// of warmIPTarget.
+	IPAddressCount int `json:"ipAddressCount"`
+	// BatchSize is the allocation granularity, 1..255.
+	BatchSize int `json:"batchSize"`
+	// Cooldown is how long a released address waits before it can be
+	// assigned again, 0s..1h.
+	Cooldown Duration `json:"cooldown"`
+	// ReleaseDelay is how long an excess address must have been free before
+	// it is returned to the cloud, 0s..24h.
+	ReleaseDelay Duration `json:"releaseDelay"`
+	// AllocateWait is how long an allocation waits for a refill when the
+	// pool is empty before answering "try again later", 0s..30s.
+	AllocateWait Duration `json:"allocateWait"`
+	// ResyncInterval is the period of the safety-net resync with the cloud,
+	// 1s..24h.
+	ResyncInterval Duration `json:"resyncInterval"`
+	// SocketPath is the unix socket the plugin talks to: an absolute path of
+	// at most 107 bytes.
+	SocketPath string `json:"socketPath"`
+	// StoreDir is the directory of the address store (mode 0700), absolute.
+	StoreDir string `json:"storeDir"`
+	// CNIConfDir is where the daemon writes the CNI conflist once ready,
+	// absolute.
+	CNIConfDir string `json:"cniConfDir"`
+	// CNIConfName is the conflist's file name: no directory, ending in
+	// ".conflist".
+	CNIConfName string `json:"cniConfName"`
+	// CNIVersion is the cniVersion of the conflist the daemon writes: 1.0.0
+	// or 1.1.0 (1.1.0, the default, is needed for the GC and STATUS verbs).
+	CNIVersion string `json:"cniVersion"`
+	// ReleaseSpool is the directory where the plugin records releases it
+	// could not hand to the daemon (the daemon drains it), a clean absolute
+	// path different from storeDir; empty disables the spool.
+	ReleaseSpool string `json:"releaseSpool"`
+	// CNIBinDir is the directory of the CNI plugin binaries, absolute; empty
+	// (the default) means the daemon does not touch it.
+	CNIBinDir string `json:"cniBinDir,omitempty"`
+	// MetricsAddr is the metrics and introspection listener, a loopback
+	// ip:port (127.0.0.0/8 or ::1, port 1..65535): nothing else listens on TCP.
+	MetricsAddr netip.AddrPort `json:"metricsAddr"`
+	// LogLevel is one of debug, info, warn, error.
+	LogLevel string `json:"logLevel"`
+	// Mode is the datapath mode; only "bridge" for now.
+	Mode string `json:"mode"`
+	// Cloud configures the cloud provider.
+	Cloud Cloud `json:"cloud"`
+}
+
+// Cloud configures the cloud provider.
+type Cloud struct {
+	// Provider is the cloud; only "azure" for now.
+	Provider string `json:"provider"`
+	// CallTimeout is the deadline of each cloud call, 1s..10m.
+	CallTimeout Duration `json:"callTimeout"`
+	// Azure configures the Azure provider.
+	Azure Azure `json:"azure"`
+}
+
+// Azure configures the Azure provider. Against the simulated cloud, the
+// endpoints, the CA file and a static token point at vnet-sim; nothing else
+// differs.
+type Azure struct {
+	// ResourceManagerEndpoint is the ARM endpoint, an https URL.
+	ResourceManagerEndpoint string `json:"resourceManagerEndpoint"`
+	// ResourceManagerAudience is the audience of ARM tokens, an https URL.
+	ResourceManagerAudience string `json:"resourceManagerAudience"`
+	// CAFile is an optional PEM bundle trusted for the ARM endpoint in
+	// addition to the system roots, absolute path. Its existence is checked
+	// when the daemon loads it, not by Validate.
+	CAFile string `json:"caFile,omitempty"`
+	// IMDSEndpoint is the instance metadata service, an http or https URL.
+	IMDSEndpoint string `json:"imdsEndpoint"`
+	// Credential is "managedIdentity" (real Azure VMs) or "staticTokenFile"
+	// (the simulated cloud and tests).
+	Credential string `json:"credential"`
+	// TokenFile holds the bearer token for "staticTokenFile": required with
+	// it, absolute path, not allowed with "managedIdentity".
+	TokenFile string `json:"tokenFile,omitempty"`
+	// ManagedIdentityClientID selects a user-assigned managed identity by
+	// its client ID (a GUID); empty means the system-assigned identity. Only
+	// with "managedIdentity".
+	ManagedIdentityClientID string `json:"managedIdentityClientID,omitempty"`
+}
+
+// Default returns the configuration with every default applied.
+func Default() Config {
+	return Config{
+		WarmIPTarget:   DefaultWarmIPTarget,
+		MinIPTarget:    DefaultMinIPTarget,
+		MaxIPs:         DefaultMaxIPs,
+		IPAddressCount: DefaultWarmIPTarget,
+		BatchSize:      DefaultBatchSize,
+		Cooldown:       Duration(DefaultCooldown),
+		ReleaseDelay:   Duration(DefaultReleaseDelay),
+		AllocateWait:   Duration(DefaultAllocateWait),
+		ResyncInterval: Duration(DefaultResyncInterval),
+		SocketPath:     DefaultSocketPath,
+		StoreDir:       DefaultStoreDir,
+		CNIConfDir:     DefaultCNIConfDir,
+		CNIConfName:    DefaultCNIConfName,
+		CNIVersion:     DefaultCNIVersion,
+		ReleaseSpool:   DefaultReleaseSpool,
+		MetricsAddr:    netip.MustParseAddrPort(DefaultMetricsAddr),
+		LogLevel:       DefaultLogLevel,
+		Mode:           DefaultMode,
+		Cloud: Cloud{
+			Provider:    DefaultProvider,
+			CallTimeout: Duration(DefaultCallTimeout),
+			Azure: Azure{
+				ResourceManagerEndpoint: DefaultResourceManagerEndpoint,
+				ResourceManagerAudience: DefaultResourceManagerAudience,
+				IMDSEndpoint:            DefaultIMDSEndpoint,
+				Credential:              DefaultCredential,
+			},
+		},
+	}
+}
+
+// Load reads the file at path with Parse.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("load config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes a configuration document over Default and validates it. A
+// field the document omits keeps its default; ipAddressCount, when omitted,
+// takes the value of warmIPTarget. Errors are *FieldError values (joined when
+// there are several); a document that is not JSON gives a plain error.
+func Parse(data []byte) (Config, error) {
+	c := Default()
+	seen, decodeErr := decodeStrict(data, &c)
+	if seen == nil {
+		return Config{}, decodeErr // not JSON at all
+	}
+	if !seen["ipAddressCount"] {
+		// Clamped so that a bad warmIPTarget is reported once, under its name.
+		c.IPAddressCount = min(max(c.WarmIPTarget, 0), max(c.MaxIPs, 0))
+	}
+	// Fields that failed to decode kept their valid defaults, so the
+	// validation below adds only the other problems.
+	if err := errors.Join(decodeErr, c.Validate()); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// PoolTargets returns the pool maths' view of the configuration.
+func (c Config) PoolTargets() pool.Targets {
+	return pool.Targets{
+		WarmIPTarget: c.WarmIPTarget,
+		MinIPTarget:  c.MinIPTarget,
+		MaxIPs:       c.MaxIPs,
+		BatchSize:    c.BatchSize,
+		ReleaseDelay: c.ReleaseDelay.D(),
+	}
+}
+
+// Duration is a time.Duration written in JSON as a Go duration string ("30s").
+type Duration time.Duration
+
+// D returns the duration as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String formats the duration like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText parses a Go duration string such as "30s" or "1m30s".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as \"30s\" or \"1m30s\"", b)
+	}
+	*d = Duration(v)
+	return nil
+}

@@ -1,0 +1,188 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/pool"
+)
+
+// FieldError is a bad value of one field. Every error of Parse and Validate is
+// one (joined with errors.Join when there are several); find them with
+// errors.As.
+type FieldError struct {
+	// Field is the JSON path of the field, such as "warmIPTarget" or
+	// "cloud.azure.credential".
+	Field string
+	// Msg says what is wrong and what is allowed, such as
+	// "300 out of range 0..255".
+	Msg string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+func fieldErr(field, msg string) error { return &FieldError{Field: field, Msg: msg} }
+
+// Validate checks every field and the relations between fields and returns
+// all problems joined, each a *FieldError naming the field and the allowed
+// values.
+func (c Config) Validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	const maxSecondary = pool.MaxSecondaryIPs
+	maxOK := c.MaxIPs >= 1 && c.MaxIPs <= maxSecondary
+	add(intRange("maxIPs", c.MaxIPs, 1, maxSecondary, ""))
+	// The fields bounded by maxIPs report it as their upper limit once maxIPs
+	// itself is valid.
+	upper, why := maxSecondary, ""
+	if maxOK {
+		upper, why = c.MaxIPs, " (maxIPs)"
+	}
+	add(intRange("warmIPTarget", c.WarmIPTarget, 0, upper, why))
+	add(intRange("minIPTarget", c.MinIPTarget, 0, upper, why))
+	add(intRange("ipAddressCount", c.IPAddressCount, 0, upper, why))
+	add(intRange("batchSize", c.BatchSize, 1, maxSecondary, ""))
+
+	add(durRange("cooldown", c.Cooldown, 0, MaxCooldown))
+	add(durRange("releaseDelay", c.ReleaseDelay, 0, MaxReleaseDelay))
+	add(durRange("allocateWait", c.AllocateWait, 0, MaxAllocateWait))
+	add(durRange("resyncInterval", c.ResyncInterval, MinResync, MaxResync))
+
+	add(absPath("socketPath", c.SocketPath, true))
+	if len(c.SocketPath) > maxSocketPath {
+		add(fieldErr("socketPath", fmt.Sprintf("%d bytes long, at most %d fit in a unix socket address", len(c.SocketPath), maxSocketPath)))
+	}
+	add(absPath("storeDir", c.StoreDir, true))
+	add(absPath("cniConfDir", c.CNIConfDir, true))
+	add(absPath("cniBinDir", c.CNIBinDir, false))
+	add(oneOf("cniVersion", c.CNIVersion, "1.0.0", "1.1.0"))
+	add(absPath("releaseSpool", c.ReleaseSpool, false))
+	if c.ReleaseSpool != "" && c.ReleaseSpool == c.StoreDir {
+		add(fieldErr("releaseSpool", fmt.Sprintf("%q must differ from storeDir", c.ReleaseSpool)))
+	}
+	if n := c.CNIConfName; n == "" || strings.ContainsRune(n, '/') || !strings.HasSuffix(n, ".conflist") || n == ".conflist" {
+		add(fieldErr("cniConfName", fmt.Sprintf("%q must be a file name ending in \".conflist\"", n)))
+	}
+	if a := c.MetricsAddr; !a.IsValid() || !a.Addr().IsLoopback() || a.Port() == 0 {
+		add(fieldErr("metricsAddr", fmt.Sprintf("%q must be a loopback address with a port (allowed: 127.0.0.0/8 or [::1], port 1..65535)", a)))
+	}
+	add(oneOf("logLevel", c.LogLevel, LogDebug, LogInfo, LogWarn, LogError))
+	if c.Mode == "kubenet" {
+		add(fieldErr("mode", `"kubenet" is not supported yet (allowed: bridge)`))
+	} else {
+		add(oneOf("mode", c.Mode, ModeBridge))
+	}
+	add(c.Cloud.validate())
+	return errors.Join(errs...)
+}
+
+func (c Cloud) validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	add(oneOf("cloud.provider", c.Provider, ProviderAzure))
+	add(durRange("cloud.callTimeout", c.CallTimeout, MinCallTimeout, MaxCallTimeout))
+	if c.Provider != ProviderAzure {
+		return errors.Join(errs...)
+	}
+	a := c.Azure
+	add(httpURL("cloud.azure.resourceManagerEndpoint", a.ResourceManagerEndpoint, "https"))
+	add(httpURL("cloud.azure.resourceManagerAudience", a.ResourceManagerAudience, "https"))
+	add(httpURL("cloud.azure.imdsEndpoint", a.IMDSEndpoint, "http", "https"))
+	add(absPath("cloud.azure.caFile", a.CAFile, false))
+	add(oneOf("cloud.azure.credential", a.Credential, CredentialManagedIdentity, CredentialStaticTokenFile))
+	switch a.Credential {
+	case CredentialStaticTokenFile:
+		add(absPath("cloud.azure.tokenFile", a.TokenFile, true))
+		if a.ManagedIdentityClientID != "" {
+			add(fieldErr("cloud.azure.managedIdentityClientID", "only allowed with credential managedIdentity"))
+		}
+	case CredentialManagedIdentity:
+		if a.TokenFile != "" {
+			add(fieldErr("cloud.azure.tokenFile", "only allowed with credential staticTokenFile"))
+		}
+		if id := a.ManagedIdentityClientID; id != "" && !isGUID(id) {
+			add(fieldErr("cloud.azure.managedIdentityClientID", fmt.Sprintf("%q is not a client ID (a GUID such as 00000000-0000-0000-0000-000000000000)", id)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func intRange(field string, v, lo, hi int, why string) error {
+	if v < lo || v > hi {
+		return fieldErr(field, fmt.Sprintf("%d out of range %d..%d%s", v, lo, hi, why))
+	}
+	return nil
+}
+
+func durRange(field string, d Duration, lo, hi time.Duration) error {
+	if d.D() < lo || d.D() > hi {
+		return fieldErr(field, fmt.Sprintf("%s out of range %s..%s", d, lo, hi))
+	}
+	return nil
+}
+
+func oneOf(field, v string, allowed ...string) error {
+	for _, a := range allowed {
+		if v == a {
+			return nil
+		}
+	}
+	return fieldErr(field, fmt.Sprintf("%q is not allowed (allowed: %s)", v, strings.Join(allowed, ", ")))
+}
+
+func absPath(field, p string, required bool) error {
+	switch {
+	case p == "" && !required:
+		return nil
+	case p == "":
+		return fieldErr(field, "required: an absolute path")
+	case !filepath.IsAbs(p) || filepath.Clean(p) != p:
+		return fieldErr(field, fmt.Sprintf("%q must be a clean absolute path", p))
+	}
+	return nil
+}
+
+func httpURL(field, s string, schemes ...string) error {
+	u, err := url.Parse(s)
+	allowed := strings.Join(schemes, " or ")
+	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return fieldErr(field, fmt.Sprintf("%q must be an absolute %s URL without credentials, query or fragment", s, allowed))
+	}
+	for _, sc := range schemes {
+		if u.Scheme == sc {
+			return nil
+		}
+	}
+	return fieldErr(field, fmt.Sprintf("%q must use %s", s, allowed))
+}
+
+func isGUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, r := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if r != '-' {
+				return false
+			}
+		default:
+			if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+				return false
+			}
+		}
+	}
+	return true
+}

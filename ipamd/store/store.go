@@ -1,0 +1,816 @@
+// Package store persists the address pool of vnet-ipamd: every secondary address
+// of the node's NIC, its state (free, assigned, cooling, releasing), its owner and
+// timestamps, and the store's metadata.
+//
+// Every change is durable before the method returns: it is appended to a journal
+// as one checksummed record and fdatasync'ed, and only then applied in memory. A
+// kill -9 at any instant therefore loses no acknowledged change, and a change that
+// was in flight is either entirely applied or not at all. Open replays the journal
+// over the last snapshot, cuts a torn tail, and refuses files that are damaged in
+// any other way. When the journal grows past Options.CompactBytes the state is
+// written as a new snapshot (atomically, by rename) and a new journal is started.
+//
+// A Store is safe for concurrent use. Changes are serialized and each costs one
+// journal append and one fdatasync: an Assign takes about 0.2 ms (p50) on this
+// project's reference machine (BenchmarkAssignRelease). Reads wait for a change
+// in progress.
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+)
+
+// DefaultCompactBytes is the journal size that triggers a compaction when
+// Options.CompactBytes is zero. With ~300-byte records it is a few thousand
+// changes, and a snapshot of 255 records is about 80 KiB.
+const DefaultCompactBytes = 1 << 20
+
+// Options tune a Store. The zero value is ready to use.
+type Options struct {
+	// Now is the clock for the timestamps of records; nil means time.Now.
+	Now func() time.Time
+	// CompactBytes is the journal size after which the store writes a
+	// snapshot and starts a new journal; zero means DefaultCompactBytes.
+	CompactBytes int64
+}
+
+// Store is an open address store. Create it with Open and Close it when done.
+type Store struct {
+	dir          string
+	now          func() time.Time
+	compactBytes int64
+
+	// mu guards every field below. It is held across the journal write and
+	// its fdatasync, so changes reach the disk in the order they are applied.
+	mu      sync.Mutex
+	lock    *os.File // nil once closed
+	journal *os.File
+	// broken is the first write error; the store refuses changes after it.
+	broken       error
+	seq          uint64
+	journalBytes int64
+	meta         Meta
+	records      map[netip.Addr]Record
+	byAttachment map[Attachment]netip.Addr
+	compactions  int
+	compactErr   error
+	recovery     Recovery
+}
+
+// Open opens (or creates) the store in dir, creating dir with mode 0700 and
+// setting its mode to 0700. It takes an exclusive lock on the directory (an
+// error wrapping ErrLocked if another process or another Open holds it),
+// replays the journal over the snapshot, truncates a torn journal tail, and
+// checks the invariants (Validate). Files that are damaged in any other way
+// give an error wrapping ErrCorrupt.
+func Open(dir string, opts Options) (*Store, error) {
+	if err := os.MkdirAll(dir, dirMode); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := os.Chmod(dir, dirMode); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	s := &Store{
+		dir:          dir,
+		now:          opts.Now,
+		compactBytes: opts.CompactBytes,
+		lock:         lock,
+		records:      map[netip.Addr]Record{},
+		byAttachment: map[Attachment]netip.Addr{},
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.compactBytes <= 0 {
+		s.compactBytes = DefaultCompactBytes
+	}
+	if err := s.load(); err != nil {
+		return nil, errors.Join(fmt.Errorf("open store %s: %w", dir, err), s.closeFiles())
+	}
+	return s, nil
+}
+
+// load reads the snapshot and the journal. It runs before s is shared.
+func (s *Store) load() error {
+	for _, name := range []string{snapshotName + tmpSuffix, journalName + tmpSuffix} {
+		if err := os.Remove(filepath.Join(s.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	snap, err := loadSnapshot(filepath.Join(s.dir, snapshotName))
+	if err != nil {
+		return err
+	}
+	s.seq = snap.Seq
+	s.meta = snap.Meta
+	for _, r := range snap.Records {
+		s.applyPut(r)
+	}
+
+	f, err := os.OpenFile(filepath.Join(s.dir, journalName), os.O_RDWR|os.O_CREATE, fileMode)
+	if err != nil {
+		return fmt.Errorf("open journal: %w", err)
+	}
+	s.journal = f
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return fmt.Errorf("read journal: %w", err)
+	}
+	off, err := s.replay(data)
+	if err != nil {
+		return err
+	}
+	if tail := int64(len(data) - off); tail > 0 {
+		// The tail is the record a crash interrupted: it was never
+		// acknowledged, so dropping it loses nothing.
+		if err := f.Truncate(int64(off)); err != nil {
+			return fmt.Errorf("truncate torn journal tail: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("truncate torn journal tail: %w", err)
+		}
+		s.recovery.TruncatedBytes = tail
+	}
+	if _, err := f.Seek(int64(off), io.SeekStart); err != nil {
+		return fmt.Errorf("seek journal: %w", err)
+	}
+	s.journalBytes = int64(off)
+	if err := syncDir(s.dir); err != nil {
+		return fmt.Errorf("sync store directory: %w", err)
+	}
+	if err := s.validateLocked(); err != nil {
+		return fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return nil
+}
+
+// replay applies the journal frames in data and returns the offset of the
+// first byte after the last intact frame.
+func (s *Store) replay(data []byte) (int, error) {
+	off := 0
+	var last uint64
+	for off < len(data) {
+		payload, n, err := readFrame(data[off:])
+		if err != nil {
+			if intactFrameAfter(data[off+1:]) {
+				return 0, fmt.Errorf("journal damaged at offset %d with intact records after it: %w", off, ErrCorrupt)
+			}
+			break
+		}
+		var e entry
+		if err := json.Unmarshal(payload, &e); err != nil {
+			return 0, fmt.Errorf("journal record at offset %d: %w: %w", off, ErrCorrupt, err)
+		}
+		switch {
+		case last != 0 && e.Seq != last+1:
+			return 0, fmt.Errorf("journal record at offset %d: sequence %d after %d: %w", off, e.Seq, last, ErrCorrupt)
+		case e.Seq <= s.seq:
+			// Already in the snapshot: a crash hit a compaction between
+			// the snapshot's rename and the new journal's.
+		case e.Seq != s.seq+1:
+			return 0, fmt.Errorf("journal record at offset %d: sequence %d does not follow the snapshot's %d: %w",
+				off, e.Seq, s.seq, ErrCorrupt)
+		default:
+			s.apply(e)
+			s.seq = e.Seq
+			s.recovery.Replayed++
+		}
+		last = e.Seq
+		off += n
+	}
+	return off, nil
+}
+
+// Close releases the lock and closes the files. Further calls return ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lock == nil {
+		return ErrClosed
+	}
+	return s.closeFiles()
+}
+
+// closeFiles closes the journal and the lock file. Call it with mu held or
+// before s is shared.
+func (s *Store) closeFiles() error {
+	var errs []error
+	if s.journal != nil {
+		errs = append(errs, s.journal.Close())
+		s.journal = nil
+	}
+	if s.lock != nil {
+		// Closing the last descriptor drops the flock.
+		errs = append(errs, s.lock.Close())
+		s.lock = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) writableLocked() error {
+	if s.lock == nil {
+		return ErrClosed
+	}
+	if s.broken != nil {
+		return fmt.Errorf("%w: %w", ErrBroken, s.broken)
+	}
+	return nil
+}
+
+// commitLocked makes the change durable, then applies it in memory, then
+// compacts when the journal has grown too large.
+func (s *Store) commitLocked(e entry) error {
+	if err := s.writableLocked(); err != nil {
+		return err
+	}
+	e.Seq = s.seq + 1
+	payload, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("encode journal record: %w", err)
+	}
+	frame := appendFrame(make([]byte, 0, headerSize+len(payload)), payload)
+	if _, err := s.journal.Write(frame); err != nil {
+		s.broken = err
+		return fmt.Errorf("%w: append to journal: %w", ErrBroken, err)
+	}
+	if err := fdatasync(s.journal); err != nil {
+		// After a failed fsync the page cache may no longer say what is on
+		// disk; only a reopen (a replay) can tell.
+		s.broken = err
+		return fmt.Errorf("%w: %w", ErrBroken, err)
+	}
+	s.seq = e.Seq
+	s.journalBytes += int64(len(frame))
+	s.apply(e)
+	if s.journalBytes >= s.compactBytes {
+		// The change is durable whatever happens here.
+		if err := s.compactLocked(); err != nil {
+			s.compactErr = err
+		}
+	}
+	return nil
+}
+
+// compactLocked writes the state as the snapshot and starts a new journal.
+func (s *Store) compactLocked() error {
+	snap := snapshotFile{Version: snapshotVersion, Seq: s.seq, Meta: s.meta, Records: s.listLocked()}
+	payload, err := json.Marshal(snap)
+	if err != nil {
+		return fmt.Errorf("compact: encode snapshot: %w", err)
+	}
+	if err := writeFileAtomic(s.dir, snapshotName, appendFrame(nil, payload)); err != nil {
+		return fmt.Errorf("compact: write snapshot: %w", err)
+	}
+	// From here the old journal holds only records the snapshot covers; Open
+	// skips them, so a crash before the switch below loses nothing.
+	tmp := filepath.Join(s.dir, journalName+tmpSuffix)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, fileMode)
+	if err != nil {
+		return fmt.Errorf("compact: create journal: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(s.dir, journalName)); err != nil {
+		return errors.Join(fmt.Errorf("compact: switch journal: %w", err), f.Close(), os.Remove(tmp))
+	}
+	old := s.journal
+	s.journal = f
+	s.journalBytes = 0
+	if err := syncDir(s.dir); err != nil {
+		// The rename may not be durable: new records could vanish with it.
+		s.broken = err
+		return fmt.Errorf("compact: sync directory: %w", err)
+	}
+	s.compactions++
+	s.compactErr = nil
+	if err := old.Close(); err != nil {
+		return fmt.Errorf("compact: close old journal: %w", err)
+	}
+	return nil
+}
+
+// Compact writes a snapshot and starts a new journal now, whatever the
+// journal's size. The daemon may call it at shutdown to make the next start
+// fast; it is never needed for correctness.
+func (s *Store) Compact() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return err
+	}
+	return s.compactLocked()
+}
+
+func (s *Store) apply(e entry) {
+	for _, ip := range e.Del {
+		if r, ok := s.records[ip]; ok {
+			s.unindex(r)
+			delete(s.records, ip)
+		}
+	}
+	for _, r := range e.Put {
+		s.applyPut(r)
+	}
+	if e.Meta != nil {
+		s.meta = *e.Meta
+	}
+}
+
+func (s *Store) applyPut(r Record) {
+	if old, ok := s.records[r.IP]; ok {
+		s.unindex(old)
+	}
+	s.records[r.IP] = r
+	if r.State.owned() {
+		s.byAttachment[r.Owner.Attachment()] = r.IP
+	}
+}
+
+func (s *Store) unindex(r Record) {
+	if !r.State.owned() {
+		return
+	}
+	// Another record of the same change may already have taken the key.
+	if a := r.Owner.Attachment(); s.byAttachment[a] == r.IP {
+		delete(s.byAttachment, a)
+	}
+}
+
+// timestamp returns the clock's time in UTC without monotonic reading, as it
+// will read back from disk.
+func (s *Store) timestamp() time.Time { return s.now().UTC().Round(0) }
+
+// AddFree adds addresses as free, for example after the cloud added them to
+// the NIC. Addresses already in the store, in any state, are left alone. It
+// returns the addresses added, sorted. An invalid or zoned address gives an
+// error wrapping ErrInvalidIP and nothing is added.
+func (s *Store) AddFree(ips ...netip.Addr) ([]netip.Addr, error) {
+	if err := validIPs(ips); err != nil {
+		return nil, fmt.Errorf("add free: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.timestamp()
+	var added []netip.Addr
+	var puts []Record
+	for _, ip := range sortedUnique(ips) {
+		if _, ok := s.records[ip]; ok {
+			continue
+		}
+		added = append(added, ip)
+		puts = append(puts, Record{IP: ip, State: StateFree, Since: now})
+	}
+	if len(puts) == 0 {
+		return nil, s.writableLocked()
+	}
+	if err := s.commitLocked(entry{Op: "add", Put: puts}); err != nil {
+		return nil, fmt.Errorf("add free: %w", err)
+	}
+	return added, nil
+}
+
+// Assign gives the attachment of owner an address and returns its record.
+//
+// It is idempotent: an attachment that already holds an assigned address gets
+// that record back without any change (the pod details of the first call are
+// kept). An attachment whose address is still cooling gets that same address
+// back (a retried ADD after a DEL): giving it to its previous owner is safe and
+// keeps the attachment at one address. Otherwise Assign takes the free address
+// that has been free the longest (ties: the lowest address), so a just-freed
+// address is reused last. With no free address it returns an error wrapping
+// ErrNoFree; with an empty container ID or interface name one wrapping
+// ErrInvalidAttachment.
+func (s *Store) Assign(owner Owner) (Record, error) {
+	a := owner.Attachment()
+	if err := a.validate(); err != nil {
+		return Record{}, fmt.Errorf("assign: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return Record{}, fmt.Errorf("assign %s: %w", a, err)
+	}
+	now := s.timestamp()
+	if ip, ok := s.byAttachment[a]; ok {
+		r := s.records[ip]
+		if r.State == StateAssigned {
+			return r, nil
+		}
+		r = Record{IP: ip, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now}
+		if err := s.commitLocked(entry{Op: "assign", Put: []Record{r}}); err != nil {
+			return Record{}, fmt.Errorf("assign %s: %w", a, err)
+		}
+		return r, nil
+	}
+	var best Record
+	found := false
+	for _, r := range s.records {
+		if r.State != StateFree {
+			continue
+		}
+		if !found || r.Since.Before(best.Since) || (r.Since.Equal(best.Since) && r.IP.Less(best.IP)) {
+			best, found = r, true
+		}
+	}
+	if !found {
+		return Record{}, fmt.Errorf("assign %s: %w", a, ErrNoFree)
+	}
+	r := Record{IP: best.IP, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now}
+	if err := s.commitLocked(entry{Op: "assign", Put: []Record{r}}); err != nil {
+		return Record{}, fmt.Errorf("assign %s: %w", a, err)
+	}
+	return r, nil
+}
+
+// Release moves the attachment's address from assigned to cooling and returns
+// its record and true. It is idempotent: an address already cooling is
+// returned unchanged. An attachment without an address is not an error: it
+// returns false (the daemon answers a repeated DEL with success).
+func (s *Store) Release(a Attachment) (Record, bool, error) {
+	if err := a.validate(); err != nil {
+		return Record{}, false, fmt.Errorf("release: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return Record{}, false, fmt.Errorf("release %s: %w", a, err)
+	}
+	ip, ok := s.byAttachment[a]
+	if !ok {
+		return Record{}, false, nil
+	}
+	r := s.records[ip]
+	if r.State == StateCooling {
+		return r, true, nil
+	}
+	now := s.timestamp()
+	r.State = StateCooling
+	r.Since = now
+	r.ReleasedAt = now
+	if err := s.commitLocked(entry{Op: "release", Put: []Record{r}}); err != nil {
+		return Record{}, false, fmt.Errorf("release %s: %w", a, err)
+	}
+	return r, true, nil
+}
+
+// Promote makes free every cooling address released at least cooldown before
+// now, in one change, and returns them sorted. The new free-since time is now.
+func (s *Store) Promote(now time.Time, cooldown time.Duration) ([]netip.Addr, error) {
+	now = now.UTC().Round(0)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var puts []Record
+	for _, r := range s.records {
+		if r.State == StateCooling && !r.Since.Add(cooldown).After(now) {
+			puts = append(puts, Record{IP: r.IP, State: StateFree, Since: now})
+		}
+	}
+	if len(puts) == 0 {
+		return nil, s.writableLocked()
+	}
+	slices.SortFunc(puts, func(a, b Record) int { return a.IP.Compare(b.IP) })
+	if err := s.commitLocked(entry{Op: "promote", Put: puts}); err != nil {
+		return nil, fmt.Errorf("promote: %w", err)
+	}
+	promoted := make([]netip.Addr, len(puts))
+	for i, r := range puts {
+		promoted[i] = r.IP
+	}
+	return promoted, nil
+}
+
+// MarkReleasing moves free addresses to releasing before the daemon asks the
+// cloud to remove them. All or nothing: an unknown address gives an error
+// wrapping ErrUnknownIP, one that is neither free nor already releasing a
+// *TransitionError, and then nothing changes. Addresses already releasing are
+// left as they are.
+func (s *Store) MarkReleasing(ips ...netip.Addr) error {
+	return s.transition("mark releasing", ips, StateFree, StateReleasing)
+}
+
+// RevertReleasing moves releasing addresses back to free after the cloud call
+// that should have removed them failed. All or nothing, like MarkReleasing
+// with the states swapped. The free-since time restarts, so the pool waits
+// another release delay before trying again.
+func (s *Store) RevertReleasing(ips ...netip.Addr) error {
+	return s.transition("revert releasing", ips, StateReleasing, StateFree)
+}
+
+func (s *Store) transition(op string, ips []netip.Addr, from, to State) error {
+	if err := validIPs(ips); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	now := s.timestamp()
+	var puts []Record
+	for _, ip := range sortedUnique(ips) {
+		r, ok := s.records[ip]
+		switch {
+		case !ok:
+			return fmt.Errorf("%s %s: %w", op, ip, ErrUnknownIP)
+		case r.State == to:
+		case r.State == from:
+			puts = append(puts, Record{IP: ip, State: to, Since: now})
+		default:
+			return fmt.Errorf("%s: %w", op, &TransitionError{IP: ip, From: r.State, To: to})
+		}
+	}
+	if len(puts) == 0 {
+		return nil
+	}
+	if err := s.commitLocked(entry{Op: op, Put: puts}); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+// Remove deletes releasing addresses once the cloud confirmed that they left
+// the NIC. Addresses not in the store are skipped (a repeated Remove is not an
+// error). All or nothing: an address in another state gives a
+// *TransitionError (To is empty) and nothing is removed.
+func (s *Store) Remove(ips ...netip.Addr) error {
+	if err := validIPs(ips); err != nil {
+		return fmt.Errorf("remove: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return fmt.Errorf("remove: %w", err)
+	}
+	var dels []netip.Addr
+	for _, ip := range sortedUnique(ips) {
+		r, ok := s.records[ip]
+		switch {
+		case !ok:
+		case r.State == StateReleasing:
+			dels = append(dels, ip)
+		default:
+			return fmt.Errorf("remove: %w", &TransitionError{IP: ip, From: r.State})
+		}
+	}
+	if len(dels) == 0 {
+		return nil
+	}
+	if err := s.commitLocked(entry{Op: "remove", Del: dels}); err != nil {
+		return fmt.Errorf("remove: %w", err)
+	}
+	return nil
+}
+
+// Reconcile aligns the store with the secondary addresses the cloud reports
+// on the NIC (the primary address excluded), in one change: addresses on the
+// NIC unknown to the store become free; records whose address is no longer on
+// the NIC are dropped, whatever their state, and returned for the daemon to
+// log. Records still on the NIC keep their state, releasing ones included: the
+// daemon decides whether to retry their removal or revert them.
+func (s *Store) Reconcile(nicIPs []netip.Addr) (ReconcileResult, error) {
+	if err := validIPs(nicIPs); err != nil {
+		return ReconcileResult{}, fmt.Errorf("reconcile: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return ReconcileResult{}, fmt.Errorf("reconcile: %w", err)
+	}
+	now := s.timestamp()
+	onNIC := make(map[netip.Addr]bool, len(nicIPs))
+	var res ReconcileResult
+	var e entry
+	for _, ip := range sortedUnique(nicIPs) {
+		onNIC[ip] = true
+		if _, ok := s.records[ip]; !ok {
+			res.Added = append(res.Added, ip)
+			e.Put = append(e.Put, Record{IP: ip, State: StateFree, Since: now})
+		}
+	}
+	for _, r := range s.listLocked() {
+		if !onNIC[r.IP] {
+			res.Dropped = append(res.Dropped, r)
+			e.Del = append(e.Del, r.IP)
+		}
+	}
+	if len(e.Put) == 0 && len(e.Del) == 0 {
+		return res, nil
+	}
+	e.Op = "reconcile"
+	if err := s.commitLocked(e); err != nil {
+		return ReconcileResult{}, fmt.Errorf("reconcile: %w", err)
+	}
+	return res, nil
+}
+
+// SetMeta replaces the store's metadata (durably, when it changes).
+func (s *Store) SetMeta(m Meta) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return fmt.Errorf("set meta: %w", err)
+	}
+	if m == s.meta {
+		return nil
+	}
+	if err := s.commitLocked(entry{Op: "meta", Meta: &m}); err != nil {
+		return fmt.Errorf("set meta: %w", err)
+	}
+	return nil
+}
+
+// SetBootID records bootID (see ReadBootID) as the current boot and reports
+// whether it differs from a boot id recorded before: true means the node
+// rebooted since the store was last used, so the pods' datapath is gone. A
+// store without a recorded boot id reports false.
+func (s *Store) SetBootID(bootID string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return false, fmt.Errorf("set boot id: %w", err)
+	}
+	changed := BootChanged(s.meta.BootID, bootID)
+	if s.meta.BootID == bootID {
+		return false, nil
+	}
+	m := s.meta
+	m.BootID = bootID
+	if err := s.commitLocked(entry{Op: "boot", Meta: &m}); err != nil {
+		return false, fmt.Errorf("set boot id: %w", err)
+	}
+	return changed, nil
+}
+
+// BootChanged reports whether current is a different boot than recorded. An
+// empty recorded id (a new store) is not a change.
+func BootChanged(recorded, current string) bool {
+	return recorded != "" && recorded != current
+}
+
+// Meta returns the store's metadata.
+func (s *Store) Meta() Meta {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.meta
+}
+
+// Get returns the record of the address held (assigned or cooling) by the
+// attachment.
+func (s *Store) Get(a Attachment) (Record, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ip, ok := s.byAttachment[a]
+	if !ok {
+		return Record{}, false
+	}
+	return s.records[ip], true
+}
+
+// Lookup returns the record of an address.
+func (s *Store) Lookup(ip netip.Addr) (Record, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.records[ip]
+	return r, ok
+}
+
+// List returns a copy of every record, sorted by address.
+func (s *Store) List() []Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.listLocked()
+}
+
+func (s *Store) listLocked() []Record {
+	out := make([]Record, 0, len(s.records))
+	for _, r := range s.records {
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b Record) int { return a.IP.Compare(b.IP) })
+	return out
+}
+
+// Counts returns the number of addresses per state.
+func (s *Store) Counts() Counts {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var c Counts
+	for _, r := range s.records {
+		switch r.State {
+		case StateFree:
+			c.Free++
+		case StateAssigned:
+			c.Assigned++
+		case StateCooling:
+			c.Cooling++
+		case StateReleasing:
+			c.Releasing++
+		}
+	}
+	return c
+}
+
+// Stats returns a copy of the store's file statistics.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{
+		Seq:                 s.seq,
+		JournalBytes:        s.journalBytes,
+		Compactions:         s.compactions,
+		LastCompactionError: s.compactErr,
+		Recovery:            s.recovery,
+	}
+}
+
+// Validate checks the store's invariants and returns every violation joined:
+// every address is valid and has exactly one known state; an owner is set
+// exactly for assigned and cooling addresses and has a container ID and an
+// interface name; no two records share an attachment (so no address is
+// assigned twice and an attachment has at most one address); the attachment
+// index matches the records. Open refuses a store that fails it.
+func (s *Store) Validate() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.validateLocked()
+}
+
+func (s *Store) validateLocked() error {
+	var errs []error
+	owners := map[Attachment]netip.Addr{}
+	for _, r := range s.listLocked() {
+		ip := r.IP
+		if !r.IP.IsValid() || r.IP.Zone() != "" {
+			errs = append(errs, fmt.Errorf("record with invalid address %q", r.IP))
+		}
+		if !r.State.valid() {
+			errs = append(errs, fmt.Errorf("address %s: unknown state %q", ip, r.State))
+		}
+		if r.Since.IsZero() {
+			errs = append(errs, fmt.Errorf("address %s: no state timestamp", ip))
+		}
+		if !r.State.owned() {
+			if r.Owner != (Owner{}) {
+				errs = append(errs, fmt.Errorf("address %s: %s but owned by %s", ip, r.State, r.Owner.Attachment()))
+			}
+			continue
+		}
+		a := r.Owner.Attachment()
+		if err := a.validate(); err != nil {
+			errs = append(errs, fmt.Errorf("address %s: %s: %w", ip, r.State, err))
+			continue
+		}
+		if other, dup := owners[a]; dup {
+			errs = append(errs, fmt.Errorf("attachment %s holds both %s and %s", a, other, ip))
+		}
+		owners[a] = ip
+		if got, ok := s.byAttachment[a]; !ok || got != ip {
+			errs = append(errs, fmt.Errorf("attachment index: %s maps to %s, want %s", a, got, ip))
+		}
+	}
+	for a, ip := range s.byAttachment {
+		if owners[a] != ip {
+			errs = append(errs, fmt.Errorf("attachment index: stale entry %s -> %s", a, ip))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validIPs(ips []netip.Addr) error {
+	for _, ip := range ips {
+		if !ip.IsValid() || ip.Zone() != "" {
+			return fmt.Errorf("%q: %w", ip, ErrInvalidIP)
+		}
+	}
+	return nil
+}
+
+func sortedUnique(ips []netip.Addr) []netip.Addr {
+	out := slices.Clone(ips)
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// ReadBootID returns the kernel's boot id, which changes at every boot.
+func ReadBootID() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", fmt.Errorf("read boot id: %w", err)
+	}
+	return string(bytes.TrimSpace(b)), nil
+}

@@ -1,0 +1,180 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// State is the life-cycle state of an address. Every address in the store has
+// exactly one.
+type State string
+
+// The states of an address.
+const (
+	// StateFree: on the NIC, ready to be assigned.
+	StateFree State = "free"
+	// StateAssigned: owned by one attachment (a pod's interface).
+	StateAssigned State = "assigned"
+	// StateCooling: released by its attachment, not reusable until the
+	// cooldown has passed (see Store.Promote). The owner is kept.
+	StateCooling State = "cooling"
+	// StateReleasing: chosen to be removed from the NIC; the cloud call is in
+	// flight or its outcome is not known yet.
+	StateReleasing State = "releasing"
+)
+
+func (s State) valid() bool {
+	switch s {
+	case StateFree, StateAssigned, StateCooling, StateReleasing:
+		return true
+	}
+	return false
+}
+
+func (s State) owned() bool { return s == StateAssigned || s == StateCooling }
+
+// Attachment identifies a pod interface the way CNI does: the container ID and
+// the interface name inside the container (CNI_CONTAINERID, CNI_IFNAME). It is
+// the key of every owner record.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// String returns "containerID/ifName".
+func (a Attachment) String() string { return a.ContainerID + "/" + a.IfName }
+
+func (a Attachment) validate() error {
+	if a.ContainerID == "" || a.IfName == "" {
+		return fmt.Errorf("attachment %q: %w", a.String(), ErrInvalidAttachment)
+	}
+	return nil
+}
+
+// Owner is the attachment an address is assigned to, with the pod details for
+// humans. Only ContainerID and IfName identify it.
+type Owner struct {
+	ContainerID  string `json:"containerID"`
+	IfName       string `json:"ifName"`
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
+	Netns        string `json:"netns,omitempty"`
+}
+
+// Attachment returns the key of the owner.
+func (o Owner) Attachment() Attachment {
+	return Attachment{ContainerID: o.ContainerID, IfName: o.IfName}
+}
+
+// Record is the persisted state of one address. Records handed out by the
+// store are copies.
+type Record struct {
+	IP    netip.Addr `json:"ip"`
+	State State      `json:"state"`
+	// Owner is set for assigned and cooling addresses and zero otherwise.
+	Owner Owner `json:"owner,omitzero"`
+	// Since is when the address entered State. For a free address it is the
+	// free-since time that the pool maths and the assignment order use.
+	Since time.Time `json:"since"`
+	// AssignedAt is when the owner got the address (assigned and cooling).
+	AssignedAt time.Time `json:"assignedAt,omitzero"`
+	// ReleasedAt is when the owner released it (cooling only).
+	ReleasedAt time.Time `json:"releasedAt,omitzero"`
+}
+
+// Meta describes what the store belongs to.
+type Meta struct {
+	// NodeName is the Kubernetes node name.
+	NodeName string `json:"nodeName,omitempty"`
+	// NIC names the NIC whose secondary addresses the store holds (for Azure
+	// its resource ID or name, as the daemon chooses).
+	NIC string `json:"nic,omitempty"`
+	// BootID is the kernel boot id (see ReadBootID) recorded by SetBootID.
+	BootID string `json:"bootID,omitempty"`
+}
+
+// Counts are the number of addresses per state.
+type Counts struct {
+	Free      int
+	Assigned  int
+	Cooling   int
+	Releasing int
+}
+
+// Total is the number of addresses in the store, all states together: the
+// secondary addresses the store believes are on the NIC.
+func (c Counts) Total() int { return c.Free + c.Assigned + c.Cooling + c.Releasing }
+
+// ReconcileResult is what Reconcile changed.
+type ReconcileResult struct {
+	// Added are addresses found on the NIC but unknown to the store, now free.
+	Added []netip.Addr
+	// Dropped are the records (as they were) whose address is no longer on
+	// the NIC; they have been removed from the store.
+	Dropped []Record
+}
+
+// Stats describe the store's files. They are a copy.
+type Stats struct {
+	// Seq is the sequence number of the last durable change.
+	Seq uint64
+	// JournalBytes is the size of the journal since the last compaction.
+	JournalBytes int64
+	// Compactions counts successful compactions since Open.
+	Compactions int
+	// LastCompactionError is the error of the last failed compaction, if any;
+	// a failed compaction loses nothing and is retried after the next change.
+	LastCompactionError error
+	// Recovery describes what Open found.
+	Recovery Recovery
+}
+
+// Recovery describes what Open had to repair.
+type Recovery struct {
+	// Replayed is the number of journal records applied on top of the snapshot.
+	Replayed int
+	// TruncatedBytes is the size of the torn tail cut from the journal: a
+	// record that a crash interrupted and that was therefore never acknowledged.
+	TruncatedBytes int64
+}
+
+// Errors returned by the store. Check them with errors.Is.
+var (
+	// ErrNoFree: Assign found no free address.
+	ErrNoFree = errors.New("no free address")
+	// ErrUnknownIP: the address is not in the store.
+	ErrUnknownIP = errors.New("address not in store")
+	// ErrInvalidIP: an argument is not a valid address without zone.
+	ErrInvalidIP = errors.New("invalid address")
+	// ErrInvalidAttachment: the container ID or the interface name is empty.
+	ErrInvalidAttachment = errors.New("invalid attachment: container id and interface name are required")
+	// ErrLocked: another process (or another Open in this one) holds the store.
+	ErrLocked = errors.New("store is locked by another process")
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("store is closed")
+	// ErrBroken: a write or sync of the store's files failed, so what is on
+	// disk is uncertain; the store refuses changes until it is reopened.
+	ErrBroken = errors.New("store is broken by a failed write, reopen it")
+	// ErrCorrupt: the files on disk are damaged beyond a torn tail, or their
+	// content breaks the store's invariants. Open refuses them rather than
+	// risk handing out one address twice.
+	ErrCorrupt = errors.New("store files are corrupt")
+)
+
+// TransitionError reports a state change that the state machine forbids, for
+// example MarkReleasing of an assigned address. Check it with errors.As.
+type TransitionError struct {
+	IP   netip.Addr
+	From State
+	// To is the state asked for; empty for a removal from the store.
+	To State
+}
+
+func (e *TransitionError) Error() string {
+	if e.To == "" {
+		return fmt.Sprintf("address %s: cannot remove a %s address, only releasing ones", e.IP, e.From)
+	}
+	return fmt.Sprintf("address %s: illegal transition %s -> %s", e.IP, e.From, e.To)
+}
