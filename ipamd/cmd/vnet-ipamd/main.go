@@ -1,0 +1,163 @@
+// Command vnet-ipamd is vnet-cni's node daemon: it keeps a warm pool of
+// secondary private IPs on the node's NIC, persists every allocation and
+// serves addresses to the CNI plugin over a unix socket.
+//
+//	vnet-ipamd [--config FILE] [--node-name NAME]   run the daemon
+//	vnet-ipamd status [--socket PATH] [--json]     print the pool and the assignments
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+
+	"github.com/vnet-cni/vnet-cni/cloud/azure"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
+	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
+	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/store"
+)
+
+const defaultConfig = "/etc/vnet-cni/ipamd.json"
+
+func main() {
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == "status" {
+		err = status(os.Args[2:])
+	} else {
+		err = run(os.Args[1:])
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vnet-ipamd: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("vnet-ipamd", flag.ContinueOnError)
+	cfgPath := fs.String("config", defaultConfig, "configuration file")
+	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "Kubernetes node name (default $NODE_NAME, then the host name)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if *nodeName == "" {
+		*nodeName, _ = os.Hostname()
+	}
+
+	st, err := store.Open(cfg.StoreDir, store.Options{})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	cred, err := credential(cfg.Cloud.Azure)
+	if err != nil {
+		return err
+	}
+	azCfg := azure.Config{
+		ResourceManagerEndpoint: cfg.Cloud.Azure.ResourceManagerEndpoint,
+		Audience:                cfg.Cloud.Azure.ResourceManagerAudience,
+		CAFile:                  cfg.Cloud.Azure.CAFile,
+		IMDSEndpoint:            cfg.Cloud.Azure.IMDSEndpoint,
+		Credential:              cred,
+		CallTimeout:             cfg.Cloud.CallTimeout.D(),
+		Logger:                  log,
+	}
+	connect := func(ctx context.Context) (daemon.Cloud, error) { return azure.New(ctx, azCfg) }
+	d, err := daemon.New(st, connect, daemon.Options{
+		Targets:        cfg.PoolTargets(),
+		InitialBatch:   cfg.IPAddressCount,
+		Cooldown:       cfg.Cooldown.D(),
+		AllocateWait:   cfg.AllocateWait.D(),
+		ResyncInterval: cfg.ResyncInterval.D(),
+		NodeName:       *nodeName,
+		BootID:         readBootID(),
+		ReleaseSpool:   cfg.ReleaseSpool,
+		Conflist:       daemon.Conflist{Path: filepath.Join(cfg.CNIConfDir, cfg.CNIConfName), Data: conflist(cfg)},
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := rpc.NewServer(cfg.SocketPath, d, rpc.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	metricsLn, err := net.Listen("tcp", cfg.MetricsAddr.String())
+	if err != nil {
+		return errors.Join(fmt.Errorf("metrics listener: %w", err), srv.Shutdown(context.Background()))
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", d.Metrics().Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		s, _ := d.Status(r.Context(), rpc.StatusRequest{})
+		if !s.Ready {
+			http.Error(w, "not ready: "+s.Reason, http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = fmt.Fprintln(w, "ok")
+	})
+	metrics := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	workerCtx, stopWorker := context.WithCancel(context.Background())
+	workerDone := make(chan error, 1)
+	go func() { workerDone <- d.Run(workerCtx) }()
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve(context.Background()) }()
+	go func() { _ = metrics.Serve(metricsLn) }()
+	log.Info("vnet-ipamd started", "node", *nodeName, "socket", cfg.SocketPath, "metrics", cfg.MetricsAddr.String(), "store", cfg.StoreDir)
+
+	select {
+	case <-ctx.Done():
+	case err := <-serveDone:
+		log.Error("rpc server stopped", "err", err)
+	}
+	log.Info("vnet-ipamd shutting down: finishing in-flight calls")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = srv.Shutdown(shutCtx)
+	stopWorker()
+	err = errors.Join(err, <-workerDone, metrics.Shutdown(shutCtx))
+	if errors.Is(err, rpc.ErrServerClosed) {
+		err = nil
+	}
+	log.Info("vnet-ipamd stopped")
+	return err
+}
+
+func credential(a config.Azure) (azcore.TokenCredential, error) {
+	switch a.Credential {
+	case config.CredentialStaticTokenFile:
+		return azure.NewTokenFileCredential(a.TokenFile)
+	default:
+		return azure.ManagedIdentityCredential(a.ManagedIdentityClientID)
+	}
+}
+
+func readBootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}

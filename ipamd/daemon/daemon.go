@@ -1,0 +1,241 @@
+// Package daemon is the heart of vnet-ipamd: it keeps the node's warm pool of
+// secondary addresses filled through the cloud, hands addresses out to the
+// CNI plugin over the rpc socket from that pool (never calling the cloud on
+// that path), persists every change in the store, reconciles with the cloud
+// and reports readiness.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/cloud"
+	"github.com/vnet-cni/vnet-cni/internal/atomicfile"
+	"github.com/vnet-cni/vnet-cni/ipamd/pool"
+	"github.com/vnet-cni/vnet-cni/ipamd/store"
+)
+
+// Cloud is what the daemon needs of a cloud provider for the node's NIC.
+type Cloud interface {
+	// Node is the node identity found when the provider was created.
+	Node() cloud.Node
+	// NIC reads the NIC's addresses; called at start and on every resync.
+	NIC(ctx context.Context) (cloud.NIC, error)
+	// AddIPs adds n secondary addresses, chosen by the cloud, in one NIC
+	// update; called when the pool is short.
+	AddIPs(ctx context.Context, n int) ([]netip.Addr, error)
+	// RemoveIPs removes ips from the NIC in one update; called to release
+	// excess. Addresses already gone are ignored.
+	RemoveIPs(ctx context.Context, ips []netip.Addr) error
+}
+
+// Connect creates the cloud provider; the daemon calls it until it succeeds.
+type Connect func(ctx context.Context) (Cloud, error)
+
+// Options configure the daemon.
+type Options struct {
+	// Targets are the pool sizes.
+	Targets pool.Targets
+	// InitialBatch is the number of addresses the first fill of an empty
+	// pool asks for at least (the cluster template's ipAddressCount).
+	InitialBatch int
+	// Cooldown is how long a released address waits before reuse.
+	Cooldown time.Duration
+	// AllocateWait bounds how long an allocation waits for a refill when
+	// the pool is empty before it answers "try again".
+	AllocateWait time.Duration
+	// ResyncInterval is the period of the safety-net resync with the cloud.
+	ResyncInterval time.Duration
+	// MinWriteInterval merges bursts: cloud writes are at least this far apart.
+	MinWriteInterval time.Duration
+	// NodeName is the Kubernetes node name (reported in status).
+	NodeName string
+	// MTU is the MTU pods get (Azure: 1500).
+	MTU int
+	// BootID is the kernel's boot id; a change since the store was last
+	// used means the node rebooted and every pod's datapath is gone.
+	BootID string
+	// ReleaseSpool is the directory where the plugin records releases it
+	// could not hand over (see package spool); drained on every round.
+	ReleaseSpool string
+	// Conflist is written atomically once the daemon is ready.
+	Conflist Conflist
+	Logger   *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Conflist is the CNI network configuration file the daemon writes when ready.
+type Conflist struct {
+	// Path is the file (e.g. /etc/cni/net.d/10-vnet-cni.conflist); empty disables writing.
+	Path string
+	Data []byte
+}
+
+func (o *Options) setDefaults() {
+	if o.Cooldown == 0 {
+		o.Cooldown = 30 * time.Second
+	}
+	if o.AllocateWait == 0 {
+		o.AllocateWait = 5 * time.Second
+	}
+	if o.ResyncInterval == 0 {
+		o.ResyncInterval = time.Minute
+	}
+	if o.MinWriteInterval == 0 {
+		o.MinWriteInterval = 200 * time.Millisecond
+	}
+	if o.MTU == 0 {
+		o.MTU = 1500
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// Daemon is the address manager of one node.
+type Daemon struct {
+	opts    Options
+	store   *store.Store
+	connect Connect
+	log     *slog.Logger
+	metrics *Metrics
+	kickCh  chan struct{}
+
+	// mu guards the fields below.
+	mu sync.Mutex
+	// cloud is nil until connect succeeded; node is its identity.
+	cloud Cloud
+	node  cloud.Node
+	// synced is true after the first successful read of the NIC.
+	synced bool
+	ready  bool
+	// notReadyReason says why the daemon is not ready.
+	notReadyReason string
+	limitReached   bool
+	lastCloudErr   error
+	// pending counts allocations waiting for a refill.
+	pending int
+	// freed is closed (and replaced) whenever addresses become free.
+	freed chan struct{}
+	// Scheduling of the worker.
+	backoffUntil time.Time
+	backoff      time.Duration
+	nextResync   time.Time
+	lastWrite    time.Time
+	firstFill    bool
+	// partialSince is when a release was first held back (see holdPartialRelease).
+	partialSince time.Time
+}
+
+// New returns a daemon over an open store. Start its worker with Run.
+func New(st *store.Store, connect Connect, opts Options) (*Daemon, error) {
+	opts.setDefaults()
+	d := &Daemon{
+		opts:           opts,
+		store:          st,
+		connect:        connect,
+		log:            opts.Logger,
+		kickCh:         make(chan struct{}, 1),
+		freed:          make(chan struct{}),
+		notReadyReason: "connecting to the cloud",
+		firstFill:      true,
+	}
+	d.metrics = newMetrics(d)
+	if err := d.handleReboot(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// handleReboot records the boot id; after a reboot every pod is gone, so
+// every assigned address starts its cooldown.
+func (d *Daemon) handleReboot() error {
+	if d.opts.BootID == "" {
+		return nil
+	}
+	rebooted, err := d.store.SetBootID(d.opts.BootID)
+	if err != nil {
+		return fmt.Errorf("record boot id: %w", err)
+	}
+	if !rebooted {
+		return nil
+	}
+	n := 0
+	for _, r := range d.store.List() {
+		if r.State != store.StateAssigned {
+			continue
+		}
+		if _, _, err := d.store.Release(r.Owner.Attachment()); err != nil {
+			return fmt.Errorf("release %s after reboot: %w", r.IP, err)
+		}
+		n++
+	}
+	d.log.Info("node rebooted since the store was last used: released the assignments of the previous boot", "released", n)
+	return nil
+}
+
+// Metrics returns the daemon's Prometheus metrics.
+func (d *Daemon) Metrics() *Metrics { return d.metrics }
+
+// kick asks the worker to look at the pool soon.
+func (d *Daemon) kick() {
+	select {
+	case d.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+// signalFreeLocked wakes allocations waiting for a free address.
+func (d *Daemon) signalFreeLocked() {
+	close(d.freed)
+	d.freed = make(chan struct{})
+}
+
+func (d *Daemon) signalFree() {
+	d.mu.Lock()
+	d.signalFreeLocked()
+	d.mu.Unlock()
+}
+
+// Run connects to the cloud and runs the pool worker until ctx is done.
+func (d *Daemon) Run(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.kickCh:
+		case <-timer.C:
+		}
+		wait := d.step(ctx)
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// writeConflist writes the CNI configuration if it is missing or differs.
+func (d *Daemon) writeConflist() error {
+	c := d.opts.Conflist
+	if c.Path == "" {
+		return nil
+	}
+	if err := atomicfile.Write(c.Path, c.Data, 0o644); err != nil {
+		return fmt.Errorf("write cni conflist: %w", err)
+	}
+	d.log.Info("wrote cni network configuration", "path", c.Path)
+	return nil
+}

@@ -1,0 +1,220 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/store"
+)
+
+var _ rpc.Handler = (*Daemon)(nil)
+
+// network returns what every answer about an address carries, or an error
+// when the daemon has not synced with the cloud yet.
+func (d *Daemon) network() (rpc.Assignment, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.synced {
+		return rpc.Assignment{}, rpc.Errorf(rpc.CodeNotReady, "vnet-ipamd is starting: %s", d.notReadyReason)
+	}
+	return d.baseLocked(), nil
+}
+
+// baseLocked is the network part of every assignment.
+func (d *Daemon) baseLocked() rpc.Assignment {
+	return rpc.Assignment{
+		Subnet: d.node.Subnet, Gateway: d.node.Gateway, MTU: d.opts.MTU,
+		VNetCIDRs: d.node.VNetPrefixes, PrimaryIP: d.node.PrimaryIP,
+	}
+}
+
+func assignment(base rpc.Assignment, r store.Record) rpc.Assignment {
+	base.ContainerID = r.Owner.ContainerID
+	base.IfName = r.Owner.IfName
+	base.PodNamespace = r.Owner.PodNamespace
+	base.PodName = r.Owner.PodName
+	base.IP = r.IP
+	return base
+}
+
+// Allocate hands out an address from the pool; it never calls the cloud.
+// When the pool is empty it waits up to AllocateWait for the refill.
+func (d *Daemon) Allocate(ctx context.Context, req rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+	start := time.Now()
+	base, err := d.network()
+	if err != nil {
+		d.metrics.allocations.WithLabelValues("not_ready").Inc()
+		return rpc.AllocateResponse{}, err
+	}
+	owner := store.Owner{
+		ContainerID: req.ContainerID, IfName: req.IfName,
+		PodNamespace: req.PodNamespace, PodName: req.PodName, Netns: req.Netns,
+	}
+	wait := time.NewTimer(d.opts.AllocateWait)
+	defer wait.Stop()
+	waiting := false
+	defer func() {
+		if waiting {
+			d.mu.Lock()
+			d.pending--
+			d.mu.Unlock()
+		}
+	}()
+	for {
+		d.mu.Lock()
+		freed := d.freed
+		d.mu.Unlock()
+		rec, err := d.store.Assign(owner)
+		if err == nil {
+			d.metrics.allocations.WithLabelValues("ok").Inc()
+			d.metrics.allocateSeconds.Observe(time.Since(start).Seconds())
+			d.kickIfLow()
+			return rpc.AllocateResponse{Assignment: assignment(base, rec)}, nil
+		}
+		if !errors.Is(err, store.ErrNoFree) {
+			d.metrics.allocations.WithLabelValues("error").Inc()
+			return rpc.AllocateResponse{}, fmt.Errorf("assign address to %s/%s: %w", req.ContainerID, req.IfName, err)
+		}
+		if !waiting {
+			waiting = true
+			d.mu.Lock()
+			d.pending++
+			d.mu.Unlock()
+		}
+		d.kick()
+		select {
+		case <-freed:
+		case <-wait.C:
+			d.metrics.allocations.WithLabelValues("try_again").Inc()
+			return rpc.AllocateResponse{}, rpc.Errorf(rpc.CodeTryAgain,
+				"no free address on this node after waiting %s: %s", d.opts.AllocateWait, d.poolSituation())
+		case <-ctx.Done():
+			d.metrics.allocations.WithLabelValues("try_again").Inc()
+			return rpc.AllocateResponse{}, rpc.Errorf(rpc.CodeTryAgain, "no free address on this node yet: %s", d.poolSituation())
+		}
+	}
+}
+
+// poolSituation explains an empty pool for error messages.
+func (d *Daemon) poolSituation() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.limitReached && d.lastCloudErr != nil:
+		return "the pool is at its limit: " + d.lastCloudErr.Error()
+	case d.limitReached:
+		return fmt.Sprintf("the pool is at its limit of %d addresses (maxIPs or the NIC's 256 ipConfigurations)", effectiveMax(d.opts.Targets))
+	case d.lastCloudErr != nil:
+		return "the refill is failing: " + d.lastCloudErr.Error()
+	default:
+		return "the pool is being refilled"
+	}
+}
+
+// kickIfLow wakes the worker when free addresses fell below the warm target.
+func (d *Daemon) kickIfLow() {
+	if d.store.Counts().Free < d.opts.Targets.WarmIPTarget {
+		d.kick()
+	}
+}
+
+// Release puts the attachment's address into cooldown; unknown attachments
+// are not an error.
+func (d *Daemon) Release(_ context.Context, req rpc.ReleaseRequest) (rpc.ReleaseResponse, error) {
+	rec, known, err := d.store.Release(store.Attachment{ContainerID: req.ContainerID, IfName: req.IfName})
+	if err != nil {
+		return rpc.ReleaseResponse{}, fmt.Errorf("release %s/%s: %w", req.ContainerID, req.IfName, err)
+	}
+	if known {
+		d.metrics.releases.Inc()
+		d.kick()
+	}
+	return rpc.ReleaseResponse{Known: known, IP: rec.IP}, nil
+}
+
+// Check returns the attachment's assignment, if any.
+func (d *Daemon) Check(_ context.Context, req rpc.CheckRequest) (rpc.CheckResponse, error) {
+	base, err := d.network()
+	if err != nil {
+		return rpc.CheckResponse{}, err
+	}
+	rec, ok := d.store.Get(store.Attachment{ContainerID: req.ContainerID, IfName: req.IfName})
+	if !ok || rec.State != store.StateAssigned {
+		return rpc.CheckResponse{}, nil
+	}
+	a := assignment(base, rec)
+	return rpc.CheckResponse{Assignment: &a}, nil
+}
+
+// GC releases every assignment whose attachment is not in req.Valid.
+func (d *Daemon) GC(_ context.Context, req rpc.GCRequest) (rpc.GCResponse, error) {
+	valid := make(map[store.Attachment]bool, len(req.Valid))
+	for _, a := range req.Valid {
+		valid[store.Attachment{ContainerID: a.ContainerID, IfName: a.IfName}] = true
+	}
+	d.mu.Lock()
+	base := d.baseLocked()
+	d.mu.Unlock()
+	var resp rpc.GCResponse
+	var errs []error
+	for _, r := range d.store.List() {
+		if r.State != store.StateAssigned || valid[r.Owner.Attachment()] {
+			continue
+		}
+		if _, _, err := d.store.Release(r.Owner.Attachment()); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		resp.Released = append(resp.Released, assignment(base, r))
+	}
+	if len(resp.Released) > 0 {
+		d.metrics.releases.Add(float64(len(resp.Released)))
+		d.log.Info("gc released stale assignments", "count", len(resp.Released))
+		d.kick()
+	}
+	return resp, errors.Join(errs...)
+}
+
+// Status tells whether Allocate can succeed now, with the pool counts.
+func (d *Daemon) Status(_ context.Context, _ rpc.StatusRequest) (rpc.StatusResponse, error) {
+	c := d.store.Counts()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	resp := rpc.StatusResponse{
+		Ready:        d.ready,
+		Reason:       d.notReadyReason,
+		NodeName:     d.opts.NodeName,
+		MTU:          d.opts.MTU,
+		LimitReached: d.limitReached,
+		Pool: rpc.PoolCounts{
+			Free: c.Free, Assigned: c.Assigned, Cooling: c.Cooling, Releasing: c.Releasing,
+			Total: c.Total(), Max: effectiveMax(d.opts.Targets),
+		},
+	}
+	if d.lastCloudErr != nil {
+		resp.LastCloudError = d.lastCloudErr.Error()
+	}
+	if d.synced {
+		resp.VNetCIDRs = d.node.VNetPrefixes
+		resp.Subnet = d.node.Subnet
+		resp.Gateway = d.node.Gateway
+		resp.PrimaryIP = d.node.PrimaryIP
+	}
+	return resp, nil
+}
+
+// List returns every address with its state and owner.
+func (d *Daemon) List(_ context.Context, _ rpc.ListRequest) (rpc.ListResponse, error) {
+	var resp rpc.ListResponse
+	for _, r := range d.store.List() {
+		resp.Addresses = append(resp.Addresses, rpc.AddressRecord{
+			IP: r.IP, State: string(r.State), Since: r.Since,
+			ContainerID: r.Owner.ContainerID, IfName: r.Owner.IfName,
+			PodNamespace: r.Owner.PodNamespace, PodName: r.Owner.PodName,
+		})
+	}
+	return resp, nil
+}

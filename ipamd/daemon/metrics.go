@@ -1,0 +1,141 @@
+package daemon
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vnet-cni/vnet-cni/cloud"
+	"github.com/vnet-cni/vnet-cni/ipamd/store"
+)
+
+// Metrics are the daemon's Prometheus metrics, in a registry of their own.
+type Metrics struct {
+	registry           *prometheus.Registry
+	allocations        *prometheus.CounterVec
+	releases           prometheus.Counter
+	allocatedFromCloud prometheus.Counter
+	releasedToCloud    prometheus.Counter
+	cloudCalls         *prometheus.CounterVec
+	cloudSeconds       *prometheus.HistogramVec
+	allocateSeconds    prometheus.Histogram
+	errors             *prometheus.CounterVec
+}
+
+const namespace = "vnetcni_ipamd"
+
+func newMetrics(d *Daemon) *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "allocations_total",
+			Help: "Allocate calls by result (ok, try_again, not_ready, error).",
+		}, []string{"result"}),
+		releases: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "releases_total",
+			Help: "Addresses released by pods (release and gc), entering cooldown.",
+		}),
+		allocatedFromCloud: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "cloud_addresses_added_total",
+			Help: "Secondary addresses added to the NIC.",
+		}),
+		releasedToCloud: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "cloud_addresses_removed_total",
+			Help: "Secondary addresses removed from the NIC.",
+		}),
+		cloudCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "cloud_calls_total",
+			Help: "Cloud operations by operation and result (ok or the error kind).",
+		}, []string{"operation", "result"}),
+		cloudSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "cloud_call_duration_seconds",
+			Help:    "Duration of cloud operations, long-running operations polled to the end.",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60},
+		}, []string{"operation"}),
+		allocateSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "allocate_duration_seconds",
+			Help:    "Duration of successful Allocate calls, waiting for a refill included.",
+			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1, 5},
+		}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "cloud_errors_total",
+			Help: "Failed pool-worker rounds by cloud error kind.",
+		}, []string{"kind"}),
+	}
+	addresses := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "addresses",
+		Help: "Secondary addresses held by the daemon, by state.",
+	}, []string{"state"})
+	m.registry.MustRegister(m.allocations, m.releases, m.allocatedFromCloud, m.releasedToCloud,
+		m.cloudCalls, m.cloudSeconds, m.allocateSeconds, m.errors,
+		&stateCollector{d: d, desc: addresses},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "ready", Help: "1 when the daemon is ready to serve pods.",
+		}, func() float64 { return boolGauge(d.isReady()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "limit_reached", Help: "1 when the pool wants more addresses than its limits allow.",
+		}, func() float64 { return boolGauge(d.isLimitReached()) }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{Registry: m.registry})
+}
+
+// Registry returns the registry, for tests that gather the metrics.
+func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
+
+func (m *Metrics) observeCloud(op string, start time.Time, err error) {
+	result := "ok"
+	if err != nil {
+		result = cloud.KindOf(err).String()
+	}
+	m.cloudCalls.WithLabelValues(op, result).Inc()
+	m.cloudSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}
+
+// stateCollector reads the store's counts at scrape time.
+type stateCollector struct {
+	d    *Daemon
+	desc *prometheus.GaugeVec
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) { c.desc.Describe(ch) }
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := c.d.store.Counts()
+	for st, n := range map[store.State]int{
+		store.StateFree: counts.Free, store.StateAssigned: counts.Assigned,
+		store.StateCooling: counts.Cooling, store.StateReleasing: counts.Releasing,
+	} {
+		g := c.desc.WithLabelValues(string(st))
+		g.Set(float64(n))
+		g.Collect(ch)
+	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (d *Daemon) isReady() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.ready
+}
+
+func (d *Daemon) isLimitReached() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.limitReached
+}

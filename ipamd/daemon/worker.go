@@ -1,0 +1,387 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/cloud"
+	"github.com/vnet-cni/vnet-cni/ipamd/pool"
+	"github.com/vnet-cni/vnet-cni/ipamd/spool"
+	"github.com/vnet-cni/vnet-cni/ipamd/store"
+)
+
+// Back-off bounds of the worker after cloud errors.
+const (
+	minBackoff      = time.Second
+	maxBackoff      = 30 * time.Second
+	conflictBackoff = 200 * time.Millisecond
+)
+
+// step does one round of the pool worker: connect, resync, promote cooled
+// addresses, finish an interrupted release, plan, and make at most one cloud
+// write. It returns how long to sleep before the next round (a kick wakes
+// the worker earlier).
+func (d *Daemon) step(ctx context.Context) time.Duration {
+	now := d.opts.Now()
+	d.mu.Lock()
+	if until := d.backoffUntil; now.Before(until) {
+		d.mu.Unlock()
+		return until.Sub(now)
+	}
+	c, synced, resyncDue := d.cloud, d.synced, !now.Before(d.nextResync)
+	d.mu.Unlock()
+	d.drainSpool()
+
+	if c == nil {
+		var err error
+		if c, err = d.connectCloud(ctx); err != nil {
+			return d.fail("connect", err)
+		}
+	}
+	if !synced || resyncDue {
+		if err := d.sync(ctx, c); err != nil {
+			return d.fail("resync", err)
+		}
+	}
+	if promoted, err := d.store.Promote(now, d.opts.Cooldown); err != nil {
+		d.log.Error("promote cooled addresses", "err", err)
+	} else if len(promoted) > 0 {
+		d.log.Debug("addresses back in the pool after cooldown", "count", len(promoted))
+		d.signalFree()
+	}
+
+	records := d.store.List()
+	// A release that failed or was cut by a crash is finished first: its
+	// addresses may already be gone from the NIC, so they are never reused.
+	if releasing := ipsIn(records, store.StateReleasing); len(releasing) > 0 {
+		if wait, ok := d.writeDelay(now); !ok {
+			return wait
+		}
+		if err := d.release(ctx, c, releasing); err != nil {
+			return d.fail("release", err)
+		}
+		return 0
+	}
+
+	dec := pool.Plan(d.planInput(now, records))
+	d.mu.Lock()
+	d.limitReached = dec.LimitReached
+	d.mu.Unlock()
+	d.updateReadiness(records)
+
+	switch dec.Action {
+	case pool.ActionAllocate:
+		if wait, ok := d.writeDelay(now); !ok {
+			return wait
+		}
+		n := dec.Allocate
+		d.mu.Lock()
+		if d.firstFill && len(records) == 0 {
+			// The template's ipAddressCount is the first batch, within the ceiling.
+			n = max(n, min(d.opts.InitialBatch, effectiveMax(d.opts.Targets)))
+		}
+		d.mu.Unlock()
+		d.log.Info("allocating addresses", "count", n, "reason", dec.Reason)
+		if err := d.allocate(ctx, c, n); err != nil {
+			return d.fail("allocate", err)
+		}
+		return 0
+	case pool.ActionRelease:
+		if wait, hold := d.holdPartialRelease(now, dec); hold {
+			return wait
+		}
+		if wait, ok := d.writeDelay(now); !ok {
+			return wait
+		}
+		d.log.Info("releasing addresses", "count", len(dec.Release), "reason", dec.Reason)
+		if err := d.store.MarkReleasing(dec.Release...); err != nil {
+			d.log.Error("mark addresses releasing", "err", err)
+			return d.fail("release", err)
+		}
+		if err := d.release(ctx, c, dec.Release); err != nil {
+			return d.fail("release", err)
+		}
+		return 0
+	}
+	d.mu.Lock()
+	d.partialSince = time.Time{}
+	d.mu.Unlock()
+	if dec.LimitReached {
+		d.log.Debug("pool limit reached", "reason", dec.Reason)
+	}
+	return d.nextWake(now, records, dec)
+}
+
+// drainSpool finishes the releases the plugin spooled while the daemon was
+// unreachable.
+func (d *Daemon) drainSpool() {
+	if d.opts.ReleaseSpool == "" {
+		return
+	}
+	n, err := spool.Drain(d.opts.ReleaseSpool, func(r spool.Release) error {
+		_, _, err := d.store.Release(store.Attachment{ContainerID: r.ContainerID, IfName: r.IfName})
+		return err
+	})
+	if err != nil {
+		d.log.Warn("release spool", "err", err)
+	}
+	if n > 0 {
+		d.metrics.releases.Add(float64(n))
+		d.log.Info("finished releases spooled by the plugin while the daemon was away", "count", n)
+	}
+}
+
+func effectiveMax(t pool.Targets) int {
+	if t.MaxIPs <= 0 || t.MaxIPs > pool.MaxSecondaryIPs {
+		return pool.MaxSecondaryIPs
+	}
+	return t.MaxIPs
+}
+
+// holdPartialRelease keeps a release back while part of the excess still
+// waits for its release delay, so that the excess goes back to the cloud in
+// one NIC update rather than one per address age. It holds at most one
+// release delay, so churn that keeps producing young free addresses cannot
+// postpone a release for ever.
+func (d *Daemon) holdPartialRelease(now time.Time, dec pool.Decision) (time.Duration, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if dec.RecheckAt.IsZero() {
+		d.partialSince = time.Time{}
+		return 0, false
+	}
+	if d.partialSince.IsZero() {
+		d.partialSince = now
+	}
+	if now.Sub(d.partialSince) >= d.opts.Targets.ReleaseDelay {
+		d.partialSince = time.Time{}
+		return 0, false
+	}
+	return max(dec.RecheckAt.Sub(now), time.Millisecond), true
+}
+
+// writeDelay merges bursts: a cloud write waits until MinWriteInterval has
+// passed since the last one.
+func (d *Daemon) writeDelay(now time.Time) (time.Duration, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if next := d.lastWrite.Add(d.opts.MinWriteInterval); now.Before(next) {
+		return next.Sub(now), false
+	}
+	return 0, true
+}
+
+func (d *Daemon) connectCloud(ctx context.Context) (Cloud, error) {
+	start := time.Now()
+	c, err := d.connect(ctx)
+	d.metrics.observeCloud("connect", start, err)
+	if err != nil {
+		return nil, err
+	}
+	node := c.Node()
+	d.mu.Lock()
+	d.cloud, d.node = c, node
+	d.mu.Unlock()
+	d.log.Info("connected to the cloud", "provider", node.Provider, "vm", node.VMName, "nic", node.NICName,
+		"primaryIP", node.PrimaryIP.String(), "subnet", node.Subnet.String(), "gateway", node.Gateway.String())
+	return c, nil
+}
+
+// sync reads the NIC and aligns the store with it.
+func (d *Daemon) sync(ctx context.Context, c Cloud) error {
+	start := time.Now()
+	nic, err := c.NIC(ctx)
+	d.metrics.observeCloud("nic_read", start, err)
+	if err != nil {
+		return err
+	}
+	res, err := d.store.Reconcile(nic.Secondary)
+	if err != nil {
+		return err
+	}
+	if len(res.Added) > 0 {
+		d.log.Info("addresses on the NIC unknown to the store are now free", "count", len(res.Added))
+		d.signalFree()
+	}
+	for _, r := range res.Dropped {
+		lvl := slog.LevelInfo
+		if r.State == store.StateAssigned {
+			lvl = slog.LevelWarn
+		}
+		d.log.Log(ctx, lvl, "address left the NIC outside vnet-ipamd; dropped from the store",
+			"ip", r.IP.String(), "state", string(r.State), "containerID", r.Owner.ContainerID, "ifName", r.Owner.IfName)
+	}
+	d.mu.Lock()
+	d.synced = true
+	d.nextResync = d.opts.Now().Add(d.opts.ResyncInterval)
+	d.mu.Unlock()
+	d.succeeded()
+	return nil
+}
+
+func (d *Daemon) allocate(ctx context.Context, c Cloud, n int) error {
+	start := time.Now()
+	ips, err := c.AddIPs(ctx, n)
+	d.metrics.observeCloud("add_ips", start, err)
+	d.mu.Lock()
+	d.lastWrite = d.opts.Now()
+	d.mu.Unlock()
+	if len(ips) > 0 {
+		// Whatever the cloud confirmed is kept, even with an error.
+		if _, serr := d.store.AddFree(ips...); serr != nil {
+			return errors.Join(err, serr)
+		}
+		d.mu.Lock()
+		d.firstFill = false
+		d.signalFreeLocked()
+		d.mu.Unlock()
+		d.metrics.allocatedFromCloud.Add(float64(len(ips)))
+	}
+	if err != nil {
+		return err
+	}
+	d.succeeded()
+	return nil
+}
+
+// release removes ips (in state releasing) from the NIC and then from the
+// store. On failure they stay releasing and the next round tries again:
+// the outcome of a failed call is unknown, so they are never handed out.
+func (d *Daemon) release(ctx context.Context, c Cloud, ips []netip.Addr) error {
+	start := time.Now()
+	err := c.RemoveIPs(ctx, ips)
+	d.metrics.observeCloud("remove_ips", start, err)
+	d.mu.Lock()
+	d.lastWrite = d.opts.Now()
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := d.store.Remove(ips...); err != nil {
+		return err
+	}
+	d.metrics.releasedToCloud.Add(float64(len(ips)))
+	d.succeeded()
+	return nil
+}
+
+// fail records a cloud error and returns the back-off before the next round.
+func (d *Daemon) fail(what string, err error) time.Duration {
+	kind := cloud.KindOf(err)
+	d.metrics.errors.WithLabelValues(kind.String()).Inc()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.lastCloudErr = err
+	var wait time.Duration
+	switch kind {
+	case cloud.Throttled:
+		wait = max(cloud.RetryAfterOf(err), minBackoff)
+	case cloud.Conflict:
+		wait = max(cloud.RetryAfterOf(err), conflictBackoff)
+	case cloud.SubnetFull, cloud.NICLimit:
+		// Nothing will change by asking again soon; a resync or a released
+		// address (kick) brings the worker back.
+		d.limitReached = true
+		wait = d.opts.ResyncInterval
+	default:
+		if d.backoff == 0 {
+			d.backoff = minBackoff
+		} else {
+			d.backoff = min(2*d.backoff, maxBackoff)
+		}
+		wait = d.backoff
+	}
+	d.backoffUntil = d.opts.Now().Add(wait)
+	if !d.ready {
+		d.notReadyReason = what + ": " + err.Error()
+	}
+	d.log.Warn("cloud call failed", "step", what, "kind", kind.String(), "retryIn", wait.String(), "err", err)
+	return wait
+}
+
+func (d *Daemon) succeeded() {
+	d.mu.Lock()
+	d.backoff = 0
+	d.lastCloudErr = nil
+	d.mu.Unlock()
+}
+
+// updateReadiness makes the daemon ready after the first sync with a
+// non-empty pool, writing the conflist on the way.
+func (d *Daemon) updateReadiness(records []store.Record) {
+	d.mu.Lock()
+	if d.ready || !d.synced {
+		d.mu.Unlock()
+		return
+	}
+	if len(records) == 0 {
+		d.notReadyReason = "the pool is empty, waiting for the first addresses"
+		d.mu.Unlock()
+		return
+	}
+	d.mu.Unlock()
+	if err := d.writeConflist(); err != nil {
+		d.log.Error("cannot write the cni conflist; staying not ready", "err", err)
+		d.mu.Lock()
+		d.notReadyReason = err.Error()
+		d.mu.Unlock()
+		return
+	}
+	d.mu.Lock()
+	d.ready = true
+	d.notReadyReason = ""
+	d.mu.Unlock()
+	d.log.Info("ready", "addresses", len(records))
+}
+
+func (d *Daemon) planInput(now time.Time, records []store.Record) pool.Input {
+	in := pool.Input{Now: now, Targets: d.opts.Targets}
+	for _, r := range records {
+		switch r.State {
+		case store.StateFree:
+			in.Free = append(in.Free, pool.FreeIP{IP: r.IP, Since: r.Since})
+		case store.StateAssigned:
+			in.Assigned++
+		case store.StateCooling:
+			in.Cooling++
+		case store.StateReleasing:
+			in.Releasing++
+		}
+	}
+	d.mu.Lock()
+	in.Pending = d.pending
+	d.mu.Unlock()
+	return in
+}
+
+// nextWake is the sleep until something changes on its own: the resync, the
+// end of a cooldown, or a free address becoming eligible for release.
+func (d *Daemon) nextWake(now time.Time, records []store.Record, dec pool.Decision) time.Duration {
+	d.mu.Lock()
+	next := d.nextResync
+	d.mu.Unlock()
+	for _, r := range records {
+		if r.State == store.StateCooling {
+			if t := r.ReleasedAt.Add(d.opts.Cooldown); t.Before(next) {
+				next = t
+			}
+		}
+	}
+	if !dec.RecheckAt.IsZero() && dec.RecheckAt.Before(next) {
+		next = dec.RecheckAt
+	}
+	return max(next.Sub(now), 10*time.Millisecond)
+}
+
+func ipsIn(records []store.Record, st store.State) []netip.Addr {
+	var ips []netip.Addr
+	for _, r := range records {
+		if r.State == st {
+			ips = append(ips, r.IP)
+		}
+	}
+	return ips
+}
