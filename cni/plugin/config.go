@@ -1,0 +1,182 @@
+// Package plugin implements the vnet-cni CNI plugin's verbs: ADD, DEL,
+// CHECK, GC and STATUS (VERSION is answered by skel). An address comes from
+// vnet-ipamd over its unix socket; the datapath is built by package bridge.
+package plugin
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+)
+
+// Modes of the plugin.
+const (
+	ModeBridge = "bridge"
+)
+
+// NetConf is the plugin's entry in a conflist.
+type NetConf struct {
+	types.NetConf
+	// Mode is the datapath: "bridge" (routed and kubenet come later).
+	Mode string `json:"mode,omitempty"`
+	// Bridge is the bridge name (default azure0).
+	Bridge string `json:"bridge,omitempty"`
+	// Master is the node's uplink (default: the interface holding the node's
+	// primary IP, found on the bridge once it exists).
+	Master string `json:"master,omitempty"`
+	// IPAMDSocket is vnet-ipamd's socket (default /run/vnet-cni/ipamd.sock).
+	IPAMDSocket string `json:"ipamdSocket,omitempty"`
+	// MTU of the bridge and the veths (default: the master's).
+	MTU int `json:"mtu,omitempty"`
+	// SNATExclusions are destinations that pods reach without SNAT (default:
+	// the VNet address space from vnet-ipamd).
+	SNATExclusions []string `json:"snatExclusions,omitempty"`
+	// LogFile receives one JSON line per call (default: stderr, which the
+	// runtime records).
+	LogFile string `json:"logFile,omitempty"`
+	// LogLevel is debug, info, warn or error (default info).
+	LogLevel string `json:"logLevel,omitempty"`
+	// IPAMDTimeout bounds an ADD's wait for an address (default 10s); DEL,
+	// CHECK and STATUS use at most 2s.
+	IPAMDTimeout string `json:"ipamdTimeout,omitempty"`
+	// ReleaseSpool is where a DEL records a release that vnet-ipamd could not
+	// take (it was unreachable); the daemon finishes them (default
+	// /var/lib/vnet-cni/releases).
+	ReleaseSpool string `json:"releaseSpool,omitempty"`
+	// LockDir holds the lock that serialises first-time bridge set-up
+	// (default /run/vnet-cni).
+	LockDir string `json:"lockDir,omitempty"`
+
+	// Derived values, set by loadNetConf.
+	snatExclusions []netip.Prefix
+	ipamdTimeout   time.Duration
+	logLevel       string
+}
+
+// Defaults of the configuration.
+const (
+	DefaultBridge       = "azure0"
+	DefaultReleaseSpool = "/var/lib/vnet-cni/release-spool"
+	DefaultLockDir      = "/run/vnet-cni"
+	defaultIPAMDTimeout = 10 * time.Second
+	shortIPAMDTimeout   = 2 * time.Second
+	maxIfNameLen        = 15
+)
+
+// maxStdin bounds the configuration a runtime may hand the plugin.
+const maxStdin = 1 << 20
+
+// loadNetConf parses and validates the configuration once. Undecodable
+// input is CNI error 6, an invalid value error 7 naming the field.
+func loadNetConf(data []byte) (*NetConf, error) {
+	if len(data) > maxStdin {
+		return nil, types.NewError(types.ErrDecodingFailure, "configuration too large",
+			fmt.Sprintf("%d bytes, at most %d", len(data), maxStdin))
+	}
+	conf := &NetConf{
+		Mode:         ModeBridge,
+		Bridge:       DefaultBridge,
+		IPAMDSocket:  rpc.DefaultSocketPath,
+		ReleaseSpool: DefaultReleaseSpool,
+		LockDir:      DefaultLockDir,
+	}
+	if err := json.Unmarshal(data, conf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "cannot decode the network configuration", err.Error())
+	}
+	if err := conf.validate(); err != nil {
+		return nil, err
+	}
+	return conf, nil
+}
+
+func invalid(field, format string, args ...any) error {
+	return types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration: "+field,
+		fmt.Sprintf(format, args...))
+}
+
+func (c *NetConf) validate() error {
+	if c.Name == "" {
+		return invalid("name", "missing")
+	}
+	if c.Mode != ModeBridge {
+		return invalid("mode", "%q is not supported; supported: %q", c.Mode, ModeBridge)
+	}
+	if err := validIfName(c.Bridge); err != nil {
+		return invalid("bridge", "%q: %v", c.Bridge, err)
+	}
+	if c.Master != "" {
+		if err := validIfName(c.Master); err != nil {
+			return invalid("master", "%q: %v", c.Master, err)
+		}
+	}
+	if !strings.HasPrefix(c.IPAMDSocket, "/") {
+		return invalid("ipamdSocket", "%q is not an absolute path", c.IPAMDSocket)
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 9000) {
+		return invalid("mtu", "%d out of range 576..9000", c.MTU)
+	}
+	for _, s := range c.SNATExclusions {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || !p.Addr().Is4() {
+			return invalid("snatExclusions", "%q is not an IPv4 CIDR", s)
+		}
+		c.snatExclusions = append(c.snatExclusions, p.Masked())
+	}
+	c.ipamdTimeout = defaultIPAMDTimeout
+	if c.IPAMDTimeout != "" {
+		d, err := time.ParseDuration(c.IPAMDTimeout)
+		if err != nil || d < 100*time.Millisecond || d > 2*time.Minute {
+			return invalid("ipamdTimeout", "%q is not a duration in 100ms..2m", c.IPAMDTimeout)
+		}
+		c.ipamdTimeout = d
+	}
+	c.logLevel = "info"
+	if c.LogLevel != "" {
+		switch c.LogLevel {
+		case "debug", "info", "warn", "error":
+			c.logLevel = c.LogLevel
+		default:
+			return invalid("logLevel", "%q is not one of debug, info, warn, error", c.LogLevel)
+		}
+	}
+	for field, p := range map[string]string{"logFile": c.LogFile, "releaseSpool": c.ReleaseSpool, "lockDir": c.LockDir} {
+		if p != "" && !strings.HasPrefix(p, "/") {
+			return invalid(field, "%q is not an absolute path", p)
+		}
+	}
+	return nil
+}
+
+func validIfName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty")
+	case len(name) > maxIfNameLen:
+		return fmt.Errorf("longer than %d characters", maxIfNameLen)
+	case name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n"):
+		return fmt.Errorf("not a valid interface name")
+	}
+	return nil
+}
+
+// k8sArgs are the Kubernetes arguments in CNI_ARGS.
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // the names are the wire format
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+}
+
+func loadK8sArgs(args string) (k8sArgs, error) {
+	var k k8sArgs
+	if err := types.LoadArgs(args, &k); err != nil {
+		return k, types.NewError(types.ErrInvalidEnvironmentVariables, "cannot parse CNI_ARGS", err.Error())
+	}
+	return k, nil
+}

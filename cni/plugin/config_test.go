@@ -1,0 +1,83 @@
+package plugin
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+func TestLoadNetConfDefaults(t *testing.T) {
+	c, err := loadNetConf([]byte(`{"cniVersion":"1.1.0","name":"vnet","type":"vnet-cni"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != ModeBridge || c.Bridge != "azure0" || c.IPAMDSocket != "/run/vnet-cni/ipamd.sock" ||
+		c.ipamdTimeout != 10*time.Second || c.logLevel != "info" || c.ReleaseSpool != DefaultReleaseSpool || c.LockDir != DefaultLockDir {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+	c, err = loadNetConf([]byte(`{"cniVersion":"1.1.0","name":"vnet","type":"vnet-cni","snatExclusions":["10.0.0.0/8","192.168.1.7/16"],"ipamdTimeout":"3s","mtu":1400}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.snatExclusions) != 2 || c.snatExclusions[1].String() != "192.168.0.0/16" || c.ipamdTimeout != 3*time.Second || c.MTU != 1400 {
+		t.Errorf("derived values wrong: %+v", c)
+	}
+}
+
+func TestLoadNetConfErrors(t *testing.T) {
+	base := `"cniVersion":"1.1.0","type":"vnet-cni"`
+	for _, tc := range []struct {
+		name  string
+		conf  string
+		code  uint
+		field string
+	}{
+		{"not json", `{`, types.ErrDecodingFailure, "decode"},
+		{"wrong type", `{` + base + `,"name":"n","mtu":"big"}`, types.ErrDecodingFailure, "decode"},
+		{"no name", `{` + base + `}`, types.ErrInvalidNetworkConfig, "name"},
+		{"mode", `{` + base + `,"name":"n","mode":"overlay"}`, types.ErrInvalidNetworkConfig, "mode"},
+		{"bridge too long", `{` + base + `,"name":"n","bridge":"averyveryverylongname"}`, types.ErrInvalidNetworkConfig, "bridge"},
+		{"bridge with slash", `{` + base + `,"name":"n","bridge":"a/b"}`, types.ErrInvalidNetworkConfig, "bridge"},
+		{"master", `{` + base + `,"name":"n","master":"x y"}`, types.ErrInvalidNetworkConfig, "master"},
+		{"socket relative", `{` + base + `,"name":"n","ipamdSocket":"ipamd.sock"}`, types.ErrInvalidNetworkConfig, "ipamdSocket"},
+		{"mtu low", `{` + base + `,"name":"n","mtu":100}`, types.ErrInvalidNetworkConfig, "mtu"},
+		{"mtu high", `{` + base + `,"name":"n","mtu":65000}`, types.ErrInvalidNetworkConfig, "mtu"},
+		{"snat not cidr", `{` + base + `,"name":"n","snatExclusions":["10.0.0.1"]}`, types.ErrInvalidNetworkConfig, "snatExclusions"},
+		{"snat ipv6", `{` + base + `,"name":"n","snatExclusions":["fd00::/8"]}`, types.ErrInvalidNetworkConfig, "snatExclusions"},
+		{"timeout", `{` + base + `,"name":"n","ipamdTimeout":"forever"}`, types.ErrInvalidNetworkConfig, "ipamdTimeout"},
+		{"timeout range", `{` + base + `,"name":"n","ipamdTimeout":"1h"}`, types.ErrInvalidNetworkConfig, "ipamdTimeout"},
+		{"log level", `{` + base + `,"name":"n","logLevel":"loud"}`, types.ErrInvalidNetworkConfig, "logLevel"},
+		{"log file relative", `{` + base + `,"name":"n","logFile":"x.log"}`, types.ErrInvalidNetworkConfig, "logFile"},
+		{"oversized", `{` + base + `,"name":"` + strings.Repeat("x", maxStdin) + `"}`, types.ErrDecodingFailure, "too large"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadNetConf([]byte(tc.conf))
+			var e *types.Error
+			if !errors.As(err, &e) {
+				t.Fatalf("error %v is not a CNI error", err)
+			}
+			if e.Code != tc.code {
+				t.Errorf("code = %d, want %d (%v)", e.Code, tc.code, e)
+			}
+			if !strings.Contains(e.Msg+" "+e.Details, tc.field) {
+				t.Errorf("error %q does not name %q", e.Msg+" "+e.Details, tc.field)
+			}
+		})
+	}
+}
+
+func TestLoadK8sArgs(t *testing.T) {
+	k, err := loadK8sArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.K8S_POD_NAMESPACE != "default" || k.K8S_POD_NAME != "web-0" {
+		t.Errorf("args %+v", k)
+	}
+	if _, err := loadK8sArgs("K8S_POD_NAME"); err == nil {
+		t.Error("malformed CNI_ARGS accepted")
+	}
+}

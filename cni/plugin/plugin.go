@@ -1,0 +1,280 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+)
+
+// Plugin runs the CNI verbs. The zero value acts on the caller's network
+// namespace (the node's), as the runtime executes the plugin.
+type Plugin struct {
+	// NodeNS is the node's network namespace path; empty means the
+	// caller's. Tests set it to a simulated node.
+	NodeNS string
+	// Stderr receives the log line when the configuration names no file.
+	Stderr io.Writer
+}
+
+// Funcs returns the verbs for skel.PluginMainFuncs.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
+}
+
+// call is one invocation: the parsed configuration and its log line.
+type call struct {
+	verb   string
+	conf   *NetConf
+	args   *skel.CmdArgs
+	start  time.Time
+	log    *slog.Logger
+	closer io.Closer
+	attrs  []any
+}
+
+func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
+	c := &call{verb: verb, args: args, start: time.Now()}
+	conf, err := loadNetConf(args.StdinData)
+	if err != nil {
+		c.log = p.logger(nil)
+		c.finish(err)
+		return nil, err
+	}
+	c.conf = conf
+	c.log = p.logger(conf)
+	if conf.LogFile != "" {
+		if f, ferr := os.OpenFile(conf.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600); ferr == nil {
+			c.closer = f
+			c.log = slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: level(conf.logLevel)}))
+		}
+	}
+	if args.ContainerID != "" {
+		c.attrs = append(c.attrs, "containerID", args.ContainerID, "ifName", args.IfName)
+	}
+	return c, nil
+}
+
+func (p *Plugin) logger(conf *NetConf) *slog.Logger {
+	w := p.Stderr
+	if w == nil {
+		w = os.Stderr
+	}
+	lvl := slog.LevelInfo
+	if conf != nil {
+		lvl = level(conf.logLevel)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: lvl}))
+}
+
+func level(s string) slog.Level {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(s))
+	return l
+}
+
+// finish writes the one log line of the call.
+func (c *call) finish(err error) {
+	attrs := append([]any{"verb", c.verb, "durationMs", float64(time.Since(c.start).Microseconds()) / 1000}, c.attrs...)
+	if err != nil {
+		attrs = append(attrs, "result", "error", "err", err.Error())
+		c.log.Error("cni "+c.verb, attrs...)
+	} else {
+		attrs = append(attrs, "result", "ok")
+		c.log.Info("cni "+c.verb, attrs...)
+	}
+	if c.closer != nil {
+		_ = c.closer.Close()
+	}
+}
+
+// ipamdError maps a daemon error to the CNI error the runtime should see.
+func ipamdError(op string, err error) error {
+	switch {
+	case rpc.IsTryAgain(err), rpc.IsNotReady(err), rpc.IsUnreachable(err),
+		errors.Is(err, context.DeadlineExceeded):
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("vnet-ipamd %s: try again later", op), err.Error())
+	case rpc.CodeOf(err) == rpc.CodeInvalidRequest:
+		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("vnet-ipamd %s: invalid request", op), err.Error())
+	default:
+		return types.NewError(types.ErrInternal, fmt.Sprintf("vnet-ipamd %s failed", op), err.Error())
+	}
+}
+
+func (p *Plugin) node(conf *NetConf) (*bridge.Node, error) {
+	n, err := bridge.Open(p.NodeNS, bridge.Options{LockDir: conf.LockDir})
+	if err != nil {
+		return nil, types.NewError(types.ErrInternal, "open the node's datapath", err.Error())
+	}
+	return n, nil
+}
+
+// Add allocates an address and builds the pod's datapath; any failure after
+// the address was taken undoes the datapath and releases the address.
+func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
+	c, err := p.begin("ADD", args)
+	if err != nil {
+		return err
+	}
+	defer func() { c.finish(err) }()
+	conf := c.conf
+	if err := validIfName(args.IfName); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_IFNAME", fmt.Sprintf("%q: %v", args.IfName, err))
+	}
+	if args.Netns == "" {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is required for ADD", "")
+	}
+	if err := checkNetns(args.Netns); err != nil {
+		return err
+	}
+	k8s, err := loadK8sArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	c.attrs = append(c.attrs, "pod", string(k8s.K8S_POD_NAMESPACE)+"/"+string(k8s.K8S_POD_NAME))
+
+	ctx, cancel := context.WithTimeout(context.Background(), conf.ipamdTimeout)
+	defer cancel()
+	client := rpc.NewClient(conf.IPAMDSocket)
+	resp, err := client.Allocate(ctx, rpc.AllocateRequest{
+		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
+		PodNamespace: string(k8s.K8S_POD_NAMESPACE), PodName: string(k8s.K8S_POD_NAME),
+	})
+	if err != nil {
+		return ipamdError("allocate", err)
+	}
+	a := resp.Assignment
+	c.attrs = append(c.attrs, "ip", a.IP.String())
+	success := false
+	defer func() {
+		if success {
+			return
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
+		defer rcancel()
+		if _, rerr := client.Release(rctx, rpc.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName}); rerr != nil {
+			if serr := spoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName); serr != nil {
+				c.log.Error("cannot release the address of a failed ADD; GC will", "release", rerr.Error(), "spool", serr.Error())
+			}
+		}
+	}()
+
+	node, err := p.node(conf)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	mtu := conf.MTU
+	if mtu == 0 {
+		mtu = a.MTU
+	}
+	info, err := node.EnsureNode(ctx, bridge.NodeConfig{
+		Bridge:         bridge.BridgeConfig{Name: conf.Bridge, Master: conf.Master, MTU: mtu},
+		VNetPrefixes:   a.VNetCIDRs,
+		SNATExclusions: conf.snatExclusions,
+	})
+	if err != nil {
+		return types.NewError(types.ErrInternal, "set up the node's bridge", err.Error())
+	}
+	pod, err := node.AddPod(ctx, bridge.PodConfig{
+		ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns,
+		IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, MTU: mtu, Bridge: info.Bridge.Name,
+	})
+	if err != nil {
+		if derr := node.DelPod(context.Background(), bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: a.IP}); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return types.NewError(types.ErrInternal, "set up the pod's interface", err.Error())
+	}
+	result := buildResult(conf, pod)
+	if err := types.PrintResult(result, conf.CNIVersion); err != nil {
+		_ = node.DelPod(context.Background(), bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: a.IP})
+		return types.NewError(types.ErrInternal, "print the result", err.Error())
+	}
+	success = true
+	return nil
+}
+
+func buildResult(conf *NetConf, pod bridge.PodResult) *current.Result {
+	podIdx := 1
+	return &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: pod.HostVeth.Name, Mac: pod.HostVeth.MAC.String()},
+			{Name: pod.PodIf.Name, Mac: pod.PodIf.MAC.String(), Sandbox: pod.PodIf.NetNS},
+		},
+		IPs: []*current.IPConfig{{
+			Interface: &podIdx,
+			Address:   net.IPNet{IP: pod.IP.Addr().AsSlice(), Mask: net.CIDRMask(pod.IP.Bits(), 32)},
+			Gateway:   pod.Gateway.AsSlice(),
+		}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: pod.Gateway.AsSlice()}},
+		DNS:    conf.DNS,
+	}
+}
+
+// checkNetns refuses a CNI_NETNS that does not exist or is not a network
+// namespace, before any address is taken.
+func checkNetns(path string) error {
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_NETNS "+path, err.Error())
+	}
+	return n.Close()
+}
+
+// Del tears the datapath down and releases the address. It tolerates a
+// missing netns, link or assignment; when vnet-ipamd is unreachable the
+// release is spooled for the daemon and DEL still succeeds.
+func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
+	c, err := p.begin("DEL", args)
+	if err != nil {
+		return err
+	}
+	defer func() { c.finish(err) }()
+	conf := c.conf
+	var ip netip.Addr
+	if conf.PrevResult != nil {
+		if res, cerr := current.NewResultFromResult(conf.PrevResult); cerr == nil && len(res.IPs) > 0 {
+			ip, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+		}
+	}
+	node, err := p.node(conf)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
+	defer cancel()
+	if err := node.DelPod(ctx, bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: ip}); err != nil {
+		return types.NewError(types.ErrInternal, "tear down the pod's interface", err.Error())
+	}
+	resp, err := rpc.NewClient(conf.IPAMDSocket).Release(ctx, rpc.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName})
+	if err != nil {
+		if rpc.IsUnreachable(err) || errors.Is(err, context.DeadlineExceeded) || rpc.IsNotReady(err) || rpc.IsTryAgain(err) {
+			if serr := spoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName); serr != nil {
+				return types.NewError(types.ErrInternal, "vnet-ipamd is unreachable and the release cannot be recorded", serr.Error())
+			}
+			c.attrs = append(c.attrs, "release", "spooled")
+			return nil
+		}
+		return ipamdError("release", err)
+	}
+	if resp.Known {
+		c.attrs = append(c.attrs, "ip", resp.IP.String())
+	}
+	return nil
+}

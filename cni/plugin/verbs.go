@@ -1,0 +1,201 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+)
+
+// drift is the error of a CHECK that found the datapath or the assignment
+// different from prevResult.
+func drift(format string, args ...any) error {
+	return types.NewError(types.ErrInternal, "check: the attachment drifted", fmt.Sprintf(format, args...))
+}
+
+// Check compares the pod's interface, address, routes and vnet-ipamd's
+// assignment with prevResult.
+func (p *Plugin) Check(args *skel.CmdArgs) (err error) {
+	c, err := p.begin("CHECK", args)
+	if err != nil {
+		return err
+	}
+	defer func() { c.finish(err) }()
+	conf := c.conf
+	if conf.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration: prevResult", "CHECK needs the result of ADD")
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "cannot decode prevResult", err.Error())
+	}
+	want, err := expected(prev, args)
+	if err != nil {
+		return err
+	}
+	c.attrs = append(c.attrs, "ip", want.ip.Addr().String())
+
+	ctx, cancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
+	defer cancel()
+	chk, err := rpc.NewClient(conf.IPAMDSocket).Check(ctx, rpc.CheckRequest{ContainerID: args.ContainerID, IfName: args.IfName})
+	if err != nil {
+		return ipamdError("check", err)
+	}
+	if chk.Assignment == nil {
+		return drift("vnet-ipamd holds no address for %s/%s", args.ContainerID, args.IfName)
+	}
+	if chk.Assignment.IP != want.ip.Addr() {
+		return drift("vnet-ipamd assigned %s, prevResult says %s", chk.Assignment.IP, want.ip.Addr())
+	}
+
+	node, err := p.node(conf)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	st, err := node.InspectPod(ctx, bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: want.ip.Addr()})
+	if err != nil {
+		return types.NewError(types.ErrInternal, "inspect the pod's datapath", err.Error())
+	}
+	return compare(st, want, conf.Bridge)
+}
+
+// want is what prevResult promises.
+type want struct {
+	ip      netip.Prefix
+	gateway netip.Addr
+	podMAC  string
+	hostIf  string
+}
+
+func expected(prev *current.Result, args *skel.CmdArgs) (want, error) {
+	var w want
+	podIdx := -1
+	for i, ifc := range prev.Interfaces {
+		switch {
+		case ifc.Sandbox != "" && ifc.Name == args.IfName:
+			podIdx = i
+			w.podMAC = ifc.Mac
+		case ifc.Sandbox == "":
+			w.hostIf = ifc.Name
+		}
+	}
+	if podIdx < 0 {
+		return w, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration: prevResult",
+			fmt.Sprintf("no interface %s in a sandbox", args.IfName))
+	}
+	for _, ipc := range prev.IPs {
+		if ipc.Interface != nil && *ipc.Interface != podIdx {
+			continue
+		}
+		addr, ok := netip.AddrFromSlice(ipc.Address.IP.To4())
+		if !ok {
+			continue
+		}
+		ones, _ := ipc.Address.Mask.Size()
+		w.ip = netip.PrefixFrom(addr, ones)
+		w.gateway, _ = netip.AddrFromSlice(ipc.Gateway.To4())
+		break
+	}
+	if !w.ip.IsValid() {
+		return w, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration: prevResult", "no IPv4 address for the pod interface")
+	}
+	return w, nil
+}
+
+func compare(st bridge.PodState, w want, bridgeName string) error {
+	if st.PodIf == nil {
+		return drift("the pod interface is missing")
+	}
+	if !st.PodIf.Up {
+		return drift("the pod interface %s is down", st.PodIf.Name)
+	}
+	if w.podMAC != "" && st.PodIf.MAC.String() != w.podMAC {
+		return drift("the pod interface has MAC %s, prevResult says %s", st.PodIf.MAC, w.podMAC)
+	}
+	if !slices.Contains(st.PodIf.Addrs, w.ip) {
+		return drift("the pod interface has addresses %v, not %s", st.PodIf.Addrs, w.ip)
+	}
+	if w.gateway.IsValid() && !slices.ContainsFunc(st.PodIf.Routes, func(r bridge.Route) bool {
+		return r.Dst.Bits() == 0 && r.Gw == w.gateway
+	}) {
+		return drift("the pod has no default route via %s (routes %v)", w.gateway, st.PodIf.Routes)
+	}
+	if st.HostVeth == nil {
+		return drift("the host end of the veth is missing")
+	}
+	if w.hostIf != "" && st.HostVeth.Name != w.hostIf {
+		return drift("the host end is %s, prevResult says %s", st.HostVeth.Name, w.hostIf)
+	}
+	if st.HostVeth.Bridge != bridgeName {
+		return drift("the host end %s is not a port of %s", st.HostVeth.Name, bridgeName)
+	}
+	if st.RegisteredMAC.String() != st.PodIf.MAC.String() {
+		return drift("the bridge forwards %s to %s, the pod's MAC is %s", w.ip.Addr(), st.RegisteredMAC, st.PodIf.MAC)
+	}
+	return nil
+}
+
+// GC releases every assignment not in cni.dev/valid-attachments and removes
+// its datapath leftovers.
+func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
+	c, err := p.begin("GC", args)
+	if err != nil {
+		return err
+	}
+	defer func() { c.finish(err) }()
+	conf := c.conf
+	valid := make([]rpc.Attachment, 0, len(conf.ValidAttachments))
+	for _, a := range conf.ValidAttachments {
+		valid = append(valid, rpc.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), conf.ipamdTimeout)
+	defer cancel()
+	resp, err := rpc.NewClient(conf.IPAMDSocket).GC(ctx, rpc.GCRequest{Valid: valid})
+	if err != nil {
+		return ipamdError("gc", err)
+	}
+	node, err := p.node(conf)
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	for _, r := range resp.Released {
+		if err := node.DelPod(ctx, bridge.PodRef{ContainerID: r.ContainerID, IfName: r.IfName, IP: r.IP}); err != nil {
+			return types.NewError(types.ErrInternal, "remove datapath leftovers", err.Error())
+		}
+	}
+	c.attrs = append(c.attrs, "released", len(resp.Released))
+	return nil
+}
+
+// Status reports whether ADD can currently succeed: error 50 when
+// vnet-ipamd is unreachable, not ready, or out of addresses at its limit.
+func (p *Plugin) Status(args *skel.CmdArgs) (err error) {
+	c, err := p.begin("STATUS", args)
+	if err != nil {
+		return err
+	}
+	defer func() { c.finish(err) }()
+	ctx, cancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
+	defer cancel()
+	st, err := rpc.NewClient(c.conf.IPAMDSocket).Status(ctx, rpc.StatusRequest{})
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "vnet-ipamd is not reachable", err.Error())
+	}
+	if !st.Ready {
+		return types.NewError(types.ErrPluginNotAvailable, "vnet-ipamd is not ready", st.Reason)
+	}
+	if st.Pool.Free == 0 && st.LimitReached {
+		return types.NewError(types.ErrPluginNotAvailable, "no address available on this node",
+			fmt.Sprintf("%d of %d addresses assigned; %s", st.Pool.Assigned, st.Pool.Max, st.LastCloudError))
+	}
+	return nil
+}
