@@ -34,6 +34,7 @@ const (
 	DefaultCNIConfName    = "10-vnet-cni.conflist"
 	DefaultCNIVersion     = "1.1.0"
 	DefaultReleaseSpool   = "/var/lib/vnet-cni/release-spool"
+	DefaultPluginLockDir  = "/run/vnet-cni"
 	DefaultMetricsAddr    = "127.0.0.1:10093"
 	DefaultLogLevel       = LogInfo
 	DefaultMode           = ModeBridge
@@ -134,6 +135,9 @@ type Config struct {
 	// could not hand to the daemon (the daemon drains it), a clean absolute
 	// path different from storeDir; empty disables the spool.
 	ReleaseSpool string `json:"releaseSpool"`
+	// PluginLockDir is where the plugin keeps the lock that serialises the
+	// node's first bridge set-up, absolute; written into the conflist.
+	PluginLockDir string `json:"pluginLockDir"`
 	// CNIBinDir is the directory of the CNI plugin binaries, absolute; empty
 	// (the default) means the daemon does not touch it.
 	CNIBinDir string `json:"cniBinDir,omitempty"`
@@ -202,6 +206,7 @@ func Default() Config {
 		CNIConfName:    DefaultCNIConfName,
 		CNIVersion:     DefaultCNIVersion,
 		ReleaseSpool:   DefaultReleaseSpool,
+		PluginLockDir:  DefaultPluginLockDir,
 		MetricsAddr:    netip.MustParseAddrPort(DefaultMetricsAddr),
 		LogLevel:       DefaultLogLevel,
 		Mode:           DefaultMode,

@@ -38,6 +38,7 @@ var documented = Config{
 	CNIConfName:    "10-vnet-cni.conflist",
 	CNIVersion:     "1.1.0",
 	ReleaseSpool:   "/var/lib/vnet-cni/release-spool",
+	PluginLockDir:  "/run/vnet-cni",
 	MetricsAddr:    netip.MustParseAddrPort("127.0.0.1:10093"),
 	LogLevel:       "info",
 	Mode:           "bridge",

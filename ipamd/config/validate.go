@@ -65,6 +65,7 @@ func (c Config) Validate() error {
 	add(absPath("cniBinDir", c.CNIBinDir, false))
 	add(oneOf("cniVersion", c.CNIVersion, "1.0.0", "1.1.0"))
 	add(absPath("releaseSpool", c.ReleaseSpool, false))
+	add(absPath("pluginLockDir", c.PluginLockDir, true))
 	if c.ReleaseSpool != "" && c.ReleaseSpool == c.StoreDir {
 		add(fieldErr("releaseSpool", fmt.Sprintf("%q must differ from storeDir", c.ReleaseSpool)))
 	}

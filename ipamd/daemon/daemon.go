@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -232,6 +234,9 @@ func (d *Daemon) writeConflist() error {
 	c := d.opts.Conflist
 	if c.Path == "" {
 		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(c.Path), 0o755); err != nil {
+		return fmt.Errorf("create cni conf dir: %w", err)
 	}
 	if err := atomicfile.Write(c.Path, c.Data, 0o644); err != nil {
 		return fmt.Errorf("write cni conflist: %w", err)

@@ -19,6 +19,7 @@ func conflist(cfg config.Config) []byte {
 				"mode":         cfg.Mode,
 				"ipamdSocket":  cfg.SocketPath,
 				"releaseSpool": cfg.ReleaseSpool,
+				"lockDir":      cfg.PluginLockDir,
 			},
 			{
 				"type":         "portmap",
