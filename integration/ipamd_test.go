@@ -1,0 +1,162 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim"
+	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
+)
+
+// TestDaemonBinary checks the daemon as an operator sees it: the status
+// command, the conflist it wrote, metrics and health on loopback inside the
+// node, and a clean SIGTERM.
+func TestDaemonBinary(t *testing.T) {
+	nstest.RequireRoot(t)
+	ctx := context.Background()
+	s, err := sim.Start(ctx, sim.Options{Nodes: 1, Prefix: nstest.Prefix(t), Dir: t.TempDir(),
+		OperationDuration: 100 * time.Millisecond, PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c, err := cluster.New(s.Description(), cluster.Options{Dir: t.TempDir(), BinDir: "../bin",
+		IPAMD: func(_ string, cfg *config.Config) { cfg.WarmIPTarget, cfg.IPAddressCount, cfg.BatchSize = 4, 6, 2 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n := c.Nodes[0]
+	pod, err := n.NewPod("web", "frontend-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Add(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+
+	// The conflist kubelet reads: vnet-cni chained with portmap.
+	var conf struct {
+		CNIVersion string `json:"cniVersion"`
+		Plugins    []struct {
+			Type        string `json:"type"`
+			IPAMDSocket string `json:"ipamdSocket"`
+		} `json:"plugins"`
+	}
+	data, err := os.ReadFile(n.ConflistPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &conf); err != nil {
+		t.Fatal(err)
+	}
+	if len(conf.Plugins) != 2 || conf.Plugins[0].Type != "vnet-cni" || conf.Plugins[1].Type != "portmap" || conf.Plugins[0].IPAMDSocket != n.Config.SocketPath {
+		t.Errorf("conflist %s", data)
+	}
+
+	// vnet-ipamd status: a readable table with the pod's assignment.
+	out, err := exec.Command("../bin/vnet-ipamd", "status", "--socket", n.Config.SocketPath).CombinedOutput()
+	if err != nil {
+		t.Fatalf("vnet-ipamd status: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{"ready", "yes", n.PrimaryIP, "1 assigned", pod.IP.String(), "web/frontend-0", "assigned"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("status output lacks %q:\n%s", want, text)
+		}
+	}
+	out, err = exec.Command("../bin/vnet-ipamd", "status", "--socket", n.Config.SocketPath, "--json").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var js struct {
+		Status struct {
+			Ready bool `json:"ready"`
+			Pool  struct{ Free, Assigned int }
+		} `json:"status"`
+	}
+	if err := json.Unmarshal(out, &js); err != nil || !js.Status.Ready || js.Status.Pool.Assigned != 1 {
+		t.Errorf("status --json: %v %s", err, out)
+	}
+
+	// Metrics and health: loopback inside the node only.
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: nstest.DialContextIn(n.NSPath)}}
+	get := func(path string) (int, string) {
+		resp, err := client.Get("http://" + n.Config.MetricsAddr.String() + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz: %d %s", code, body)
+	}
+	_, metrics := get("/metrics")
+	st, err := n.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := metricValue(t, metrics, `vnetcni_ipamd_addresses{state="free"}`)
+	if int(free) != st.Pool.Free {
+		t.Errorf("metric free = %v, status free = %d", free, st.Pool.Free)
+	}
+	if v := metricValue(t, metrics, `vnetcni_ipamd_addresses{state="assigned"}`); v != 1 {
+		t.Errorf("metric assigned = %v, want 1", v)
+	}
+	if v := metricValue(t, metrics, `vnetcni_ipamd_cloud_calls_total{operation="add_ips",result="ok"}`); v < 1 {
+		t.Errorf("no successful add_ips call counted")
+	}
+	if v := metricValue(t, metrics, `vnetcni_ipamd_allocations_total{result="ok"}`); v != 1 {
+		t.Errorf("allocations ok = %v, want 1", v)
+	}
+	if v := metricValue(t, metrics, `vnetcni_ipamd_ready`); v != 1 {
+		t.Errorf("ready = %v", v)
+	}
+	if _, err := http.Get("http://" + n.Config.MetricsAddr.String() + "/metrics"); err == nil {
+		t.Error("metrics reachable from the host namespace; they must be on the node's loopback only")
+	}
+
+	// SIGTERM: the daemon stops cleanly and removes its socket.
+	if err := n.StopIPAMD(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(n.Config.SocketPath); !os.IsNotExist(err) {
+		t.Errorf("socket left after SIGTERM: %v", err)
+	}
+	logData, _ := os.ReadFile(n.LogPath)
+	if !strings.Contains(string(logData), "vnet-ipamd stopped") {
+		t.Errorf("no clean stop in the log:\n%s", logData)
+	}
+}
+
+func metricValue(t *testing.T, text, series string) float64 {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`)
+	m := re.FindStringSubmatch(text)
+	if m == nil {
+		t.Errorf("metric %s not found", series)
+		return -1
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Errorf("metric %s: %v", series, err)
+	}
+	return v
+}
