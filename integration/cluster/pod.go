@@ -12,8 +12,10 @@ import (
 	"path/filepath"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/vnet-cni/vnet-cni/internal/namedns"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
 
@@ -51,8 +53,8 @@ func (n *Node) NewPod(namespace, name string) (*Pod, error) {
 		ContainerID: hex.EncodeToString(id),
 		NSName:      fmt.Sprintf("%s-%s-%s", n.cluster.Desc.Prefix, n.Name, name),
 	}
-	p.NSPath = filepath.Join(nstest.NSDir, p.NSName)
-	if err := nstest.CreateNamed(p.NSName); err != nil {
+	p.NSPath = filepath.Join(namedns.Dir, p.NSName)
+	if err := namedns.Create(p.NSName); err != nil {
 		return nil, fmt.Errorf("pod %s: create netns: %w", name, err)
 	}
 	n.mu.Lock()
@@ -69,7 +71,7 @@ func (p *Pod) Remove() error {
 	p.Node.mu.Lock()
 	delete(p.Node.pods, p.NSName)
 	p.Node.mu.Unlock()
-	return nstest.DeleteNamed(p.NSName)
+	return namedns.Delete(p.NSName)
 }
 
 func (n *Node) removePods() error {
@@ -90,7 +92,11 @@ func (n *Node) removePods() error {
 // plugins, with its cache in the node's directory.
 func (n *Node) CNI() *libcni.CNIConfig {
 	dirs := append([]string{n.cluster.opts.BinDir}, n.cluster.opts.PluginDirs...)
-	return libcni.NewCNIConfigWithCacheDir(dirs, filepath.Join(n.Dir, "cni-cache"), nil)
+	var exec invoke.Exec
+	if w := n.cluster.opts.PluginStderr; w != nil {
+		exec = &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: w}}
+	}
+	return libcni.NewCNIConfigWithCacheDir(dirs, filepath.Join(n.Dir, "cni-cache"), exec)
 }
 
 // Conflist reads the network configuration the daemon wrote, as kubelet does.

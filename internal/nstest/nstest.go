@@ -9,24 +9,23 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netns"
+
+	"github.com/vnet-cni/vnet-cni/internal/namedns"
 )
 
 // NSDir is where named network namespaces are bind-mounted (as by ip netns).
-const NSDir = "/run/netns"
+const NSDir = namedns.Dir
 
 // RequireRoot skips the test unless it runs as root.
 func RequireRoot(t testing.TB) {
@@ -64,40 +63,10 @@ func NewNS(t testing.TB, name string) string {
 
 // CreateNamed creates a network namespace bind-mounted at /run/netns/name,
 // on a dedicated OS thread so that no goroutine of the caller ever runs in it.
-func CreateNamed(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			h.Close()
-		}
-		if serr := netns.Set(orig); serr != nil {
-			// The thread stays locked and dies with this goroutine.
-			errc <- errors.Join(err, fmt.Errorf("restore netns: %w", serr))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
-}
+func CreateNamed(name string) error { return namedns.Create(name) }
 
 // DeleteNamed unmounts and removes /run/netns/name; a missing one is no error.
-func DeleteNamed(name string) error {
-	err := netns.DeleteNamed(name)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	return err
-}
+func DeleteNamed(name string) error { return namedns.Delete(name) }
 
 // Do runs fn on a locked OS thread inside the namespace at nsPath. Sockets
 // created by fn belong to that namespace and may be used after Do returns.

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 
@@ -16,11 +15,12 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
+
+	"github.com/vnet-cni/vnet-cni/internal/namedns"
 )
 
 // nsDir is where named network namespaces are bind-mounted, as by ip netns.
-const nsDir = "/run/netns"
+const nsDir = namedns.Dir
 
 // ErrDestroyed is returned by Apply after Destroy.
 var ErrDestroyed = errors.New("fabric destroyed")
@@ -368,7 +368,7 @@ func (f *Fabric) buildNode(i int, n Node) error {
 
 // newNS creates a named namespace and records it for Destroy.
 func (f *Fabric) newNS(name string) error {
-	if err := createNamedNS(name); err != nil {
+	if err := namedns.Create(name); err != nil {
 		return fmt.Errorf("create netns %s: %w", name, err)
 	}
 	f.created = append(f.created, name)
@@ -392,7 +392,7 @@ func (f *Fabric) Destroy() error {
 		errs = append(errs, f.vnetNS.Close())
 	}
 	for _, name := range f.created {
-		errs = append(errs, deleteNamedNS(name))
+		errs = append(errs, namedns.Delete(name))
 	}
 	f.created = nil
 	return errors.Join(errs...)
@@ -414,51 +414,10 @@ func Cleanup(prefix string) error {
 	var errs []error
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), prefix+"-") {
-			errs = append(errs, deleteNamedNS(e.Name()))
+			errs = append(errs, namedns.Delete(e.Name()))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// createNamedNS creates a namespace bind-mounted at /run/netns/name on a
-// dedicated, locked OS thread, and puts that thread back into its original
-// namespace; if that fails, the thread is left locked and dies with its
-// goroutine, so no other code ever runs in the wrong namespace.
-func createNamedNS(name string) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			_ = h.Close()
-		}
-		if serr := netns.Set(orig); serr != nil {
-			errc <- errors.Join(err, fmt.Errorf("restore netns: %w", serr))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
-}
-
-// deleteNamedNS unmounts and removes /run/netns/name; missing is no error.
-func deleteNamedNS(name string) error {
-	p := filepath.Join(nsDir, name)
-	if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("unmount %s: %w", p, err)
-	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove %s: %w", p, err)
-	}
-	return nil
 }
 
 // writeSysctls writes /proc/sys/<key> = value inside the namespace.
