@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
 )
@@ -88,6 +89,11 @@ func loadNetConf(data []byte) (*NetConf, error) {
 	}
 	if err := json.Unmarshal(data, conf); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "cannot decode the network configuration", err.Error())
+	}
+	// The runtime passes prevResult (CHECK, DEL) as raw JSON; decode it in
+	// the configuration's cniVersion.
+	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "cannot decode prevResult", err.Error())
 	}
 	if err := conf.validate(); err != nil {
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -36,6 +37,9 @@ type Options struct {
 	IPAMD func(node string, c *config.Config)
 	// Logger receives progress; nil discards.
 	Logger *slog.Logger
+	// PluginStderr receives what the plugins write to stderr (their log
+	// lines); nil means os.Stderr, as libcni does.
+	PluginStderr io.Writer
 }
 
 // Cluster is a set of nodes with their daemons.
@@ -57,7 +61,10 @@ type Node struct {
 	ConfigPath string
 	Config     config.Config
 	LogPath    string
-	cluster    *Cluster
+	// ExtraArgs are added to vnet-ipamd's command line on every start
+	// (e.g. --boot-id-file for a simulated reboot).
+	ExtraArgs []string
+	cluster   *Cluster
 
 	mu   sync.Mutex // guards cmd, done and pods
 	cmd  *exec.Cmd
@@ -181,8 +188,9 @@ func (n *Node) StartIPAMD() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("ip", "netns", "exec", filepath.Base(n.NSPath),
-		filepath.Join(n.cluster.opts.BinDir, "vnet-ipamd"), "--config", n.ConfigPath, "--node-name", n.Name)
+	args := []string{"netns", "exec", filepath.Base(n.NSPath),
+		filepath.Join(n.cluster.opts.BinDir, "vnet-ipamd"), "--config", n.ConfigPath, "--node-name", n.Name}
+	cmd := exec.Command("ip", append(args, n.ExtraArgs...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group, so a terminal's Ctrl-C reaches only us.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -237,6 +245,17 @@ func (n *Node) Running() bool {
 	default:
 		return true
 	}
+}
+
+// PID is the process id of the node's daemon (ip netns exec execs it, so
+// it is vnet-ipamd's own), 0 when it is not running.
+func (n *Node) PID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil || n.cmd.Process == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
 }
 
 // Client is an rpc client of the node's daemon.

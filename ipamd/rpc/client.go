@@ -91,7 +91,8 @@ func (c *Client) List(ctx context.Context, req ListRequest) (ListResponse, error
 }
 
 // call makes one call on a new connection. Errors: ErrUnreachable (wrapped)
-// when the connection cannot be made, ctx's error (wrapped) when it ends
+// when the connection cannot be made, ErrNoResponse (wrapped) when it
+// closes before the response, ctx's error (wrapped) when it ends
 // first, an *Error (wrapped) for an error response.
 func (c *Client) call(ctx context.Context, op string, in, out any) error {
 	if _, ok := ctx.Deadline(); !ok {
@@ -135,7 +136,7 @@ func (c *Client) call(ctx context.Context, op string, in, out any) error {
 		case werr != nil:
 			return fmt.Errorf("ipamd %s: send request: %w", op, werr)
 		case errors.Is(rerr, io.EOF), errors.Is(rerr, syscall.ECONNRESET):
-			return fmt.Errorf("ipamd %s: connection closed before a response", op)
+			return fmt.Errorf("ipamd %s: %w", op, ErrNoResponse)
 		default:
 			return fmt.Errorf("ipamd %s: read response: %w", op, rerr)
 		}

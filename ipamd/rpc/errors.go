@@ -60,6 +60,12 @@ func (e *Error) Is(target error) bool {
 // connect. Such a call did not reach the daemon.
 var ErrUnreachable = errors.New("ipamd unreachable")
 
+// ErrNoResponse is wrapped by client errors where the connection closed
+// before the response arrived, e.g. because the daemon was killed or
+// restarted mid-call. Unlike ErrUnreachable, the call may have reached the
+// daemon and taken effect.
+var ErrNoResponse = errors.New("connection closed before a response")
+
 // CodeOf returns the code of the *Error in err's chain, or "" if there is none.
 func CodeOf(err error) Code {
 	var e *Error

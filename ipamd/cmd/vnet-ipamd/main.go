@@ -49,6 +49,9 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("vnet-ipamd", flag.ContinueOnError)
 	cfgPath := fs.String("config", defaultConfig, "configuration file")
 	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "Kubernetes node name (default $NODE_NAME, then the host name)")
+	// Only tests point this elsewhere: the end-to-end suite simulates a
+	// reboot of a node namespace, whose kernel boot id cannot change.
+	bootIDFile := fs.String("boot-id-file", kernelBootID, "file holding the boot id (for tests that simulate a reboot)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -61,6 +64,10 @@ func run(args []string) error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	if *nodeName == "" {
 		*nodeName, _ = os.Hostname()
+	}
+	bootID, err := readBootID(*bootIDFile)
+	if err != nil {
+		return err
 	}
 
 	st, err := store.Open(cfg.StoreDir, store.Options{})
@@ -89,7 +96,7 @@ func run(args []string) error {
 		AllocateWait:   cfg.AllocateWait.D(),
 		ResyncInterval: cfg.ResyncInterval.D(),
 		NodeName:       *nodeName,
-		BootID:         readBootID(),
+		BootID:         bootID,
 		ReleaseSpool:   cfg.ReleaseSpool,
 		Conflist:       daemon.Conflist{Path: filepath.Join(cfg.CNIConfDir, cfg.CNIConfName), Data: conflist(cfg)},
 		Logger:         log,
@@ -154,10 +161,19 @@ func credential(a config.Azure) (azcore.TokenCredential, error) {
 	}
 }
 
-func readBootID() string {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+// kernelBootID changes with every boot; a change tells the daemon that every
+// pod's datapath is gone.
+const kernelBootID = "/proc/sys/kernel/random/boot_id"
+
+// readBootID reads the boot id. Without the kernel's file (not Linux) reboot
+// detection is off; a file given with --boot-id-file must be readable.
+func readBootID(path string) (string, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return ""
+		if path == kernelBootID {
+			return "", nil
+		}
+		return "", fmt.Errorf("read boot id: %w", err)
 	}
-	return strings.TrimSpace(string(b))
+	return strings.TrimSpace(string(b)), nil
 }

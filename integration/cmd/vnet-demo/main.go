@@ -1,0 +1,635 @@
+// Command vnet-demo shows the whole of vnet-cni on the simulated Azure VNet,
+// driven as a Kubernetes node drives it (`make demo`, as root):
+//
+//   - vnet-sim up --nodes 2 (the ARM API, IMDS and the fabric) as a child process;
+//   - vnet-ipamd in each node namespace, with its own configuration file,
+//     managed identity through IMDS at 169.254.169.254;
+//   - 3 pods per node, ADD through libcni with the conflist vnet-ipamd
+//     wrote (vnet-cni chained with Debian's portmap), one with a hostPort;
+//
+// then it proves and shows each pod's address, the NIC ipConfigurations as
+// the cloud API reports them, pod-to-pod across nodes, pod-to-node,
+// pod-to-internet through SNAT, the hostPort, and after DEL the addresses
+// cooling down and back in the pool. It tears everything down (also on
+// Ctrl-C or a failed check) and exits 0 only if every check passed.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
+
+	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
+	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+)
+
+const (
+	nodes       = 2
+	podsPerNode = 3
+	podPort     = 80
+	nodePort    = 10250
+	hostPort    = 8080
+)
+
+func main() {
+	binDir := flag.String("bin", "bin", "directory holding vnet-sim, vnet-ipamd and vnet-cni")
+	cooldown := flag.Duration("cooldown", 3*time.Second, "vnet-ipamd's cooldown of released addresses")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "vnet-demo: needs root (it creates network namespaces); run `sudo make demo`")
+		os.Exit(1)
+	}
+	os.Exit(run(*binDir, *cooldown))
+}
+
+// run runs the demo and returns the exit status.
+func run(binDir string, cooldown time.Duration) int {
+	r := newReport(os.Stdout)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var interrupted atomic.Bool
+	sigs := make(chan os.Signal, 2)
+	// Keep catching signals through the teardown: a second Ctrl-C must not
+	// leave namespaces and daemons behind.
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		for s := range sigs {
+			if interrupted.Swap(true) {
+				fmt.Println("\nvnet-demo: still cleaning up, please wait")
+				continue
+			}
+			fmt.Printf("\nvnet-demo: %s: stopping, then cleaning up\n", s)
+			cancel()
+		}
+	}()
+
+	fmt.Println("vnet-demo: vnet-cni on a simulated Azure VNet, pods driven through libcni as containerd does")
+	d := &demo{r: r, binDir: binDir, cooldown: cooldown}
+	err := d.run(ctx)
+	if err != nil {
+		if interrupted.Load() {
+			err = fmt.Errorf("interrupted: %w", err)
+		}
+		r.step("stopped: %v", err)
+		r.check("the demo ran to its end", err)
+	}
+	d.teardown()
+	r.summary()
+	switch {
+	case interrupted.Load():
+		return 130
+	case !r.ok():
+		return 1
+	}
+	return 0
+}
+
+// demo is one run.
+type demo struct {
+	r        *report
+	binDir   string
+	cooldown time.Duration
+
+	dir     string
+	sim     *simProcess
+	c       *cluster.Cluster
+	srv     servers
+	pods    []*cluster.Pod
+	web     *cluster.Pod
+	podLogs string
+}
+
+func (d *demo) run(ctx context.Context) error {
+	r := d.r
+	dir, err := os.MkdirTemp("", "vnet-demo-")
+	if err != nil {
+		return err
+	}
+	d.dir = dir
+	bin, err := filepath.Abs(d.binDir)
+	if err != nil {
+		return err
+	}
+
+	// 1. The cloud.
+	r.step("starting the simulated cloud: vnet-sim up --nodes %d", nodes)
+	d.sim, err = startSim(ctx, bin, filepath.Join(dir, "sim"), nodes, filepath.Join(dir, "vnet-sim.log"))
+	if err != nil {
+		return fmt.Errorf("start vnet-sim: %w", err)
+	}
+	desc := d.sim.desc
+	r.note("ARM API %s (its own CA), IMDS at 169.254.169.254 inside every node", desc.ARMEndpoint)
+	r.note("VNet %s, subnet %s %s, gateway %s; internet host %s",
+		strings.Join(desc.VNetPrefixes, ","), desc.Subnet, desc.SubnetPrefix, desc.Gateway, desc.InternetHost)
+	var rows [][]string
+	for _, n := range desc.Nodes {
+		rows = append(rows, []string{n.Name, filepath.Base(n.Netns), n.NIC, n.MAC, n.PrimaryIP})
+	}
+	r.table([]string{"VM", "NETNS", "NIC", "MAC", "PRIMARY IP"}, rows)
+
+	// 2. The daemons.
+	r.step("starting vnet-ipamd in every node namespace (own config file, managed identity via IMDS)")
+	d.podLogs = filepath.Join(dir, "plugins.log")
+	pluginLog, err := os.Create(d.podLogs)
+	if err != nil {
+		return err
+	}
+	defer pluginLog.Close()
+	d.c, err = cluster.New(desc, cluster.Options{
+		Dir: filepath.Join(dir, "cluster"), BinDir: bin, PluginStderr: pluginLog,
+		IPAMD: func(_ string, c *config.Config) { c.Cooldown = config.Duration(d.cooldown) },
+	})
+	if err != nil {
+		return err
+	}
+	if err := d.c.Start(ctx); err != nil {
+		return err
+	}
+	rows = nil
+	for _, n := range d.c.Nodes {
+		st, err := n.Status(ctx)
+		r.check("vnet-ipamd ready on "+n.Name, errors.Join(err, readyErr(st)))
+		list, lerr := n.Conflist()
+		chain := "?"
+		if lerr == nil {
+			var types []string
+			for _, p := range list.Plugins {
+				types = append(types, p.Network.Type)
+			}
+			chain = strings.Join(types, " -> ") + " (cniVersion " + list.CNIVersion + ")"
+		}
+		rows = append(rows, []string{n.Name, yesNo(st.Ready), poolText(st.Pool), chain})
+	}
+	r.table([]string{"NODE", "READY", "POOL", "CONFLIST WRITTEN BY VNET-IPAMD"}, rows)
+
+	// 3. The pods.
+	r.step("creating %d pods per node: ADD through libcni with that conflist (web gets hostPort %d)", podsPerNode, hostPort)
+	if err := d.addPods(ctx); err != nil {
+		return err
+	}
+
+	// 4. The cloud's view.
+	r.step("the NIC ipConfigurations as the cloud API reports them (armnetwork InterfacesClient.Get)")
+	if err := d.showNICs(ctx); err != nil {
+		return err
+	}
+
+	// 5. Traffic.
+	if err := d.startServers(); err != nil {
+		return err
+	}
+	for _, show := range []func(context.Context){d.podToPod, d.podToNode, d.podToInternet, d.hostPort} {
+		show(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+
+	// 6. DEL, cooldown, back in the pool.
+	return d.deleteAll(ctx)
+}
+
+func readyErr(st rpc.StatusResponse) error {
+	if !st.Ready {
+		return fmt.Errorf("not ready: %s", st.Reason)
+	}
+	return nil
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func poolText(p rpc.PoolCounts) string {
+	return fmt.Sprintf("%d free, %d assigned, %d cooling", p.Free, p.Assigned, p.Cooling)
+}
+
+func podAddr(p *cluster.Pod) netip.AddrPort { return netip.AddrPortFrom(p.IP, podPort) }
+
+func (d *demo) addPods(ctx context.Context) error {
+	r := d.r
+	subnet, err := netip.ParsePrefix(d.sim.desc.SubnetPrefix)
+	if err != nil {
+		return err
+	}
+	names := [nodes][podsPerNode]string{{"web", "api-0", "api-1"}, {"api-2", "api-3", "client"}}
+	seen := map[netip.Addr]string{}
+	var rows [][]string
+	for i, n := range d.c.Nodes {
+		for _, name := range names[i] {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			p, err := n.NewPod("demo", name)
+			if err != nil {
+				return err
+			}
+			var ports []cluster.PortMapping
+			note := ""
+			if name == "web" {
+				ports = []cluster.PortMapping{{HostPort: hostPort, ContainerPort: podPort, Protocol: "tcp"}}
+				note = fmt.Sprintf("hostPort %d -> %d", hostPort, podPort)
+				d.web = p
+			}
+			start := time.Now()
+			res, err := n.Add(ctx, p, ports...)
+			took := time.Since(start)
+			if err == nil {
+				switch {
+				case !subnet.Contains(p.IP) || p.IP.String() == n.PrimaryIP:
+					err = fmt.Errorf("%s is not a secondary address of subnet %s", p.IP, subnet)
+				case seen[p.IP] != "":
+					err = fmt.Errorf("%s was already given to %s", p.IP, seen[p.IP])
+				}
+			}
+			cell := r.check("ADD "+name, err)
+			if err != nil {
+				rows = append(rows, []string{name, n.Name, "-", "-", "-", cell + ": " + err.Error()})
+				continue
+			}
+			seen[p.IP] = name
+			d.pods = append(d.pods, p)
+			gw := "-"
+			if len(res.IPs) > 0 && res.IPs[0].Gateway != nil {
+				gw = res.IPs[0].Gateway.String()
+			}
+			rows = append(rows, []string{name, n.Name, res.IPs[0].Address.String(), gw,
+				fmt.Sprintf("%d ms", took.Milliseconds()), strings.TrimSpace(cell + "  " + note)})
+		}
+	}
+	r.table([]string{"POD", "NODE", "ADDRESS", "GATEWAY", "ADD", "RESULT"}, rows)
+	if len(d.pods) != nodes*podsPerNode || d.web == nil {
+		return errors.New("not every pod started")
+	}
+	return nil
+}
+
+func (d *demo) showNICs(ctx context.Context) error {
+	r := d.r
+	nics, err := d.sim.nicsClient()
+	if err != nil {
+		return err
+	}
+	holder := map[string]string{}
+	for _, p := range d.pods {
+		holder[p.IP.String()] = "pod " + p.Name
+	}
+	var rows [][]string
+	onNIC := map[string]string{} // ip -> node
+	for _, n := range d.c.Nodes {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		resp, err := nics.Get(cctx, d.sim.desc.ResourceGroup, n.NIC, nil)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("read NIC %s: %w", n.NIC, err)
+		}
+		states := map[string]string{}
+		if l, err := n.Client().List(ctx, rpc.ListRequest{}); err == nil {
+			for _, a := range l.Addresses {
+				states[a.IP.String()] = a.State
+			}
+		}
+		for _, cfg := range nicConfigs(resp.Interface) {
+			held := holder[cfg.ip]
+			switch {
+			case cfg.primary:
+				held = n.Name + " (the VM itself)"
+			case held == "":
+				held = "warm pool (" + states[cfg.ip] + ")"
+			}
+			primary := ""
+			if cfg.primary {
+				primary = "yes"
+			}
+			onNIC[cfg.ip] = n.Name
+			rows = append(rows, []string{n.NIC, cfg.name, cfg.ip, primary, held})
+		}
+	}
+	r.table([]string{"NIC", "IPCONFIGURATION", "PRIVATE IP", "PRIMARY", "HELD BY"}, rows)
+	bad := 0
+	for _, p := range d.pods {
+		var err error
+		if got := onNIC[p.IP.String()]; got != p.Node.Name {
+			err = fmt.Errorf("%s is on the NIC of %q, want %s", p.IP, got, p.Node.Name)
+			bad++
+		}
+		r.check(fmt.Sprintf("%s's address %s is an ipConfiguration of %s", p.Name, p.IP, p.Node.NIC), err)
+	}
+	if bad == 0 {
+		r.note("ok   every pod address is an ipConfiguration of its own node's NIC")
+	} else {
+		r.note("FAIL %d pod addresses are not on their node's NIC", bad)
+	}
+	return nil
+}
+
+type nicConfig struct {
+	name, ip string
+	primary  bool
+}
+
+func nicConfigs(nic armnetwork.Interface) []nicConfig {
+	var out []nicConfig
+	if nic.Properties == nil {
+		return nil
+	}
+	for _, c := range nic.Properties.IPConfigurations {
+		if c == nil || c.Properties == nil || c.Properties.PrivateIPAddress == nil {
+			continue
+		}
+		nc := nicConfig{ip: *c.Properties.PrivateIPAddress}
+		if c.Name != nil {
+			nc.name = *c.Name
+		}
+		if c.Properties.Primary != nil {
+			nc.primary = *c.Properties.Primary
+		}
+		out = append(out, nc)
+	}
+	return out
+}
+
+func (d *demo) startServers() error {
+	for _, p := range d.pods {
+		if err := d.srv.listen(p.NSPath, p.Name, podAddr(p)); err != nil {
+			return err
+		}
+	}
+	for _, n := range d.c.Nodes {
+		if err := d.srv.listen(n.NSPath, n.Name, netip.AddrPortFrom(netip.MustParseAddr(n.PrimaryIP), nodePort)); err != nil {
+			return err
+		}
+	}
+	inet := netip.AddrPortFrom(netip.MustParseAddr(d.sim.desc.InternetHost), 80)
+	return d.srv.listen(d.sim.desc.InternetNetns, "internet", inet)
+}
+
+// podToPod connects every pod to one pod on the other node: the peer sees
+// the pod's own address (no NAT inside the VNet).
+func (d *demo) podToPod(ctx context.Context) {
+	r := d.r
+	r.step("pod-to-pod across nodes (TCP; the server reports the source address it saw)")
+	var rows [][]string
+	for i, p := range d.pods {
+		q := d.pods[(i+podsPerNode)%len(d.pods)]
+		a, err := expect(ctx, p.NSPath, podAddr(q), q.Name, p.IP)
+		rows = append(rows, []string{
+			fmt.Sprintf("%s (%s, %s)", p.Name, p.Node.Name, p.IP),
+			fmt.Sprintf("%s (%s, %s)", q.Name, q.Node.Name, podAddr(q)),
+			seenText(a), result(r, p.Name+" -> "+q.Name, err, "no NAT"),
+		})
+	}
+	r.table([]string{"FROM", "TO", "SOURCE SEEN", "RESULT"}, rows)
+}
+
+// podToNode connects every pod to both nodes' primary addresses.
+func (d *demo) podToNode(ctx context.Context) {
+	r := d.r
+	r.step("pod-to-node: every pod to both nodes' primary IP, port %d", nodePort)
+	header := []string{"POD"}
+	for _, n := range d.c.Nodes {
+		header = append(header, fmt.Sprintf("-> %s %s", n.Name, n.PrimaryIP))
+	}
+	var rows [][]string
+	for _, p := range d.pods {
+		row := []string{fmt.Sprintf("%s (%s)", p.Name, p.Node.Name)}
+		for _, n := range d.c.Nodes {
+			a, err := expect(ctx, p.NSPath, netip.AddrPortFrom(netip.MustParseAddr(n.PrimaryIP), nodePort), n.Name, p.IP)
+			row = append(row, result(r, p.Name+" -> "+n.Name, err, "saw "+a.seen.String()))
+		}
+		rows = append(rows, row)
+	}
+	r.table(header, rows)
+}
+
+// podToInternet connects every pod to the internet host, which must see
+// the node's primary: Azure lets only a NIC's primary address out.
+func (d *demo) podToInternet(ctx context.Context) {
+	r := d.r
+	inet := netip.AddrPortFrom(netip.MustParseAddr(d.sim.desc.InternetHost), 80)
+	r.step("pod-to-internet %s through SNAT (only a NIC's primary address may leave the VNet)", inet)
+	var rows [][]string
+	for _, p := range d.pods {
+		primary := netip.MustParseAddr(p.Node.PrimaryIP)
+		a, err := expect(ctx, p.NSPath, inet, "internet", primary)
+		rows = append(rows, []string{fmt.Sprintf("%s (%s)", p.Name, p.IP), p.Node.Name, seenText(a),
+			result(r, p.Name+" -> internet", err, "SNAT to "+p.Node.Name+"'s primary")})
+	}
+	r.table([]string{"POD", "NODE", "INTERNET SAW", "RESULT"}, rows)
+}
+
+// hostPort connects to web's hostPort on node0 from the other node and
+// from a pod there; portmap DNATs it to web.
+func (d *demo) hostPort(ctx context.Context) {
+	r := d.r
+	n0 := d.web.Node
+	dst := netip.AddrPortFrom(netip.MustParseAddr(n0.PrimaryIP), hostPort)
+	r.step("hostPort: %s on %s, mapped by portmap to %s", dst, n0.Name, podAddr(d.web))
+	var rows [][]string
+	for _, n := range d.c.Nodes {
+		if n == n0 {
+			continue
+		}
+		client := d.pods[len(d.pods)-1]
+		for _, from := range []struct {
+			name, ns string
+			src      netip.Addr
+		}{{n.Name, n.NSPath, netip.MustParseAddr(n.PrimaryIP)}, {client.Name + " (pod on " + n.Name + ")", client.NSPath, client.IP}} {
+			// portmap's "snat" masquerades connections from the pod's own
+			// prefix, which here is the whole subnet.
+			a, err := expect(ctx, from.ns, dst, d.web.Name, from.src, netip.MustParseAddr(n0.PrimaryIP))
+			rows = append(rows, []string{from.name, dst.String(), a.name, seenText(a), result(r, from.name+" -> hostPort", err, "")})
+		}
+	}
+	r.table([]string{"FROM", "TO", "ANSWERED BY", "SOURCE SEEN", "RESULT"}, rows)
+	r.note("portmap (\"snat\": true) masquerades hostPort connections from the pod's own prefix, here the")
+	r.note("whole subnet, so web may see %s's address instead of the client's", n0.Name)
+}
+
+func seenText(a answer) string {
+	if !a.seen.IsValid() {
+		return "-"
+	}
+	return a.seen.String()
+}
+
+func result(r *report, what string, err error, okNote string) string {
+	cell := r.check(what, err)
+	if err != nil {
+		return cell + ": " + err.Error()
+	}
+	return strings.TrimSpace(cell + "  " + okNote)
+}
+
+// deleteAll runs DEL for every pod, shows the addresses cooling, waits for
+// the cooldown and shows them back in the pool.
+func (d *demo) deleteAll(ctx context.Context) error {
+	r := d.r
+	r.step("deleting every pod: DEL through libcni, then the runtime removes the namespace")
+	var rows [][]string
+	deleted := time.Now()
+	for _, p := range d.pods {
+		var ports []cluster.PortMapping
+		if p == d.web {
+			ports = []cluster.PortMapping{{HostPort: hostPort, ContainerPort: podPort, Protocol: "tcp"}}
+		}
+		start := time.Now()
+		err := p.Node.Del(ctx, p, ports...)
+		took := time.Since(start)
+		if err == nil {
+			err = p.Remove()
+		}
+		rows = append(rows, []string{p.Name, p.Node.Name, p.IP.String(), fmt.Sprintf("%d ms", took.Milliseconds()), result(r, "DEL "+p.Name, err, "")})
+	}
+	r.table([]string{"POD", "NODE", "ADDRESS", "DEL", "RESULT"}, rows)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if _, err := dial(ctx, d.c.Nodes[1].NSPath, netip.AddrPortFrom(netip.MustParseAddr(d.web.Node.PrimaryIP), hostPort)); err == nil {
+		r.checkLine("the hostPort is gone after DEL", errors.New("it still answers"))
+	} else {
+		r.checkLine("the hostPort is gone after DEL", nil)
+	}
+
+	r.step("the released addresses cool down for %s before vnet-ipamd hands them out again", d.cooldown)
+	d.showStates(ctx, "cooling")
+	r.note("waiting for the cooldown ...")
+	deadline := time.Now().Add(d.cooldown + 10*time.Second)
+	for !d.allInState(ctx, "free") && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	back := time.Since(deleted)
+	r.step("back in the warm pool %.1fs after DEL", back.Seconds())
+	d.showStates(ctx, "free")
+	var early error
+	if back < d.cooldown {
+		early = fmt.Errorf("free again after %s, before the cooldown of %s", back, d.cooldown)
+	}
+	r.checkLine("no address was free again before its cooldown", early)
+	var rows2 [][]string
+	for _, n := range d.c.Nodes {
+		st, err := n.Status(ctx)
+		if err != nil {
+			return err
+		}
+		rows2 = append(rows2, []string{n.Name, poolText(st.Pool)})
+	}
+	r.table([]string{"NODE", "POOL"}, rows2)
+	return nil
+}
+
+// states returns the daemons' state of every pod address.
+func (d *demo) states(ctx context.Context) map[netip.Addr]rpc.AddressRecord {
+	out := map[netip.Addr]rpc.AddressRecord{}
+	for _, n := range d.c.Nodes {
+		l, err := n.Client().List(ctx, rpc.ListRequest{})
+		if err != nil {
+			continue
+		}
+		for _, a := range l.Addresses {
+			out[a.IP] = a
+		}
+	}
+	return out
+}
+
+func (d *demo) allInState(ctx context.Context, want string) bool {
+	st := d.states(ctx)
+	for _, p := range d.pods {
+		if st[p.IP].State != want {
+			return false
+		}
+	}
+	return true
+}
+
+// showStates prints the state of every former pod address and checks it.
+func (d *demo) showStates(ctx context.Context, want string) {
+	st := d.states(ctx)
+	var rows [][]string
+	now := time.Now()
+	for _, p := range d.pods {
+		a := st[p.IP]
+		var err error
+		if a.State != want {
+			err = fmt.Errorf("%s is %q, want %q", p.IP, a.State, want)
+		}
+		since := "-"
+		if !a.Since.IsZero() {
+			since = now.Sub(a.Since).Round(100 * time.Millisecond).String()
+		}
+		rows = append(rows, []string{p.IP.String(), p.Node.Name, "was " + p.Name, a.State, since, result(d.r, p.IP.String()+" "+want, err, "")})
+	}
+	d.r.table([]string{"ADDRESS", "NODE", "OWNER", "STATE", "FOR", "RESULT"}, rows)
+}
+
+// teardown stops the daemons, removes the pods' namespaces, stops vnet-sim
+// and checks that nothing is left; on failure it first prints the logs.
+func (d *demo) teardown() {
+	r := d.r
+	r.step("tearing down: vnet-ipamd (SIGTERM), pod namespaces, vnet-sim (SIGTERM)")
+	d.srv.close()
+	if !r.ok() {
+		d.printLogs()
+	}
+	var errs []error
+	if d.c != nil {
+		errs = append(errs, d.c.Close())
+		for _, n := range d.c.Nodes {
+			if n.Running() {
+				errs = append(errs, fmt.Errorf("vnet-ipamd of %s still runs", n.Name))
+			}
+		}
+	}
+	if d.sim != nil {
+		errs = append(errs, d.sim.stop())
+		if left := d.sim.leftovers(); len(left) > 0 {
+			errs = append(errs, fmt.Errorf("namespaces left: %v", left))
+		}
+	}
+	if d.dir != "" {
+		errs = append(errs, os.RemoveAll(d.dir))
+	}
+	r.checkLine("nothing left behind (namespaces, daemons, vnet-sim, files)", errors.Join(errs...))
+}
+
+// printLogs prints the tail of every log of the run.
+func (d *demo) printLogs() {
+	files := []string{filepath.Join(d.dir, "vnet-sim.log"), d.podLogs}
+	if d.c != nil {
+		for _, n := range d.c.Nodes {
+			files = append(files, n.LogPath)
+		}
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil || len(data) == 0 {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		if len(lines) > 15 {
+			lines = lines[len(lines)-15:]
+		}
+		fmt.Printf("\n--- %s (last %d lines)\n%s\n", filepath.Base(filepath.Dir(f))+"/"+filepath.Base(f), len(lines), strings.Join(lines, "\n"))
+	}
+}
