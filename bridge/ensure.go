@@ -76,12 +76,20 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 	if !br.PrimaryIP.IsValid() && !cfg.DisableSNAT {
 		return info, fmt.Errorf("bridge %s has no primary ipv4 address to masquerade to", br.Name)
 	}
+	// A pod's reply to a VNet peer is bridged straight to the fabric; when
+	// the connection was DNATed by the node (a hostPort of the chained
+	// portmap, a service address) only br_netfilter hands the bridged
+	// frame to the node's conntrack, which translates the reply back.
+	// The setting is per namespace and a node may have it off; without
+	// the br_netfilter module it does not exist and is skipped.
+	want := []sysctl{{key: "net/bridge/bridge-nf-call-iptables", value: "1", optional: true}}
 	if !cfg.DisableSNAT {
 		// Pod traffic leaving the VNet is routed by the node (see the
 		// snat rule in buildTables).
-		if err := n.ensureSysctl("net/ipv4/ip_forward", "1"); err != nil {
-			return info, err
-		}
+		want = append(want, sysctl{key: "net/ipv4/ip_forward", value: "1"})
+	}
+	if err := n.ensureSysctls(want...); err != nil {
+		return info, err
 	}
 	spec := nftSpec{
 		master:    br.Master,
@@ -95,5 +103,10 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 		spec.nodeIPs = append(spec.nodeIPs, p.Addr())
 	}
 	info.NFTChanges, err = n.reconcileNFT(ctx, spec, raw, cfg.Pods, cfg.SyncPods, br.Index)
+	if err != nil {
+		return info, err
+	}
+	guarded, err := n.reconcileGuard(ctx, br.Master, br.Index)
+	info.NFTChanges += guarded
 	return info, err
 }

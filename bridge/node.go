@@ -157,20 +157,32 @@ func (n *Node) doInNS(fn func() error) error {
 	return target.Do(func(ns.NetNS) error { return fn() })
 }
 
-// ensureSysctl sets /proc/sys/<key> to value in the node namespace unless
-// it already has it.
-func (n *Node) ensureSysctl(key, value string) error {
+// sysctl is one /proc/sys setting; an optional one is skipped when its key
+// does not exist (its module is not loaded).
+type sysctl struct {
+	key, value string
+	optional   bool
+}
+
+// ensureSysctls sets each /proc/sys/<key> to its value in the node
+// namespace unless it already has it, with one switch into the namespace.
+func (n *Node) ensureSysctls(want ...sysctl) error {
 	return n.doInNS(func() error {
-		p := filepath.Join("/proc/sys", key)
-		cur, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("read sysctl %s: %w", key, err)
-		}
-		if strings.TrimSpace(string(cur)) == value {
-			return nil
-		}
-		if err := os.WriteFile(p, []byte(value), 0o644); err != nil {
-			return fmt.Errorf("write sysctl %s: %w", key, err)
+		for _, s := range want {
+			p := filepath.Join("/proc/sys", s.key)
+			cur, err := os.ReadFile(p)
+			if s.optional && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("read sysctl %s: %w", s.key, err)
+			}
+			if strings.TrimSpace(string(cur)) == s.value {
+				continue
+			}
+			if err := os.WriteFile(p, []byte(s.value), 0o644); err != nil {
+				return fmt.Errorf("write sysctl %s: %w", s.key, err)
+			}
 		}
 		return nil
 	})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -102,10 +103,17 @@ func (c *call) finish(err error) {
 }
 
 // ipamdError maps a daemon error to the CNI error the runtime should see.
+// A daemon that went away mid-call (killed, restarting) is "try again
+// later": if it assigned an address before dying, the runtime's DEL of the
+// failed ADD or its GC releases it.
 func ipamdError(op string, err error) error {
 	switch {
+	case errors.Is(err, fs.ErrPermission), rpc.CodeOf(err) == rpc.CodePermissionDenied:
+		// Not transient: retrying as the same user cannot help.
+		return types.NewError(types.ErrInternal,
+			fmt.Sprintf("vnet-ipamd %s: permission denied (the plugin must run as root)", op), err.Error())
 	case rpc.IsTryAgain(err), rpc.IsNotReady(err), rpc.IsUnreachable(err),
-		errors.Is(err, context.DeadlineExceeded):
+		errors.Is(err, rpc.ErrNoResponse), errors.Is(err, context.DeadlineExceeded):
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("vnet-ipamd %s: try again later", op), err.Error())
 	case rpc.CodeOf(err) == rpc.CodeInvalidRequest:
 		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("vnet-ipamd %s: invalid request", op), err.Error())
@@ -275,6 +283,15 @@ func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
 	}
 	if resp.Known {
 		c.attrs = append(c.attrs, "ip", resp.IP.String())
+	}
+	if !ip.IsValid() && resp.Known && resp.IP.IsValid() {
+		// Without prevResult (cniVersion < 0.4.0, a lost cache) and with
+		// the veth gone along with its netns, only ipamd knew the address:
+		// drop its entries now, or the node keeps answering ARP for it.
+		// ipamd held it for this attachment until now, so no other pod has it.
+		if err := node.DelPod(ctx, bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, IP: resp.IP}); err != nil {
+			return types.NewError(types.ErrInternal, "tear down the pod's datapath", err.Error())
+		}
 	}
 	return nil
 }

@@ -1,0 +1,331 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// GuardTableName is the bridge-family table that keeps pods from using
+// another pod's identity: a frame a pod sends must carry the pod's own MAC
+// (Ethernet source and ARP sender) and the pod's own IPv4 address (IP source
+// and ARP sender); anything else from a pod port, IPv6 and VLAN tags
+// included, is dropped before the bridge learns or forwards it. Without it
+// a pod could take over another pod's address on the node (the fabric
+// accepts every address of the NIC) and poison the bridge's forwarding
+// table with another pod's MAC.
+//
+//	table bridge vnet-cni-guard {
+//	  set ports { type ifname . ether_addr . ipv4_addr }
+//	  chain prerouting { type filter hook prerouting priority -350
+//	    iifname != eth0 ether type ip iifname . ether saddr . ip saddr != @ports drop
+//	    iifname != eth0 ether type arp arp htype/ptype/hlen/plen != 1/ip/6/4 drop
+//	    iifname != eth0 ether type arp iifname . ether saddr . arp saddr ip != @ports drop
+//	    iifname != eth0 ether type arp iifname . arp saddr ether . arp saddr ip != @ports drop
+//	    iifname != eth0 ether type != { ip, arp } drop
+//	  }
+//	}
+//
+// Each pod's host veth has one element (its name, the pod's MAC and IP),
+// added by AddPod and removed by DelPod. The table is reconciled by
+// EnsureNode like the main tables; when it is rebuilt, the elements are
+// recovered from the veths' aliases.
+const GuardTableName = "vnet-cni-guard"
+
+const guardSetName = "ports"
+
+// guardKey is the concatenated key type of the ports set.
+var guardKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
+
+// Registers of the concatenated key, named as the kernel reports them back:
+// the interface name fills NFT_REG_1 (32-bit registers 00..03), the padded
+// MAC starts NFT_REG_2 (04..05), the address is NFT_REG32_06.
+const (
+	regKey  = unix.NFT_REG_1
+	regMAC  = unix.NFT_REG_2
+	regAddr = unix.NFT_REG32_06
+)
+
+func guardTable() *nftables.Table {
+	return &nftables.Table{Name: GuardTableName, Family: nftables.TableFamilyBridge}
+}
+
+func guardSet(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Name: guardSetName, KeyType: guardKey, Concatenation: true}
+}
+
+// guardPort is one element: a pod's host veth with the pod's MAC and IP.
+type guardPort struct {
+	name string
+	mac  string
+	ip   netip.Addr
+}
+
+func (p guardPort) key() []byte {
+	k := make([]byte, 0, guardKey.Bytes)
+	name := make([]byte, unix.IFNAMSIZ)
+	copy(name, p.name)
+	k = append(k, name...)
+	mac, _ := net.ParseMAC(p.mac)
+	k = append(k, mac...)
+	k = append(k, 0, 0)
+	return append(k, p.ip.AsSlice()...)
+}
+
+func parseGuardKey(k []byte) (guardPort, bool) {
+	if len(k) != int(guardKey.Bytes) {
+		return guardPort{}, false
+	}
+	name := k[:unix.IFNAMSIZ]
+	if i := slices.Index(name, 0); i >= 0 {
+		name = name[:i]
+	}
+	ip, _ := netip.AddrFromSlice(k[24:28])
+	return guardPort{name: string(name), mac: net.HardwareAddr(k[16:22]).String(), ip: ip}, true
+}
+
+// buildGuard is the wanted chain of the guard table for the given master.
+func buildGuard(master string) wantChain {
+	accept := nftables.ChainPolicyAccept
+	c := wantChain{chain: &nftables.Chain{
+		Name: chainPrerouting, Table: guardTable(), Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-350), Policy: &accept,
+	}}
+	fromPod := ifnameIs(expr.MetaKeyIIFNAME, master, false)
+	notOwn := func(macLoad, addrLoad *expr.Payload) []expr.Any {
+		macLoad.DestRegister, addrLoad.DestRegister = regMAC, regAddr
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: regKey},
+			macLoad, addrLoad,
+			&expr.Lookup{SourceRegister: regKey, SetName: guardSetName, Invert: true},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}
+	}
+	etherSrc := func() *expr.Payload {
+		return &expr.Payload{Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6}
+	}
+	c.add("from a pod: ipv4 only with the pod's own mac and address",
+		fromPod, etherTypeIs(etherTypeIP), notOwn(etherSrc(), loadNet(ipSrc, 4)))
+	c.add("from a pod: only ethernet/ipv4 arp",
+		fromPod, etherTypeIs(etherTypeARP),
+		loadNet(0, uint32(len(arpEthIPv4))), &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: arpEthIPv4},
+		&expr.Verdict{Kind: expr.VerdictDrop})
+	c.add("from a pod: arp only from the pod's own mac and address",
+		fromPod, etherTypeIs(etherTypeARP), notOwn(etherSrc(), loadNet(arpSPA, 4)))
+	c.add("from a pod: arp only announcing the pod's own mac and address",
+		fromPod, etherTypeIs(etherTypeARP), notOwn(loadNet(arpSHA, 6), loadNet(arpSPA, 4)))
+	c.add("from a pod: nothing but ipv4 and arp",
+		fromPod,
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x08, 0x00}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x08, 0x06}},
+		&expr.Verdict{Kind: expr.VerdictDrop})
+	return c
+}
+
+// arpSPA is the offset of the sender protocol address in an Ethernet/IPv4 ARP packet.
+const arpSPA = 14
+
+// guardMatches reports whether the kernel's guard table is as wanted
+// (elements aside).
+func (n *Node) guardMatches(want wantChain) (bool, error) {
+	chains, err := n.nft.ListChainsOfTableFamily(nftables.TableFamilyBridge)
+	if err != nil {
+		return false, fmt.Errorf("list bridge chains: %w", err)
+	}
+	count := 0
+	var have *nftables.Chain
+	for _, c := range chains {
+		if c.Table != nil && c.Table.Name == GuardTableName {
+			count++
+			if c.Name == want.chain.Name {
+				have = c
+			}
+		}
+	}
+	if count != 1 || have == nil || !sameChain(have, want.chain) {
+		return false, nil
+	}
+	rules, err := n.nft.GetRules(guardTable(), have)
+	if err != nil {
+		return false, fmt.Errorf("list guard rules: %w", err)
+	}
+	if len(rules) != len(want.rules) {
+		return false, nil
+	}
+	for i, r := range rules {
+		got, err := ruleKey(nftables.TableFamilyBridge, r.Exprs, r.UserData)
+		if err != nil {
+			return false, nil
+		}
+		w, err := ruleKey(nftables.TableFamilyBridge, want.rules[i].exprs, comment(want.rules[i].note))
+		if err != nil {
+			return false, err
+		}
+		if got != w {
+			return false, nil
+		}
+	}
+	if _, err := n.nft.GetSetElements(guardSet(guardTable())); err != nil {
+		return false, nil
+	}
+	return true, nil
+}
+
+// reconcileGuard rebuilds the guard table when its chain, rules or set
+// differ from the wanted ones, with one element per pod veth on the bridge.
+// It returns the number of changes (0 when it only read).
+func (n *Node) reconcileGuard(ctx context.Context, master string, bridgeIndex int) (int, error) {
+	want := buildGuard(master)
+	ok, err := n.guardMatches(want)
+	if err != nil || ok {
+		return 0, err
+	}
+	unlock, err := n.lock(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { err = errors.Join(err, unlock()) }()
+	if ok, err := n.guardMatches(want); err != nil || ok {
+		return 0, err
+	}
+	ports, err := n.guardPortsFromVeths(bridgeIndex)
+	if err != nil {
+		return 0, err
+	}
+	t := guardTable()
+	if tables, err := n.nft.ListTablesOfFamily(nftables.TableFamilyBridge); err == nil &&
+		slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == GuardTableName }) {
+		n.nft.DelTable(t)
+	}
+	n.nft.AddTable(t)
+	s := guardSet(t)
+	elems := make([]nftables.SetElement, 0, len(ports))
+	for _, p := range ports {
+		elems = append(elems, nftables.SetElement{Key: p.key()})
+	}
+	if err := n.nft.AddSet(s, elems); err != nil {
+		return 0, errors.Join(fmt.Errorf("add set %s: %w", s.Name, err), n.discardBatch())
+	}
+	n.nft.AddChain(want.chain)
+	for _, r := range want.rules {
+		exprs := slices.Clone(r.exprs)
+		for i, e := range exprs {
+			if l, ok := e.(*expr.Lookup); ok {
+				cp := *l
+				cp.SetID = s.ID
+				exprs[i] = &cp
+			}
+		}
+		n.nft.AddRule(&nftables.Rule{Table: t, Chain: want.chain, Exprs: exprs, UserData: comment(r.note)})
+	}
+	if err := n.nft.Flush(); err != nil {
+		return 0, fmt.Errorf("apply the guard table: %w", err)
+	}
+	return 1 + len(ports), nil
+}
+
+// guardPortsFromVeths lists the pod veths on the bridge with the pod MAC
+// and IP their aliases record.
+func (n *Node) guardPortsFromVeths(bridgeIndex int) ([]guardPort, error) {
+	links, err := retryDump(n.nl.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var out []guardPort
+	for _, l := range links {
+		a := l.Attrs()
+		if a.MasterIndex != bridgeIndex {
+			continue
+		}
+		if ip, mac, ok := parsePodAlias(a.Alias); ok {
+			out = append(out, guardPort{name: a.Name, mac: mac.String(), ip: ip})
+		}
+	}
+	return out, nil
+}
+
+// changeGuardLocked queues adding port (add) or removing every element of
+// the port's veth name, and reports whether something was queued. A missing
+// guard table is no error: EnsureNode creates it with the veths' elements.
+func (n *Node) changeGuardLocked(port guardPort, add bool) (bool, error) {
+	s := guardSet(guardTable())
+	elems, err := n.nft.GetSetElements(s)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("list elements of %s %s: %w", GuardTableName, guardSetName, err)
+	}
+	var del []nftables.SetElement
+	have := false
+	for _, e := range elems {
+		p, ok := parseGuardKey(e.Key)
+		if !ok || p.name != port.name {
+			continue
+		}
+		if add && p == port {
+			have = true
+			continue
+		}
+		del = append(del, nftables.SetElement{Key: e.Key})
+	}
+	queued := false
+	if len(del) > 0 {
+		if err := n.nft.SetDeleteElements(s, del); err != nil {
+			return false, err
+		}
+		queued = true
+	}
+	if add && !have {
+		if err := n.nft.SetAddElements(s, []nftables.SetElement{{Key: port.key()}}); err != nil {
+			return false, err
+		}
+		queued = true
+	}
+	return queued, nil
+}
+
+// guardPod lets the pod's host veth hostName send with the pod's MAC and IP
+// only (AddPod, after the pod is registered).
+func (n *Node) guardPod(ctx context.Context, hostName string, ip netip.Addr, mac net.HardwareAddr) (err error) {
+	unlock, err := n.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, unlock()) }()
+	return n.applyGuardLocked(guardPort{name: hostName, mac: mac.String(), ip: ip}, true)
+}
+
+// unguardPod removes the guard elements of the host veth hostName (DelPod).
+func (n *Node) unguardPod(ctx context.Context, hostName string) (err error) {
+	unlock, err := n.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, unlock()) }()
+	return n.applyGuardLocked(guardPort{name: hostName}, false)
+}
+
+// applyGuardLocked adds port to the guard set, or removes every element of
+// its veth name, in its own transaction.
+func (n *Node) applyGuardLocked(port guardPort, add bool) error {
+	queued, err := n.changeGuardLocked(port, add)
+	if err != nil {
+		return errors.Join(err, n.discardBatch())
+	}
+	if !queued {
+		return nil
+	}
+	if err := n.nft.Flush(); err != nil {
+		return fmt.Errorf("update the guard of %s: %w", port.name, err)
+	}
+	return nil
+}
