@@ -72,14 +72,19 @@ func classify(op string, err error) error {
 	return e
 }
 
+// maxRetryAfter bounds the delay an answer can impose: a Retry-After far in
+// the future (or one that overflows a time.Duration) must not stop the pool
+// worker for years.
+const maxRetryAfter = 10 * time.Minute
+
 // retryAfter reads the delay an Azure response asks for, in the headers the
 // SDK honours: retry-after-ms, x-ms-retry-after-ms, then Retry-After
-// (seconds or an HTTP date).
+// (seconds or an HTTP date). The result is in 0..maxRetryAfter.
 func retryAfter(h http.Header) time.Duration {
 	for _, k := range []string{"retry-after-ms", "x-ms-retry-after-ms"} {
 		if v := h.Get(k); v != "" {
-			if ms, err := strconv.Atoi(v); err == nil && ms > 0 {
-				return time.Duration(ms) * time.Millisecond
+			if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms > 0 {
+				return boundedDelay(ms, time.Millisecond)
 			}
 		}
 	}
@@ -87,13 +92,21 @@ func retryAfter(h http.Header) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if s, err := strconv.Atoi(v); err == nil && s > 0 {
-		return time.Duration(s) * time.Second
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil && s > 0 {
+		return boundedDelay(s, time.Second)
 	}
 	if t, err := http.ParseTime(v); err == nil {
 		if d := time.Until(t); d > 0 {
-			return d
+			return min(d, maxRetryAfter)
 		}
 	}
 	return 0
+}
+
+// boundedDelay is n units, at most maxRetryAfter (without overflowing).
+func boundedDelay(n int64, unit time.Duration) time.Duration {
+	if n >= int64(maxRetryAfter/unit) {
+		return maxRetryAfter
+	}
+	return time.Duration(n) * unit
 }

@@ -100,6 +100,9 @@ func mapsKeys(m map[string]json.RawMessage) func(func(string) bool) {
 }
 
 func join(path, key string) string {
+	if key == "" {
+		key = `""` // an empty name must still be visible in the message
+	}
 	if path == "" {
 		return key
 	}

@@ -1,0 +1,414 @@
+// Package soak is vnet-cni's churn soak: pods are added and deleted at a high
+// rate on a simulated cluster while the cloud injects errors, throttling
+// storms and latency and vnet-ipamd is killed with SIGKILL at random
+// moments. At the end the kernel, the daemons' stores and the cloud are
+// compared: no address may be held twice, none may leak, every live pod must
+// reach the network, and every store must be valid.
+//
+// Run it with `make soak` (cmd/vnet-soak) or, in a short profile, as
+// TestSoak in package integration.
+package soak
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
+	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
+)
+
+// Profile sets the size and the bounds of a soak.
+type Profile struct {
+	// Nodes and Slots: Slots pod slots on each of Nodes nodes.
+	Nodes int
+	Slots int
+	// Workers is the number of concurrent ADD/DEL loops per node.
+	Workers int
+	// Duration bounds the churn; MaxOps bounds the CNI operations.
+	Duration time.Duration
+	MaxOps   int
+	// KillMin and KillMax bound the pause between two SIGKILLs of a
+	// random node's vnet-ipamd; DownMax bounds how long it stays down.
+	KillMin, KillMax, DownMax time.Duration
+	// ErrorRate of ARM requests answered with 5xx; Latency added to every
+	// ARM request; a 429 storm of StormLength every StormEvery.
+	ErrorRate               float64
+	Latency                 time.Duration
+	StormEvery, StormLength time.Duration
+	// Seed makes the random choices repeatable (0: random).
+	Seed uint64
+}
+
+// Full is the profile of `make soak` (at most 5 minutes in all).
+func Full() Profile {
+	return Profile{
+		Nodes: 2, Slots: 100, Workers: 3,
+		Duration: 3*time.Minute + 30*time.Second, MaxOps: 100000,
+		KillMin: 4 * time.Second, KillMax: 12 * time.Second, DownMax: 1500 * time.Millisecond,
+		ErrorRate: 0.10, Latency: 2 * time.Second,
+		StormEvery: 20 * time.Second, StormLength: 4 * time.Second,
+	}
+}
+
+// Short is the profile that runs in `make test` (at most 60 seconds).
+func Short() Profile {
+	p := Full()
+	p.Duration = 20 * time.Second
+	p.MaxOps = 5000
+	p.KillMin, p.KillMax = 4*time.Second, 8*time.Second
+	p.StormEvery, p.StormLength = 8*time.Second, 3*time.Second
+	return p
+}
+
+// Options are what the soak needs besides the profile.
+type Options struct {
+	// Dir receives the sim's and the nodes' files.
+	Dir string
+	// BinDir holds vnet-ipamd and vnet-cni.
+	BinDir string
+	// Prefix names the namespaces (at most 12 characters); default random.
+	Prefix string
+	Logger *slog.Logger
+}
+
+// Result is what a soak measured.
+type Result struct {
+	Operations int
+	// Adds and Dels count successful ADDs and DELs; Failed the CNI calls
+	// that returned an error (expected under faults, never a violation by
+	// themselves).
+	Adds, Dels, Failed int
+	// Faults are the ARM requests answered with an error (injected 5xx,
+	// 429 during storms and throttling, conflicts).
+	Faults int
+	// Restarts are the SIGKILLs of vnet-ipamd followed by a restart.
+	Restarts int
+	// Violations lists every broken guarantee found.
+	Violations []string
+	// LivePods at the end, and the duration of the whole run.
+	LivePods int
+	Elapsed  time.Duration
+}
+
+// Line is the one-line summary that ends a soak.
+func (r Result) Line() string {
+	return fmt.Sprintf("soak: %d operations, %d faults, %d restarts, %d violations",
+		r.Operations, r.Faults, r.Restarts, len(r.Violations))
+}
+
+// slot is one pod slot of a node. mu is held for the whole of an operation.
+type slot struct {
+	mu  sync.Mutex
+	pod *cluster.Pod
+	// live: the last ADD succeeded and no DEL succeeded since; dirty: an
+	// ADD or DEL failed and the pod still needs a successful DEL.
+	live, dirty bool
+}
+
+type runner struct {
+	prof  Profile
+	opts  Options
+	log   *slog.Logger
+	sim   *sim.Sim
+	c     *cluster.Cluster
+	slots [][]*slot
+
+	ops, adds, dels, failed, restarts atomic.Int64
+
+	mu sync.Mutex // guards held and violations
+	// held maps every address of a live pod to its pod, across nodes:
+	// the online duplicate check.
+	held       map[netip.Addr]*cluster.Pod
+	violations []string
+}
+
+// Run runs a soak. The error reports a failure of the harness (the sim or a
+// daemon could not start); broken guarantees are Result.Violations.
+func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error) {
+	start := time.Now()
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if prof.Seed == 0 {
+		prof.Seed = rand.Uint64()
+	}
+	r := &runner{prof: prof, opts: opts, log: opts.Logger, held: map[netip.Addr]*cluster.Pod{}}
+	r.log.Info("soak starting", "nodes", prof.Nodes, "slots", prof.Slots, "duration", prof.Duration, "seed", prof.Seed)
+
+	r.sim, err = sim.Start(ctx, sim.Options{
+		Nodes: prof.Nodes, Prefix: opts.Prefix, Dir: filepath.Join(opts.Dir, "sim"),
+		OperationDuration: 200 * time.Millisecond, PollInterval: 100 * time.Millisecond,
+	})
+	if err != nil {
+		return res, fmt.Errorf("start sim: %w", err)
+	}
+	defer func() { err = errors.Join(err, r.sim.Close()) }()
+	r.c, err = cluster.New(r.sim.Description(), cluster.Options{
+		Dir: filepath.Join(opts.Dir, "nodes"), BinDir: opts.BinDir, Logger: r.log,
+		IPAMD: func(_ string, c *config.Config) {
+			// Room for every slot plus what cools down.
+			// A warm pool deep enough to ride out a refill that takes
+			// several seconds under the injected latency and faults.
+			c.MaxIPs = prof.Slots + 40
+			c.WarmIPTarget = 30
+			c.IPAddressCount = 60
+			c.BatchSize = 20
+			c.AllocateWait = config.Duration(3 * time.Second)
+		},
+	})
+	if err != nil {
+		return res, err
+	}
+	defer func() { err = errors.Join(err, r.c.Close()) }()
+	if err := r.c.Start(ctx); err != nil {
+		return res, err
+	}
+	r.slots = make([][]*slot, len(r.c.Nodes))
+	for i := range r.slots {
+		for range prof.Slots {
+			r.slots[i] = append(r.slots[i], &slot{})
+		}
+	}
+
+	r.churn(ctx)
+	r.settle(ctx)
+	r.verify(ctx)
+
+	stats := r.sim.ARM().Stats()
+	res = Result{
+		Operations: int(r.ops.Load()), Adds: int(r.adds.Load()), Dels: int(r.dels.Load()),
+		Failed: int(r.failed.Load()), Faults: stats.Errors, Restarts: int(r.restarts.Load()),
+	}
+	r.mu.Lock()
+	res.Violations = append(res.Violations, r.violations...)
+	r.mu.Unlock()
+	for _, ss := range r.slots {
+		for _, s := range ss {
+			if s.live {
+				res.LivePods++
+			}
+		}
+	}
+	res.Elapsed = time.Since(start)
+	return res, nil
+}
+
+func (r *runner) violation(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	r.log.Error("violation", "what", msg)
+	r.mu.Lock()
+	r.violations = append(r.violations, msg)
+	r.mu.Unlock()
+}
+
+// churn runs the ADD/DEL workers, the fault injector and the killer until
+// the duration or the operation budget is spent.
+func (r *runner) churn(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, r.prof.Duration)
+	defer cancel()
+	var wg sync.WaitGroup
+	for ni, n := range r.c.Nodes {
+		for w := range r.prof.Workers {
+			rng := rand.New(rand.NewPCG(r.prof.Seed, uint64(ni*100+w)))
+			wg.Go(func() { r.worker(ctx, cancel, ni, n, rng) })
+		}
+	}
+	wg.Go(func() { r.faults(ctx) })
+	wg.Go(func() { r.killer(ctx, rand.New(rand.NewPCG(r.prof.Seed, 999))) })
+	wg.Wait()
+}
+
+func (r *runner) worker(ctx context.Context, stop context.CancelFunc, ni int, n *cluster.Node, rng *rand.Rand) {
+	for ctx.Err() == nil {
+		if int(r.ops.Load()) >= r.prof.MaxOps {
+			stop()
+			return
+		}
+		s := r.slots[ni][rng.IntN(len(r.slots[ni]))]
+		if !s.mu.TryLock() {
+			continue
+		}
+		r.step(ctx, n, s, fmt.Sprintf("s%03d", indexOf(r.slots[ni], s)))
+		s.mu.Unlock()
+	}
+}
+
+// indexOf returns the index of s (for the pod's name).
+func indexOf(ss []*slot, s *slot) int {
+	for i, x := range ss {
+		if x == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// step does one operation on a slot held by the caller: DEL of a live or
+// dirty pod, else ADD of a new pod. A failed ADD is followed by DEL, as the
+// runtime does.
+func (r *runner) step(ctx context.Context, n *cluster.Node, s *slot, name string) {
+	callCtx := context.WithoutCancel(ctx)
+	if s.pod != nil {
+		r.del(callCtx, n, s)
+		return
+	}
+	p, err := n.NewPod("soak", name)
+	if err != nil {
+		r.violation("create the netns of %s/%s: %v", n.Name, name, err)
+		return
+	}
+	s.pod = p
+	r.ops.Add(1)
+	if _, err := n.Add(callCtx, p); err != nil {
+		r.failed.Add(1)
+		r.log.Debug("add failed", "node", n.Name, "pod", name, "err", err)
+		s.dirty = true
+		r.del(callCtx, n, s)
+		return
+	}
+	r.adds.Add(1)
+	s.live = true
+	r.mu.Lock()
+	if other, ok := r.held[p.IP]; ok {
+		r.mu.Unlock()
+		r.violation("%s given to %s/%s (%s) while %s/%s (%s) holds it",
+			p.IP, n.Name, p.Name, p.ContainerID[:12], other.Node.Name, other.Name, other.ContainerID[:12])
+		return
+	}
+	r.held[p.IP] = p
+	r.mu.Unlock()
+}
+
+// del runs DEL for the slot's pod; on success the pod's namespace is
+// removed and the slot is empty.
+func (r *runner) del(ctx context.Context, n *cluster.Node, s *slot) bool {
+	p := s.pod
+	r.ops.Add(1)
+	if err := n.Del(ctx, p); err != nil {
+		r.failed.Add(1)
+		r.log.Debug("del failed", "node", n.Name, "pod", p.Name, "err", err)
+		s.dirty = true
+		return false
+	}
+	r.dels.Add(1)
+	// The address is released (or spooled) only now; forget it afterwards
+	// so that a reuse before this point would be caught.
+	if s.live {
+		r.mu.Lock()
+		if r.held[p.IP] == p {
+			delete(r.held, p.IP)
+		}
+		r.mu.Unlock()
+	}
+	if err := p.Remove(); err != nil {
+		r.violation("remove the netns of %s/%s: %v", n.Name, p.Name, err)
+	}
+	s.pod, s.live, s.dirty = nil, false, false
+	return true
+}
+
+// faults keeps 5xx errors and latency on every ARM operation and starts a
+// 429 storm every StormEvery.
+func (r *runner) faults(ctx context.Context) {
+	base := arm.Faults{
+		Latency: map[string]arm.Duration{arm.AllOperations: arm.Duration(r.prof.Latency)},
+		Errors: map[string]arm.ErrorFault{arm.AllOperations: {
+			Rate: r.prof.ErrorRate, Status: 503, Code: "ServerBusy", Message: "injected by the soak", RetryAfterSeconds: 1,
+		}},
+	}
+	a := r.sim.ARM()
+	a.SetFaults(base)
+	defer a.SetFaults(arm.Faults{})
+	t := time.NewTicker(r.prof.StormEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f := base
+			f.Storm = &arm.Storm{Duration: arm.Duration(r.prof.StormLength), RetryAfterSeconds: 1}
+			a.SetFaults(f)
+			r.log.Info("429 storm", "length", r.prof.StormLength)
+		}
+	}
+}
+
+// killer SIGKILLs a random node's daemon at random moments and restarts it
+// after a random pause.
+func (r *runner) killer(ctx context.Context, rng *rand.Rand) {
+	for {
+		wait := r.prof.KillMin + time.Duration(rng.Int64N(int64(r.prof.KillMax-r.prof.KillMin)+1))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		n := r.c.Nodes[rng.IntN(len(r.c.Nodes))]
+		if err := n.StopIPAMD(syscall.SIGKILL); err != nil {
+			r.violation("kill vnet-ipamd on %s: %v", n.Name, err)
+		}
+		time.Sleep(time.Duration(rng.Int64N(int64(r.prof.DownMax) + 1)))
+		if err := n.StartIPAMD(); err != nil {
+			r.violation("restart vnet-ipamd on %s: %v", n.Name, err)
+			continue
+		}
+		r.restarts.Add(1)
+		r.log.Info("vnet-ipamd killed and restarted", "node", n.Name)
+	}
+}
+
+// settle ends the faults, makes sure every daemon runs and is ready,
+// finishes the DELs that failed, and runs GC with the live pods as the
+// runtime does after a restart.
+func (r *runner) settle(ctx context.Context) {
+	r.sim.ARM().SetFaults(arm.Faults{})
+	for _, n := range r.c.Nodes {
+		if !n.Running() {
+			if err := n.StartIPAMD(); err != nil {
+				r.violation("start vnet-ipamd on %s: %v", n.Name, err)
+			}
+		}
+		if err := n.WaitReady(ctx); err != nil {
+			r.violation("vnet-ipamd on %s not ready after the churn: %v", n.Name, err)
+		}
+	}
+	for ni, n := range r.c.Nodes {
+		for _, s := range r.slots[ni] {
+			if s.pod == nil || !s.dirty {
+				continue
+			}
+			ok := false
+			for range 5 {
+				if ok = r.del(ctx, n, s); ok {
+					break
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			if !ok {
+				r.violation("DEL of %s/%s never succeeded", n.Name, s.pod.Name)
+			}
+		}
+		var live []*cluster.Pod
+		for _, s := range r.slots[ni] {
+			if s.live {
+				live = append(live, s.pod)
+			}
+		}
+		r.ops.Add(1)
+		if err := n.GC(ctx, live); err != nil {
+			r.violation("GC on %s: %v", n.Name, err)
+		}
+	}
+}

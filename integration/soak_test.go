@@ -1,0 +1,34 @@
+package integration
+
+import (
+	"context"
+	"testing"
+
+	"github.com/vnet-cni/vnet-cni/integration/soak"
+	"github.com/vnet-cni/vnet-cni/internal/nstest"
+)
+
+// TestSoak runs the churn soak's short profile: 2 nodes, 100 pod slots
+// each, random ADD/DEL for 20 s with 10 % 5xx, 429 storms, 2 s of ARM
+// latency and vnet-ipamd SIGKILLed at random; then kernel, stores and cloud
+// must agree (see package soak). `make soak` runs the long profile.
+func TestSoak(t *testing.T) {
+	nstest.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("soak skipped in -short")
+	}
+	res, err := soak.Run(context.Background(), soak.Short(), soak.Options{
+		Dir: t.TempDir(), BinDir: "../bin", Prefix: nstest.Prefix(t),
+	})
+	for _, v := range res.Violations {
+		t.Errorf("violation: %s", v)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d adds, %d dels, %d failed calls, %d live pods, %s", res.Adds, res.Dels, res.Failed, res.LivePods, res.Elapsed)
+	t.Log(res.Line())
+	if res.Adds == 0 || res.Dels == 0 || res.Restarts == 0 || res.Faults == 0 {
+		t.Errorf("the soak did not exercise churn, faults and restarts: %+v", res)
+	}
+}
