@@ -106,7 +106,7 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 	if err != nil {
 		return info, err
 	}
-	guarded, err := n.reconcileGuard(ctx, br.Master, br.Index)
+	guarded, err := n.reconcileGuard(ctx, br.Index)
 	info.NFTChanges += guarded
 	return info, err
 }

@@ -25,11 +25,11 @@ import (
 //	table bridge vnet-cni-guard {
 //	  set ports { type ifname . ether_addr . ipv4_addr }
 //	  chain prerouting { type filter hook prerouting priority -350
-//	    iifname != eth0 ether type ip iifname . ether saddr . ip saddr != @ports drop
-//	    iifname != eth0 ether type arp arp htype/ptype/hlen/plen != 1/ip/6/4 drop
-//	    iifname != eth0 ether type arp iifname . ether saddr . arp saddr ip != @ports drop
-//	    iifname != eth0 ether type arp iifname . arp saddr ether . arp saddr ip != @ports drop
-//	    iifname != eth0 ether type != { ip, arp } drop
+//	    iifname "vnc*" ether type ip iifname . ether saddr . ip saddr != @ports drop
+//	    iifname "vnc*" ether type arp arp htype/ptype/hlen/plen != 1/ip/6/4 drop
+//	    iifname "vnc*" ether type arp iifname . ether saddr . arp saddr ip != @ports drop
+//	    iifname "vnc*" ether type arp iifname . arp saddr ether . arp saddr ip != @ports drop
+//	    iifname "vnc*" ether type != { ip, arp } drop
 //	  }
 //	}
 //
@@ -91,14 +91,22 @@ func parseGuardKey(k []byte) (guardPort, bool) {
 	return guardPort{name: string(name), mac: net.HardwareAddr(k[16:22]).String(), ip: ip}, true
 }
 
-// buildGuard is the wanted chain of the guard table for the given master.
-func buildGuard(master string) wantChain {
+// buildGuard is the wanted chain of the guard table. Only vnet-cni's pod
+// ports (named HostVethPrefix...) are guarded: other bridges on the node
+// (docker0, cbr0) and their ports are none of vnet-cni's business. (Matching
+// the input port's bridge, meta ibrname, needs CONFIG_NFT_BRIDGE_META, which
+// kernels may lack.)
+func buildGuard() wantChain {
 	accept := nftables.ChainPolicyAccept
 	c := wantChain{chain: &nftables.Chain{
 		Name: chainPrerouting, Table: guardTable(), Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-350), Policy: &accept,
 	}}
-	fromPod := ifnameIs(expr.MetaKeyIIFNAME, master, false)
+	// iifname "vnc*": the comparison covers the prefix's bytes only.
+	fromPod := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(HostVethPrefix)},
+	}
 	notOwn := func(macLoad, addrLoad *expr.Payload) []expr.Any {
 		macLoad.DestRegister, addrLoad.DestRegister = regMAC, regAddr
 		return []expr.Any{
@@ -182,8 +190,8 @@ func (n *Node) guardMatches(want wantChain) (bool, error) {
 // reconcileGuard rebuilds the guard table when its chain, rules or set
 // differ from the wanted ones, with one element per pod veth on the bridge.
 // It returns the number of changes (0 when it only read).
-func (n *Node) reconcileGuard(ctx context.Context, master string, bridgeIndex int) (int, error) {
-	want := buildGuard(master)
+func (n *Node) reconcileGuard(ctx context.Context, bridgeIndex int) (int, error) {
+	want := buildGuard()
 	ok, err := n.guardMatches(want)
 	if err != nil || ok {
 		return 0, err

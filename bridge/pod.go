@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -40,7 +39,8 @@ type PodConfig struct {
 	MTU int
 	// Bridge is the bridge's name; default DefaultBridgeName.
 	Bridge string
-	// HostVethName overrides HostVethName(ContainerID, IfName).
+	// HostVethName overrides HostVethName(ContainerID, IfName); it must
+	// start with HostVethPrefix, which the guard table relies on.
 	HostVethName string
 }
 
@@ -76,13 +76,20 @@ type PodResult struct {
 // per (container, interface) and at most 15 characters.
 func HostVethName(containerID, ifName string) string {
 	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
-	return "vnc" + hex.EncodeToString(sum[:6])
+	return HostVethPrefix + hex.EncodeToString(sum[:6])
 }
+
+// HostVethPrefix starts the name of every pod veth vnet-cni creates; the
+// guard table recognises pod ports by it.
+const HostVethPrefix = "vnc"
 
 func (c PodConfig) validate() error {
 	var errs []error
 	if c.ContainerID == "" {
 		errs = append(errs, errors.New("container id is empty"))
+	}
+	if c.HostVethName != "" && (!strings.HasPrefix(c.HostVethName, HostVethPrefix) || len(c.HostVethName) > unix.IFNAMSIZ-1) {
+		errs = append(errs, fmt.Errorf("host veth name %q: want %s followed by up to %d characters", c.HostVethName, HostVethPrefix, unix.IFNAMSIZ-1-len(HostVethPrefix)))
 	}
 	if c.IfName == "" || len(c.IfName) > unix.IFNAMSIZ-1 {
 		errs = append(errs, fmt.Errorf("interface name %q: want 1 to 15 characters", c.IfName))
@@ -170,7 +177,7 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 	if err := n.guardPod(ctx, hostName, cfg.IP, podMAC); err != nil {
 		return res, err
 	}
-	if err := n.announce(br.Attrs().Index, cfg.IP, podMAC); err != nil {
+	if err := n.refreshNeighbour(br.Attrs().Index, cfg.IP, podMAC); err != nil {
 		return res, err
 	}
 	return PodResult{
@@ -183,10 +190,6 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 
 // ensureVeth creates the veth pair or accepts an identical existing one.
 func (n *Node) ensureVeth(cfg PodConfig, hostName string, bridgeIndex, mtu int, podNS netns.NsHandle, pnl *netlink.Handle) (host, pod netlink.Link, created bool, err error) {
-	podMAC, err := randomMAC()
-	if err != nil {
-		return nil, nil, false, err
-	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = hostName
 	attrs.MTU = mtu
@@ -195,7 +198,7 @@ func (n *Node) ensureVeth(cfg PodConfig, hostName string, bridgeIndex, mtu int, 
 	veth := &netlink.Veth{
 		LinkAttrs:        attrs,
 		PeerName:         cfg.IfName,
-		PeerHardwareAddr: podMAC,
+		PeerHardwareAddr: PodMAC(cfg.IP),
 		PeerNamespace:    netlink.NsFd(int(podNS)),
 		PeerMTU:          uint32(mtu),
 	}
@@ -415,8 +418,17 @@ func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
 	// deletion here instead of being waited for when the plugin closes its
 	// nftables socket (about 10 ms of every DEL).
 	if ip.IsValid() {
-		if err := n.unregisterPod(ctx, ip, mac); err != nil {
+		// A late DEL (the runtime retrying, a GC) may name an address that
+		// was released and now belongs to another pod on this node; that
+		// pod's veth records it, and its entries stay.
+		taken, err := n.addressTakenByOther(ip, hostName)
+		if err != nil {
 			return err
+		}
+		if !taken {
+			if err := n.unregisterPod(ctx, ip, mac); err != nil {
+				return err
+			}
 		}
 	}
 	if err := n.unguardPod(ctx, hostName); err != nil {
@@ -429,6 +441,25 @@ func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
 		return fmt.Errorf("delete veth %s: %w", hostName, err)
 	}
 	return nil
+}
+
+// addressTakenByOther reports whether a pod veth other than hostName
+// records ip as its pod's address.
+func (n *Node) addressTakenByOther(ip netip.Addr, hostName string) (bool, error) {
+	links, err := retryDump(n.nl.LinkList)
+	if err != nil {
+		return false, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Name == hostName || !strings.HasPrefix(a.Name, HostVethPrefix) {
+			continue
+		}
+		if aip, _, ok := parsePodAlias(a.Alias); ok && aip == ip {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // PodState is what InspectPod found; nil parts are missing.
@@ -600,14 +631,4 @@ func parsePodAlias(alias string) (netip.Addr, net.HardwareAddr, bool) {
 		return netip.Addr{}, nil, false
 	}
 	return ip, mac, true
-}
-
-// randomMAC returns a random unicast, locally administered MAC.
-func randomMAC() (net.HardwareAddr, error) {
-	mac := make(net.HardwareAddr, 6)
-	if _, err := rand.Read(mac); err != nil {
-		return nil, fmt.Errorf("random mac: %w", err)
-	}
-	mac[0] = mac[0]&0xfe | 0x02
-	return mac, nil
 }

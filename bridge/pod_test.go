@@ -204,19 +204,34 @@ func TestDelPodKeepsReassignedIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, cur := addPod(t, n, f.prefix, "new", ip, 0)
-	if old.PodIf.MAC.String() == cur.PodIf.MAC.String() {
-		t.Fatal("both pods got the same mac")
+	// The MAC follows the address, so what the node and other pods
+	// remember of the old pod stays right for the new one.
+	if want := PodMAC(ip).String(); old.PodIf.MAC.String() != want || cur.PodIf.MAC.String() != want {
+		t.Fatalf("pod macs %s and %s, want both %s", old.PodIf.MAC, cur.PodIf.MAC, want)
 	}
-	// Without the old veth there is no MAC to compare; an IP-less DEL
-	// must then leave the entry alone.
-	if err := n.DelPod(ctx, oldRef); err != nil {
+	// A late DEL of the old attachment, without and with the address (the
+	// runtime passes prevResult), must leave the new pod's entries alone.
+	for _, ref := range []PodRef{oldRef, {ContainerID: oldRef.ContainerID, IfName: "eth0", IP: ip}} {
+		if err := n.DelPod(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+		st, err := n.InspectPod(ctx, PodRef{ContainerID: f.prefix + "-new", IfName: "eth0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.RegisteredMAC.String() != cur.PodIf.MAC.String() || !st.SNATRegistered {
+			t.Errorf("after a late DEL (ip %v): new pod's entry mac %s snat %v, want %s true", ref.IP, st.RegisteredMAC, st.SNATRegistered, cur.PodIf.MAC)
+		}
+	}
+	// The new pod's own DEL removes them.
+	if err := n.DelPod(ctx, PodRef{ContainerID: f.prefix + "-new", IfName: "eth0", IP: ip}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := n.InspectPod(ctx, PodRef{ContainerID: f.prefix + "-new", IfName: "eth0"})
+	st, err := n.InspectPod(ctx, PodRef{ContainerID: f.prefix + "-new", IfName: "eth0", IP: ip})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.RegisteredMAC.String() != cur.PodIf.MAC.String() || !st.SNATRegistered {
-		t.Errorf("new pod's entry: mac %s snat %v, want %s true", st.RegisteredMAC, st.SNATRegistered, cur.PodIf.MAC)
+	if st.RegisteredMAC != nil || st.SNATRegistered {
+		t.Errorf("after the owner's DEL: mac %s snat %v, want none", st.RegisteredMAC, st.SNATRegistered)
 	}
 }

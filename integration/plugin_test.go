@@ -195,13 +195,13 @@ func TestPlugin(t *testing.T) {
 		}
 	})
 
-	t.Run("reused address is announced", func(t *testing.T) {
+	t.Run("reused address reachable at once", func(t *testing.T) {
 		y := addPod(t, n0, "reuse-y")
 		defer delPod(t, y)
 		// Every address the next ADD can get had an earlier owner on this
-		// node, whose MAC the node and pod y still remember: pod MACs are
-		// random, so only an announcement by the new pod corrects them.
-		old := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
+		// node, whose MAC the node and pod y still remember. A pod's MAC is
+		// derived from its address, so what they remember is the earlier
+		// owner's MAC for that address, and stays right for the new pod.
 		nl := nodeLinks(t, n0)
 		br, err := nl.LinkByName(bridge.DefaultBridgeName)
 		if err != nil {
@@ -216,7 +216,7 @@ func TestPlugin(t *testing.T) {
 		stale := func(nl *netlink.Handle, index int) error {
 			for _, ip := range reusable {
 				if err := nl.NeighSet(&netlink.Neigh{LinkIndex: index, Family: netlink.FAMILY_V4, State: netlink.NUD_STALE,
-					IP: ip.AsSlice(), HardwareAddr: old}); err != nil {
+					IP: ip.AsSlice(), HardwareAddr: bridge.PodMAC(ip)}); err != nil {
 					return err
 				}
 			}
