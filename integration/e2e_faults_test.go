@@ -57,9 +57,13 @@ func TestE2EKillDuringBurst(t *testing.T) {
 	enough := make(chan struct{})
 	begin := make(chan struct{})
 	var wg sync.WaitGroup
+	// The pods of a burst arrive over about a second (a Deployment scaled
+	// up), so the kill lands with some ADDs in flight and others not yet
+	// started, however fast a single ADD is.
 	for i, p := range pods {
 		wg.Go(func() {
 			<-begin
+			time.Sleep(time.Duration(i) * 20 * time.Millisecond)
 			_, errs[i] = n.Add(ctx, p)
 			if errs[i] == nil && ok.Add(1) == killAfter {
 				close(enough)

@@ -2,9 +2,11 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,7 +50,22 @@ func TestPluginConcurrentAdds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	if err := netlink.LinkSubscribeWithOptions(events, done, netlink.LinkSubscribeOptions{Namespace: &h}); err != nil {
+	// A burst makes many link events: a large receive buffer, and a watch
+	// that breaks (buffer overrun) fails the test instead of seeing nothing.
+	var watchErr error
+	var watchErrMu sync.Mutex
+	var stopping atomic.Bool // closing the watch makes its receive fail: not an error
+	if err := netlink.LinkSubscribeWithOptions(events, done, netlink.LinkSubscribeOptions{
+		Namespace: &h, ReceiveBufferSize: 8 << 20, ReceiveBufferForceSize: true,
+		ErrorCallback: func(err error) {
+			if stopping.Load() {
+				return
+			}
+			watchErrMu.Lock()
+			watchErr = errors.Join(watchErr, err)
+			watchErrMu.Unlock()
+		},
+	}); err != nil {
 		t.Fatal(err)
 	}
 	bridgeEvents := map[string]int{} // "new <index>" / "del <index>"
@@ -212,6 +229,7 @@ func TestPluginConcurrentAdds(t *testing.T) {
 
 	// Let late events arrive, then stop watching.
 	time.Sleep(100 * time.Millisecond)
+	stopping.Store(true)
 	close(done)
 	evWG.Wait()
 	evMu.Lock()
@@ -229,6 +247,11 @@ func TestPluginConcurrentAdds(t *testing.T) {
 		if kind == "new" {
 			created++
 		}
+	}
+	watchErrMu.Lock()
+	defer watchErrMu.Unlock()
+	if watchErr != nil {
+		t.Fatalf("the link event watch broke, events are incomplete: %v", watchErr)
 	}
 	if created != 1 {
 		t.Errorf("bridge link events %v: want one bridge index", bridgeEvents)
