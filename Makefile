@@ -8,7 +8,7 @@ export CGO_ENABLED
 
 BINARIES := $(BIN)/vnet-sim $(BIN)/vnet-ipamd $(BIN)/vnet-cni
 
-.PHONY: all build test lint clean
+.PHONY: all build test lint clean demo
 
 all: build
 
@@ -25,13 +25,53 @@ $(BIN)/vnet-cni: FORCE
 
 # The race detector needs cgo. Tests that need root skip themselves without it;
 # CI runs as root, so every tier runs there.
-test: build
+test: build fuzz-short
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 20m ./...
+
+# Every fuzz target for a few seconds (FUZZTIME each), from its committed
+# seed corpus in testdata/fuzz; `go test -fuzz` takes one target at a time.
+FUZZTIME ?= 3s
+FUZZ_TARGETS := \
+	./cni/plugin:FuzzLoadNetConf ./cni/plugin:FuzzCNIEnv \
+	./ipamd/config:FuzzParse \
+	./ipamd/rpc:FuzzReadFrame ./ipamd/rpc:FuzzDecodeRequest \
+	./cloud/azure:FuzzParseInstance ./cloud/azure:FuzzParseSubnetID \
+	./cloud/azure:FuzzRetryAfter ./cloud/azure:FuzzClassify
+
+.PHONY: fuzz-short
+fuzz-short:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$fn ($$pkg, $(FUZZTIME))"; \
+		out=$$($(GO) test $$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1s -parallel 2 2>&1) || { echo "$$out"; exit 1; }; \
+		echo "$$out" | tail -n 2; \
+	done
+
+# The churn soak (integration/soak): 2 nodes x 100 pod slots, faults and
+# SIGKILLs, at most 5 minutes; ends with "soak: N operations, ...".
+.PHONY: soak
+soak: build
+	$(GO) run ./integration/cmd/vnet-soak -bin $(BIN)
 
 lint:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	golangci-lint run ./...
+
+# The whole system on the simulated cloud (as root): installs Debian's
+# nftables, iproute2 and reference CNI plugins if missing, then runs
+# integration/cmd/vnet-demo against the binaries in bin/.
+demo: build
+	@sh integration/cmd/vnet-demo/install-deps.sh
+	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-demo ./integration/cmd/vnet-demo
+	$(BIN)/vnet-demo --bin $(BIN)
+
+# vnet-cni against Debian's bridge + host-local on the simulated cloud (as
+# root, a few minutes): prints a table and writes bench-results.json.
+.PHONY: bench
+bench: build
+	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-bench ./integration/cmd/vnet-bench
+	$(BIN)/vnet-bench -bin $(BIN) -out $(CURDIR)/bench-results.json
 
 clean:
 	rm -rf $(BIN)

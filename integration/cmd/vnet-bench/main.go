@@ -1,0 +1,75 @@
+// Command vnet-bench measures vnet-cni against Debian's bridge and
+// host-local plugins on the simulated cloud (make bench): it prints a table
+// and writes the numbers as JSON.
+//
+//	vnet-bench [-out bench-results.json] [-bin bin] [-sizes 1,50,250] [-parallel 8]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/integration/bench"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "vnet-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	out := flag.String("out", "bench-results.json", "where to write the results as JSON")
+	bin := flag.String("bin", "bin", "directory holding vnet-ipamd and vnet-cni")
+	sizes := flag.String("sizes", "1,50,250", "pod counts to measure, comma-separated")
+	parallel := flag.Int("parallel", 8, "concurrency of the parallel runs")
+	rounds := flag.Int("rounds", 20, "repetitions of the one-pod case")
+	mib := flag.Int64("throughput-mib", 256, "MiB moved per throughput run")
+	pluginLog := flag.String("plugin-log", "", "keep a copy of vnet-cni's log lines (one per call) in this file")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: it creates network namespaces")
+	}
+	var ns []int
+	for f := range strings.SplitSeq(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return fmt.Errorf("-sizes: %q is not a pod count", f)
+		}
+		ns = append(ns, n)
+	}
+	// The first Ctrl-C cancels the run, which then removes what it made;
+	// further ones are ignored until that is done.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dir, err := os.MkdirTemp("", "vnet-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	fmt.Fprintf(os.Stderr, "vnet-bench: sizes %v, %d-way parallel, work dir %s\n", ns, *parallel, dir)
+	start := time.Now()
+	res, err := bench.Run(ctx, bench.Options{
+		Dir: dir, BinDir: *bin, Sizes: ns, Parallel: *parallel, SingleRounds: *rounds,
+		ThroughputBytes: *mib << 20, Progress: os.Stderr, PluginLog: *pluginLog,
+	})
+	if err != nil {
+		return fmt.Errorf("after %s: %w", time.Since(start).Round(time.Second), err)
+	}
+	res.Print(os.Stdout)
+	if err := res.WriteJSON(*out); err != nil {
+		return err
+	}
+	fmt.Printf("\nwrote %s\n", *out)
+	return nil
+}
