@@ -301,27 +301,6 @@ func (n *Node) changeGuardLocked(port guardPort, add bool) (bool, error) {
 	return queued, nil
 }
 
-// guardPod lets the pod's host veth hostName send with the pod's MAC and IP
-// only (AddPod, after the pod is registered).
-func (n *Node) guardPod(ctx context.Context, hostName string, ip netip.Addr, mac net.HardwareAddr) (err error) {
-	unlock, err := n.lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, unlock()) }()
-	return n.applyGuardLocked(guardPort{name: hostName, mac: mac.String(), ip: ip}, true)
-}
-
-// unguardPod removes the guard elements of the host veth hostName (DelPod).
-func (n *Node) unguardPod(ctx context.Context, hostName string) (err error) {
-	unlock, err := n.lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, unlock()) }()
-	return n.applyGuardLocked(guardPort{name: hostName}, false)
-}
-
 // applyGuardLocked adds port to the guard set, or removes every element of
 // its veth name, in its own transaction.
 func (n *Node) applyGuardLocked(port guardPort, add bool) error {

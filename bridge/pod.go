@@ -171,10 +171,7 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 		return res, err
 	}
 	podMAC := pod.Attrs().HardwareAddr
-	if err := n.registerPod(ctx, cfg.IP, podMAC); err != nil {
-		return res, err
-	}
-	if err := n.guardPod(ctx, hostName, cfg.IP, podMAC); err != nil {
+	if err := n.addPodEntries(ctx, hostName, cfg.IP, podMAC); err != nil {
 		return res, err
 	}
 	if err := n.refreshNeighbour(br.Attrs().Index, cfg.IP, podMAC); err != nil {
@@ -298,28 +295,6 @@ func configurePod(pnl *netlink.Handle, pod netlink.Link, cfg PodConfig) error {
 	return nil
 }
 
-// registerPod adds ip -> mac to the pod set of both tables (the ip table
-// only when it exists, i.e. with SNAT).
-func (n *Node) registerPod(ctx context.Context, ip netip.Addr, mac net.HardwareAddr) (err error) {
-	unlock, err := n.lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, unlock()) }()
-	return n.changePodLocked(ip, mac, true)
-}
-
-// unregisterPod removes ip from the pod sets if it is registered with mac
-// (any MAC when mac is nil). Missing tables or elements are no error.
-func (n *Node) unregisterPod(ctx context.Context, ip netip.Addr, mac net.HardwareAddr) (err error) {
-	unlock, err := n.lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, unlock()) }()
-	return n.changePodLocked(ip, mac, false)
-}
-
 func (n *Node) changePodLocked(ip netip.Addr, mac net.HardwareAddr, add bool) error {
 	bt := &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
 	it := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
@@ -384,16 +359,14 @@ func inMap(m map[netip.Addr]string, ip netip.Addr) bool {
 
 // DelPod removes the attachment's veth (both ends) and its nftables
 // entries. Missing netns, link or entries are success, so is a repeated
-// DelPod. The IP is taken from ref or, when the veth still exists, from what
-// the veth records; the MAC recorded there protects an address already
-// handed to another pod.
+// DelPod. The IP is taken from ref, from what the veth records or from the
+// guard set; an address another pod on the node now holds keeps its entries.
 func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
 	hostName := ref.HostVethName
 	if hostName == "" {
 		hostName = HostVethName(ref.ContainerID, ref.IfName)
 	}
 	ip := ref.IP
-	var mac net.HardwareAddr
 	l, err := n.nl.LinkByName(hostName)
 	switch {
 	case isNotFound(err):
@@ -401,37 +374,18 @@ func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
 	case err != nil:
 		return fmt.Errorf("link %s: %w", hostName, err)
 	default:
-		if aip, amac, ok := parsePodAlias(l.Attrs().Alias); ok {
-			if !ip.IsValid() {
-				ip = aip
-			}
-			if aip == ip {
-				mac = amac
-			}
-		}
 		if l.Type() != "veth" {
 			return fmt.Errorf("%w: %s is a %s, not a veth", ErrConflict, hostName, l.Type())
+		}
+		if aip, _, ok := parsePodAlias(l.Attrs().Alias); ok && !ip.IsValid() {
+			ip = aip
 		}
 	}
 	// The nftables entries go first: removing set elements leaves the
 	// kernel an RCU grace period of cleanup, which overlaps with the veth
 	// deletion here instead of being waited for when the plugin closes its
 	// nftables socket (about 10 ms of every DEL).
-	if ip.IsValid() {
-		// A late DEL (the runtime retrying, a GC) may name an address that
-		// was released and now belongs to another pod on this node; that
-		// pod's veth records it, and its entries stay.
-		taken, err := n.addressTakenByOther(ip, hostName)
-		if err != nil {
-			return err
-		}
-		if !taken {
-			if err := n.unregisterPod(ctx, ip, mac); err != nil {
-				return err
-			}
-		}
-	}
-	if err := n.unguardPod(ctx, hostName); err != nil {
+	if err := n.delPodEntries(ctx, hostName, ip); err != nil {
 		return err
 	}
 	if l == nil {
@@ -441,25 +395,6 @@ func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
 		return fmt.Errorf("delete veth %s: %w", hostName, err)
 	}
 	return nil
-}
-
-// addressTakenByOther reports whether a pod veth other than hostName
-// records ip as its pod's address.
-func (n *Node) addressTakenByOther(ip netip.Addr, hostName string) (bool, error) {
-	links, err := retryDump(n.nl.LinkList)
-	if err != nil {
-		return false, fmt.Errorf("list links: %w", err)
-	}
-	for _, l := range links {
-		a := l.Attrs()
-		if a.Name == hostName || !strings.HasPrefix(a.Name, HostVethPrefix) {
-			continue
-		}
-		if aip, _, ok := parsePodAlias(a.Alias); ok && aip == ip {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // PodState is what InspectPod found; nil parts are missing.

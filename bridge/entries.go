@@ -1,0 +1,134 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+)
+
+// A pod has three nftables entries: in the bridge table's map (address →
+// MAC, steering frames from the fabric to the pod), in the ip table's SNAT
+// set (address) and in the guard set (port . MAC . address). ADD and DEL
+// each change all of them in one transaction under the node's lock.
+
+// addPodEntries registers the pod. Its MAC is derived from its address, so
+// the entries are the same whoever held the address before, and adding an
+// identical element is no error: nothing is read first. When a table is
+// missing (SNAT off, a table deleted by hand) the transaction fails as a
+// whole and the entries are changed one table at a time instead.
+func (n *Node) addPodEntries(ctx context.Context, hostName string, ip netip.Addr, mac net.HardwareAddr) (err error) {
+	unlock, err := n.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, unlock()) }()
+	bmap, iset, gset := podSets()
+	port := guardPort{name: hostName, mac: mac.String(), ip: ip}
+	err = errors.Join(
+		n.nft.SetAddElements(bmap, elements(bmap, map[netip.Addr]net.HardwareAddr{ip: mac}, []netip.Addr{ip})),
+		n.nft.SetAddElements(iset, elements(iset, nil, []netip.Addr{ip})),
+		n.nft.SetAddElements(gset, []nftables.SetElement{{Key: port.key()}}),
+	)
+	if err == nil {
+		err = n.nft.Flush()
+	}
+	if err == nil {
+		return nil
+	}
+	if derr := n.discardBatch(); derr != nil {
+		return errors.Join(err, derr)
+	}
+	if err := n.changePodLocked(ip, mac, true); err != nil {
+		return err
+	}
+	return n.applyGuardLocked(port, true)
+}
+
+// delPodEntries removes the entries of the pod behind hostName. The
+// address is ip or, when ip is not valid, the one the guard set records for
+// the port. A late DEL (the runtime retrying, a GC) may name an address that
+// was released and now belongs to another pod on this node: while another
+// port holds it in the guard set, its map and SNAT entries stay.
+func (n *Node) delPodEntries(ctx context.Context, hostName string, ip netip.Addr) (err error) {
+	unlock, err := n.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, unlock()) }()
+	bmap, iset, gset := podSets()
+	var del []nftables.SetElement
+	taken := false
+	if elems, ok, err := n.readSet(gset); err != nil {
+		return err
+	} else if ok {
+		for _, e := range elems {
+			p, ok := parseGuardKey(e.Key)
+			if !ok {
+				continue
+			}
+			if p.name == hostName {
+				del = append(del, nftables.SetElement{Key: e.Key})
+				if !ip.IsValid() {
+					ip = p.ip
+				}
+			}
+		}
+		for _, e := range elems {
+			if p, ok := parseGuardKey(e.Key); ok && p.name != hostName && p.ip == ip {
+				taken = true
+			}
+		}
+	}
+	var errs []error
+	queued := false
+	if len(del) > 0 {
+		errs = append(errs, n.nft.SetDeleteElements(gset, del))
+		queued = true
+	}
+	if ip.IsValid() && !taken {
+		for _, s := range []*nftables.Set{bmap, iset} {
+			have, ok, err := n.readPodSet(s)
+			if err != nil {
+				return errors.Join(err, n.discardBatch())
+			}
+			if _, present := have[ip]; ok && present {
+				errs = append(errs, n.nft.SetDeleteElements(s, elements(s, nil, []netip.Addr{ip})))
+				queued = true
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return errors.Join(err, n.discardBatch())
+	}
+	if !queued {
+		return nil
+	}
+	if err := n.nft.Flush(); err != nil {
+		return fmt.Errorf("remove the nftables entries of %s: %w", hostName, err)
+	}
+	return nil
+}
+
+// podSets are the three sets that hold a pod's entries.
+func podSets() (bmap, iset, gset *nftables.Set) {
+	bt := &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
+	it := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+	return wantTable{table: bt, isMap: true}.podSet(), wantTable{table: it}.podSet(), guardSet(guardTable())
+}
+
+// readSet lists a set's elements; ok is false when the set does not exist.
+func (n *Node) readSet(s *nftables.Set) ([]nftables.SetElement, bool, error) {
+	elems, err := n.nft.GetSetElements(s)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("list elements of %s %s: %w", s.Table.Name, s.Name, err)
+	}
+	return elems, true, nil
+}
