@@ -53,9 +53,14 @@ type NetConf struct {
 	// LockDir holds the lock that serialises first-time bridge set-up
 	// (default /run/vnet-cni).
 	LockDir string `json:"lockDir,omitempty"`
+	// VNetCIDRs is the VNet's address space as vnet-ipamd wrote it into the
+	// conflist; with it, ADD sets the node up while the address is on its
+	// way. Without it, ADD waits for the address, whose answer carries them.
+	VNetCIDRs []string `json:"vnetCIDRs,omitempty"`
 
 	// Derived values, set by loadNetConf.
 	snatExclusions []netip.Prefix
+	vnetCIDRs      []netip.Prefix
 	ipamdTimeout   time.Duration
 	logLevel       string
 }
@@ -133,6 +138,13 @@ func (c *NetConf) validate() error {
 			return invalid("snatExclusions", "%q is not an IPv4 CIDR", s)
 		}
 		c.snatExclusions = append(c.snatExclusions, p.Masked())
+	}
+	for _, s := range c.VNetCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || !p.Addr().Is4() {
+			return invalid("vnetCIDRs", "%q is not an IPv4 CIDR", s)
+		}
+		c.vnetCIDRs = append(c.vnetCIDRs, p.Masked())
 	}
 	c.ipamdTimeout = defaultIPAMDTimeout
 	if c.IPAMDTimeout != "" {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -87,9 +88,12 @@ func level(s string) slog.Level {
 	return l
 }
 
+// ms is d in milliseconds with microsecond precision, for log lines.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
 // finish writes the one log line of the call.
 func (c *call) finish(err error) {
-	attrs := append([]any{"verb", c.verb, "durationMs", float64(time.Since(c.start).Microseconds()) / 1000}, c.attrs...)
+	attrs := append([]any{"verb", c.verb, "durationMs", ms(time.Since(c.start))}, c.attrs...)
 	if err != nil {
 		attrs = append(attrs, "result", "error", "err", err.Error())
 		c.log.Error("cni "+c.verb, attrs...)
@@ -156,16 +160,28 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), conf.ipamdTimeout)
 	defer cancel()
+	// The node's datapath does not depend on the pod's address: with the
+	// VNet's address space from the conflist, it is set up while the
+	// address is on its way.
+	var early chan ensured
+	if len(conf.vnetCIDRs) > 0 {
+		early = make(chan ensured, 1)
+		go func() { early <- p.ensureNode(ctx, conf, conf.vnetCIDRs) }()
+	}
+	step := time.Now()
 	client := rpc.NewClient(conf.IPAMDSocket)
 	resp, err := client.Allocate(ctx, rpc.AllocateRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
 		PodNamespace: string(k8s.K8S_POD_NAMESPACE), PodName: string(k8s.K8S_POD_NAME),
 	})
 	if err != nil {
+		if early != nil {
+			(<-early).close()
+		}
 		return ipamdError("allocate", err)
 	}
 	a := resp.Assignment
-	c.attrs = append(c.attrs, "ip", a.IP.String())
+	c.attrs = append(c.attrs, "ip", a.IP.String(), "allocateMs", ms(time.Since(step)))
 	success := false
 	defer func() {
 		if success {
@@ -180,26 +196,27 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		}
 	}()
 
-	node, err := p.node(conf)
-	if err != nil {
-		return err
+	var e ensured
+	if early != nil {
+		e = <-early
 	}
+	if early == nil || !slices.Equal(conf.vnetCIDRs, a.VNetCIDRs) {
+		// No address space in the conflist, or it changed since it was
+		// written: the daemon's answer is the truth.
+		e.close()
+		e = p.ensureNode(ctx, conf, a.VNetCIDRs)
+	}
+	if e.err != nil {
+		e.close()
+		return e.err
+	}
+	node := e.node
 	defer node.Close()
-	mtu := conf.MTU
-	if mtu == 0 {
-		mtu = a.MTU
-	}
-	info, err := node.EnsureNode(ctx, bridge.NodeConfig{
-		Bridge:         bridge.BridgeConfig{Name: conf.Bridge, Master: conf.Master, MTU: mtu},
-		VNetPrefixes:   a.VNetCIDRs,
-		SNATExclusions: conf.snatExclusions,
-	})
-	if err != nil {
-		return types.NewError(types.ErrInternal, "set up the node's bridge", err.Error())
-	}
+	c.attrs = append(c.attrs, "nodeReadyMs", ms(time.Since(step)), "nodeOpenMs", e.openMs, "ensureNodeMs", e.ensureMs)
+	step = time.Now()
 	pod, err := node.AddPod(ctx, bridge.PodConfig{
 		ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns,
-		IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, MTU: mtu, Bridge: info.Bridge.Name,
+		IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, MTU: conf.MTU, Bridge: e.info.Bridge.Name,
 	})
 	if err != nil {
 		if derr := node.DelPod(context.Background(), bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: a.IP}); derr != nil {
@@ -207,6 +224,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		}
 		return types.NewError(types.ErrInternal, "set up the pod's interface", err.Error())
 	}
+	c.attrs = append(c.attrs, "addPodMs", ms(time.Since(step)))
 	result := buildResult(conf, pod)
 	if err := types.PrintResult(result, conf.CNIVersion); err != nil {
 		_ = node.DelPod(context.Background(), bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: a.IP})
@@ -214,6 +232,41 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	}
 	success = true
 	return nil
+}
+
+// ensured is the node's datapath after EnsureNode.
+type ensured struct {
+	node *bridge.Node
+	info bridge.NodeInfo
+	err  error
+	// openMs and ensureMs time the two steps, for the log line.
+	openMs, ensureMs float64
+}
+
+func (e ensured) close() {
+	if e.node != nil {
+		_ = e.node.Close()
+	}
+}
+
+// ensureNode opens the node's datapath and makes sure of the bridge and the
+// tables. The bridge keeps its master's MTU unless the configuration sets one.
+func (p *Plugin) ensureNode(ctx context.Context, conf *NetConf, vnet []netip.Prefix) ensured {
+	start := time.Now()
+	node, err := p.node(conf)
+	if err != nil {
+		return ensured{err: err}
+	}
+	opened := time.Now()
+	info, err := node.EnsureNode(ctx, bridge.NodeConfig{
+		Bridge:         bridge.BridgeConfig{Name: conf.Bridge, Master: conf.Master, MTU: conf.MTU},
+		VNetPrefixes:   vnet,
+		SNATExclusions: conf.snatExclusions,
+	})
+	if err != nil {
+		return ensured{node: node, err: types.NewError(types.ErrInternal, "set up the node's bridge", err.Error())}
+	}
+	return ensured{node: node, info: info, openMs: ms(opened.Sub(start)), ensureMs: ms(time.Since(opened))}
 }
 
 func buildResult(conf *NetConf, pod bridge.PodResult) *current.Result {

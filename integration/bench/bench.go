@@ -40,6 +40,11 @@ type Options struct {
 	RefPluginDir string
 	// Prefix names the run's namespaces [random].
 	Prefix string
+	// RefIPMasq runs the reference bridge with ipMasq, masquerading as
+	// vnet-cni does, at the cost of iptables calls per pod. Without it the
+	// reference is the plain bridge + host-local of DESIGN.md's figures,
+	// the stricter comparison.
+	RefIPMasq bool
 	// Sizes are the pod counts measured [1 50 250]; the largest must fit
 	// the pool (at most PoolSize).
 	Sizes []int
@@ -231,7 +236,7 @@ func Run(ctx context.Context, opts Options) (res *Results, err error) {
 	if maxN := maxInt(opts.Sizes); maxN > opts.PoolSize || opts.PoolSize > poolMax-5 {
 		return nil, fmt.Errorf("bench: %d pods do not fit a pool of %d (at most %d)", maxN, opts.PoolSize, poolMax-5)
 	}
-	res = &Results{LoadAvgStart: loadAvg(), Started: time.Now().UTC().Format(time.RFC3339)}
+	res = &Results{LoadAvgStart: loadAvg(), Started: time.Now().UTC().Format(time.RFC3339), RefIPMasq: opts.RefIPMasq}
 	start := time.Now()
 	e := &env{opts: opts}
 	defer func() { err = errors.Join(err, e.close()) }()
@@ -358,7 +363,7 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 	e.vnet = &side{name: "vnet-cni", nsPath: e.node.NSPath, node: e.node, list: vnetList,
 		cni: libcni.NewCNIConfigWithCacheDir([]string{mustAbs(o.BinDir)},
 			filepath.Join(o.Dir, "cache-vnet"), execWithStderr(logf))}
-	refList, err := refConflist(filepath.Join(o.Dir, "host-local"))
+	refList, err := refConflist(filepath.Join(o.Dir, "host-local"), o.RefIPMasq)
 	if err != nil {
 		return err
 	}
@@ -394,13 +399,14 @@ func mustAbs(p string) string {
 }
 
 // refConflist is Debian's bridge with host-local, as a kubenet-style
-// runtime configures them, with the IPAM data in dataDir.
-func refConflist(dataDir string) (*libcni.NetworkConfigList, error) {
+// runtime configures them, with the IPAM data in dataDir; ipMasq makes the
+// bridge masquerade pod traffic leaving its subnet, as vnet-cni does.
+func refConflist(dataDir string, ipMasq bool) (*libcni.NetworkConfigList, error) {
 	doc := map[string]any{
 		"cniVersion": "1.0.0",
 		"name":       "bench-ref",
 		"plugins": []any{map[string]any{
-			"type": "bridge", "bridge": refBridge, "isGateway": true, "ipMasq": true, "hairpinMode": true,
+			"type": "bridge", "bridge": refBridge, "isGateway": true, "ipMasq": ipMasq, "hairpinMode": true,
 			"ipam": map[string]any{
 				"type": "host-local", "dataDir": dataDir,
 				"ranges": [][]map[string]string{{{"subnet": refSubnet}}},

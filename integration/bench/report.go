@@ -61,6 +61,7 @@ type Results struct {
 	LoadAvgStart  string  `json:"loadavg_start"`
 	LoadAvgEnd    string  `json:"loadavg_end"`
 	SharedMachine bool    `json:"shared_machine_loaded"`
+	RefIPMasq     bool    `json:"ref_ipmasq"`
 	Started       string  `json:"started"`
 	RunSeconds    float64 `json:"run_seconds"`
 	Prefix        string  `json:"prefix"`
@@ -230,7 +231,11 @@ func (r *Results) Print(w io.Writer) {
 		fmt.Fprintln(w, "      both plugins ran in alternating batches, so the ratios are fairer than the absolute times.")
 	}
 	fmt.Fprintf(w, "Both plugins are executed by libcni (cniVersion 1.0.0) from inside a simulated node namespace, in alternating batches:\n")
-	fmt.Fprintf(w, "vnet-cni alone (no chained plugin) on node0 with vnet-ipamd; the reference, Debian bridge (isGateway, ipMasq) +\n")
+	refFlags := "isGateway, ipMasq"
+	if !r.RefIPMasq {
+		refFlags = "isGateway, no ipMasq"
+	}
+	fmt.Fprintf(w, "vnet-cni alone (no chained plugin) on node0 with vnet-ipamd; the reference, Debian bridge (%s) +\n", refFlags)
 	fmt.Fprintf(w, "host-local %s, on a node namespace of its own (so neither sees the other's bridge, rules or chains).\n", refSubnet)
 	fmt.Fprintf(w, "Percentiles are nearest-rank over N calls; ratio = vnet-cni / reference; wall = all pods of the phase.\n\n")
 

@@ -75,7 +75,11 @@ type Options struct {
 type Conflist struct {
 	// Path is the file (e.g. /etc/cni/net.d/10-vnet-cni.conflist); empty disables writing.
 	Path string
-	Data []byte
+	// Build returns the file's content for the node the daemon found (the
+	// plugin learns the VNet's address space from it); when nil, Data is
+	// written.
+	Build func(node cloud.Node) []byte
+	Data  []byte
 }
 
 func (o *Options) setDefaults() {
@@ -235,10 +239,17 @@ func (d *Daemon) writeConflist() error {
 	if c.Path == "" {
 		return nil
 	}
+	data := c.Data
+	if c.Build != nil {
+		d.mu.Lock()
+		node := d.node
+		d.mu.Unlock()
+		data = c.Build(node)
+	}
 	if err := os.MkdirAll(filepath.Dir(c.Path), 0o755); err != nil {
 		return fmt.Errorf("create cni conf dir: %w", err)
 	}
-	if err := atomicfile.Write(c.Path, c.Data, 0o644); err != nil {
+	if err := atomicfile.Write(c.Path, data, 0o644); err != nil {
 		return fmt.Errorf("write cni conflist: %w", err)
 	}
 	d.log.Info("wrote cni network configuration", "path", c.Path)

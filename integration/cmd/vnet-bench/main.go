@@ -34,6 +34,7 @@ func run() error {
 	parallel := flag.Int("parallel", 8, "concurrency of the parallel runs")
 	rounds := flag.Int("rounds", 20, "repetitions of the one-pod case")
 	mib := flag.Int64("throughput-mib", 256, "MiB moved per throughput run")
+	refMasq := flag.Bool("ref-ipmasq", false, "run the reference bridge with ipMasq (SNAT like vnet-cni, iptables calls per pod); default: the plain bridge + host-local")
 	pluginLog := flag.String("plugin-log", "", "keep a copy of vnet-cni's log lines (one per call) in this file")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -61,7 +62,7 @@ func run() error {
 	start := time.Now()
 	res, err := bench.Run(ctx, bench.Options{
 		Dir: dir, BinDir: *bin, Sizes: ns, Parallel: *parallel, SingleRounds: *rounds,
-		ThroughputBytes: *mib << 20, Progress: os.Stderr, PluginLog: *pluginLog,
+		ThroughputBytes: *mib << 20, Progress: os.Stderr, PluginLog: *pluginLog, RefIPMasq: *refMasq,
 	})
 	if err != nil {
 		return fmt.Errorf("after %s: %w", time.Since(start).Round(time.Second), err)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 
+	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/cloud/azure"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
@@ -98,8 +99,9 @@ func run(args []string) error {
 		NodeName:       *nodeName,
 		BootID:         bootID,
 		ReleaseSpool:   cfg.ReleaseSpool,
-		Conflist:       daemon.Conflist{Path: filepath.Join(cfg.CNIConfDir, cfg.CNIConfName), Data: conflist(cfg)},
-		Logger:         log,
+		Conflist: daemon.Conflist{Path: filepath.Join(cfg.CNIConfDir, cfg.CNIConfName),
+			Build: func(node cloud.Node) []byte { return conflist(cfg, node.VNetPrefixes) }},
+		Logger: log,
 	})
 	if err != nil {
 		return err
