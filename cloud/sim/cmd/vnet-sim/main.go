@@ -107,6 +107,7 @@ func up(args []string) error {
 	err = s.Close()
 	if ownDir {
 		err = errors.Join(err, os.RemoveAll(*dir))
+		_ = os.Remove(filepath.Dir(*dir)) // /run/vnet-sim, when no other run uses it
 	}
 	return err
 }
