@@ -1,17 +1,14 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +18,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/bridge"
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/integration/probe"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
@@ -190,65 +188,24 @@ func (e *e2eEnv) storeMatchesNIC(t *testing.T, n *cluster.Node) {
 	}
 }
 
-// e2eServe listens on addr inside the namespace and answers every
-// connection with "<name> saw <remote ip>", so the client learns which
-// source address arrived (NAT or not). Closed when the test ends.
+// e2eServe runs a probe server named name on addr inside the namespace,
+// closed when the test ends.
 func e2eServe(t *testing.T, nsPath, name string, addr netip.AddrPort) netip.AddrPort {
 	t.Helper()
-	var ln net.Listener
-	if err := nstest.Do(nsPath, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", addr.String())
-		return err
-	}); err != nil {
-		t.Fatalf("listen %s in %s: %v", addr, nsPath, err)
+	var s probe.Servers
+	ap, err := s.Listen(nsPath, name, addr)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			remote := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
-			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-			_, _ = fmt.Fprintf(c, "%s saw %s\n", name, remote)
-			_ = c.Close()
-		}
-	})
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	t.Cleanup(s.Close)
+	return ap
 }
 
 // e2eDial connects from inside the namespace to dst and returns the name
 // of the server and the source address it saw.
 func e2eDial(nsPath string, dst netip.AddrPort) (string, netip.Addr, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	var c net.Conn
-	if err := nstest.Do(nsPath, func() error {
-		var d net.Dialer
-		var err error
-		c, err = d.DialContext(ctx, "tcp4", dst.String())
-		return err
-	}); err != nil {
-		return "", netip.Addr{}, fmt.Errorf("dial %s from %s: %w", dst, filepath.Base(nsPath), err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return "", netip.Addr{}, fmt.Errorf("read from %s: %w", dst, err)
-	}
-	name, seen, ok := strings.Cut(strings.TrimSpace(line), " saw ")
-	if !ok {
-		return "", netip.Addr{}, fmt.Errorf("unexpected answer %q from %s", line, dst)
-	}
-	ip, err := netip.ParseAddr(seen)
-	return name, ip, err
+	a, err := probe.Dial(context.Background(), nsPath, dst)
+	return a.Name, a.Seen, err
 }
 
 // e2eExpect dials dst from nsPath and checks who answered and which

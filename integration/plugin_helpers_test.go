@@ -5,14 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,54 +20,28 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/bridge"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/integration/probe"
 	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
 )
 
-// listenRemote listens on addr inside the namespace and answers every
-// connection with the peer's address as it arrived ("ip:port"), so that a
-// test sees the source after any NAT on the way. Closed when the test ends.
+// listenRemote runs a probe server on addr inside the namespace, named
+// after the namespace, closed when the test ends.
 func listenRemote(t testing.TB, nsPath string, addr netip.AddrPort) netip.AddrPort {
 	t.Helper()
-	var ln net.Listener
-	if err := nstest.Do(nsPath, func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr.String())
-		return err
-	}); err != nil {
-		t.Fatalf("listen tcp %s in %s: %v", addr, nsPath, err)
+	var s probe.Servers
+	ap, err := s.Listen(nsPath, filepath.Base(nsPath), addr)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-			_, _ = fmt.Fprintf(c, "%s\n", c.RemoteAddr())
-			_ = c.Close()
-		}
-	})
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().(*net.TCPAddr).AddrPort()
+	t.Cleanup(s.Close)
+	return ap
 }
 
-// seenFrom dials dst from the namespace and returns the source address that
-// a listenRemote listener saw.
+// seenFrom dials dst from the namespace and returns the source address
+// that the probe server saw.
 func seenFrom(ctx context.Context, nsPath string, dst netip.AddrPort) (netip.Addr, error) {
-	line, err := nstest.DialTCP(ctx, nsPath, netip.Addr{}, dst, 3*time.Second)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	ap, err := netip.ParseAddrPort(line)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("peer answered %q: %w", line, err)
-	}
-	return ap.Addr().Unmap(), nil
+	a, err := probe.Dial(ctx, nsPath, dst)
+	return a.Seen, err
 }
 
 // nodeLinks opens a netlink handle inside the node's namespace.

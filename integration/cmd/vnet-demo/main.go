@@ -31,6 +31,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
 
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/integration/probe"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
 )
@@ -106,7 +107,7 @@ type demo struct {
 	dir     string
 	sim     *simProcess
 	c       *cluster.Cluster
-	srv     servers
+	srv     probe.Servers
 	pods    []*cluster.Pod
 	web     *cluster.Pod
 	podLogs string
@@ -367,17 +368,18 @@ func nicConfigs(nic armnetwork.Interface) []nicConfig {
 
 func (d *demo) startServers() error {
 	for _, p := range d.pods {
-		if err := d.srv.listen(p.NSPath, p.Name, podAddr(p)); err != nil {
+		if _, err := d.srv.Listen(p.NSPath, p.Name, podAddr(p)); err != nil {
 			return err
 		}
 	}
 	for _, n := range d.c.Nodes {
-		if err := d.srv.listen(n.NSPath, n.Name, netip.AddrPortFrom(netip.MustParseAddr(n.PrimaryIP), nodePort)); err != nil {
+		if _, err := d.srv.Listen(n.NSPath, n.Name, netip.AddrPortFrom(netip.MustParseAddr(n.PrimaryIP), nodePort)); err != nil {
 			return err
 		}
 	}
 	inet := netip.AddrPortFrom(netip.MustParseAddr(d.sim.desc.InternetHost), 80)
-	return d.srv.listen(d.sim.desc.InternetNetns, "internet", inet)
+	_, err := d.srv.Listen(d.sim.desc.InternetNetns, "internet", inet)
+	return err
 }
 
 // podToPod connects every pod to one pod on the other node: the peer sees
@@ -411,7 +413,7 @@ func (d *demo) podToNode(ctx context.Context) {
 		row := []string{fmt.Sprintf("%s (%s)", p.Name, p.Node.Name)}
 		for _, n := range d.c.Nodes {
 			a, err := expect(ctx, p.NSPath, netip.AddrPortFrom(netip.MustParseAddr(n.PrimaryIP), nodePort), n.Name, p.IP)
-			row = append(row, result(r, p.Name+" -> "+n.Name, err, "saw "+a.seen.String()))
+			row = append(row, result(r, p.Name+" -> "+n.Name, err, "saw "+a.Seen.String()))
 		}
 		rows = append(rows, row)
 	}
@@ -454,7 +456,7 @@ func (d *demo) hostPort(ctx context.Context) {
 			// portmap's "snat" masquerades connections from the pod's own
 			// prefix, which here is the whole subnet.
 			a, err := expect(ctx, from.ns, dst, d.web.Name, from.src, netip.MustParseAddr(n0.PrimaryIP))
-			rows = append(rows, []string{from.name, dst.String(), a.name, seenText(a), result(r, from.name+" -> hostPort", err, "")})
+			rows = append(rows, []string{from.name, dst.String(), a.Name, seenText(a), result(r, from.name+" -> hostPort", err, "")})
 		}
 	}
 	r.table([]string{"FROM", "TO", "ANSWERED BY", "SOURCE SEEN", "RESULT"}, rows)
@@ -462,11 +464,11 @@ func (d *demo) hostPort(ctx context.Context) {
 	r.note("whole subnet, so web may see %s's address instead of the client's", n0.Name)
 }
 
-func seenText(a answer) string {
-	if !a.seen.IsValid() {
+func seenText(a probe.Answer) string {
+	if !a.Seen.IsValid() {
 		return "-"
 	}
-	return a.seen.String()
+	return a.Seen.String()
 }
 
 func result(r *report, what string, err error, okNote string) string {
@@ -501,7 +503,7 @@ func (d *demo) deleteAll(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, err := dial(ctx, d.c.Nodes[1].NSPath, netip.AddrPortFrom(netip.MustParseAddr(d.web.Node.PrimaryIP), hostPort)); err == nil {
+	if _, err := probe.Dial(ctx, d.c.Nodes[1].NSPath, netip.AddrPortFrom(netip.MustParseAddr(d.web.Node.PrimaryIP), hostPort)); err == nil {
 		r.checkLine("the hostPort is gone after DEL", errors.New("it still answers"))
 	} else {
 		r.checkLine("the hostPort is gone after DEL", nil)
@@ -588,7 +590,7 @@ func (d *demo) showStates(ctx context.Context, want string) {
 func (d *demo) teardown() {
 	r := d.r
 	r.step("tearing down: vnet-ipamd (SIGTERM), pod namespaces, vnet-sim (SIGTERM)")
-	d.srv.close()
+	d.srv.Close()
 	if !r.ok() {
 		d.printLogs()
 	}
