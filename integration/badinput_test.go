@@ -21,7 +21,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
@@ -157,26 +156,13 @@ func badConf(t *testing.T, n *cluster.Node, version string, extra map[string]any
 // right CNI error code and a clear message, and changes nothing on the
 // node: the daemon's assignments and the node's veths are as before.
 func TestBadInputPlugin(t *testing.T) {
-	nstest.RequireRoot(t)
 	ctx := context.Background()
-	prefix := nstest.Prefix(t)
-	s, err := sim.Start(ctx, sim.Options{Nodes: 1, Prefix: prefix, Dir: t.TempDir(),
-		OperationDuration: 100 * time.Millisecond, PollInterval: 50 * time.Millisecond})
+	e := newE2EEnv(t, 1, nil)
+	e.start(t)
+	prefix := e.desc.Prefix
+	n := e.c.Nodes[0]
+	bin, err := filepath.Abs(filepath.Join("..", "bin", "vnet-cni"))
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	c, err := cluster.New(s.Description(), cluster.Options{Dir: t.TempDir(), BinDir: "../bin"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	n := c.Nodes[0]
-	bin := filepath.Join("..", "bin", "vnet-cni")
-	if bin, err = filepath.Abs(bin); err != nil {
 		t.Fatal(err)
 	}
 

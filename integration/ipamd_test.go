@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vnet-cni/vnet-cni/cloud/sim"
-	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
@@ -24,23 +22,10 @@ import (
 // command, the conflist it wrote, metrics and health on loopback inside the
 // node, and a clean SIGTERM.
 func TestDaemonBinary(t *testing.T) {
-	nstest.RequireRoot(t)
 	ctx := context.Background()
-	s, err := sim.Start(ctx, sim.Options{Nodes: 1, Prefix: nstest.Prefix(t), Dir: t.TempDir(),
-		OperationDuration: 100 * time.Millisecond, PollInterval: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	c, err := cluster.New(s.Description(), cluster.Options{Dir: t.TempDir(), BinDir: "../bin",
-		IPAMD: func(_ string, cfg *config.Config) { cfg.WarmIPTarget, cfg.IPAddressCount, cfg.BatchSize = 4, 6, 2 }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e := newE2EEnv(t, 1, func(_ string, cfg *config.Config) { cfg.WarmIPTarget, cfg.IPAddressCount, cfg.BatchSize = 4, 6, 2 })
+	e.start(t)
+	c := e.c
 	n := c.Nodes[0]
 	pod, err := n.NewPod("web", "frontend-0")
 	if err != nil {
