@@ -19,7 +19,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
@@ -95,16 +94,7 @@ func badSnap(t *testing.T, n *cluster.Node) badSnapshot {
 			s.Assigned = append(s.Assigned, fmt.Sprintf("%s %s/%s", a.IP, a.ContainerID, a.IfName))
 		}
 	}
-	h, err := netns.GetFromPath(n.NSPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
+	nl := nstest.Netlink(t, n.NSPath)
 	links, err := nl.LinkList()
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		t.Fatal(err)

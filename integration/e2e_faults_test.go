@@ -309,16 +309,7 @@ func TestE2EReboot(t *testing.T) {
 // set-up leaves it.
 func e2eFreshBoot(t *testing.T, n *cluster.Node, gateway netip.Addr, subnet netip.Prefix) {
 	t.Helper()
-	h, err := netns.GetFromPath(n.NSPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
+	nl := nstest.Netlink(t, n.NSPath)
 	links, err := nl.LinkList()
 	if err != nil {
 		t.Fatal(err)
@@ -345,6 +336,11 @@ func e2eFreshBoot(t *testing.T, n *cluster.Node, gateway netip.Addr, subnet neti
 	if err := nl.RouteReplace(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gateway.AsSlice()}); err != nil {
 		t.Fatal(err)
 	}
+	h, err := netns.GetFromPath(n.NSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
 	nft, err := nftables.New(nftables.WithNetNSFd(int(h)))
 	if err != nil {
 		t.Fatal(err)

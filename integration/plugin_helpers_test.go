@@ -16,11 +16,11 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/vnet-cni/vnet-cni/bridge"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/probe"
+	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
 )
 
@@ -47,17 +47,7 @@ func seenFrom(ctx context.Context, nsPath string, dst netip.AddrPort) (netip.Add
 // nodeLinks opens a netlink handle inside the node's namespace.
 func nodeLinks(t testing.TB, n *cluster.Node) *netlink.Handle {
 	t.Helper()
-	h, err := netns.GetFromPath(n.NSPath)
-	if err != nil {
-		t.Fatalf("open netns of %s: %v", n.Name, err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatalf("netlink in %s: %v", n.Name, err)
-	}
-	t.Cleanup(nl.Close)
-	return nl
+	return nstest.Netlink(t, n.NSPath)
 }
 
 // hostVeth reports whether the pod's host veth exists in the node namespace.

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,7 +20,6 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/vnet-cni/vnet-cni/bridge"
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
@@ -493,24 +491,14 @@ func TestPlugin(t *testing.T) {
 					t.Fatal(err)
 				}
 				removeLater(t, p)
-				rt := p.RuntimeConf()
-				var ip netip.Addr
-				if err := n0.InNode(func() error {
-					r, err := n0.CNI().AddNetworkList(ctx, list, rt)
-					if err != nil {
-						return err
-					}
-					res, err := current.NewResultFromResult(r)
-					if err == nil && len(res.IPs) > 0 {
-						ip, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
-					}
-					return err
-				}); err != nil {
+				if _, err := n0.AddWithList(ctx, list, p); err != nil {
 					t.Fatalf("ADD: %v", err)
 				}
+				ip := p.IP
 				if registeredMAC(t, n0, ip) == nil {
 					t.Fatalf("%s not in the bridge table after ADD", ip)
 				}
+				rt := p.RuntimeConf()
 				rt.NetNS = tc.netns(p)
 				if err := n0.InNode(func() error { return n0.CNI().DelNetworkList(ctx, list, rt) }); err != nil {
 					t.Fatalf("DEL: %v", err)
@@ -728,7 +716,10 @@ func TestPlugin(t *testing.T) {
 	t.Run("del with ipamd hung", func(t *testing.T) {
 		p := addPod(t, n0, "hung")
 		removeLater(t, p)
-		pid := ipamdPID(t, n0)
+		pid := n0.PID()
+		if pid <= 0 {
+			t.Fatal("vnet-ipamd of node0 is not running")
+		}
 		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
@@ -791,21 +782,10 @@ func TestPlugin(t *testing.T) {
 					t.Fatal(err)
 				}
 				removeLater(t, p)
-				rt := p.RuntimeConf(ports...)
-				var ip netip.Addr
-				if err := n0.InNode(func() error {
-					r, err := n0.CNI().AddNetworkList(ctx, list, rt)
-					if err != nil {
-						return err
-					}
-					res, err := current.NewResultFromResult(r)
-					if err == nil && len(res.IPs) > 0 {
-						ip, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
-					}
-					return err
-				}); err != nil {
+				if _, err := n0.AddWithList(ctx, list, p, ports...); err != nil {
 					t.Fatalf("ADD: %v", err)
 				}
+				ip := p.IP
 				var nf []byte
 				if err := n0.InNode(func() (err error) { nf, err = os.ReadFile(nfCall); return err }); err != nil || strings.TrimSpace(string(nf)) != "1" {
 					t.Errorf("bridge-nf-call-iptables after ADD: %q, %v; want 1", nf, err)
@@ -818,7 +798,7 @@ func TestPlugin(t *testing.T) {
 				} else if got != tc.wantSrc {
 					t.Errorf("the pod saw %s, want %s", got, tc.wantSrc)
 				}
-				if err := n0.InNode(func() error { return n0.CNI().DelNetworkList(ctx, list, rt) }); err != nil {
+				if err := n0.InNode(func() error { return n0.CNI().DelNetworkList(ctx, list, p.RuntimeConf(ports...)) }); err != nil {
 					t.Fatalf("DEL: %v", err)
 				}
 				if _, err := seenFrom(ctx, n1.NSPath, hostPort); err == nil {
@@ -948,16 +928,7 @@ func podSide(t *testing.T, p *cluster.Pod) (netlink.Link, []netip.Prefix, []stri
 // inPod calls fn with a netlink handle in the pod's namespace and its eth0.
 func inPod(t *testing.T, p *cluster.Pod, fn func(nl *netlink.Handle, l netlink.Link) error) {
 	t.Helper()
-	h, err := netns.GetFromPath(p.NSPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
+	nl := nstest.Netlink(t, p.NSPath)
 	l, err := nl.LinkByName(p.IfName)
 	if err != nil {
 		t.Fatalf("pod %s: %v", p.Name, err)
@@ -1014,43 +985,8 @@ func portmapList(t *testing.T, n *cluster.Node, snat bool) *libcni.NetworkConfig
 // inPodNS calls fn with a netlink handle in the pod's namespace.
 func inPodNS(t *testing.T, p *cluster.Pod, fn func(nl *netlink.Handle) error) {
 	t.Helper()
-	h, err := netns.GetFromPath(p.NSPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
+	nl := nstest.Netlink(t, p.NSPath)
 	if err := fn(nl); err != nil {
 		t.Fatalf("pod %s: %v", p.Name, err)
 	}
-}
-
-// ipamdPID finds the node's vnet-ipamd (started by this test: ip netns exec
-// execs it in place) by its configuration file on the command line.
-func ipamdPID(t *testing.T, n *cluster.Node) int {
-	t.Helper()
-	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range procs {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(data), "\x00")
-		if len(args) > 2 && filepath.Base(args[0]) == "vnet-ipamd" && slices.Contains(args, n.ConfigPath) {
-			pid, err := strconv.Atoi(filepath.Base(filepath.Dir(f)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return pid
-		}
-	}
-	t.Fatalf("no vnet-ipamd process for %s", n.ConfigPath)
-	return 0
 }

@@ -157,8 +157,14 @@ func (n *Node) Add(ctx context.Context, p *Pod, ports ...PortMapping) (*current.
 	if err != nil {
 		return nil, err
 	}
+	return n.AddWithList(ctx, list, p, ports...)
+}
+
+// AddWithList runs ADD for the pod through libcni with list (e.g. the
+// node's conflist with a changed plugin setting).
+func (n *Node) AddWithList(ctx context.Context, list *libcni.NetworkConfigList, p *Pod, ports ...PortMapping) (*current.Result, error) {
 	var res *current.Result
-	err = n.InNode(func() error {
+	err := n.InNode(func() error {
 		r, err := n.CNI().AddNetworkList(ctx, list, p.RuntimeConf(ports...))
 		if err != nil {
 			return err

@@ -21,6 +21,8 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"github.com/vnet-cni/vnet-cni/internal/namedns"
 )
 
@@ -265,4 +267,21 @@ func DialContextIn(nsPath string) func(ctx context.Context, network, addr string
 		})
 		return c, err
 	}
+}
+
+// Netlink returns a netlink handle bound to the namespace at nsPath, closed
+// when the test ends.
+func Netlink(t testing.TB, nsPath string) *netlink.Handle {
+	t.Helper()
+	h, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		t.Fatalf("open netns %s: %v", nsPath, err)
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		t.Fatalf("netlink in %s: %v", nsPath, err)
+	}
+	t.Cleanup(nl.Close)
+	return nl
 }
