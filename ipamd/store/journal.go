@@ -20,7 +20,9 @@ import (
 //	lock      flock(2)ed by the process that has the store open
 //	snapshot  one frame: the whole state up to snapshotFile.Seq (absent before
 //	          the first compaction); replaced atomically by rename
-//	journal   frames appended since the snapshot, one per change
+//	journal   frames written since the snapshot, one per change, followed by
+//	          zeros: the file is zero-filled ahead of the records in chunks,
+//	          so that a record's fdatasync does not change the file's size
 //
 // A frame is a 12-byte header followed by a JSON payload:
 //

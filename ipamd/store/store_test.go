@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -529,8 +530,9 @@ func TestMetaAndBootID(t *testing.T) {
 	}
 }
 
-// TestTornTail appends every kind of torn or garbage tail to a journal and
-// checks that Open truncates it, keeps every acknowledged record, and that the
+// TestTornTail writes every kind of torn or garbage tail where the journal's
+// next record would go, as a crash in the middle of a write leaves it, and
+// checks that Open clears it, keeps every acknowledged record, and that the
 // store keeps working and reopening afterwards.
 func TestTornTail(t *testing.T) {
 	// A valid frame to cut: what the next change would have written.
@@ -559,13 +561,14 @@ func TestTornTail(t *testing.T) {
 			want := s.List()
 			mustDo(t, s.Close())
 
-			appendTo(t, filepath.Join(dir, journalName), tail)
+			writeAtEnd(t, filepath.Join(dir, journalName), tail)
 			s = openTest(t, dir, clk)
 			if diff := cmp.Diff(want, s.List(), cmpAddr); diff != "" {
 				t.Errorf("records after torn tail mismatch (-want +got):\n%s", diff)
 			}
-			if got := s.Stats().Recovery.TruncatedBytes; got != int64(len(tail)) {
-				t.Errorf("TruncatedBytes = %d, want %d", got, len(tail))
+			// Zeros are the journal's free space, not a torn record.
+			if got, want := s.Stats().Recovery.TruncatedBytes, int64(len(bytes.TrimRight(tail, "\x00"))); got != want {
+				t.Errorf("TruncatedBytes = %d, want %d", got, want)
 			}
 			// The store goes on: new changes land after the cut and replay.
 			r := must(s.Assign(owner("b")))(t)
@@ -585,11 +588,72 @@ func TestTornTail(t *testing.T) {
 	}
 }
 
-func appendTo(t *testing.T, path string, b []byte) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+// TestJournalZeroFilled checks the journal's layout: records are written
+// over zero-filled space that grows a chunk at a time, so the file's size
+// stays a whole number of chunks ahead of the records, and the records
+// written across a chunk boundary replay like any other.
+func TestJournalZeroFilled(t *testing.T) {
+	dir := t.TempDir()
+	clk := &clock{now: t0}
+	s, err := Open(dir, Options{Now: clk.Now, CompactBytes: 8 * journalChunk})
 	mustDo(t, err)
-	_, err = f.Write(b)
+	must(s.AddFree(ips(1, 2, 3)...))(t)
+	path := filepath.Join(dir, journalName)
+	size := func() int64 {
+		fi, err := os.Stat(path)
+		mustDo(t, err)
+		return fi.Size()
+	}
+	if got := size(); got != journalChunk {
+		t.Fatalf("journal is %d bytes after the first record, want one chunk of %d", got, journalChunk)
+	}
+	changes := 1
+	for i := 0; s.Stats().JournalBytes <= journalChunk; i++ {
+		id := fmt.Sprintf("pod%d", i)
+		must(s.Assign(owner(id)))(t)
+		_, _, err := s.Release(att(id))
+		mustDo(t, err)
+		must(s.Promote(clk.Now(), 0))(t)
+		changes += 3
+	}
+	if got := size(); got != 2*journalChunk {
+		t.Errorf("journal is %d bytes with %d bytes of records, want two chunks", got, s.Stats().JournalBytes)
+	}
+	data, err := os.ReadFile(path)
+	mustDo(t, err)
+	if end := int64(len(bytes.TrimRight(data, "\x00"))); end != s.Stats().JournalBytes {
+		t.Errorf("last non-zero byte of the journal at %d, records end at %d", end, s.Stats().JournalBytes)
+	}
+	want := s.List()
+	mustDo(t, s.Close())
+
+	s = openTest(t, dir, clk)
+	if diff := cmp.Diff(want, s.List(), cmpAddr); diff != "" {
+		t.Errorf("records after reopen mismatch (-want +got):\n%s", diff)
+	}
+	if st := s.Stats().Recovery; st.Replayed != changes || st.TruncatedBytes != 0 {
+		t.Errorf("recovery = %+v, want %d replayed and nothing cleared", st, changes)
+	}
+	// Compaction starts a new journal that is zero-filled already.
+	mustDo(t, s.Compact())
+	if got := size(); got != journalChunk {
+		t.Errorf("new journal after compaction is %d bytes, want %d", got, journalChunk)
+	}
+	if st := s.Stats(); st.JournalBytes != 0 {
+		t.Errorf("records in the new journal: %d bytes, want 0", st.JournalBytes)
+	}
+}
+
+// writeAtEnd writes b where the journal at path would take its next record:
+// after the last frame, over the zero-filled space (a frame ends with the
+// closing brace of its JSON, never with a zero byte).
+func writeAtEnd(t *testing.T, path string, b []byte) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	mustDo(t, err)
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	mustDo(t, err)
+	_, err = f.WriteAt(b, int64(len(bytes.TrimRight(data, "\x00"))))
 	mustDo(t, errors.Join(err, f.Close()))
 }
 
@@ -624,7 +688,7 @@ func TestCorruptionRefused(t *testing.T) {
 		{
 			name: "a gap in the sequence",
 			damage: func(t *testing.T, dir string) {
-				appendTo(t, filepath.Join(dir, journalName),
+				writeAtEnd(t, filepath.Join(dir, journalName),
 					appendFrame(nil, []byte(`{"seq":1000,"op":"add","put":[{"ip":"10.1.0.60","state":"free","since":"2025-01-01T12:00:00Z"}]}`)))
 			},
 		},
@@ -635,7 +699,7 @@ func TestCorruptionRefused(t *testing.T) {
 				seq := s.Stats().Seq
 				mustDo(t, s.Close())
 				// Give attachment "a" a second address.
-				appendTo(t, filepath.Join(dir, journalName), appendFrame(nil, []byte(fmt.Sprintf(
+				writeAtEnd(t, filepath.Join(dir, journalName), appendFrame(nil, []byte(fmt.Sprintf(
 					`{"seq":%d,"op":"assign","put":[{"ip":"10.1.0.3","state":"assigned","owner":{"containerID":"a","ifName":"eth0"},"since":"2025-01-01T12:00:00Z"}]}`,
 					seq+1))))
 			},

@@ -135,8 +135,9 @@ type Stats struct {
 type Recovery struct {
 	// Replayed is the number of journal records applied on top of the snapshot.
 	Replayed int
-	// TruncatedBytes is the size of the torn tail cut from the journal: a
-	// record that a crash interrupted and that was therefore never acknowledged.
+	// TruncatedBytes is the size of the torn tail cleared from the journal
+	// (up to its last non-zero byte): a record that a crash interrupted and
+	// that was therefore never acknowledged.
 	TruncatedBytes int64
 }
 
