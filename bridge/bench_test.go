@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -56,16 +57,23 @@ func BenchmarkAddDelPod(b *testing.B) {
 }
 
 // BenchmarkEnsureNodeNoChange is the cost EnsureNode adds to every ADD once
-// the node is set up (20 pods registered).
+// the node is set up, with 20 and with 250 pods registered: it must not grow
+// with the pods.
 func BenchmarkEnsureNodeNoChange(b *testing.B) {
+	for _, pods := range []int{20, 250} {
+		b.Run(fmt.Sprintf("pods=%d", pods), func(b *testing.B) { benchEnsureNode(b, pods) })
+	}
+}
+
+func benchEnsureNode(b *testing.B, pods int) {
 	f := newFabric(b, nil)
 	ctx := context.Background()
 	n := openNode(b, f.NodeNSPath("node0"), b.TempDir())
 	if _, err := n.EnsureNode(ctx, nodeConfig()); err != nil {
 		b.Fatal(err)
 	}
-	for i := range 20 {
-		addPod(b, n, f.prefix, "bg"+string(rune('a'+i)), netip.AddrFrom4([4]byte{10, 240, 0, byte(100 + i)}), 0)
+	for i := range pods {
+		addPod(b, n, f.prefix, fmt.Sprintf("bg%d", i), netip.AddrFrom4([4]byte{10, 240, 0, byte(6 + i)}), 0)
 	}
 	var ds []time.Duration
 	b.ResetTimer()

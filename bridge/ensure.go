@@ -57,12 +57,15 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 		}
 	}
 	// The nftables read does not depend on the bridge: overlap the two.
+	// The pods' elements only matter when pods are given (or the given
+	// ones are the complete list); otherwise an intact set is enough, and
+	// a table that needs rebuilding is read again, in full, under the lock.
 	var raw nftRaw
 	var rawErr error
 	fetched := make(chan struct{})
 	go func() {
 		defer close(fetched)
-		raw, rawErr = n.fetchNFT()
+		raw, rawErr = n.fetchNFT(len(cfg.Pods) > 0 || cfg.SyncPods)
 	}()
 	br, err := n.EnsureBridge(ctx, cfg.Bridge)
 	<-fetched

@@ -181,10 +181,15 @@ func (n *Node) guardMatches(want wantChain) (bool, error) {
 			return false, nil
 		}
 	}
-	if _, err := n.nft.GetSetElements(guardSet(guardTable())); err != nil {
+	// The set only has to exist with its concatenated key: its elements
+	// are the ports', changed by ADD and DEL, and listing them costs
+	// O(pods) on every call.
+	ws := guardSet(guardTable())
+	hs, err := n.nft.GetSetByName(ws.Table, ws.Name)
+	if err != nil {
 		return false, nil
 	}
-	return true, nil
+	return hs.KeyType.Bytes == ws.KeyType.Bytes && hs.Concatenation, nil
 }
 
 // reconcileGuard rebuilds the guard table when its chain, rules or set

@@ -46,7 +46,10 @@ type rawTable struct {
 }
 
 // fetchNFT reads the tables named TableName: chains, rules and pod set.
-func (n *Node) fetchNFT() (nftRaw, error) {
+// With elems it also lists the pod sets' elements (O(pods)); without, it
+// only checks that each set exists with the wanted types, which is all a
+// reconcile that adds no pods needs to know when the tables are intact.
+func (n *Node) fetchNFT(elems bool) (nftRaw, error) {
 	raw := nftRaw{tables: make(map[nftables.TableFamily]*rawTable)}
 	tables, err := n.nft.ListTables()
 	if err != nil {
@@ -80,7 +83,12 @@ func (n *Node) fetchNFT() (nftRaw, error) {
 			}
 		}
 		set := wantTable{table: t, isMap: fam == nftables.TableFamilyBridge}.podSet()
-		if rt.elems, rt.readable, err = n.readPodSet(set); err != nil {
+		if elems {
+			rt.elems, rt.readable, err = n.readPodSet(set)
+		} else {
+			rt.readable, err = n.podSetIntact(set)
+		}
+		if err != nil {
 			return raw, err
 		}
 	}
@@ -109,9 +117,9 @@ func compareNFT(want []wantTable, raw nftRaw) (nftState, error) {
 	return st, nil
 }
 
-// readNFT fetches and compares.
+// readNFT fetches everything, elements included, and compares.
 func (n *Node) readNFT(want []wantTable) (nftState, error) {
-	raw, err := n.fetchNFT()
+	raw, err := n.fetchNFT(true)
 	if err != nil {
 		return nftState{}, err
 	}
@@ -150,6 +158,26 @@ func tableMatches(w wantTable, rt *rawTable) (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// podSetIntact reports whether the pod set exists with the key (and map
+// data) type of want, so that every element it can hold is well-formed; a
+// missing set is not an error. It is one request whatever the set holds.
+func (n *Node) podSetIntact(want *nftables.Set) (bool, error) {
+	have, err := n.nft.GetSetByName(want.Table, want.Name)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get set %s %s: %w", want.Table.Name, want.Name, err)
+	}
+	return have.IsMap == want.IsMap &&
+		sameDatatype(have.KeyType, want.KeyType) &&
+		(!want.IsMap || sameDatatype(have.DataType, want.DataType)), nil
+}
+
+func sameDatatype(a, b nftables.SetDatatype) bool {
+	return a.Name == b.Name && a.Bytes == b.Bytes
 }
 
 // readPodSet reads the pod set's elements; a missing set is not an error.
