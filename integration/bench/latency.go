@@ -280,6 +280,8 @@ func (e *env) allocateMetrics(ctx context.Context) (AllocationStats, error) {
 	a.OK = int(metricValue(text, `vnetcni_ipamd_allocations_total{result="ok"}`))
 	a.TryAgain = int(metricValue(text, `vnetcni_ipamd_allocations_total{result="try_again"}`))
 	a.Within250ms = int(metricValue(text, `vnetcni_ipamd_allocate_duration_seconds_bucket{le="0.25"}`))
+	a.Within500us = int(metricValue(text, `vnetcni_ipamd_allocate_duration_seconds_bucket{le="0.0005"}`))
+	a.Within1ms = int(metricValue(text, `vnetcni_ipamd_allocate_duration_seconds_bucket{le="0.001"}`))
 	a.Count = int(metricValue(text, `vnetcni_ipamd_allocate_duration_seconds_count`))
 	return a, nil
 }
