@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -243,6 +244,13 @@ func (n *Node) ensureVeth(cfg PodConfig, hostName string, bridgeIndex, mtu int, 
 		if err := pnl.LinkSetMTU(pod, mtu); err != nil {
 			return nil, nil, false, fmt.Errorf("set mtu of pod %s: %w", cfg.IfName, err)
 		}
+	}
+	// A pair made by PrepareVeth has a MAC of the kernel's choosing.
+	if mac := PodMAC(cfg.IP); !bytes.Equal(pod.Attrs().HardwareAddr, mac) {
+		if err := pnl.LinkSetHardwareAddr(pod, mac); err != nil {
+			return nil, nil, false, fmt.Errorf("set mac of pod %s: %w", cfg.IfName, err)
+		}
+		pod.Attrs().HardwareAddr = mac
 	}
 	if ha.Flags&net.FlagUp == 0 {
 		if err := n.nl.LinkSetUp(host); err != nil {

@@ -525,6 +525,16 @@ func TestPlugin(t *testing.T) {
 		for _, p := range gone {
 			removeLater(t, p)
 		}
+		// An ADD that was killed after creating its veth pair and before it
+		// took an address: a veth without an assignment.
+		stray, err := n0.NewPod("default", "gc-stray")
+		if err != nil {
+			t.Fatal(err)
+		}
+		removeLater(t, stray)
+		if ok, err := bridge.PrepareVeth(n0.NSPath, bridge.VethRequest{ContainerID: stray.ContainerID, IfName: "eth0", NetNS: stray.NSPath}); err != nil || !ok {
+			t.Fatalf("prepare a stray veth: %v, %v", ok, err)
+		}
 		isGone := func(id string) bool {
 			return slices.ContainsFunc(gone, func(p *cluster.Pod) bool { return p.ContainerID == id })
 		}
@@ -562,6 +572,9 @@ func TestPlugin(t *testing.T) {
 			if mac := registeredMAC(t, n0, p.IP); mac != nil {
 				t.Errorf("GC left %s of %s in the bridge table", p.IP, p.Name)
 			}
+		}
+		if hostVeth(t, n0, stray.ContainerID, "eth0") {
+			t.Error("GC left the veth of an attachment without an address")
 		}
 		if !hostVeth(t, n0, keep.ContainerID, keep.IfName) {
 			t.Error("GC removed the host veth of a valid pod")

@@ -168,6 +168,38 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		early = make(chan ensured, 1)
 		go func() { early <- p.ensureNode(ctx, conf, conf.vnetCIDRs) }()
 	}
+	// So is the pod's veth pair, when the bridge exists: AddPod completes
+	// it once the address is known.
+	var prepared chan bool
+	if early != nil {
+		prepared = make(chan bool, 1)
+		go func() {
+			ok, _ := bridge.PrepareVeth(p.NodeNS, bridge.VethRequest{
+				ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, MTU: conf.MTU, Bridge: conf.Bridge,
+			})
+			prepared <- ok
+		}()
+	}
+	preparedOK := false
+	// dropPrepared removes that pair when the ADD fails before AddPod owns
+	// it: nothing may stay behind a failed ADD.
+	dropPrepared := func(e ensured) {
+		if !preparedOK {
+			return
+		}
+		node := e.node
+		if node == nil {
+			var err error
+			if node, err = p.node(conf); err != nil {
+				c.log.Error("cannot remove the veth pair of a failed ADD; DEL or GC will", "err", err.Error())
+				return
+			}
+			defer node.Close()
+		}
+		if err := node.DelPod(context.Background(), bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns}); err != nil {
+			c.log.Error("cannot remove the veth pair of a failed ADD; DEL or GC will", "err", err.Error())
+		}
+	}
 	step := time.Now()
 	client := rpc.NewClient(conf.IPAMDSocket)
 	resp, err := client.Allocate(ctx, rpc.AllocateRequest{
@@ -176,7 +208,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	})
 	if err != nil {
 		if early != nil {
-			(<-early).close()
+			e := <-early
+			preparedOK = <-prepared
+			dropPrepared(e)
+			e.close()
 		}
 		return ipamdError("allocate", err)
 	}
@@ -199,6 +234,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	var e ensured
 	if early != nil {
 		e = <-early
+		preparedOK = <-prepared
 	}
 	if early == nil || !slices.Equal(conf.vnetCIDRs, a.VNetCIDRs) {
 		// No address space in the conflist, or it changed since it was
@@ -207,6 +243,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		e = p.ensureNode(ctx, conf, a.VNetCIDRs)
 	}
 	if e.err != nil {
+		dropPrepared(e)
 		e.close()
 		return e.err
 	}

@@ -172,7 +172,22 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 			return types.NewError(types.ErrInternal, "remove datapath leftovers", err.Error())
 		}
 	}
-	c.attrs = append(c.attrs, "released", len(resp.Released))
+	// Veths without an assignment: an ADD that failed or was killed
+	// before (or while) it took its address.
+	keep := make(map[string]bool, len(valid))
+	for _, a := range valid {
+		keep[bridge.HostVethName(a.ContainerID, a.IfName)] = true
+	}
+	stray, err := node.StrayVeths(func(name string) bool { return keep[name] })
+	if err != nil {
+		return types.NewError(types.ErrInternal, "list datapath leftovers", err.Error())
+	}
+	for _, name := range stray {
+		if err := node.DelPod(ctx, bridge.PodRef{HostVethName: name}); err != nil {
+			return types.NewError(types.ErrInternal, "remove datapath leftovers", err.Error())
+		}
+	}
+	c.attrs = append(c.attrs, "released", len(resp.Released), "strayVeths", len(stray))
 	return nil
 }
 

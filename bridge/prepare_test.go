@@ -1,0 +1,95 @@
+package bridge
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/vnet-cni/vnet-cni/internal/nstest"
+)
+
+// TestPrepareVeth creates a pod's pair ahead of its address and checks that
+// AddPod completes it into exactly the pod a direct AddPod builds (derived
+// MAC, alias, MTU, hairpin, entries) and that the pod then reaches the
+// internet through SNAT; that nothing is prepared without a bridge or over
+// an existing pair; and that GC's StrayVeths finds a prepared pair that was
+// never completed, which DelPod removes.
+func TestPrepareVeth(t *testing.T) {
+	podA := netip.MustParseAddr("10.240.0.10")
+	f := newFabric(t, map[string][]netip.Addr{"node0": {podA}})
+	ctx := context.Background()
+	nodeNS := f.NodeNSPath("node0")
+	n := openNode(t, nodeNS, t.TempDir())
+	nsA := nstest.NewNS(t, f.prefix+"-pa")
+	req := VethRequest{ContainerID: f.prefix + "-pa", IfName: "eth0", NetNS: nsA, MTU: 1400}
+
+	if ok, err := PrepareVeth(nodeNS, req); err != nil || ok {
+		t.Fatalf("PrepareVeth before the bridge exists = %v, %v; want false, nil", ok, err)
+	}
+	if _, err := n.EnsureNode(ctx, nodeConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := PrepareVeth(nodeNS, req); err != nil || !ok {
+		t.Fatalf("PrepareVeth = %v, %v; want true, nil", ok, err)
+	}
+	if ok, err := PrepareVeth(nodeNS, req); err != nil || ok {
+		t.Errorf("PrepareVeth over the prepared pair = %v, %v; want false, nil", ok, err)
+	}
+	// Before AddPod: a port without a pod (no alias), the pod end down.
+	st, err := n.InspectPod(ctx, PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.HostVeth == nil || st.PodIf == nil || st.PodIf.Up || st.HostVeth.IP.IsValid() || st.HostVeth.Bridge != DefaultBridgeName {
+		t.Fatalf("prepared pair = host %+v pod %+v; want an enslaved port without pod and a pod end down", st.HostVeth, st.PodIf)
+	}
+
+	res, err := n.AddPod(ctx, PodConfig{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA,
+		IP: podA, Subnet: subnet, Gateway: gatewayIP, MTU: 1400})
+	if err != nil {
+		t.Fatalf("AddPod over the prepared pair: %v", err)
+	}
+	if got, want := res.PodIf.MAC.String(), PodMAC(podA).String(); got != want {
+		t.Errorf("pod MAC = %s, want %s", got, want)
+	}
+	st, err = n.InspectPod(ctx, PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(wantPod(res, 1400), st, cmpAddrs...); d != "" {
+		t.Errorf("pod completed from a prepared pair (-want +got):\n%s", d)
+	}
+	inet := listenPeer(t, f.InternetNSPath(), netip.AddrPortFrom(f.InternetHost(), 8082))
+	if src, err := seenAs(nsA, inet, 3*time.Second); err != nil || src != node0IP {
+		t.Errorf("pod to the internet: seen as %s, %v; want %s", src, err, node0IP)
+	}
+
+	// A pair prepared for an ADD that never got its address.
+	nsB := nstest.NewNS(t, f.prefix+"-pb")
+	reqB := VethRequest{ContainerID: f.prefix + "-pb", IfName: "eth0", NetNS: nsB}
+	if ok, err := PrepareVeth(nodeNS, reqB); err != nil || !ok {
+		t.Fatalf("PrepareVeth B = %v, %v", ok, err)
+	}
+	nameA, nameB := HostVethName(req.ContainerID, "eth0"), HostVethName(reqB.ContainerID, "eth0")
+	stray, err := n.StrayVeths(func(name string) bool { return name == nameA })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(stray, []string{nameB}) {
+		t.Fatalf("StrayVeths = %v, want [%s]", stray, nameB)
+	}
+	if err := n.DelPod(ctx, PodRef{HostVethName: nameB}); err != nil {
+		t.Fatal(err)
+	}
+	if stray, err := n.StrayVeths(func(name string) bool { return name == nameA }); err != nil || len(stray) != 0 {
+		t.Errorf("StrayVeths after DelPod = %v, %v; want none", stray, err)
+	}
+	// Pod A was not disturbed.
+	if _, err := seenAs(nsA, inet, 3*time.Second); err != nil {
+		t.Errorf("pod A after removing B's pair: %v", err)
+	}
+}
