@@ -55,17 +55,9 @@ type Node struct {
 // Open binds a Node to the network namespace at nsPath, or to the calling
 // thread's namespace when nsPath is empty. Close releases it.
 func Open(nsPath string, opts Options) (*Node, error) {
-	var h netns.NsHandle
-	var err error
-	if nsPath == "" {
-		runtime.LockOSThread()
-		h, err = netns.Get()
-		runtime.UnlockOSThread()
-	} else {
-		h, err = netns.GetFromPath(nsPath)
-	}
+	h, err := openNodeNS(nsPath)
 	if err != nil {
-		return nil, fmt.Errorf("open node netns %q: %w", nsPath, err)
+		return nil, err
 	}
 	n := &Node{nsPath: nsPath, handle: h, lockDir: opts.LockDir}
 	if n.lockDir == "" {
@@ -83,6 +75,24 @@ func Open(nsPath string, opts Options) (*Node, error) {
 		return nil, errors.Join(fmt.Errorf("nftables connection in node netns: %w", err), n.Close())
 	}
 	return n, nil
+}
+
+// openNodeNS opens the namespace at nsPath, or the calling thread's when
+// nsPath is empty.
+func openNodeNS(nsPath string) (netns.NsHandle, error) {
+	var h netns.NsHandle
+	var err error
+	if nsPath == "" {
+		runtime.LockOSThread()
+		h, err = netns.Get()
+		runtime.UnlockOSThread()
+	} else {
+		h, err = netns.GetFromPath(nsPath)
+	}
+	if err != nil {
+		return netns.None(), fmt.Errorf("open node netns %q: %w", nsPath, err)
+	}
+	return h, nil
 }
 
 // Close releases the sockets and the namespace handle.

@@ -3,7 +3,6 @@ package bridge
 import (
 	"fmt"
 	"net"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -40,17 +39,9 @@ func PrepareVeth(nodeNS string, req VethRequest) (bool, error) {
 	if req.Bridge == "" {
 		req.Bridge = DefaultBridgeName
 	}
-	var h netns.NsHandle
-	var err error
-	if nodeNS == "" {
-		runtime.LockOSThread()
-		h, err = netns.Get()
-		runtime.UnlockOSThread()
-	} else {
-		h, err = netns.GetFromPath(nodeNS)
-	}
+	h, err := openNodeNS(nodeNS)
 	if err != nil {
-		return false, fmt.Errorf("open node netns %q: %w", nodeNS, err)
+		return false, err
 	}
 	defer h.Close()
 	nl, err := netlink.NewHandleAt(h)
