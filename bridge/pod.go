@@ -188,19 +188,7 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 
 // ensureVeth creates the veth pair or accepts an identical existing one.
 func (n *Node) ensureVeth(cfg PodConfig, hostName string, bridgeIndex, mtu int, podNS netns.NsHandle, pnl *netlink.Handle) (host, pod netlink.Link, created bool, err error) {
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = hostName
-	attrs.MTU = mtu
-	attrs.Flags = net.FlagUp
-	attrs.MasterIndex = bridgeIndex
-	veth := &netlink.Veth{
-		LinkAttrs:        attrs,
-		PeerName:         cfg.IfName,
-		PeerHardwareAddr: PodMAC(cfg.IP),
-		PeerNamespace:    netlink.NsFd(int(podNS)),
-		PeerMTU:          uint32(mtu),
-	}
-	addErr := n.nl.LinkAdd(veth)
+	addErr := n.nl.LinkAdd(podVeth(hostName, cfg.IfName, bridgeIndex, mtu, podNS, PodMAC(cfg.IP)))
 	if addErr != nil && !errors.Is(addErr, unix.EEXIST) {
 		// The link may exist half-configured (master not set): remove it.
 		var derr error
@@ -263,6 +251,24 @@ func (n *Node) ensureVeth(cfg PodConfig, hostName string, bridgeIndex, mtu int, 
 		}
 	}
 	return host, pod, false, nil
+}
+
+// podVeth is a pod's pair as vnet-cni creates it: the host end up and a
+// port of the bridge, the pod end (down) directly in the pod namespace, both
+// with the MTU. A nil podMAC leaves the pod end's MAC to the kernel.
+func podVeth(hostName, ifName string, bridgeIndex, mtu int, podNS netns.NsHandle, podMAC net.HardwareAddr) *netlink.Veth {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = hostName
+	attrs.MTU = mtu
+	attrs.Flags = net.FlagUp
+	attrs.MasterIndex = bridgeIndex
+	return &netlink.Veth{
+		LinkAttrs:        attrs,
+		PeerName:         ifName,
+		PeerHardwareAddr: podMAC,
+		PeerNamespace:    netlink.NsFd(int(podNS)),
+		PeerMTU:          uint32(mtu),
+	}
 }
 
 // samePair checks that host and pod are the two ends of one veth made for ip.

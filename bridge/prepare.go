@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"fmt"
-	"net"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -65,18 +64,7 @@ func PrepareVeth(nodeNS string, req VethRequest) (bool, error) {
 	if mtu == 0 {
 		mtu = br.Attrs().MTU
 	}
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = HostVethName(req.ContainerID, req.IfName)
-	attrs.MTU = mtu
-	attrs.Flags = net.FlagUp
-	attrs.MasterIndex = br.Attrs().Index
-	veth := &netlink.Veth{
-		LinkAttrs:     attrs,
-		PeerName:      req.IfName,
-		PeerNamespace: netlink.NsFd(int(podNS)),
-		PeerMTU:       uint32(mtu),
-	}
-	if err := nl.LinkAdd(veth); err != nil {
+	if err := nl.LinkAdd(podVeth(HostVethName(req.ContainerID, req.IfName), req.IfName, br.Attrs().Index, mtu, podNS, nil)); err != nil {
 		// Whatever the reason, AddPod will meet it again and say what it is.
 		return false, nil
 	}
