@@ -38,7 +38,7 @@ FUZZTIME ?= 20000x
 FUZZ_TARGETS := \
 	./cni/plugin:FuzzLoadNetConf ./cni/plugin:FuzzCNIEnv \
 	./ipamd/config:FuzzParse \
-	./ipamd/rpc:FuzzReadFrame ./ipamd/rpc:FuzzDecodeRequest \
+	./ipamd/api:FuzzReadFrame ./ipamd/server:FuzzDecodeRequest \
 	./cloud/azure:FuzzParseInstance ./cloud/azure:FuzzParseSubnetID \
 	./cloud/azure:FuzzRetryAfter ./cloud/azure:FuzzClassify
 

@@ -23,7 +23,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // badCall is one execution of the real bin/vnet-cni, as a runtime makes
@@ -85,7 +85,7 @@ func badSnap(t *testing.T, n *cluster.Node) badSnapshot {
 	var s badSnapshot
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	list, err := n.Client().List(ctx, rpc.ListRequest{})
+	list, err := n.Client().List(ctx, api.ListRequest{})
 	if err != nil {
 		t.Fatalf("list: %v", err)
 	}

@@ -21,7 +21,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/probe"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // e2eEnv is one end-to-end run: a simulated cloud with its fabric and a
@@ -124,15 +124,15 @@ func e2eCode(err error) uint {
 }
 
 // e2eList returns the daemon's addresses by IP.
-func e2eList(t *testing.T, n *cluster.Node) map[netip.Addr]rpc.AddressRecord {
+func e2eList(t *testing.T, n *cluster.Node) map[netip.Addr]api.AddressRecord {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	l, err := n.Client().List(ctx, rpc.ListRequest{})
+	l, err := n.Client().List(ctx, api.ListRequest{})
 	if err != nil {
 		t.Fatalf("list %s: %v", n.Name, err)
 	}
-	out := make(map[netip.Addr]rpc.AddressRecord, len(l.Addresses))
+	out := make(map[netip.Addr]api.AddressRecord, len(l.Addresses))
 	for _, a := range l.Addresses {
 		if _, dup := out[a.IP]; dup {
 			t.Errorf("node %s: the daemon lists %s twice", n.Name, a.IP)
@@ -143,11 +143,11 @@ func e2eList(t *testing.T, n *cluster.Node) map[netip.Addr]rpc.AddressRecord {
 }
 
 // e2eAssigned asks the daemon for the pod's assignment (nil if none).
-func e2eAssigned(t *testing.T, p *cluster.Pod) *rpc.Assignment {
+func e2eAssigned(t *testing.T, p *cluster.Pod) *api.Assignment {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r, err := p.Node.Client().Check(ctx, rpc.CheckRequest{ContainerID: p.ContainerID, IfName: p.IfName})
+	r, err := p.Node.Client().Check(ctx, api.CheckRequest{ContainerID: p.ContainerID, IfName: p.IfName})
 	if err != nil {
 		t.Fatalf("check %s: %v", p.Name, err)
 	}

@@ -21,7 +21,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/probe"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // listenRemote runs a probe server on addr inside the namespace, named
@@ -83,11 +83,11 @@ func vethCount(t testing.TB, n *cluster.Node) int {
 }
 
 // assignment returns ipamd's assignment of the attachment (nil: none).
-func assignment(t testing.TB, n *cluster.Node, containerID, ifName string) *rpc.Assignment {
+func assignment(t testing.TB, n *cluster.Node, containerID, ifName string) *api.Assignment {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	resp, err := n.Client().Check(ctx, rpc.CheckRequest{ContainerID: containerID, IfName: ifName})
+	resp, err := n.Client().Check(ctx, api.CheckRequest{ContainerID: containerID, IfName: ifName})
 	if err != nil {
 		t.Fatalf("ipamd check on %s: %v", n.Name, err)
 	}
@@ -95,11 +95,11 @@ func assignment(t testing.TB, n *cluster.Node, containerID, ifName string) *rpc.
 }
 
 // addresses lists the daemon's address records.
-func addresses(t testing.TB, n *cluster.Node) []rpc.AddressRecord {
+func addresses(t testing.TB, n *cluster.Node) []api.AddressRecord {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	resp, err := n.Client().List(ctx, rpc.ListRequest{})
+	resp, err := n.Client().List(ctx, api.ListRequest{})
 	if err != nil {
 		t.Fatalf("ipamd list on %s: %v", n.Name, err)
 	}

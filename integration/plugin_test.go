@@ -26,7 +26,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // startCluster runs a simulated cloud with the given number of nodes and a
@@ -385,7 +385,7 @@ func TestPlugin(t *testing.T) {
 			{"released in ipamd", func(t *testing.T, p *cluster.Pod) {
 				cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 				defer cancel()
-				if _, err := p.Node.Client().Release(cctx, rpc.ReleaseRequest{ContainerID: p.ContainerID, IfName: p.IfName}); err != nil {
+				if _, err := p.Node.Client().Release(cctx, api.ReleaseRequest{ContainerID: p.ContainerID, IfName: p.IfName}); err != nil {
 					t.Fatal(err)
 				}
 			}, "holds no address"},

@@ -31,7 +31,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // secCluster starts a sim and a cluster for a security test.
@@ -158,7 +158,7 @@ func TestSecuritySocket(t *testing.T) {
 			}
 		}()
 		out, err := statusAs(t, link, 65534)
-		if err == nil || !strings.Contains(out, "uid 65534 is not allowed") || !strings.Contains(out, string(rpc.CodePermissionDenied)) {
+		if err == nil || !strings.Contains(out, "uid 65534 is not allowed") || !strings.Contains(out, string(api.CodePermissionDenied)) {
 			t.Fatalf("non-root client on a 0666 socket: err %v, output %q; want PermissionDenied from the daemon", err, out)
 		}
 		t.Log(strings.TrimSpace(out))

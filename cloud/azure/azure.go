@@ -30,6 +30,13 @@ import (
 	"github.com/vnet-cni/vnet-cni/cloud/sim/simca"
 )
 
+// Endpoints of the public Azure cloud, the defaults of Config.
+const (
+	DefaultResourceManagerEndpoint = "https://management.azure.com"
+	DefaultAudience                = "https://management.azure.com/"
+	DefaultIMDSEndpoint            = "http://169.254.169.254"
+)
+
 // MaxIPConfigurations is Azure's limit of ipConfigurations per NIC.
 const MaxIPConfigurations = 256
 
@@ -38,14 +45,14 @@ const ipConfigPrefix = "vnetcni-"
 
 // Config configures the provider.
 type Config struct {
-	// ResourceManagerEndpoint is the ARM URL (default https://management.azure.com).
+	// ResourceManagerEndpoint is the ARM URL (default DefaultResourceManagerEndpoint).
 	ResourceManagerEndpoint string
-	// Audience is the token audience of ARM (default https://management.azure.com/).
+	// Audience is the token audience of ARM (default DefaultAudience).
 	Audience string
 	// CAFile, if set, is a PEM bundle trusted for the ARM endpoint instead of
 	// the system roots (the simulated cloud's CA).
 	CAFile string
-	// IMDSEndpoint is the instance metadata service (default http://169.254.169.254).
+	// IMDSEndpoint is the instance metadata service (default DefaultIMDSEndpoint).
 	IMDSEndpoint string
 	// Credential authenticates to ARM.
 	Credential azcore.TokenCredential
@@ -61,13 +68,13 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.ResourceManagerEndpoint == "" {
-		c.ResourceManagerEndpoint = "https://management.azure.com"
+		c.ResourceManagerEndpoint = DefaultResourceManagerEndpoint
 	}
 	if c.Audience == "" {
-		c.Audience = "https://management.azure.com/"
+		c.Audience = DefaultAudience
 	}
 	if c.IMDSEndpoint == "" {
-		c.IMDSEndpoint = "http://169.254.169.254"
+		c.IMDSEndpoint = DefaultIMDSEndpoint
 	}
 	if c.CallTimeout == 0 {
 		c.CallTimeout = 30 * time.Second

@@ -13,50 +13,16 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
-// Modes of the plugin.
-const (
-	ModeBridge = "bridge"
-)
-
-// NetConf is the plugin's entry in a conflist.
+// NetConf is the plugin's entry in a conflist: the CNI library's generic
+// keys, vnet-cni's own keys (the contract with vnet-ipamd, which writes them)
+// and the values derived from them.
 type NetConf struct {
 	types.NetConf
-	// Mode is the datapath: "bridge" (routed and kubenet come later).
-	Mode string `json:"mode,omitempty"`
-	// Bridge is the bridge name (default azure0).
-	Bridge string `json:"bridge,omitempty"`
-	// Master is the node's uplink (default: the interface holding the node's
-	// primary IP, found on the bridge once it exists).
-	Master string `json:"master,omitempty"`
-	// IPAMDSocket is vnet-ipamd's socket (default /run/vnet-cni/ipamd.sock).
-	IPAMDSocket string `json:"ipamdSocket,omitempty"`
-	// MTU of the bridge and the veths (default: the master's).
-	MTU int `json:"mtu,omitempty"`
-	// SNATExclusions are destinations that pods reach without SNAT (default:
-	// the VNet address space from vnet-ipamd).
-	SNATExclusions []string `json:"snatExclusions,omitempty"`
-	// LogFile receives one JSON line per call (default: stderr, which the
-	// runtime records).
-	LogFile string `json:"logFile,omitempty"`
-	// LogLevel is debug, info, warn or error (default info).
-	LogLevel string `json:"logLevel,omitempty"`
-	// IPAMDTimeout bounds an ADD's wait for an address (default 10s); DEL,
-	// CHECK and STATUS use at most 2s.
-	IPAMDTimeout string `json:"ipamdTimeout,omitempty"`
-	// ReleaseSpool is where a DEL records a release that vnet-ipamd could not
-	// take (it was unreachable); the daemon finishes them (default
-	// /var/lib/vnet-cni/releases).
-	ReleaseSpool string `json:"releaseSpool,omitempty"`
-	// LockDir holds the lock that serialises first-time bridge set-up
-	// (default /run/vnet-cni).
-	LockDir string `json:"lockDir,omitempty"`
-	// VNetCIDRs is the VNet's address space as vnet-ipamd wrote it into the
-	// conflist; with it, ADD sets the node up while the address is on its
-	// way. Without it, ADD waits for the address, whose answer carries them.
-	VNetCIDRs []string `json:"vnetCIDRs,omitempty"`
+	api.PluginConf
 
 	// Derived values, set by loadNetConf.
 	snatExclusions []netip.Prefix
@@ -65,11 +31,9 @@ type NetConf struct {
 	logLevel       string
 }
 
-// Defaults of the configuration.
+// Defaults of the configuration that only the plugin uses; the shared ones
+// are in package api, the bridge's name in package bridge.
 const (
-	DefaultBridge       = "azure0"
-	DefaultReleaseSpool = "/var/lib/vnet-cni/release-spool"
-	DefaultLockDir      = "/run/vnet-cni"
 	defaultIPAMDTimeout = 10 * time.Second
 	shortIPAMDTimeout   = 2 * time.Second
 	maxIfNameLen        = 15
@@ -85,13 +49,13 @@ func loadNetConf(data []byte) (*NetConf, error) {
 		return nil, types.NewError(types.ErrDecodingFailure, "configuration too large",
 			fmt.Sprintf("%d bytes, at most %d", len(data), maxStdin))
 	}
-	conf := &NetConf{
-		Mode:         ModeBridge,
-		Bridge:       DefaultBridge,
-		IPAMDSocket:  rpc.DefaultSocketPath,
-		ReleaseSpool: DefaultReleaseSpool,
-		LockDir:      DefaultLockDir,
-	}
+	conf := &NetConf{PluginConf: api.PluginConf{
+		Mode:         api.ModeBridge,
+		Bridge:       bridge.DefaultBridgeName,
+		IPAMDSocket:  api.DefaultSocketPath,
+		ReleaseSpool: api.DefaultReleaseSpool,
+		LockDir:      api.DefaultLockDir,
+	}}
 	if err := json.Unmarshal(data, conf); err != nil {
 		return nil, types.NewError(types.ErrDecodingFailure, "cannot decode the network configuration", err.Error())
 	}
@@ -115,8 +79,8 @@ func (c *NetConf) validate() error {
 	if c.Name == "" {
 		return invalid("name", "missing")
 	}
-	if c.Mode != ModeBridge {
-		return invalid("mode", "%q is not supported; supported: %q", c.Mode, ModeBridge)
+	if c.Mode != api.ModeBridge {
+		return invalid("mode", "%q is not supported; supported: %q", c.Mode, api.ModeBridge)
 	}
 	if err := validIfName(c.Bridge); err != nil {
 		return invalid("bridge", "%q: %v", c.Bridge, err)

@@ -1,12 +1,17 @@
 package plugin
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 func TestLoadNetConfDefaults(t *testing.T) {
@@ -14,8 +19,8 @@ func TestLoadNetConfDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Mode != ModeBridge || c.Bridge != "azure0" || c.IPAMDSocket != "/run/vnet-cni/ipamd.sock" ||
-		c.ipamdTimeout != 10*time.Second || c.logLevel != "info" || c.ReleaseSpool != DefaultReleaseSpool || c.LockDir != DefaultLockDir {
+	if c.Mode != "bridge" || c.Bridge != "azure0" || c.IPAMDSocket != "/run/vnet-cni/ipamd.sock" ||
+		c.ipamdTimeout != 10*time.Second || c.logLevel != "info" || c.ReleaseSpool != "/var/lib/vnet-cni/release-spool" || c.LockDir != "/run/vnet-cni" {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 	c, err = loadNetConf([]byte(`{"cniVersion":"1.1.0","name":"vnet","type":"vnet-cni","snatExclusions":["10.0.0.0/8","192.168.1.7/16"],"ipamdTimeout":"3s","mtu":1400}`))
@@ -24,6 +29,66 @@ func TestLoadNetConfDefaults(t *testing.T) {
 	}
 	if len(c.snatExclusions) != 2 || c.snatExclusions[1].String() != "192.168.0.0/16" || c.ipamdTimeout != 3*time.Second || c.MTU != 1400 {
 		t.Errorf("derived values wrong: %+v", c)
+	}
+}
+
+// TestConflistEntryRoundTrip writes vnet-cni's entry the way vnet-ipamd does
+// (api.PluginEntry, inside an api.Conflist) and reads it the way the plugin
+// does: every key of the contract arrives, none is shadowed by a key of the
+// CNI library's NetConf, and the runtime's name and cniVersion come along.
+func TestConflistEntryRoundTrip(t *testing.T) {
+	want := api.PluginConf{
+		Mode:           api.ModeBridge,
+		Bridge:         "br-test",
+		Master:         "eth1",
+		IPAMDSocket:    "/run/test/ipamd.sock",
+		MTU:            1400,
+		SNATExclusions: []string{"10.0.0.0/8"},
+		LogFile:        "/var/log/vnet-cni.log",
+		LogLevel:       "debug",
+		IPAMDTimeout:   "3s",
+		ReleaseSpool:   "/var/lib/test/spool",
+		LockDir:        "/run/test",
+		VNetCIDRs:      []string{"10.240.0.0/12"},
+	}
+	// A zero field would pass unnoticed if its key were lost.
+	v := reflect.ValueOf(want)
+	for i := range v.NumField() {
+		if v.Field(i).IsZero() {
+			t.Fatalf("test value leaves PluginConf.%s zero", v.Type().Field(i).Name)
+		}
+	}
+	list, err := json.Marshal(api.Conflist{CNIVersion: "1.1.0", Name: api.NetworkName,
+		Plugins: []any{api.PluginEntry{Type: api.PluginType, PluginConf: want}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The runtime hands the plugin its entry with the list's name and
+	// cniVersion added, as libcni does.
+	var doc struct {
+		CNIVersion string                       `json:"cniVersion"`
+		Name       string                       `json:"name"`
+		Plugins    []map[string]json.RawMessage `json:"plugins"`
+	}
+	if err := json.Unmarshal(list, &doc); err != nil {
+		t.Fatal(err)
+	}
+	entry := doc.Plugins[0]
+	entry["cniVersion"], _ = json.Marshal(doc.CNIVersion)
+	entry["name"], _ = json.Marshal(doc.Name)
+	stdin, err := json.Marshal(entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := loadNetConf(stdin)
+	if err != nil {
+		t.Fatalf("loadNetConf(%s): %v", stdin, err)
+	}
+	if d := cmp.Diff(want, c.PluginConf); d != "" {
+		t.Errorf("entry after the round trip (-written +read):\n%s", d)
+	}
+	if c.Type != api.PluginType || c.Name != api.NetworkName || c.CNIVersion != "1.1.0" {
+		t.Errorf("generic keys: type %q name %q cniVersion %q", c.Type, c.Name, c.CNIVersion)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // FuzzLoadNetConf feeds arbitrary stdin to the configuration parser: it
@@ -43,7 +45,7 @@ func FuzzLoadNetConf(f *testing.F) {
 		switch {
 		case conf.Name == "":
 			t.Fatal("accepted a configuration without a name")
-		case conf.Mode != ModeBridge:
+		case conf.Mode != api.ModeBridge:
 			t.Fatalf("accepted mode %q", conf.Mode)
 		case validIfName(conf.Bridge) != nil:
 			t.Fatalf("accepted bridge %q", conf.Bridge)

@@ -19,7 +19,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/vnet-cni/vnet-cni/bridge"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // Plugin runs the CNI verbs. The zero value acts on the caller's network
@@ -112,14 +112,14 @@ func (c *call) finish(err error) {
 // failed ADD or its GC releases it.
 func ipamdError(op string, err error) error {
 	switch {
-	case errors.Is(err, fs.ErrPermission), rpc.CodeOf(err) == rpc.CodePermissionDenied:
+	case errors.Is(err, fs.ErrPermission), api.CodeOf(err) == api.CodePermissionDenied:
 		// Not transient: retrying as the same user cannot help.
 		return types.NewError(types.ErrInternal,
 			fmt.Sprintf("vnet-ipamd %s: permission denied (the plugin must run as root)", op), err.Error())
-	case rpc.IsTryAgain(err), rpc.IsNotReady(err), rpc.IsUnreachable(err),
-		errors.Is(err, rpc.ErrNoResponse), errors.Is(err, context.DeadlineExceeded):
+	case api.IsTryAgain(err), api.IsNotReady(err), api.IsUnreachable(err),
+		errors.Is(err, api.ErrNoResponse), errors.Is(err, context.DeadlineExceeded):
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("vnet-ipamd %s: try again later", op), err.Error())
-	case rpc.CodeOf(err) == rpc.CodeInvalidRequest:
+	case api.CodeOf(err) == api.CodeInvalidRequest:
 		return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("vnet-ipamd %s: invalid request", op), err.Error())
 	default:
 		return types.NewError(types.ErrInternal, fmt.Sprintf("vnet-ipamd %s failed", op), err.Error())
@@ -201,8 +201,8 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		}
 	}
 	step := time.Now()
-	client := rpc.NewClient(conf.IPAMDSocket)
-	resp, err := client.Allocate(ctx, rpc.AllocateRequest{
+	client := api.NewClient(conf.IPAMDSocket)
+	resp, err := client.Allocate(ctx, api.AllocateRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
 		PodNamespace: string(k8s.K8S_POD_NAMESPACE), PodName: string(k8s.K8S_POD_NAME),
 	})
@@ -224,8 +224,8 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		}
 		rctx, rcancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
 		defer rcancel()
-		if _, rerr := client.Release(rctx, rpc.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName}); rerr != nil {
-			if serr := spoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName); serr != nil {
+		if _, rerr := client.Release(rctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName}); rerr != nil {
+			if serr := api.SpoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName, time.Now()); serr != nil {
 				c.log.Error("cannot release the address of a failed ADD; GC will", "release", rerr.Error(), "spool", serr.Error())
 			}
 		}
@@ -360,10 +360,10 @@ func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
 	if err := node.DelPod(ctx, bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: ip}); err != nil {
 		return types.NewError(types.ErrInternal, "tear down the pod's interface", err.Error())
 	}
-	resp, err := rpc.NewClient(conf.IPAMDSocket).Release(ctx, rpc.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName})
+	resp, err := api.NewClient(conf.IPAMDSocket).Release(ctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName})
 	if err != nil {
-		if rpc.IsUnreachable(err) || errors.Is(err, context.DeadlineExceeded) || rpc.IsNotReady(err) || rpc.IsTryAgain(err) {
-			if serr := spoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName); serr != nil {
+		if api.IsUnreachable(err) || errors.Is(err, context.DeadlineExceeded) || api.IsNotReady(err) || api.IsTryAgain(err) {
+			if serr := api.SpoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName, time.Now()); serr != nil {
 				return types.NewError(types.ErrInternal, "vnet-ipamd is unreachable and the release cannot be recorded", serr.Error())
 			}
 			c.attrs = append(c.attrs, "release", "spooled")

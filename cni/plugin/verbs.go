@@ -11,7 +11,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/vnet-cni/vnet-cni/bridge"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // drift is the error of a CHECK that found the datapath or the assignment
@@ -44,7 +44,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) (err error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
 	defer cancel()
-	chk, err := rpc.NewClient(conf.IPAMDSocket).Check(ctx, rpc.CheckRequest{ContainerID: args.ContainerID, IfName: args.IfName})
+	chk, err := api.NewClient(conf.IPAMDSocket).Check(ctx, api.CheckRequest{ContainerID: args.ContainerID, IfName: args.IfName})
 	if err != nil {
 		return ipamdError("check", err)
 	}
@@ -152,13 +152,13 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 	}
 	defer func() { c.finish(err) }()
 	conf := c.conf
-	valid := make([]rpc.Attachment, 0, len(conf.ValidAttachments))
+	valid := make([]api.Attachment, 0, len(conf.ValidAttachments))
 	for _, a := range conf.ValidAttachments {
-		valid = append(valid, rpc.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+		valid = append(valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), conf.ipamdTimeout)
 	defer cancel()
-	resp, err := rpc.NewClient(conf.IPAMDSocket).GC(ctx, rpc.GCRequest{Valid: valid})
+	resp, err := api.NewClient(conf.IPAMDSocket).GC(ctx, api.GCRequest{Valid: valid})
 	if err != nil {
 		return ipamdError("gc", err)
 	}
@@ -201,7 +201,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) (err error) {
 	defer func() { c.finish(err) }()
 	ctx, cancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
 	defer cancel()
-	st, err := rpc.NewClient(c.conf.IPAMDSocket).Status(ctx, rpc.StatusRequest{})
+	st, err := api.NewClient(c.conf.IPAMDSocket).Status(ctx, api.StatusRequest{})
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "vnet-ipamd is not reachable", err.Error())
 	}

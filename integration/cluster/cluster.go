@@ -22,7 +22,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // Options configure a cluster on an already running simulated cloud.
@@ -259,13 +259,13 @@ func (n *Node) PID() int {
 }
 
 // Client is an rpc client of the node's daemon.
-func (n *Node) Client() *rpc.Client { return rpc.NewClient(n.Config.SocketPath) }
+func (n *Node) Client() *api.Client { return api.NewClient(n.Config.SocketPath) }
 
 // Status asks the node's daemon for its status.
-func (n *Node) Status(ctx context.Context) (rpc.StatusResponse, error) {
+func (n *Node) Status(ctx context.Context) (api.StatusResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	return n.Client().Status(ctx, rpc.StatusRequest{})
+	return n.Client().Status(ctx, api.StatusRequest{})
 }
 
 // WaitReady waits until the daemon reports ready and has written the conflist.

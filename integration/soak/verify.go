@@ -19,7 +19,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/bridge"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
 
@@ -78,7 +78,7 @@ func (r *runner) checkAddresses(ctx context.Context, live []map[string]*cluster.
 	}
 	for ni, n := range r.c.Nodes {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		list, err := n.Client().List(cctx, rpc.ListRequest{})
+		list, err := n.Client().List(cctx, api.ListRequest{})
 		cancel()
 		if err != nil {
 			r.violation("list the addresses of %s: %v", n.Name, err)
@@ -136,7 +136,7 @@ func (r *runner) checkCloud(live []map[string]*cluster.Pod) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			list, err := n.Client().List(ctx, rpc.ListRequest{})
+			list, err := n.Client().List(ctx, api.ListRequest{})
 			if err != nil {
 				return err
 			}

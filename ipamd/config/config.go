@@ -15,6 +15,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/vnet-cni/vnet-cni/cloud/azure"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/pool"
 )
 
@@ -28,22 +30,22 @@ const (
 	DefaultReleaseDelay   = 60 * time.Second
 	DefaultAllocateWait   = 5 * time.Second
 	DefaultResyncInterval = 60 * time.Second
-	DefaultSocketPath     = "/run/vnet-cni/ipamd.sock"
+	DefaultSocketPath     = api.DefaultSocketPath
 	DefaultStoreDir       = "/var/lib/vnet-cni"
 	DefaultCNIConfDir     = "/etc/cni/net.d"
 	DefaultCNIConfName    = "10-vnet-cni.conflist"
 	DefaultCNIVersion     = "1.1.0"
-	DefaultReleaseSpool   = "/var/lib/vnet-cni/release-spool"
-	DefaultPluginLockDir  = "/run/vnet-cni"
+	DefaultReleaseSpool   = api.DefaultReleaseSpool
+	DefaultPluginLockDir  = api.DefaultLockDir
 	DefaultMetricsAddr    = "127.0.0.1:10093"
 	DefaultLogLevel       = LogInfo
 	DefaultMode           = ModeBridge
 	DefaultProvider       = ProviderAzure
 	DefaultCallTimeout    = 30 * time.Second
 
-	DefaultResourceManagerEndpoint = "https://management.azure.com"
-	DefaultResourceManagerAudience = "https://management.azure.com/"
-	DefaultIMDSEndpoint            = "http://169.254.169.254"
+	DefaultResourceManagerEndpoint = azure.DefaultResourceManagerEndpoint
+	DefaultResourceManagerAudience = azure.DefaultAudience
+	DefaultIMDSEndpoint            = azure.DefaultIMDSEndpoint
 	DefaultCredential              = CredentialManagedIdentity
 )
 
@@ -56,7 +58,7 @@ const (
 
 	// ModeBridge: pods get secondary VNet addresses of the node's NIC behind
 	// the azure0 bridge. The only mode implemented so far; "kubenet" will follow.
-	ModeBridge = "bridge"
+	ModeBridge = api.ModeBridge
 
 	ProviderAzure = "azure"
 

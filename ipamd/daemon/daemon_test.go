@@ -14,8 +14,9 @@ import (
 	"github.com/vnet-cni/vnet-cni/cloud/azure"
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/pool"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/server"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
 
@@ -28,7 +29,7 @@ type harness struct {
 	sim    *sim.Sim
 	d      *Daemon
 	st     *store.Store
-	client *rpc.Client
+	client *api.Client
 	opts   Options
 	cfg    azure.Config
 	cancel context.CancelFunc
@@ -94,7 +95,7 @@ func (h *harness) start(storeDir string) {
 	}
 	h.d = d
 	sock := filepath.Join(t.TempDir(), "ipamd.sock")
-	srv, err := rpc.NewServer(sock, d, rpc.WithAllowedUIDs(uint32(os.Getuid())))
+	srv, err := server.New(sock, d, server.WithAllowedUIDs(uint32(os.Getuid())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +107,7 @@ func (h *harness) start(storeDir string) {
 		defer close(h.done)
 		_ = d.Run(ctx)
 	}()
-	h.client = rpc.NewClient(sock)
+	h.client = api.NewClient(sock)
 	t.Cleanup(h.stop)
 }
 
@@ -128,9 +129,9 @@ func (h *harness) puts() int {
 	return n
 }
 
-func (h *harness) status() rpc.StatusResponse {
+func (h *harness) status() api.StatusResponse {
 	h.t.Helper()
-	st, err := h.client.Status(context.Background(), rpc.StatusRequest{})
+	st, err := h.client.Status(context.Background(), api.StatusRequest{})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ func (h *harness) status() rpc.StatusResponse {
 }
 
 // waitFor polls cond for up to timeout.
-func (h *harness) waitFor(what string, timeout time.Duration, cond func(rpc.StatusResponse) bool) rpc.StatusResponse {
+func (h *harness) waitFor(what string, timeout time.Duration, cond func(api.StatusResponse) bool) api.StatusResponse {
 	h.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -164,8 +165,8 @@ func (h *harness) nicSecondaries() []netip.Addr {
 	return nil
 }
 
-func (h *harness) allocate(id string) (rpc.Assignment, error) {
-	resp, err := h.client.Allocate(context.Background(), rpc.AllocateRequest{ContainerID: id, IfName: "eth0", PodNamespace: "default", PodName: "pod-" + id})
+func (h *harness) allocate(id string) (api.Assignment, error) {
+	resp, err := h.client.Allocate(context.Background(), api.AllocateRequest{ContainerID: id, IfName: "eth0", PodNamespace: "default", PodName: "pod-" + id})
 	return resp.Assignment, err
 }
 
@@ -175,7 +176,7 @@ func targets(warm, minIPs, maxIPs, batch int, releaseDelay time.Duration) pool.T
 
 func TestFillFromEmptyInOneBatchThenReady(t *testing.T) {
 	h := newHarness(t, sim.Options{}, Options{Targets: targets(10, 0, 30, 5, time.Hour), InitialBatch: 16})
-	st := h.waitFor("ready", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready })
+	st := h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
 	if st.Pool.Free != 16 {
 		t.Errorf("free = %d after the first fill, want the initial batch of 16", st.Pool.Free)
 	}
@@ -212,19 +213,19 @@ func TestNotReadyBeforeSync(t *testing.T) {
 		t.Errorf("status %+v, want not ready with a reason", st)
 	}
 	_, err := h.allocate("c1")
-	if !rpc.IsNotReady(err) {
+	if !api.IsNotReady(err) {
 		t.Errorf("allocate before the first sync: %v, want NotReady", err)
 	}
 	if _, err := os.Stat(h.opts.Conflist.Path); err == nil {
 		t.Error("conflist written although not ready")
 	}
 	h.sim.ARM().SetFaults(arm.Faults{})
-	h.waitFor("ready after the storm", 15*time.Second, func(s rpc.StatusResponse) bool { return s.Ready })
+	h.waitFor("ready after the storm", 15*time.Second, func(s api.StatusResponse) bool { return s.Ready })
 }
 
 func TestRefillOnDemandWithoutCloudCallsOnAllocate(t *testing.T) {
 	h := newHarness(t, sim.Options{}, Options{Targets: targets(5, 0, 40, 5, time.Hour)})
-	h.waitFor("ready", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready && s.Pool.Free == 5 })
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready && s.Pool.Free == 5 })
 	calls := h.sim.ARM().Stats().Total
 	seen := map[netip.Addr]bool{}
 	for i := range 5 {
@@ -239,7 +240,7 @@ func TestRefillOnDemandWithoutCloudCallsOnAllocate(t *testing.T) {
 	}
 	// Allocations from a warm pool made no cloud call themselves; the refill
 	// they trigger is the worker's.
-	st := h.waitFor("refill", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Pool.Free >= 5 })
+	st := h.waitFor("refill", 10*time.Second, func(s api.StatusResponse) bool { return s.Pool.Free >= 5 })
 	if st.Pool.Assigned != 5 || st.Pool.Total != 10 {
 		t.Errorf("pool %+v, want 5 assigned and 10 in all", st.Pool)
 	}
@@ -262,7 +263,7 @@ func TestReleaseOfExcessAfterCooldownAndDelay(t *testing.T) {
 		Targets:  targets(2, 0, 40, 2, 300*time.Millisecond),
 		Cooldown: 200 * time.Millisecond,
 	})
-	h.waitFor("ready", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready })
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
 	var ids []string
 	for i := range 10 {
 		id := "p" + string(rune('a'+i))
@@ -271,10 +272,10 @@ func TestReleaseOfExcessAfterCooldownAndDelay(t *testing.T) {
 		}
 		ids = append(ids, id)
 	}
-	h.waitFor("refill to warm", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Pool.Free >= 2 })
+	h.waitFor("refill to warm", 10*time.Second, func(s api.StatusResponse) bool { return s.Pool.Free >= 2 })
 	before := h.puts()
 	for _, id := range ids {
-		if _, err := h.client.Release(context.Background(), rpc.ReleaseRequest{ContainerID: id, IfName: "eth0"}); err != nil {
+		if _, err := h.client.Release(context.Background(), api.ReleaseRequest{ContainerID: id, IfName: "eth0"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -282,7 +283,7 @@ func TestReleaseOfExcessAfterCooldownAndDelay(t *testing.T) {
 	if st.Pool.Cooling != 10 {
 		t.Errorf("cooling = %d right after 10 releases, want 10", st.Pool.Cooling)
 	}
-	st = h.waitFor("excess released", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Pool.Total == 2 && s.Pool.Releasing == 0 })
+	st = h.waitFor("excess released", 10*time.Second, func(s api.StatusResponse) bool { return s.Pool.Total == 2 && s.Pool.Releasing == 0 })
 	if st.Pool.Free != 2 {
 		t.Errorf("pool %+v after release, want 2 free", st.Pool)
 	}
@@ -296,7 +297,7 @@ func TestReleaseOfExcessAfterCooldownAndDelay(t *testing.T) {
 
 func TestThrottlingBacksOff(t *testing.T) {
 	h := newHarness(t, sim.Options{}, Options{Targets: targets(5, 0, 40, 5, time.Hour), AllocateWait: 2500 * time.Millisecond})
-	h.waitFor("ready", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready && s.Pool.Free == 5 })
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready && s.Pool.Free == 5 })
 	h.sim.ARM().ResetStats()
 	h.sim.ARM().SetFaults(arm.Faults{Storm: &arm.Storm{Duration: arm.Duration(3 * time.Second), RetryAfterSeconds: 1}})
 	// Pods still start from the warm pool during the storm.
@@ -309,7 +310,7 @@ func TestThrottlingBacksOff(t *testing.T) {
 	// throttled (the SDK's own retry honours the 1 s Retry-After first),
 	// and is told to try again, with the reason.
 	_, err := h.allocate("sx")
-	if !rpc.IsTryAgain(err) || !strings.Contains(err.Error(), "throttled") {
+	if !api.IsTryAgain(err) || !strings.Contains(err.Error(), "throttled") {
 		t.Errorf("allocate on an empty pool in a storm: %v, want TryAgain naming the throttling", err)
 	}
 	time.Sleep(3 * time.Second)
@@ -322,7 +323,7 @@ func TestThrottlingBacksOff(t *testing.T) {
 	if throttled == 0 {
 		t.Error("no request reached the cloud during the storm: the refill never tried")
 	}
-	st := h.waitFor("catch up after the storm", 15*time.Second, func(s rpc.StatusResponse) bool { return s.Pool.Free >= 5 })
+	st := h.waitFor("catch up after the storm", 15*time.Second, func(s api.StatusResponse) bool { return s.Pool.Free >= 5 })
 	if st.LastCloudError != "" {
 		t.Errorf("last cloud error %q after recovery, want none", st.LastCloudError)
 	}
@@ -333,7 +334,7 @@ func TestThrottlingBacksOff(t *testing.T) {
 
 func TestNICLimitReportedWithoutFurtherCalls(t *testing.T) {
 	h := newHarness(t, sim.Options{}, Options{Targets: targets(300, 0, 255, 50, time.Hour), AllocateWait: 200 * time.Millisecond})
-	st := h.waitFor("full NIC", 20*time.Second, func(s rpc.StatusResponse) bool { return s.Pool.Total == 255 && s.LimitReached })
+	st := h.waitFor("full NIC", 20*time.Second, func(s api.StatusResponse) bool { return s.Pool.Total == 255 && s.LimitReached })
 	if st.Pool.Max != 255 {
 		t.Errorf("max = %d, want 255", st.Pool.Max)
 	}
@@ -351,7 +352,7 @@ func TestNICLimitReportedWithoutFurtherCalls(t *testing.T) {
 		}
 	}
 	_, err := h.allocate("one-too-many")
-	if !rpc.IsTryAgain(err) || !strings.Contains(err.Error(), "limit") {
+	if !api.IsTryAgain(err) || !strings.Contains(err.Error(), "limit") {
 		t.Errorf("allocation beyond the NIC limit: %v, want TryAgain naming the limit", err)
 	}
 }
@@ -360,7 +361,7 @@ func TestSubnetFullReported(t *testing.T) {
 	// A /27 has 27 usable addresses; node0 takes one.
 	h := newHarness(t, sim.Options{VNet: netip.MustParsePrefix("10.7.0.0/24"), Subnet: netip.MustParsePrefix("10.7.0.0/27")},
 		Options{Targets: targets(40, 0, 100, 40, time.Hour), ResyncInterval: 2 * time.Second})
-	st := h.waitFor("subnet full reported", 10*time.Second, func(s rpc.StatusResponse) bool {
+	st := h.waitFor("subnet full reported", 10*time.Second, func(s api.StatusResponse) bool {
 		return strings.Contains(s.LastCloudError, "SubnetIsFull")
 	})
 	if !st.LimitReached {
@@ -375,7 +376,7 @@ func TestSubnetFullReported(t *testing.T) {
 
 func TestConcurrentAllocateReleaseNeverDuplicates(t *testing.T) {
 	h := newHarness(t, sim.Options{}, Options{Targets: targets(20, 0, 200, 20, time.Hour), Cooldown: 50 * time.Millisecond, AllocateWait: 10 * time.Second})
-	h.waitFor("ready", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready })
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
 	var mu sync.Mutex
 	owner := map[netip.Addr]string{}
 	var wg sync.WaitGroup
@@ -401,7 +402,7 @@ func TestConcurrentAllocateReleaseNeverDuplicates(t *testing.T) {
 				mu.Lock()
 				delete(owner, a.IP)
 				mu.Unlock()
-				if _, err := h.client.Release(context.Background(), rpc.ReleaseRequest{ContainerID: id, IfName: "eth0"}); err != nil {
+				if _, err := h.client.Release(context.Background(), api.ReleaseRequest{ContainerID: id, IfName: "eth0"}); err != nil {
 					errs <- err
 					return
 				}
@@ -429,7 +430,7 @@ func (e *dupError) Error() string {
 
 func TestRestartKeepsAssignmentsAndRebootReleasesThem(t *testing.T) {
 	h := newHarness(t, sim.Options{}, Options{Targets: targets(3, 0, 30, 3, time.Hour), BootID: "boot-1"})
-	h.waitFor("ready", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready })
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
 	a, err := h.allocate("keep")
 	if err != nil {
 		t.Fatal(err)
@@ -439,8 +440,8 @@ func TestRestartKeepsAssignmentsAndRebootReleasesThem(t *testing.T) {
 	// A restart (same boot) keeps the assignment.
 	h.stop()
 	h.start(dir)
-	h.waitFor("ready after restart", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready })
-	chk, err := h.client.Check(context.Background(), rpc.CheckRequest{ContainerID: "keep", IfName: "eth0"})
+	h.waitFor("ready after restart", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
+	chk, err := h.client.Check(context.Background(), api.CheckRequest{ContainerID: "keep", IfName: "eth0"})
 	if err != nil || chk.Assignment == nil || chk.Assignment.IP != a.IP {
 		t.Fatalf("after restart check = %+v, %v; want %s", chk.Assignment, err, a.IP)
 	}
@@ -449,8 +450,8 @@ func TestRestartKeepsAssignmentsAndRebootReleasesThem(t *testing.T) {
 	h.stop()
 	h.opts.BootID = "boot-2"
 	h.start(dir)
-	h.waitFor("ready after reboot", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready })
-	chk, err = h.client.Check(context.Background(), rpc.CheckRequest{ContainerID: "keep", IfName: "eth0"})
+	h.waitFor("ready after reboot", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
+	chk, err = h.client.Check(context.Background(), api.CheckRequest{ContainerID: "keep", IfName: "eth0"})
 	if err != nil || chk.Assignment != nil {
 		t.Errorf("after reboot check = %+v, %v; want no assignment", chk.Assignment, err)
 	}
@@ -458,13 +459,13 @@ func TestRestartKeepsAssignmentsAndRebootReleasesThem(t *testing.T) {
 
 func TestGCReleasesWhatIsNotValid(t *testing.T) {
 	h := newHarness(t, sim.Options{}, Options{Targets: targets(5, 0, 30, 5, time.Hour)})
-	h.waitFor("ready", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready })
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
 	for _, id := range []string{"a", "b", "c"} {
 		if _, err := h.allocate(id); err != nil {
 			t.Fatal(err)
 		}
 	}
-	resp, err := h.client.GC(context.Background(), rpc.GCRequest{Valid: []rpc.Attachment{{ContainerID: "b", IfName: "eth0"}}})
+	resp, err := h.client.GC(context.Background(), api.GCRequest{Valid: []api.Attachment{{ContainerID: "b", IfName: "eth0"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -475,14 +476,14 @@ func TestGCReleasesWhatIsNotValid(t *testing.T) {
 	if len(got) != 2 || !got["a"] || !got["c"] {
 		t.Errorf("gc released %v, want a and c", got)
 	}
-	if chk, _ := h.client.Check(context.Background(), rpc.CheckRequest{ContainerID: "b", IfName: "eth0"}); chk.Assignment == nil {
+	if chk, _ := h.client.Check(context.Background(), api.CheckRequest{ContainerID: "b", IfName: "eth0"}); chk.Assignment == nil {
 		t.Error("gc released the valid attachment b")
 	}
 }
 
 func TestResyncAdoptsAndDropsExternalChanges(t *testing.T) {
 	h := newHarness(t, sim.Options{}, Options{Targets: targets(3, 0, 30, 3, time.Hour), ResyncInterval: 200 * time.Millisecond})
-	h.waitFor("ready", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Ready && s.Pool.Total == 3 })
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready && s.Pool.Total == 3 })
 	// Someone else adds two addresses to the NIC.
 	p, err := azure.New(context.Background(), h.cfg)
 	if err != nil {
@@ -492,8 +493,8 @@ func TestResyncAdoptsAndDropsExternalChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.waitFor("adopt external addresses", 10*time.Second, func(s rpc.StatusResponse) bool { return s.Pool.Total >= 5 })
-	list, err := h.client.List(context.Background(), rpc.ListRequest{})
+	h.waitFor("adopt external addresses", 10*time.Second, func(s api.StatusResponse) bool { return s.Pool.Total >= 5 })
+	list, err := h.client.List(context.Background(), api.ListRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

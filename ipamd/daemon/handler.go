@@ -6,32 +6,33 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/server"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
 
-var _ rpc.Handler = (*Daemon)(nil)
+var _ server.Handler = (*Daemon)(nil)
 
 // network returns what every answer about an address carries, or an error
 // when the daemon has not synced with the cloud yet.
-func (d *Daemon) network() (rpc.Assignment, error) {
+func (d *Daemon) network() (api.Assignment, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.synced {
-		return rpc.Assignment{}, rpc.Errorf(rpc.CodeNotReady, "vnet-ipamd is starting: %s", d.notReadyReason)
+		return api.Assignment{}, api.Errorf(api.CodeNotReady, "vnet-ipamd is starting: %s", d.notReadyReason)
 	}
 	return d.baseLocked(), nil
 }
 
 // baseLocked is the network part of every assignment.
-func (d *Daemon) baseLocked() rpc.Assignment {
-	return rpc.Assignment{
+func (d *Daemon) baseLocked() api.Assignment {
+	return api.Assignment{
 		Subnet: d.node.Subnet, Gateway: d.node.Gateway, MTU: d.opts.MTU,
 		VNetCIDRs: d.node.VNetPrefixes, PrimaryIP: d.node.PrimaryIP,
 	}
 }
 
-func assignment(base rpc.Assignment, r store.Record) rpc.Assignment {
+func assignment(base api.Assignment, r store.Record) api.Assignment {
 	base.ContainerID = r.Owner.ContainerID
 	base.IfName = r.Owner.IfName
 	base.PodNamespace = r.Owner.PodNamespace
@@ -42,12 +43,12 @@ func assignment(base rpc.Assignment, r store.Record) rpc.Assignment {
 
 // Allocate hands out an address from the pool; it never calls the cloud.
 // When the pool is empty it waits up to AllocateWait for the refill.
-func (d *Daemon) Allocate(ctx context.Context, req rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+func (d *Daemon) Allocate(ctx context.Context, req api.AllocateRequest) (api.AllocateResponse, error) {
 	start := time.Now()
 	base, err := d.network()
 	if err != nil {
 		d.metrics.allocations.WithLabelValues("not_ready").Inc()
-		return rpc.AllocateResponse{}, err
+		return api.AllocateResponse{}, err
 	}
 	owner := store.Owner{
 		ContainerID: req.ContainerID, IfName: req.IfName,
@@ -72,11 +73,11 @@ func (d *Daemon) Allocate(ctx context.Context, req rpc.AllocateRequest) (rpc.All
 			d.metrics.allocations.WithLabelValues("ok").Inc()
 			d.metrics.allocateSeconds.Observe(time.Since(start).Seconds())
 			d.kickIfLow()
-			return rpc.AllocateResponse{Assignment: assignment(base, rec)}, nil
+			return api.AllocateResponse{Assignment: assignment(base, rec)}, nil
 		}
 		if !errors.Is(err, store.ErrNoFree) {
 			d.metrics.allocations.WithLabelValues("error").Inc()
-			return rpc.AllocateResponse{}, fmt.Errorf("assign address to %s/%s: %w", req.ContainerID, req.IfName, err)
+			return api.AllocateResponse{}, fmt.Errorf("assign address to %s/%s: %w", req.ContainerID, req.IfName, err)
 		}
 		if !waiting {
 			waiting = true
@@ -89,11 +90,11 @@ func (d *Daemon) Allocate(ctx context.Context, req rpc.AllocateRequest) (rpc.All
 		case <-freed:
 		case <-wait.C:
 			d.metrics.allocations.WithLabelValues("try_again").Inc()
-			return rpc.AllocateResponse{}, rpc.Errorf(rpc.CodeTryAgain,
+			return api.AllocateResponse{}, api.Errorf(api.CodeTryAgain,
 				"no free address on this node after waiting %s: %s", d.opts.AllocateWait, d.poolSituation())
 		case <-ctx.Done():
 			d.metrics.allocations.WithLabelValues("try_again").Inc()
-			return rpc.AllocateResponse{}, rpc.Errorf(rpc.CodeTryAgain, "no free address on this node yet: %s", d.poolSituation())
+			return api.AllocateResponse{}, api.Errorf(api.CodeTryAgain, "no free address on this node yet: %s", d.poolSituation())
 		}
 	}
 }
@@ -123,34 +124,34 @@ func (d *Daemon) kickIfLow() {
 
 // Release puts the attachment's address into cooldown; unknown attachments
 // are not an error.
-func (d *Daemon) Release(_ context.Context, req rpc.ReleaseRequest) (rpc.ReleaseResponse, error) {
+func (d *Daemon) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
 	rec, known, err := d.store.Release(store.Attachment{ContainerID: req.ContainerID, IfName: req.IfName})
 	if err != nil {
-		return rpc.ReleaseResponse{}, fmt.Errorf("release %s/%s: %w", req.ContainerID, req.IfName, err)
+		return api.ReleaseResponse{}, fmt.Errorf("release %s/%s: %w", req.ContainerID, req.IfName, err)
 	}
 	if known {
 		d.metrics.releases.Inc()
 		d.kick()
 	}
-	return rpc.ReleaseResponse{Known: known, IP: rec.IP}, nil
+	return api.ReleaseResponse{Known: known, IP: rec.IP}, nil
 }
 
 // Check returns the attachment's assignment, if any.
-func (d *Daemon) Check(_ context.Context, req rpc.CheckRequest) (rpc.CheckResponse, error) {
+func (d *Daemon) Check(_ context.Context, req api.CheckRequest) (api.CheckResponse, error) {
 	base, err := d.network()
 	if err != nil {
-		return rpc.CheckResponse{}, err
+		return api.CheckResponse{}, err
 	}
 	rec, ok := d.store.Get(store.Attachment{ContainerID: req.ContainerID, IfName: req.IfName})
 	if !ok || rec.State != store.StateAssigned {
-		return rpc.CheckResponse{}, nil
+		return api.CheckResponse{}, nil
 	}
 	a := assignment(base, rec)
-	return rpc.CheckResponse{Assignment: &a}, nil
+	return api.CheckResponse{Assignment: &a}, nil
 }
 
 // GC releases every assignment whose attachment is not in req.Valid.
-func (d *Daemon) GC(_ context.Context, req rpc.GCRequest) (rpc.GCResponse, error) {
+func (d *Daemon) GC(_ context.Context, req api.GCRequest) (api.GCResponse, error) {
 	valid := make(map[store.Attachment]bool, len(req.Valid))
 	for _, a := range req.Valid {
 		valid[store.Attachment{ContainerID: a.ContainerID, IfName: a.IfName}] = true
@@ -158,7 +159,7 @@ func (d *Daemon) GC(_ context.Context, req rpc.GCRequest) (rpc.GCResponse, error
 	d.mu.Lock()
 	base := d.baseLocked()
 	d.mu.Unlock()
-	var resp rpc.GCResponse
+	var resp api.GCResponse
 	var errs []error
 	for _, r := range d.store.List() {
 		if r.State != store.StateAssigned || valid[r.Owner.Attachment()] {
@@ -179,17 +180,17 @@ func (d *Daemon) GC(_ context.Context, req rpc.GCRequest) (rpc.GCResponse, error
 }
 
 // Status tells whether Allocate can succeed now, with the pool counts.
-func (d *Daemon) Status(_ context.Context, _ rpc.StatusRequest) (rpc.StatusResponse, error) {
+func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusResponse, error) {
 	c := d.store.Counts()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	resp := rpc.StatusResponse{
+	resp := api.StatusResponse{
 		Ready:        d.ready,
 		Reason:       d.notReadyReason,
 		NodeName:     d.opts.NodeName,
 		MTU:          d.opts.MTU,
 		LimitReached: d.limitReached,
-		Pool: rpc.PoolCounts{
+		Pool: api.PoolCounts{
 			Free: c.Free, Assigned: c.Assigned, Cooling: c.Cooling, Releasing: c.Releasing,
 			Total: c.Total(), Max: effectiveMax(d.opts.Targets),
 		},
@@ -207,10 +208,10 @@ func (d *Daemon) Status(_ context.Context, _ rpc.StatusRequest) (rpc.StatusRespo
 }
 
 // List returns every address with its state and owner.
-func (d *Daemon) List(_ context.Context, _ rpc.ListRequest) (rpc.ListResponse, error) {
-	var resp rpc.ListResponse
+func (d *Daemon) List(_ context.Context, _ api.ListRequest) (api.ListResponse, error) {
+	var resp api.ListResponse
 	for _, r := range d.store.List() {
-		resp.Addresses = append(resp.Addresses, rpc.AddressRecord{
+		resp.Addresses = append(resp.Addresses, api.AddressRecord{
 			IP: r.IP, State: string(r.State), Since: r.Since,
 			ContainerID: r.Owner.ContainerID, IfName: r.Owner.IfName,
 			PodNamespace: r.Owner.PodNamespace, PodName: r.Owner.PodName,

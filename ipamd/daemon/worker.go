@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/pool"
-	"github.com/vnet-cni/vnet-cni/ipamd/spool"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
 
@@ -121,7 +121,7 @@ func (d *Daemon) drainSpool() {
 	if d.opts.ReleaseSpool == "" {
 		return
 	}
-	n, err := spool.Drain(d.opts.ReleaseSpool, func(r spool.Release) error {
+	n, err := api.DrainSpool(d.opts.ReleaseSpool, func(r api.PendingRelease) error {
 		_, _, err := d.store.Release(store.Attachment{ContainerID: r.ContainerID, IfName: r.IfName})
 		return err
 	})

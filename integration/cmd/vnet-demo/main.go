@@ -33,7 +33,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/probe"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 const (
@@ -203,7 +203,7 @@ func (d *demo) run(ctx context.Context) error {
 	return d.deleteAll(ctx)
 }
 
-func readyErr(st rpc.StatusResponse) error {
+func readyErr(st api.StatusResponse) error {
 	if !st.Ready {
 		return fmt.Errorf("not ready: %s", st.Reason)
 	}
@@ -217,7 +217,7 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-func poolText(p rpc.PoolCounts) string {
+func poolText(p api.PoolCounts) string {
 	return fmt.Sprintf("%d free, %d assigned, %d cooling", p.Free, p.Assigned, p.Cooling)
 }
 
@@ -301,7 +301,7 @@ func (d *demo) showNICs(ctx context.Context) error {
 			return fmt.Errorf("read NIC %s: %w", n.NIC, err)
 		}
 		states := map[string]string{}
-		if l, err := n.Client().List(ctx, rpc.ListRequest{}); err == nil {
+		if l, err := n.Client().List(ctx, api.ListRequest{}); err == nil {
 			for _, a := range l.Addresses {
 				states[a.IP.String()] = a.State
 			}
@@ -541,10 +541,10 @@ func (d *demo) deleteAll(ctx context.Context) error {
 }
 
 // states returns the daemons' state of every pod address.
-func (d *demo) states(ctx context.Context) map[netip.Addr]rpc.AddressRecord {
-	out := map[netip.Addr]rpc.AddressRecord{}
+func (d *demo) states(ctx context.Context) map[netip.Addr]api.AddressRecord {
+	out := map[netip.Addr]api.AddressRecord{}
 	for _, n := range d.c.Nodes {
-		l, err := n.Client().List(ctx, rpc.ListRequest{})
+		l, err := n.Client().List(ctx, api.ListRequest{})
 		if err != nil {
 			continue
 		}

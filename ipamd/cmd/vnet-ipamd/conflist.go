@@ -4,8 +4,16 @@ import (
 	"encoding/json"
 	"net/netip"
 
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
+
+// portmapEntry chains the reference portmap plugin for hostPorts.
+type portmapEntry struct {
+	Type         string          `json:"type"`
+	Capabilities map[string]bool `json:"capabilities"`
+	SNAT         bool            `json:"snat"`
+}
 
 // conflist is the CNI network configuration that makes kubelet report the
 // node's network ready: vnet-cni, chained with the reference portmap plugin
@@ -16,28 +24,23 @@ func conflist(cfg config.Config, vnet []netip.Prefix) []byte {
 	for i, p := range vnet {
 		cidrs[i] = p.String()
 	}
-	doc := map[string]any{
-		"cniVersion": cfg.CNIVersion,
-		"name":       "vnet-cni",
-		"plugins": []map[string]any{
-			{
-				"type":         "vnet-cni",
-				"mode":         cfg.Mode,
-				"ipamdSocket":  cfg.SocketPath,
-				"releaseSpool": cfg.ReleaseSpool,
-				"lockDir":      cfg.PluginLockDir,
-				"vnetCIDRs":    cidrs,
-			},
-			{
-				"type":         "portmap",
-				"capabilities": map[string]bool{"portMappings": true},
-				"snat":         true,
-			},
+	doc := api.Conflist{
+		CNIVersion: cfg.CNIVersion,
+		Name:       api.NetworkName,
+		Plugins: []any{
+			api.PluginEntry{Type: api.PluginType, PluginConf: api.PluginConf{
+				Mode:         cfg.Mode,
+				IPAMDSocket:  cfg.SocketPath,
+				ReleaseSpool: cfg.ReleaseSpool,
+				LockDir:      cfg.PluginLockDir,
+				VNetCIDRs:    cidrs,
+			}},
+			portmapEntry{Type: "portmap", Capabilities: map[string]bool{"portMappings": true}, SNAT: true},
 		},
 	}
 	data, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
-		// Only maps of strings, bools and slices: marshalling cannot fail.
+		// Strings, bools and slices of them: marshalling cannot fail.
 		panic(err)
 	}
 	return append(data, '\n')

@@ -25,9 +25,10 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/cloud/azure"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/server"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
 
@@ -106,7 +107,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := rpc.NewServer(cfg.SocketPath, d, rpc.WithLogger(log))
+	srv, err := server.New(cfg.SocketPath, d, server.WithLogger(log))
 	if err != nil {
 		return err
 	}
@@ -117,7 +118,7 @@ func run(args []string) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", d.Metrics().Handler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		s, _ := d.Status(r.Context(), rpc.StatusRequest{})
+		s, _ := d.Status(r.Context(), api.StatusRequest{})
 		if !s.Ready {
 			http.Error(w, "not ready: "+s.Reason, http.StatusServiceUnavailable)
 			return
@@ -147,7 +148,7 @@ func run(args []string) error {
 	err = srv.Shutdown(shutCtx)
 	stopWorker()
 	err = errors.Join(err, <-workerDone, metrics.Shutdown(shutCtx))
-	if errors.Is(err, rpc.ErrServerClosed) {
+	if errors.Is(err, server.ErrClosed) {
 		err = nil
 	}
 	log.Info("vnet-ipamd stopped")

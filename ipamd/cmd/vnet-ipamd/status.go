@@ -11,25 +11,25 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // status prints the daemon's pool and assignments.
 func status(args []string) error {
 	fs := flag.NewFlagSet("vnet-ipamd status", flag.ContinueOnError)
-	socket := fs.String("socket", rpc.DefaultSocketPath, "the daemon's socket")
+	socket := fs.String("socket", api.DefaultSocketPath, "the daemon's socket")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	client := rpc.NewClient(*socket)
-	st, err := client.Status(ctx, rpc.StatusRequest{})
+	client := api.NewClient(*socket)
+	st, err := client.Status(ctx, api.StatusRequest{})
 	if err != nil {
 		return err
 	}
-	list, err := client.List(ctx, rpc.ListRequest{})
+	list, err := client.List(ctx, api.ListRequest{})
 	if err != nil {
 		return err
 	}
@@ -42,7 +42,7 @@ func status(args []string) error {
 	return nil
 }
 
-func printStatus(w io.Writer, st rpc.StatusResponse, list rpc.ListResponse, now time.Time) {
+func printStatus(w io.Writer, st api.StatusResponse, list api.ListResponse, now time.Time) {
 	ready := "yes"
 	if !st.Ready {
 		ready = "no (" + st.Reason + ")"

@@ -1,84 +1,58 @@
-package rpc
+package server
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"sync/atomic"
 	"testing"
-)
 
-// FuzzReadFrame feeds arbitrary byte streams to the frame reader: no panic,
-// never a frame above the limit or empty, and every failure is EOF, an
-// unexpected EOF or a framing error.
-func FuzzReadFrame(f *testing.F) {
-	f.Add([]byte{0, 0, 0, 2, '{', '}'}, uint16(16))
-	f.Add([]byte{0, 0, 0, 0}, uint16(16))
-	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 1, 2, 3}, uint16(1024))
-	f.Add([]byte{0, 0, 1, 0, 'x'}, uint16(1024))
-	f.Add([]byte{0, 0}, uint16(1))
-	f.Fuzz(func(t *testing.T, in []byte, limit uint16) {
-		lim := int(limit) + 1
-		msg, err := readFrame(bytes.NewReader(in), lim)
-		if err != nil {
-			var fe *frameError
-			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.As(err, &fe) {
-				t.Fatalf("unexpected error type %T: %v", err, err)
-			}
-			return
-		}
-		if len(msg) == 0 || len(msg) > lim {
-			t.Fatalf("frame of %d bytes with limit %d", len(msg), lim)
-		}
-	})
-}
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
+)
 
 // strictHandler fails the fuzz run if it is ever called with a request that
 // did not pass validation.
 type strictHandler struct{ t *testing.T }
 
 func (h strictHandler) attachment(containerID, ifName string) {
-	if err := validateAttachment(containerID, ifName); err != nil {
+	if err := (api.CheckRequest{ContainerID: containerID, IfName: ifName}).Validate(); err != nil {
 		h.t.Fatalf("handler called with an invalid attachment: %v", err)
 	}
 }
 
-func (h strictHandler) Allocate(_ context.Context, r AllocateRequest) (AllocateResponse, error) {
-	h.attachment(r.ContainerID, r.IfName)
-	if len(r.Netns) > maxNetnsLen || len(r.PodName) > maxNameLen || len(r.PodNamespace) > maxNameLen {
-		h.t.Fatalf("handler called with oversized fields")
+func (h strictHandler) Allocate(_ context.Context, r api.AllocateRequest) (api.AllocateResponse, error) {
+	if err := r.Validate(); err != nil {
+		h.t.Fatalf("handler called with an invalid allocate request: %v", err)
 	}
-	return AllocateResponse{}, nil
+	return api.AllocateResponse{}, nil
 }
 
-func (h strictHandler) Release(_ context.Context, r ReleaseRequest) (ReleaseResponse, error) {
+func (h strictHandler) Release(_ context.Context, r api.ReleaseRequest) (api.ReleaseResponse, error) {
 	h.attachment(r.ContainerID, r.IfName)
-	return ReleaseResponse{}, nil
+	return api.ReleaseResponse{}, nil
 }
 
-func (h strictHandler) Check(_ context.Context, r CheckRequest) (CheckResponse, error) {
+func (h strictHandler) Check(_ context.Context, r api.CheckRequest) (api.CheckResponse, error) {
 	h.attachment(r.ContainerID, r.IfName)
-	return CheckResponse{}, nil
+	return api.CheckResponse{}, nil
 }
 
-func (h strictHandler) GC(_ context.Context, r GCRequest) (GCResponse, error) {
+func (h strictHandler) GC(_ context.Context, r api.GCRequest) (api.GCResponse, error) {
 	if r.Valid == nil {
 		h.t.Fatal("gc handler called without a valid list")
 	}
 	for _, a := range r.Valid {
 		h.attachment(a.ContainerID, a.IfName)
 	}
-	return GCResponse{}, nil
+	return api.GCResponse{}, nil
 }
 
-func (h strictHandler) Status(context.Context, StatusRequest) (StatusResponse, error) {
-	return StatusResponse{}, nil
+func (h strictHandler) Status(context.Context, api.StatusRequest) (api.StatusResponse, error) {
+	return api.StatusResponse{}, nil
 }
 
-func (h strictHandler) List(context.Context, ListRequest) (ListResponse, error) {
-	return ListResponse{}, nil
+func (h strictHandler) List(context.Context, api.ListRequest) (api.ListResponse, error) {
+	return api.ListResponse{}, nil
 }
 
 // panicCounter is a slog handler that counts the server's "handler panic"
@@ -134,7 +108,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			t.Fatalf("dispatch recovered a panic for %q", payload)
 		}
 		if err != nil {
-			var e *Error
+			var e *api.Error
 			if !errors.As(err, &e) || e.Code == "" || e.Message == "" {
 				t.Fatalf("refusal is not a coded error: %T %v", err, err)
 			}
@@ -143,7 +117,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		if body == nil {
 			t.Fatal("success without a body")
 		}
-		if _, err := appendFrame(response{Version: Version, Body: body}); err != nil {
+		if _, err := api.AppendFrame(api.Response{Version: api.Version, Body: body}); err != nil {
 			t.Fatalf("response cannot be framed: %v", err)
 		}
 	})

@@ -1,4 +1,4 @@
-package rpc
+package api
 
 import (
 	"bytes"
@@ -19,7 +19,7 @@ func TestReadFrame(t *testing.T) {
 		limit     int
 		want      string
 		wantErr   error // matched with errors.Is
-		wantFrame bool  // a *frameError
+		wantFrame bool  // a *FrameError
 	}{
 		{name: "message", in: appendLen(nil, 2, "{}"), limit: 10, want: "{}"},
 		{name: "message at the limit", in: appendLen(nil, 10, "0123456789"), limit: 10, want: "0123456789"},
@@ -35,8 +35,8 @@ func TestReadFrame(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := readFrame(bytes.NewReader(tt.in), tt.limit)
-			var fe *frameError
+			got, err := ReadFrame(bytes.NewReader(tt.in), tt.limit)
+			var fe *FrameError
 			switch {
 			case tt.wantFrame:
 				if !errors.As(err, &fe) {
@@ -47,7 +47,7 @@ func TestReadFrame(t *testing.T) {
 					t.Fatalf("got %v, want %v", err, tt.wantErr)
 				}
 			case err != nil:
-				t.Fatalf("readFrame: %v", err)
+				t.Fatalf("ReadFrame: %v", err)
 			default:
 				if diff := cmp.Diff(tt.want, string(got)); diff != "" {
 					t.Errorf("message (-want +got):\n%s", diff)
@@ -62,15 +62,15 @@ func appendLen(b []byte, n int, s string) []byte {
 }
 
 func TestFrameRoundTrip(t *testing.T) {
-	in := request{Version: Version, Op: opStatus, TimeoutMS: 1500, Body: []byte(`{"a":1}`)}
-	frame, err := appendFrame(in)
+	in := Request{Version: Version, Op: OpStatus, TimeoutMS: 1500, Body: []byte(`{"a":1}`)}
+	frame, err := AppendFrame(in)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := int(binary.BigEndian.Uint32(frame)), len(frame)-frameHeaderLen; got != want {
 		t.Errorf("length prefix %d, want %d", got, want)
 	}
-	payload, err := readFrame(bytes.NewReader(frame), len(frame))
+	payload, err := ReadFrame(bytes.NewReader(frame), len(frame))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package rpc_test
+package server_test
 
 import (
 	"context"
@@ -16,7 +16,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/server"
 )
 
 // cmpOpts compares netip values, which have unexported fields.
@@ -30,8 +31,8 @@ var (
 	testGateway = netip.MustParseAddr("10.240.0.1")
 )
 
-func testAssignment(containerID, ip string) rpc.Assignment {
-	return rpc.Assignment{
+func testAssignment(containerID, ip string) api.Assignment {
+	return api.Assignment{
 		ContainerID:  containerID,
 		IfName:       "eth0",
 		PodNamespace: "default",
@@ -43,11 +44,11 @@ func testAssignment(containerID, ip string) rpc.Assignment {
 	}
 }
 
-func readyStatus() rpc.StatusResponse {
-	return rpc.StatusResponse{
+func readyStatus() api.StatusResponse {
+	return api.StatusResponse{
 		Ready:     true,
 		NodeName:  "node-1",
-		Pool:      rpc.PoolCounts{Free: 10, Assigned: 3, Cooling: 1, Releasing: 0, Total: 14, Max: 31},
+		Pool:      api.PoolCounts{Free: 10, Assigned: 3, Cooling: 1, Releasing: 0, Total: 14, Max: 31},
 		VNetCIDRs: []netip.Prefix{netip.MustParsePrefix("10.240.0.0/12"), netip.MustParsePrefix("fd00::/48")},
 		Subnet:    testSubnet,
 		Gateway:   testGateway,
@@ -59,17 +60,17 @@ func readyStatus() rpc.StatusResponse {
 // fakeHandler records the requests it gets and answers with its functions,
 // or with zero responses where a function is nil.
 type fakeHandler struct {
-	allocate func(context.Context, rpc.AllocateRequest) (rpc.AllocateResponse, error)
-	release  func(context.Context, rpc.ReleaseRequest) (rpc.ReleaseResponse, error)
-	check    func(context.Context, rpc.CheckRequest) (rpc.CheckResponse, error)
-	gc       func(context.Context, rpc.GCRequest) (rpc.GCResponse, error)
-	status   func(context.Context, rpc.StatusRequest) (rpc.StatusResponse, error)
+	allocate func(context.Context, api.AllocateRequest) (api.AllocateResponse, error)
+	release  func(context.Context, api.ReleaseRequest) (api.ReleaseResponse, error)
+	check    func(context.Context, api.CheckRequest) (api.CheckResponse, error)
+	gc       func(context.Context, api.GCRequest) (api.GCResponse, error)
+	status   func(context.Context, api.StatusRequest) (api.StatusResponse, error)
 
 	mu       sync.Mutex
 	requests []any
 }
 
-var _ rpc.Handler = (*fakeHandler)(nil)
+var _ server.Handler = (*fakeHandler)(nil)
 
 func (f *fakeHandler) record(req any) {
 	f.mu.Lock()
@@ -84,39 +85,39 @@ func (f *fakeHandler) got() []any {
 	return append([]any(nil), f.requests...)
 }
 
-func (f *fakeHandler) Allocate(ctx context.Context, req rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+func (f *fakeHandler) Allocate(ctx context.Context, req api.AllocateRequest) (api.AllocateResponse, error) {
 	f.record(req)
 	if f.allocate == nil {
-		return rpc.AllocateResponse{}, nil
+		return api.AllocateResponse{}, nil
 	}
 	return f.allocate(ctx, req)
 }
 
-func (f *fakeHandler) Release(ctx context.Context, req rpc.ReleaseRequest) (rpc.ReleaseResponse, error) {
+func (f *fakeHandler) Release(ctx context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
 	f.record(req)
 	if f.release == nil {
-		return rpc.ReleaseResponse{}, nil
+		return api.ReleaseResponse{}, nil
 	}
 	return f.release(ctx, req)
 }
 
-func (f *fakeHandler) Check(ctx context.Context, req rpc.CheckRequest) (rpc.CheckResponse, error) {
+func (f *fakeHandler) Check(ctx context.Context, req api.CheckRequest) (api.CheckResponse, error) {
 	f.record(req)
 	if f.check == nil {
-		return rpc.CheckResponse{}, nil
+		return api.CheckResponse{}, nil
 	}
 	return f.check(ctx, req)
 }
 
-func (f *fakeHandler) GC(ctx context.Context, req rpc.GCRequest) (rpc.GCResponse, error) {
+func (f *fakeHandler) GC(ctx context.Context, req api.GCRequest) (api.GCResponse, error) {
 	f.record(req)
 	if f.gc == nil {
-		return rpc.GCResponse{}, nil
+		return api.GCResponse{}, nil
 	}
 	return f.gc(ctx, req)
 }
 
-func (f *fakeHandler) Status(ctx context.Context, req rpc.StatusRequest) (rpc.StatusResponse, error) {
+func (f *fakeHandler) Status(ctx context.Context, req api.StatusRequest) (api.StatusResponse, error) {
 	f.record(req)
 	if f.status == nil {
 		return readyStatus(), nil
@@ -124,41 +125,41 @@ func (f *fakeHandler) Status(ctx context.Context, req rpc.StatusRequest) (rpc.St
 	return f.status(ctx, req)
 }
 
-func (f *fakeHandler) List(_ context.Context, req rpc.ListRequest) (rpc.ListResponse, error) {
+func (f *fakeHandler) List(_ context.Context, req api.ListRequest) (api.ListResponse, error) {
 	f.record(req)
 	return listResponse(), nil
 }
 
-func listResponse() rpc.ListResponse {
-	return rpc.ListResponse{Addresses: []rpc.AddressRecord{
+func listResponse() api.ListResponse {
+	return api.ListResponse{Addresses: []api.AddressRecord{
 		{IP: netip.MustParseAddr("10.240.0.7"), State: "assigned", ContainerID: "c1", IfName: "eth0", PodNamespace: "default", PodName: "web", Since: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
 		{IP: netip.MustParseAddr("10.240.0.8"), State: "free", Since: time.Date(2026, 1, 2, 3, 4, 6, 0, time.UTC)},
 	}}
 }
 
-// testServer is a served rpc.Server.
+// testServer is a served server.Server.
 type testServer struct {
-	srv    *rpc.Server
+	srv    *server.Server
 	path   string
-	client *rpc.Client
+	client *api.Client
 	served chan error // Serve's result
 }
 
 // newTestServer creates a server on a socket under t.TempDir() that serves
 // the current uid (so that the tests also run without root).
-func newTestServer(t testing.TB, h rpc.Handler, opts ...rpc.ServerOption) *testServer {
+func newTestServer(t testing.TB, h server.Handler, opts ...server.Option) *testServer {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ipamd.sock")
-	opts = append([]rpc.ServerOption{rpc.WithAllowedUIDs(uint32(os.Geteuid()))}, opts...)
-	srv, err := rpc.NewServer(path, h, opts...)
+	opts = append([]server.Option{server.WithAllowedUIDs(uint32(os.Geteuid()))}, opts...)
+	srv, err := server.New(path, h, opts...)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}
-	return &testServer{srv: srv, path: path, client: rpc.NewClient(path), served: make(chan error, 1)}
+	return &testServer{srv: srv, path: path, client: api.NewClient(path), served: make(chan error, 1)}
 }
 
 // startServer is newTestServer plus Serve, with Shutdown at cleanup.
-func startServer(t testing.TB, h rpc.Handler, opts ...rpc.ServerOption) *testServer {
+func startServer(t testing.TB, h server.Handler, opts ...server.Option) *testServer {
 	t.Helper()
 	ts := newTestServer(t, h, opts...)
 	go func() { ts.served <- ts.srv.Serve(context.Background()) }()
@@ -168,7 +169,7 @@ func startServer(t testing.TB, h rpc.Handler, opts ...rpc.ServerOption) *testSer
 		if err := ts.srv.Shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
-		if err := <-ts.served; !errors.Is(err, rpc.ErrServerClosed) {
+		if err := <-ts.served; !errors.Is(err, server.ErrClosed) {
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 	})
@@ -185,7 +186,7 @@ func testCtx(t testing.TB) context.Context {
 // wireResponse is the response envelope as a test sees it on the wire.
 type wireResponse struct {
 	Version string          `json:"version"`
-	Error   *rpc.Error      `json:"error"`
+	Error   *api.Error      `json:"error"`
 	Body    json.RawMessage `json:"body"`
 }
 
@@ -234,9 +235,9 @@ func rawExchange(t *testing.T, path string, raw []byte, closeWrite bool) (resp w
 }
 
 // mustStatus fails the test unless a status call succeeds.
-func mustStatus(t *testing.T, c *rpc.Client) {
+func mustStatus(t *testing.T, c *api.Client) {
 	t.Helper()
-	if _, err := c.Status(testCtx(t), rpc.StatusRequest{}); err != nil {
+	if _, err := c.Status(testCtx(t), api.StatusRequest{}); err != nil {
 		t.Fatalf("status after the bad input: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package rpc_test
+package server_test
 
 import (
 	"context"
@@ -16,115 +16,115 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 func TestRoundTrip(t *testing.T) {
-	allocReq := rpc.AllocateRequest{
+	allocReq := api.AllocateRequest{
 		ContainerID: "0123abcd", IfName: "eth0", PodNamespace: "default", PodName: "pod-0123abcd",
 		Netns: "/var/run/netns/cni-1234",
 	}
 	a1 := testAssignment("0123abcd", "10.240.0.17")
 	a2 := testAssignment("ffee", "10.240.0.18")
-	notReady := rpc.StatusResponse{Ready: false, Reason: "waiting for the first cloud sync", NodeName: "node-1"}
+	notReady := api.StatusResponse{Ready: false, Reason: "waiting for the first cloud sync", NodeName: "node-1"}
 
 	tests := []struct {
 		name    string
 		h       *fakeHandler
-		call    func(context.Context, *rpc.Client) (any, error)
+		call    func(context.Context, *api.Client) (any, error)
 		wantReq any
 		want    any
 	}{
 		{
 			name: "allocate",
-			h: &fakeHandler{allocate: func(context.Context, rpc.AllocateRequest) (rpc.AllocateResponse, error) {
-				return rpc.AllocateResponse{Assignment: a1}, nil
+			h: &fakeHandler{allocate: func(context.Context, api.AllocateRequest) (api.AllocateResponse, error) {
+				return api.AllocateResponse{Assignment: a1}, nil
 			}},
-			call:    func(ctx context.Context, c *rpc.Client) (any, error) { return c.Allocate(ctx, allocReq) },
+			call:    func(ctx context.Context, c *api.Client) (any, error) { return c.Allocate(ctx, allocReq) },
 			wantReq: allocReq,
-			want:    rpc.AllocateResponse{Assignment: a1},
+			want:    api.AllocateResponse{Assignment: a1},
 		},
 		{
 			name: "release known",
-			h: &fakeHandler{release: func(context.Context, rpc.ReleaseRequest) (rpc.ReleaseResponse, error) {
-				return rpc.ReleaseResponse{Known: true, IP: a1.IP}, nil
+			h: &fakeHandler{release: func(context.Context, api.ReleaseRequest) (api.ReleaseResponse, error) {
+				return api.ReleaseResponse{Known: true, IP: a1.IP}, nil
 			}},
-			call: func(ctx context.Context, c *rpc.Client) (any, error) {
-				return c.Release(ctx, rpc.ReleaseRequest{ContainerID: "0123abcd", IfName: "eth0"})
+			call: func(ctx context.Context, c *api.Client) (any, error) {
+				return c.Release(ctx, api.ReleaseRequest{ContainerID: "0123abcd", IfName: "eth0"})
 			},
-			wantReq: rpc.ReleaseRequest{ContainerID: "0123abcd", IfName: "eth0"},
-			want:    rpc.ReleaseResponse{Known: true, IP: a1.IP},
+			wantReq: api.ReleaseRequest{ContainerID: "0123abcd", IfName: "eth0"},
+			want:    api.ReleaseResponse{Known: true, IP: a1.IP},
 		},
 		{
 			name: "release unknown",
 			h:    &fakeHandler{},
-			call: func(ctx context.Context, c *rpc.Client) (any, error) {
-				return c.Release(ctx, rpc.ReleaseRequest{ContainerID: "gone", IfName: "net1"})
+			call: func(ctx context.Context, c *api.Client) (any, error) {
+				return c.Release(ctx, api.ReleaseRequest{ContainerID: "gone", IfName: "net1"})
 			},
-			wantReq: rpc.ReleaseRequest{ContainerID: "gone", IfName: "net1"},
-			want:    rpc.ReleaseResponse{},
+			wantReq: api.ReleaseRequest{ContainerID: "gone", IfName: "net1"},
+			want:    api.ReleaseResponse{},
 		},
 		{
 			name: "check known",
-			h: &fakeHandler{check: func(context.Context, rpc.CheckRequest) (rpc.CheckResponse, error) {
-				return rpc.CheckResponse{Assignment: &a1}, nil
+			h: &fakeHandler{check: func(context.Context, api.CheckRequest) (api.CheckResponse, error) {
+				return api.CheckResponse{Assignment: &a1}, nil
 			}},
-			call: func(ctx context.Context, c *rpc.Client) (any, error) {
-				return c.Check(ctx, rpc.CheckRequest{ContainerID: "0123abcd", IfName: "eth0"})
+			call: func(ctx context.Context, c *api.Client) (any, error) {
+				return c.Check(ctx, api.CheckRequest{ContainerID: "0123abcd", IfName: "eth0"})
 			},
-			wantReq: rpc.CheckRequest{ContainerID: "0123abcd", IfName: "eth0"},
-			want:    rpc.CheckResponse{Assignment: &a1},
+			wantReq: api.CheckRequest{ContainerID: "0123abcd", IfName: "eth0"},
+			want:    api.CheckResponse{Assignment: &a1},
 		},
 		{
 			name: "check unknown",
 			h:    &fakeHandler{},
-			call: func(ctx context.Context, c *rpc.Client) (any, error) {
-				return c.Check(ctx, rpc.CheckRequest{ContainerID: "gone", IfName: "eth0"})
+			call: func(ctx context.Context, c *api.Client) (any, error) {
+				return c.Check(ctx, api.CheckRequest{ContainerID: "gone", IfName: "eth0"})
 			},
-			wantReq: rpc.CheckRequest{ContainerID: "gone", IfName: "eth0"},
-			want:    rpc.CheckResponse{},
+			wantReq: api.CheckRequest{ContainerID: "gone", IfName: "eth0"},
+			want:    api.CheckResponse{},
 		},
 		{
 			name: "gc",
-			h: &fakeHandler{gc: func(context.Context, rpc.GCRequest) (rpc.GCResponse, error) {
-				return rpc.GCResponse{Released: []rpc.Assignment{a1, a2}}, nil
+			h: &fakeHandler{gc: func(context.Context, api.GCRequest) (api.GCResponse, error) {
+				return api.GCResponse{Released: []api.Assignment{a1, a2}}, nil
 			}},
-			call: func(ctx context.Context, c *rpc.Client) (any, error) {
-				return c.GC(ctx, rpc.GCRequest{Valid: []rpc.Attachment{{ContainerID: "keep1", IfName: "eth0"}, {ContainerID: "keep2", IfName: "net1"}}})
+			call: func(ctx context.Context, c *api.Client) (any, error) {
+				return c.GC(ctx, api.GCRequest{Valid: []api.Attachment{{ContainerID: "keep1", IfName: "eth0"}, {ContainerID: "keep2", IfName: "net1"}}})
 			},
-			wantReq: rpc.GCRequest{Valid: []rpc.Attachment{{ContainerID: "keep1", IfName: "eth0"}, {ContainerID: "keep2", IfName: "net1"}}},
-			want:    rpc.GCResponse{Released: []rpc.Assignment{a1, a2}},
+			wantReq: api.GCRequest{Valid: []api.Attachment{{ContainerID: "keep1", IfName: "eth0"}, {ContainerID: "keep2", IfName: "net1"}}},
+			want:    api.GCResponse{Released: []api.Assignment{a1, a2}},
 		},
 		{
 			name: "gc with an empty valid list",
 			h:    &fakeHandler{},
-			call: func(ctx context.Context, c *rpc.Client) (any, error) {
-				return c.GC(ctx, rpc.GCRequest{Valid: []rpc.Attachment{}})
+			call: func(ctx context.Context, c *api.Client) (any, error) {
+				return c.GC(ctx, api.GCRequest{Valid: []api.Attachment{}})
 			},
-			wantReq: rpc.GCRequest{Valid: []rpc.Attachment{}},
-			want:    rpc.GCResponse{},
+			wantReq: api.GCRequest{Valid: []api.Attachment{}},
+			want:    api.GCResponse{},
 		},
 		{
 			name:    "status ready",
 			h:       &fakeHandler{},
-			call:    func(ctx context.Context, c *rpc.Client) (any, error) { return c.Status(ctx, rpc.StatusRequest{}) },
-			wantReq: rpc.StatusRequest{},
+			call:    func(ctx context.Context, c *api.Client) (any, error) { return c.Status(ctx, api.StatusRequest{}) },
+			wantReq: api.StatusRequest{},
 			want:    readyStatus(),
 		},
 		{
 			name: "status not ready",
-			h: &fakeHandler{status: func(context.Context, rpc.StatusRequest) (rpc.StatusResponse, error) {
+			h: &fakeHandler{status: func(context.Context, api.StatusRequest) (api.StatusResponse, error) {
 				return notReady, nil
 			}},
-			call:    func(ctx context.Context, c *rpc.Client) (any, error) { return c.Status(ctx, rpc.StatusRequest{}) },
-			wantReq: rpc.StatusRequest{},
+			call:    func(ctx context.Context, c *api.Client) (any, error) { return c.Status(ctx, api.StatusRequest{}) },
+			wantReq: api.StatusRequest{},
 			want:    notReady,
 		},
 		{
 			name:    "list",
 			h:       &fakeHandler{},
-			call:    func(ctx context.Context, c *rpc.Client) (any, error) { return c.List(ctx, rpc.ListRequest{}) },
-			wantReq: rpc.ListRequest{},
+			call:    func(ctx context.Context, c *api.Client) (any, error) { return c.List(ctx, api.ListRequest{}) },
+			wantReq: api.ListRequest{},
 			want:    listResponse(),
 		},
 	}
@@ -150,51 +150,51 @@ func TestHandlerErrors(t *testing.T) {
 		name        string
 		handlerErr  error
 		panics      bool
-		wantCode    rpc.Code
+		wantCode    api.Code
 		wantMessage string // substring
 		tryAgain    bool
 		notReady    bool
 		notFound    bool
 	}{
-		{name: "try again", handlerErr: rpc.Errorf(rpc.CodeTryAgain, "no free address, refill in progress"),
-			wantCode: rpc.CodeTryAgain, wantMessage: "no free address, refill in progress", tryAgain: true},
-		{name: "wrapped not ready", handlerErr: fmt.Errorf("allocate: %w", rpc.Errorf(rpc.CodeNotReady, "no cloud sync yet")),
-			wantCode: rpc.CodeNotReady, wantMessage: "no cloud sync yet", notReady: true},
-		{name: "not found", handlerErr: rpc.Errorf(rpc.CodeNotFound, "no assignment for c1/eth0"),
-			wantCode: rpc.CodeNotFound, wantMessage: "no assignment for c1/eth0", notFound: true},
+		{name: "try again", handlerErr: api.Errorf(api.CodeTryAgain, "no free address, refill in progress"),
+			wantCode: api.CodeTryAgain, wantMessage: "no free address, refill in progress", tryAgain: true},
+		{name: "wrapped not ready", handlerErr: fmt.Errorf("allocate: %w", api.Errorf(api.CodeNotReady, "no cloud sync yet")),
+			wantCode: api.CodeNotReady, wantMessage: "no cloud sync yet", notReady: true},
+		{name: "not found", handlerErr: api.Errorf(api.CodeNotFound, "no assignment for c1/eth0"),
+			wantCode: api.CodeNotFound, wantMessage: "no assignment for c1/eth0", notFound: true},
 		{name: "plain error", handlerErr: errors.New("store: disk full"),
-			wantCode: rpc.CodeInternal, wantMessage: "store: disk full"},
+			wantCode: api.CodeInternal, wantMessage: "store: disk full"},
 		{name: "deadline", handlerErr: fmt.Errorf("wait for refill: %w", context.DeadlineExceeded),
-			wantCode: rpc.CodeDeadlineExceeded, wantMessage: "wait for refill"},
-		{name: "panic", panics: true, wantCode: rpc.CodeInternal, wantMessage: "internal error"},
+			wantCode: api.CodeDeadlineExceeded, wantMessage: "wait for refill"},
+		{name: "panic", panics: true, wantCode: api.CodeInternal, wantMessage: "internal error"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := &fakeHandler{allocate: func(context.Context, rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+			h := &fakeHandler{allocate: func(context.Context, api.AllocateRequest) (api.AllocateResponse, error) {
 				if tt.panics {
 					panic("boom")
 				}
-				return rpc.AllocateResponse{}, tt.handlerErr
+				return api.AllocateResponse{}, tt.handlerErr
 			}}
 			ts := startServer(t, h)
-			_, err := ts.client.Allocate(testCtx(t), rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
-			var e *rpc.Error
+			_, err := ts.client.Allocate(testCtx(t), api.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
+			var e *api.Error
 			if !errors.As(err, &e) {
-				t.Fatalf("error %v is not an *rpc.Error", err)
+				t.Fatalf("error %v is not an *api.Error", err)
 			}
 			if e.Code != tt.wantCode || !strings.Contains(e.Message, tt.wantMessage) {
 				t.Errorf("got code %s message %q, want code %s message containing %q", e.Code, e.Message, tt.wantCode, tt.wantMessage)
 			}
-			if got := rpc.IsTryAgain(err); got != tt.tryAgain {
+			if got := api.IsTryAgain(err); got != tt.tryAgain {
 				t.Errorf("IsTryAgain = %v, want %v", got, tt.tryAgain)
 			}
-			if got := rpc.IsNotReady(err); got != tt.notReady {
+			if got := api.IsNotReady(err); got != tt.notReady {
 				t.Errorf("IsNotReady = %v, want %v", got, tt.notReady)
 			}
-			if got := rpc.IsNotFound(err); got != tt.notFound {
+			if got := api.IsNotFound(err); got != tt.notFound {
 				t.Errorf("IsNotFound = %v, want %v", got, tt.notFound)
 			}
-			if rpc.IsUnreachable(err) {
+			if api.IsUnreachable(err) {
 				t.Errorf("IsUnreachable(%v) = true for an error from the daemon", err)
 			}
 			// The server survives a handler's panic.
@@ -206,61 +206,61 @@ func TestHandlerErrors(t *testing.T) {
 func TestInvalidRequests(t *testing.T) {
 	tests := []struct {
 		name        string
-		call        func(context.Context, *rpc.Client) error
+		call        func(context.Context, *api.Client) error
 		wantMessage string
 	}{
 		{
 			name: "empty container id",
-			call: func(ctx context.Context, c *rpc.Client) error {
-				_, err := c.Allocate(ctx, rpc.AllocateRequest{IfName: "eth0"})
+			call: func(ctx context.Context, c *api.Client) error {
+				_, err := c.Allocate(ctx, api.AllocateRequest{IfName: "eth0"})
 				return err
 			},
 			wantMessage: "empty container id",
 		},
 		{
 			name: "container id with a slash",
-			call: func(ctx context.Context, c *rpc.Client) error {
-				_, err := c.Release(ctx, rpc.ReleaseRequest{ContainerID: "../etc", IfName: "eth0"})
+			call: func(ctx context.Context, c *api.Client) error {
+				_, err := c.Release(ctx, api.ReleaseRequest{ContainerID: "../etc", IfName: "eth0"})
 				return err
 			},
 			wantMessage: "invalid character",
 		},
 		{
 			name: "empty interface name",
-			call: func(ctx context.Context, c *rpc.Client) error {
-				_, err := c.Check(ctx, rpc.CheckRequest{ContainerID: "c1"})
+			call: func(ctx context.Context, c *api.Client) error {
+				_, err := c.Check(ctx, api.CheckRequest{ContainerID: "c1"})
 				return err
 			},
 			wantMessage: "empty interface name",
 		},
 		{
 			name: "interface name too long",
-			call: func(ctx context.Context, c *rpc.Client) error {
-				_, err := c.Allocate(ctx, rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0123456789012"})
+			call: func(ctx context.Context, c *api.Client) error {
+				_, err := c.Allocate(ctx, api.AllocateRequest{ContainerID: "c1", IfName: "eth0123456789012"})
 				return err
 			},
 			wantMessage: "longer than 15 bytes",
 		},
 		{
 			name: "interface name with a colon",
-			call: func(ctx context.Context, c *rpc.Client) error {
-				_, err := c.Allocate(ctx, rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0:1"})
+			call: func(ctx context.Context, c *api.Client) error {
+				_, err := c.Allocate(ctx, api.AllocateRequest{ContainerID: "c1", IfName: "eth0:1"})
 				return err
 			},
 			wantMessage: "contains '/', ':' or white space",
 		},
 		{
 			name: "gc without a valid list",
-			call: func(ctx context.Context, c *rpc.Client) error {
-				_, err := c.GC(ctx, rpc.GCRequest{})
+			call: func(ctx context.Context, c *api.Client) error {
+				_, err := c.GC(ctx, api.GCRequest{})
 				return err
 			},
 			wantMessage: "without a list of valid attachments",
 		},
 		{
 			name: "gc with a bad attachment",
-			call: func(ctx context.Context, c *rpc.Client) error {
-				_, err := c.GC(ctx, rpc.GCRequest{Valid: []rpc.Attachment{{ContainerID: "c1", IfName: "eth0"}, {ContainerID: "c2"}}})
+			call: func(ctx context.Context, c *api.Client) error {
+				_, err := c.GC(ctx, api.GCRequest{Valid: []api.Attachment{{ContainerID: "c1", IfName: "eth0"}, {ContainerID: "c2"}}})
 				return err
 			},
 			wantMessage: "valid attachment 1: empty interface name",
@@ -271,8 +271,8 @@ func TestInvalidRequests(t *testing.T) {
 			h := &fakeHandler{}
 			ts := startServer(t, h)
 			err := tt.call(testCtx(t), ts.client)
-			var e *rpc.Error
-			if !errors.As(err, &e) || e.Code != rpc.CodeInvalidRequest || !strings.Contains(e.Message, tt.wantMessage) {
+			var e *api.Error
+			if !errors.As(err, &e) || e.Code != api.CodeInvalidRequest || !strings.Contains(e.Message, tt.wantMessage) {
 				t.Errorf("got %v, want InvalidRequest containing %q", err, tt.wantMessage)
 			}
 			if got := h.got(); len(got) != 0 {
@@ -286,7 +286,7 @@ func TestRequestVersions(t *testing.T) {
 	tests := []struct {
 		name        string
 		payload     string
-		wantCode    rpc.Code // "" for success
+		wantCode    api.Code // "" for success
 		wantMessage []string
 	}{
 		{name: "current", payload: `{"version":"1.0","op":"status","timeoutMs":5000,"body":{}}`},
@@ -294,15 +294,15 @@ func TestRequestVersions(t *testing.T) {
 			payload: `{"version":"1.7","op":"status","timeoutMs":5000,"trace":"abc","body":{"verbose":true}}`},
 		{name: "newer minor without body", payload: `{"version":"1.12","op":"status"}`},
 		{name: "newer major", payload: `{"version":"2.0","op":"status","body":{}}`,
-			wantCode: rpc.CodeVersionMismatch, wantMessage: []string{"2.0", rpc.Version}},
+			wantCode: api.CodeVersionMismatch, wantMessage: []string{"2.0", api.Version}},
 		{name: "newer major with another envelope", payload: `{"version":"3.1","op":{"name":"status"}}`,
-			wantCode: rpc.CodeVersionMismatch, wantMessage: []string{"3.1", rpc.Version}},
+			wantCode: api.CodeVersionMismatch, wantMessage: []string{"3.1", api.Version}},
 		{name: "older major", payload: `{"version":"0.9","op":"status"}`,
-			wantCode: rpc.CodeVersionMismatch, wantMessage: []string{"0.9", rpc.Version}},
+			wantCode: api.CodeVersionMismatch, wantMessage: []string{"0.9", api.Version}},
 		{name: "no version", payload: `{"op":"status"}`,
-			wantCode: rpc.CodeInvalidRequest, wantMessage: []string{"not major.minor"}},
+			wantCode: api.CodeInvalidRequest, wantMessage: []string{"not major.minor"}},
 		{name: "malformed version", payload: `{"version":"v1","op":"status"}`,
-			wantCode: rpc.CodeInvalidRequest, wantMessage: []string{`"v1" is not major.minor`}},
+			wantCode: api.CodeInvalidRequest, wantMessage: []string{`"v1" is not major.minor`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -312,14 +312,14 @@ func TestRequestVersions(t *testing.T) {
 			if !ok {
 				t.Fatal("no response")
 			}
-			if resp.Version != rpc.Version {
-				t.Errorf("response version %q, want %q", resp.Version, rpc.Version)
+			if resp.Version != api.Version {
+				t.Errorf("response version %q, want %q", resp.Version, api.Version)
 			}
 			if tt.wantCode == "" {
 				if resp.Error != nil {
 					t.Fatalf("error response %v", resp.Error)
 				}
-				var st rpc.StatusResponse
+				var st api.StatusResponse
 				if err := json.Unmarshal(resp.Body, &st); err != nil {
 					t.Fatalf("decode body: %v", err)
 				}
@@ -380,17 +380,17 @@ func TestClientResponses(t *testing.T) {
 	tests := []struct {
 		name        string
 		reply       []byte
-		wantCode    rpc.Code // "" for none
+		wantCode    api.Code // "" for none
 		wantMessage string   // substring of err.Error(); "" for success
 	}{
 		{name: "newer minor with unknown fields",
 			reply: frame(`{"version":"1.4","extra":1,"body":{"ready":true,"nodeName":"n","future":{"x":1}}}`)},
 		{name: "newer major",
 			reply:    frame(`{"version":"2.0","body":{"ready":true}}`),
-			wantCode: rpc.CodeVersionMismatch, wantMessage: "response of protocol version 2.0 is not supported: this client speaks 1.0"},
+			wantCode: api.CodeVersionMismatch, wantMessage: "response of protocol version 2.0 is not supported: this client speaks 1.0"},
 		{name: "error of a newer major",
 			reply:    frame(`{"version":"2.0","error":{"code":"TryAgain","message":"later"}}`),
-			wantCode: rpc.CodeTryAgain, wantMessage: "later"},
+			wantCode: api.CodeTryAgain, wantMessage: "later"},
 		{name: "unknown code survives",
 			reply:    frame(`{"version":"1.1","error":{"code":"QuotaExceeded","message":"too many"}}`),
 			wantCode: "QuotaExceeded", wantMessage: "too many"},
@@ -402,7 +402,7 @@ func TestClientResponses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := fakeServer(t, tt.reply)
-			st, err := rpc.NewClient(path).Status(testCtx(t), rpc.StatusRequest{})
+			st, err := api.NewClient(path).Status(testCtx(t), api.StatusRequest{})
 			if tt.wantMessage == "" {
 				if err != nil {
 					t.Fatalf("Status: %v", err)
@@ -415,10 +415,10 @@ func TestClientResponses(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tt.wantMessage) {
 				t.Fatalf("got error %v, want one containing %q", err, tt.wantMessage)
 			}
-			if got := rpc.CodeOf(err); got != tt.wantCode {
+			if got := api.CodeOf(err); got != tt.wantCode {
 				t.Errorf("code %q, want %q", got, tt.wantCode)
 			}
-			if rpc.IsUnreachable(err) {
+			if api.IsUnreachable(err) {
 				t.Errorf("IsUnreachable(%v) = true, but the daemon was reached", err)
 			}
 		})
@@ -431,36 +431,36 @@ func TestConcurrentClients(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		next     = netip.MustParseAddr("10.240.1.0")
-		assigned = map[rpc.Attachment]rpc.Assignment{}
+		assigned = map[api.Attachment]api.Assignment{}
 	)
 	h := &fakeHandler{
-		allocate: func(_ context.Context, req rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+		allocate: func(_ context.Context, req api.AllocateRequest) (api.AllocateResponse, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			key := rpc.Attachment{ContainerID: req.ContainerID, IfName: req.IfName}
+			key := api.Attachment{ContainerID: req.ContainerID, IfName: req.IfName}
 			if a, ok := assigned[key]; ok {
-				return rpc.AllocateResponse{Assignment: a}, nil
+				return api.AllocateResponse{Assignment: a}, nil
 			}
 			next = next.Next()
-			a := rpc.Assignment{ContainerID: req.ContainerID, IfName: req.IfName, IP: next, Subnet: testSubnet, Gateway: testGateway, MTU: 1500}
+			a := api.Assignment{ContainerID: req.ContainerID, IfName: req.IfName, IP: next, Subnet: testSubnet, Gateway: testGateway, MTU: 1500}
 			assigned[key] = a
-			return rpc.AllocateResponse{Assignment: a}, nil
+			return api.AllocateResponse{Assignment: a}, nil
 		},
-		check: func(_ context.Context, req rpc.CheckRequest) (rpc.CheckResponse, error) {
+		check: func(_ context.Context, req api.CheckRequest) (api.CheckResponse, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			if a, ok := assigned[rpc.Attachment(req)]; ok {
-				return rpc.CheckResponse{Assignment: &a}, nil
+			if a, ok := assigned[api.Attachment(req)]; ok {
+				return api.CheckResponse{Assignment: &a}, nil
 			}
-			return rpc.CheckResponse{}, nil
+			return api.CheckResponse{}, nil
 		},
-		release: func(_ context.Context, req rpc.ReleaseRequest) (rpc.ReleaseResponse, error) {
+		release: func(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			key := rpc.Attachment(req)
+			key := api.Attachment(req)
 			a, ok := assigned[key]
 			delete(assigned, key)
-			return rpc.ReleaseResponse{Known: ok, IP: a.IP}, nil
+			return api.ReleaseResponse{Known: ok, IP: a.IP}, nil
 		},
 	}
 	ts := startServer(t, h)
@@ -474,24 +474,24 @@ func TestConcurrentClients(t *testing.T) {
 		wg.Go(func() {
 			<-start
 			errs[i] = func() error {
-				c := rpc.NewClient(ts.path) // a client per goroutine, as a plugin process has
+				c := api.NewClient(ts.path) // a client per goroutine, as a plugin process has
 				id := fmt.Sprintf("c%03d", i)
-				got, err := c.Allocate(ctx, rpc.AllocateRequest{ContainerID: id, IfName: "eth0"})
+				got, err := c.Allocate(ctx, api.AllocateRequest{ContainerID: id, IfName: "eth0"})
 				if err != nil {
 					return err
 				}
-				chk, err := c.Check(ctx, rpc.CheckRequest{ContainerID: id, IfName: "eth0"})
+				chk, err := c.Check(ctx, api.CheckRequest{ContainerID: id, IfName: "eth0"})
 				if err != nil {
 					return err
 				}
 				if chk.Assignment == nil || chk.Assignment.IP != got.Assignment.IP {
 					return fmt.Errorf("check %s: got %v, want %s", id, chk.Assignment, got.Assignment.IP)
 				}
-				if _, err := c.Status(ctx, rpc.StatusRequest{}); err != nil {
+				if _, err := c.Status(ctx, api.StatusRequest{}); err != nil {
 					return err
 				}
 				ips[i] = got.Assignment.IP
-				rel, err := c.Release(ctx, rpc.ReleaseRequest{ContainerID: id, IfName: "eth0"})
+				rel, err := c.Release(ctx, api.ReleaseRequest{ContainerID: id, IfName: "eth0"})
 				if err != nil {
 					return err
 				}

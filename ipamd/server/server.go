@@ -1,4 +1,9 @@
-package rpc
+// Package server serves the vnet-ipamd socket protocol of package api on a
+// unix socket: it creates the socket safely (mode 0600, never replacing a
+// live one), checks the peer's uid, applies the client's deadline, decodes
+// and validates each request and calls a Handler (the daemon). Only the
+// daemon links it; the plugin needs api's Client alone.
+package server
 
 import (
 	"context"
@@ -18,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // Handler is what the server calls: the daemon. Every request has passed
@@ -25,29 +32,29 @@ import (
 // a method is called. The context carries the client's deadline (capped by
 // WithMaxCallTimeout) and is cancelled when the client hangs up or the server
 // stops; methods must return soon after it is done. A method chooses the code
-// of its error by returning an *Error (wrapped or not); any other error
-// reaches the client as CodeInternal, a context error as CodeDeadlineExceeded
-// or CodeTryAgain (cancelled).
+// of its error by returning an *api.Error (wrapped or not); any other error
+// reaches the client as api.CodeInternal, a context error as api.CodeDeadlineExceeded
+// or api.CodeTryAgain (cancelled).
 type Handler interface {
 	// Allocate returns the attachment's address, the same one on every call
 	// for the same attachment. With an empty pool it waits a bounded time,
-	// then returns CodeTryAgain.
-	Allocate(ctx context.Context, req AllocateRequest) (AllocateResponse, error)
+	// then returns api.CodeTryAgain.
+	Allocate(ctx context.Context, req api.AllocateRequest) (api.AllocateResponse, error)
 	// Release releases the attachment's address; unknown attachments are not
 	// an error.
-	Release(ctx context.Context, req ReleaseRequest) (ReleaseResponse, error)
+	Release(ctx context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error)
 	// Check returns the attachment's assignment, if any.
-	Check(ctx context.Context, req CheckRequest) (CheckResponse, error)
+	Check(ctx context.Context, req api.CheckRequest) (api.CheckResponse, error)
 	// GC releases every assignment whose attachment is not in req.Valid.
-	GC(ctx context.Context, req GCRequest) (GCResponse, error)
+	GC(ctx context.Context, req api.GCRequest) (api.GCResponse, error)
 	// Status reports readiness, the pool and the node's network.
-	Status(ctx context.Context, req StatusRequest) (StatusResponse, error)
+	Status(ctx context.Context, req api.StatusRequest) (api.StatusResponse, error)
 	// List returns every address the daemon holds (for `vnet-ipamd status`).
-	List(ctx context.Context, req ListRequest) (ListResponse, error)
+	List(ctx context.Context, req api.ListRequest) (api.ListResponse, error)
 }
 
-// ErrServerClosed is returned by Serve after Shutdown.
-var ErrServerClosed = errors.New("rpc server closed")
+// ErrClosed is returned by Serve after Shutdown.
+var ErrClosed = errors.New("rpc server closed")
 
 // errClientGone is the cause of a call's cancellation when its client hangs up.
 var errClientGone = errors.New("client hung up")
@@ -73,39 +80,39 @@ type serverConfig struct {
 	logger         *slog.Logger
 }
 
-// ServerOption configures a Server.
-type ServerOption func(*serverConfig)
+// Option configures a Server.
+type Option func(*serverConfig)
 
 // WithAllowedUIDs sets the uids whose connections are served (default: 0).
-func WithAllowedUIDs(uids ...uint32) ServerOption {
+func WithAllowedUIDs(uids ...uint32) Option {
 	return func(c *serverConfig) { c.allowedUIDs = slices.Clone(uids) }
 }
 
 // WithMaxMessageSize sets the largest request accepted, in bytes (default 1 MiB).
-func WithMaxMessageSize(n int) ServerOption {
+func WithMaxMessageSize(n int) Option {
 	return func(c *serverConfig) { c.maxMessageSize = n }
 }
 
 // WithMaxCallTimeout caps the deadline of a call, and is the deadline of a
 // call whose client sent none (default 1 minute).
-func WithMaxCallTimeout(d time.Duration) ServerOption {
+func WithMaxCallTimeout(d time.Duration) Option {
 	return func(c *serverConfig) { c.maxCallTimeout = d }
 }
 
 // WithIOTimeout bounds reading a request after accepting its connection, and
 // writing the response (default 5 s).
-func WithIOTimeout(d time.Duration) ServerOption {
+func WithIOTimeout(d time.Duration) Option {
 	return func(c *serverConfig) { c.ioTimeout = d }
 }
 
 // WithMaxConns bounds the connections served at once; further clients wait
 // in the listen backlog (default 256).
-func WithMaxConns(n int) ServerOption {
+func WithMaxConns(n int) Option {
 	return func(c *serverConfig) { c.maxConns = n }
 }
 
 // WithLogger sets the logger (default: discard).
-func WithLogger(l *slog.Logger) ServerOption {
+func WithLogger(l *slog.Logger) Option {
 	return func(c *serverConfig) { c.logger = l }
 }
 
@@ -129,14 +136,14 @@ type Server struct {
 	cancelCalls context.CancelCauseFunc // set by Serve
 }
 
-// NewServer creates the socket at path (DefaultSocketPath if empty) and
+// New creates the socket at path (api.DefaultSocketPath if empty) and
 // returns a server that serves it once Serve is called. It creates the parent
 // directory with mode 0700 if needed, removes a stale socket file that nothing
 // answers on, refuses to replace a live one or a file that is not a socket,
 // and makes the socket mode 0600 before it appears at path.
-func NewServer(path string, h Handler, opts ...ServerOption) (*Server, error) {
+func New(path string, h Handler, opts ...Option) (*Server, error) {
 	if path == "" {
-		path = DefaultSocketPath
+		path = api.DefaultSocketPath
 	}
 	if h == nil {
 		return nil, errors.New("new rpc server: nil handler")
@@ -272,7 +279,7 @@ func removeStale(path string) error {
 }
 
 // Serve accepts and serves connections until Shutdown is called, then
-// returns ErrServerClosed, or until ctx is done: then it stops at once,
+// returns ErrClosed, or until ctx is done: then it stops at once,
 // cancels the calls in flight, waits for their handlers, removes the socket
 // and returns ctx's error. The contexts of calls derive from ctx.
 func (s *Server) Serve(ctx context.Context) error {
@@ -283,7 +290,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.closing {
 		s.mu.Unlock()
-		return ErrServerClosed
+		return ErrClosed
 	}
 	s.serving = true
 	callCtx, cancel := context.WithCancelCause(ctx)
@@ -295,14 +302,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopAccept := context.AfterFunc(ctx, func() { _ = s.ln.Close() })
 	defer stopAccept()
 
-	s.cfg.logger.Info("rpc server listening", "path", s.path, "version", Version)
+	s.cfg.logger.Info("rpc server listening", "path", s.path, "version", api.Version)
 	sem := make(chan struct{}, s.cfg.maxConns)
 	var backoff time.Duration
 	for {
 		select {
 		case sem <- struct{}{}:
 		case <-s.closed:
-			return ErrServerClosed
+			return ErrClosed
 		case <-ctx.Done():
 			return s.stop(ctx)
 		}
@@ -311,13 +318,13 @@ func (s *Server) Serve(ctx context.Context) error {
 			<-sem
 			select {
 			case <-s.closed:
-				return ErrServerClosed
+				return ErrClosed
 			case <-ctx.Done():
 				return s.stop(ctx)
 			default:
 			}
 			if errors.Is(err, net.ErrClosed) {
-				return ErrServerClosed
+				return ErrClosed
 			}
 			// Out of file descriptors and the like: wait and retry.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
@@ -450,18 +457,18 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 	}
 	if !slices.Contains(s.cfg.allowedUIDs, cred.Uid) {
 		log.Warn("rpc peer refused", "uid", cred.Uid, "pid", cred.Pid)
-		s.writeResponse(conn, nil, Errorf(CodePermissionDenied, "uid %d is not allowed to use %s", cred.Uid, s.path))
+		s.writeResponse(conn, nil, api.Errorf(api.CodePermissionDenied, "uid %d is not allowed to use %s", cred.Uid, s.path))
 		return
 	}
 
 	_ = conn.SetReadDeadline(time.Now().Add(s.cfg.ioTimeout))
-	payload, err := readFrame(conn, s.cfg.maxMessageSize)
+	payload, err := api.ReadFrame(conn, s.cfg.maxMessageSize)
 	if err != nil {
-		var fe *frameError
+		var fe *api.FrameError
 		switch {
 		case errors.As(err, &fe):
 			log.Warn("rpc bad frame", "pid", cred.Pid, "err", err)
-			s.writeResponse(conn, nil, Errorf(CodeInvalidRequest, "%s", fe.msg))
+			s.writeResponse(conn, nil, api.Errorf(api.CodeInvalidRequest, "%s", fe.Error()))
 		case errors.Is(err, io.EOF):
 			// Connected and left without a request (a liveness probe).
 		default:
@@ -477,7 +484,7 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 		body, rerr = s.call(ctx, conn, req)
 	}
 	s.writeResponse(conn, body, rerr)
-	code := Code("")
+	code := api.Code("")
 	if rerr != nil {
 		code = rerr.Code
 	}
@@ -485,41 +492,29 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 }
 
 // decodeRequest decodes the envelope and checks its version.
-func decodeRequest(payload []byte) (request, *Error) {
-	var req request
+func decodeRequest(payload []byte) (api.Request, *api.Error) {
+	var req api.Request
 	if err := json.Unmarshal(payload, &req); err != nil {
 		// A future major version may change the envelope; it keeps "version".
 		var v struct {
 			Version string `json:"version"`
 		}
 		if json.Unmarshal(payload, &v) == nil && v.Version != "" {
-			if verr := checkVersion(v.Version); verr != nil {
+			if verr := api.CheckVersion(v.Version); verr != nil {
 				return req, verr
 			}
 		}
-		return req, Errorf(CodeInvalidRequest, "decode request: %v", err)
+		return req, api.Errorf(api.CodeInvalidRequest, "decode request: %v", err)
 	}
-	if verr := checkVersion(req.Version); verr != nil {
+	if verr := api.CheckVersion(req.Version); verr != nil {
 		return req, verr
 	}
 	return req, nil
 }
 
-// checkVersion accepts any minor version of our major version.
-func checkVersion(v string) *Error {
-	major, _, err := parseVersion(v)
-	if err != nil {
-		return Errorf(CodeInvalidRequest, "%v", err)
-	}
-	if major != versionMajor {
-		return Errorf(CodeVersionMismatch, "protocol version %s is not supported: this server speaks %s", v, Version)
-	}
-	return nil
-}
-
 // call runs the handler for req with the client's deadline, cancelling the
 // call if the client hangs up.
-func (s *Server) call(ctx context.Context, conn *net.UnixConn, req request) (any, *Error) {
+func (s *Server) call(ctx context.Context, conn *net.UnixConn, req api.Request) (any, *api.Error) {
 	timeout := s.cfg.maxCallTimeout
 	if req.TimeoutMS > 0 && req.TimeoutMS < timeout.Milliseconds() {
 		timeout = time.Duration(req.TimeoutMS) * time.Millisecond
@@ -549,57 +544,57 @@ func (s *Server) call(ctx context.Context, conn *net.UnixConn, req request) (any
 	if err == nil {
 		return body, nil
 	}
-	var e *Error
+	var e *api.Error
 	switch {
 	case errors.As(err, &e):
 		return nil, e
 	case errors.Is(err, context.DeadlineExceeded):
-		return nil, Errorf(CodeDeadlineExceeded, "%s: %v", req.Op, err)
+		return nil, api.Errorf(api.CodeDeadlineExceeded, "%s: %v", req.Op, err)
 	case errors.Is(err, context.Canceled):
-		return nil, Errorf(CodeTryAgain, "%s cancelled: %v", req.Op, context.Cause(ctx))
+		return nil, api.Errorf(api.CodeTryAgain, "%s cancelled: %v", req.Op, context.Cause(ctx))
 	default:
-		return nil, Errorf(CodeInternal, "%s: %v", req.Op, err)
+		return nil, api.Errorf(api.CodeInternal, "%s: %v", req.Op, err)
 	}
 }
 
 // dispatch decodes the body, validates it and calls the handler, turning a
 // panic into an error.
-func (s *Server) dispatch(ctx context.Context, req request) (body any, err error) {
+func (s *Server) dispatch(ctx context.Context, req api.Request) (body any, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.cfg.logger.Error("rpc handler panic", "op", req.Op, "panic", r, "stack", string(debug.Stack()))
-			body, err = nil, Errorf(CodeInternal, "%s: internal error", req.Op)
+			body, err = nil, api.Errorf(api.CodeInternal, "%s: internal error", req.Op)
 		}
 	}()
 	switch req.Op {
-	case opAllocate:
+	case api.OpAllocate:
 		return handle(ctx, req, s.h.Allocate)
-	case opRelease:
+	case api.OpRelease:
 		return handle(ctx, req, s.h.Release)
-	case opCheck:
+	case api.OpCheck:
 		return handle(ctx, req, s.h.Check)
-	case opGC:
+	case api.OpGC:
 		return handle(ctx, req, s.h.GC)
-	case opStatus:
+	case api.OpStatus:
 		return handle(ctx, req, s.h.Status)
-	case opList:
+	case api.OpList:
 		return handle(ctx, req, s.h.List)
 	default:
-		return nil, Errorf(CodeInvalidRequest, "unknown operation %q", req.Op)
+		return nil, api.Errorf(api.CodeInvalidRequest, "unknown operation %q", req.Op)
 	}
 }
 
-type validator interface{ validate() error }
+type validator interface{ Validate() error }
 
-func handle[Req validator, Resp any](ctx context.Context, req request, fn func(context.Context, Req) (Resp, error)) (any, error) {
+func handle[Req validator, Resp any](ctx context.Context, req api.Request, fn func(context.Context, Req) (Resp, error)) (any, error) {
 	var in Req
 	if len(req.Body) > 0 {
 		if err := json.Unmarshal(req.Body, &in); err != nil {
-			return nil, Errorf(CodeInvalidRequest, "decode %s request: %v", req.Op, err)
+			return nil, api.Errorf(api.CodeInvalidRequest, "decode %s request: %v", req.Op, err)
 		}
 	}
-	if err := in.validate(); err != nil {
-		return nil, Errorf(CodeInvalidRequest, "%s: %v", req.Op, err)
+	if err := in.Validate(); err != nil {
+		return nil, api.Errorf(api.CodeInvalidRequest, "%s: %v", req.Op, err)
 	}
 	out, err := fn(ctx, in)
 	if err != nil {
@@ -609,15 +604,15 @@ func handle[Req validator, Resp any](ctx context.Context, req request, fn func(c
 }
 
 // writeResponse writes body, or e if it is not nil, within the IO timeout.
-func (s *Server) writeResponse(conn *net.UnixConn, body any, e *Error) {
-	resp := response{Version: Version, Error: e}
+func (s *Server) writeResponse(conn *net.UnixConn, body any, e *api.Error) {
+	resp := api.Response{Version: api.Version, Error: e}
 	if e == nil {
 		resp.Body = body
 	}
-	frame, err := appendFrame(resp)
+	frame, err := api.AppendFrame(resp)
 	if err != nil && e == nil {
 		s.cfg.logger.Error("rpc encode response", "err", err)
-		frame, err = appendFrame(response{Version: Version, Error: Errorf(CodeInternal, "encode response: %v", err)})
+		frame, err = api.AppendFrame(api.Response{Version: api.Version, Error: api.Errorf(api.CodeInternal, "encode response: %v", err)})
 	}
 	if err != nil {
 		s.cfg.logger.Error("rpc encode response", "err", err)

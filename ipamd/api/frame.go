@@ -1,4 +1,4 @@
-package rpc
+package api
 
 import (
 	"bytes"
@@ -21,17 +21,17 @@ const maxResponseSize = 4 << 20
 // that announces a big frame and sends nothing costs nothing.
 const eagerReadLimit = 64 << 10
 
-// frameError is a framing violation that the server answers with
+// FrameError is a framing violation that the server answers with
 // CodeInvalidRequest before closing the connection.
-type frameError struct{ msg string }
+type FrameError struct{ msg string }
 
-func (e *frameError) Error() string { return e.msg }
+func (e *FrameError) Error() string { return e.msg }
 
-// readFrame reads one length-prefixed message of at most limit bytes. It
+// ReadFrame reads one length-prefixed message of at most limit bytes. It
 // returns io.EOF when the stream ends before the first byte,
-// io.ErrUnexpectedEOF when it ends inside the frame, and a *frameError when
+// io.ErrUnexpectedEOF when it ends inside the frame, and a *FrameError when
 // the announced length is zero or above limit.
-func readFrame(r io.Reader, limit int) ([]byte, error) {
+func ReadFrame(r io.Reader, limit int) ([]byte, error) {
 	var hdr [frameHeaderLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -39,9 +39,9 @@ func readFrame(r io.Reader, limit int) ([]byte, error) {
 	n := int64(binary.BigEndian.Uint32(hdr[:]))
 	switch {
 	case n == 0:
-		return nil, &frameError{msg: "empty message"}
+		return nil, &FrameError{msg: "empty message"}
 	case n > int64(limit):
-		return nil, &frameError{msg: fmt.Sprintf("message of %d bytes exceeds the limit of %d bytes", n, limit)}
+		return nil, &FrameError{msg: fmt.Sprintf("message of %d bytes exceeds the limit of %d bytes", n, limit)}
 	}
 	if n <= eagerReadLimit {
 		buf := make([]byte, n)
@@ -65,9 +65,9 @@ func unexpectedEOF(err error) error {
 	return err
 }
 
-// appendFrame marshals v as JSON and returns it with its length prefix, ready
+// AppendFrame marshals v as JSON and returns it with its length prefix, ready
 // for a single write.
-func appendFrame(v any) ([]byte, error) {
+func AppendFrame(v any) ([]byte, error) {
 	body, err := json.Marshal(v)
 	if err != nil {
 		return nil, err

@@ -1,4 +1,4 @@
-package rpc_test
+package server_test
 
 import (
 	"context"
@@ -15,7 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/server"
 )
 
 func TestBadFrames(t *testing.T) {
@@ -24,29 +25,29 @@ func TestBadFrames(t *testing.T) {
 		name       string
 		raw        []byte
 		closeWrite bool
-		wantCode   rpc.Code // "" when the server closes without a response
+		wantCode   api.Code // "" when the server closes without a response
 		wantMsg    string
 	}{
-		{name: "zero length", raw: []byte{0, 0, 0, 0}, wantCode: rpc.CodeInvalidRequest, wantMsg: "empty message"},
+		{name: "zero length", raw: []byte{0, 0, 0, 0}, wantCode: api.CodeInvalidRequest, wantMsg: "empty message"},
 		{name: "4 GiB announced", raw: []byte{0xff, 0xff, 0xff, 0xff, '{'},
-			wantCode: rpc.CodeInvalidRequest, wantMsg: "message of 4294967295 bytes exceeds the limit of 1024 bytes"},
+			wantCode: api.CodeInvalidRequest, wantMsg: "message of 4294967295 bytes exceeds the limit of 1024 bytes"},
 		{name: "one byte over the limit", raw: append(binary.BigEndian.AppendUint32(nil, limit+1), make([]byte, limit+1)...),
-			wantCode: rpc.CodeInvalidRequest, wantMsg: "exceeds the limit"},
-		{name: "http", raw: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), wantCode: rpc.CodeInvalidRequest, wantMsg: "exceeds the limit"},
-		{name: "not json", raw: frame("\x00\x01garbage\xff"), wantCode: rpc.CodeInvalidRequest, wantMsg: "decode request"},
-		{name: "json array", raw: frame(`[1,2,3]`), wantCode: rpc.CodeInvalidRequest, wantMsg: "decode request"},
+			wantCode: api.CodeInvalidRequest, wantMsg: "exceeds the limit"},
+		{name: "http", raw: []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), wantCode: api.CodeInvalidRequest, wantMsg: "exceeds the limit"},
+		{name: "not json", raw: frame("\x00\x01garbage\xff"), wantCode: api.CodeInvalidRequest, wantMsg: "decode request"},
+		{name: "json array", raw: frame(`[1,2,3]`), wantCode: api.CodeInvalidRequest, wantMsg: "decode request"},
 		{name: "unknown op", raw: frame(`{"version":"1.0","op":"format-disk"}`),
-			wantCode: rpc.CodeInvalidRequest, wantMsg: `unknown operation "format-disk"`},
+			wantCode: api.CodeInvalidRequest, wantMsg: `unknown operation "format-disk"`},
 		{name: "body of the wrong type", raw: frame(`{"version":"1.0","op":"allocate","body":{"containerID":5}}`),
-			wantCode: rpc.CodeInvalidRequest, wantMsg: "decode allocate request"},
+			wantCode: api.CodeInvalidRequest, wantMsg: "decode allocate request"},
 		{name: "body not an object", raw: frame(`{"version":"1.0","op":"release","body":"c1"}`),
-			wantCode: rpc.CodeInvalidRequest, wantMsg: "decode release request"},
+			wantCode: api.CodeInvalidRequest, wantMsg: "decode release request"},
 		{name: "truncated header", raw: []byte{0, 0}, closeWrite: true},
 		{name: "truncated body", raw: []byte{0, 0, 0, 100, '{', '"'}, closeWrite: true},
 		{name: "nothing", raw: nil, closeWrite: true},
 	}
 	h := &fakeHandler{}
-	ts := startServer(t, h, rpc.WithMaxMessageSize(limit))
+	ts := startServer(t, h, server.WithMaxMessageSize(limit))
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, ok := rawExchange(t, ts.path, tt.raw, tt.closeWrite)
@@ -70,7 +71,7 @@ func TestBadFrames(t *testing.T) {
 // sends almost nothing: the server must not allocate what was announced.
 func TestAnnouncedSizeNotAllocated(t *testing.T) {
 	const announced = 60 << 20
-	ts := startServer(t, &fakeHandler{}, rpc.WithMaxMessageSize(64<<20))
+	ts := startServer(t, &fakeHandler{}, server.WithMaxMessageSize(64<<20))
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	for range 5 {
@@ -87,7 +88,7 @@ func TestAnnouncedSizeNotAllocated(t *testing.T) {
 }
 
 func TestSlowClientTimesOut(t *testing.T) {
-	ts := startServer(t, &fakeHandler{}, rpc.WithIOTimeout(200*time.Millisecond))
+	ts := startServer(t, &fakeHandler{}, server.WithIOTimeout(200*time.Millisecond))
 	conn, err := net.Dial("unix", ts.path)
 	if err != nil {
 		t.Fatal(err)
@@ -115,21 +116,21 @@ func TestSlowClientTimesOut(t *testing.T) {
 func TestDeadline(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 	handlerDone := make(chan error, 1)
-	h := &fakeHandler{allocate: func(ctx context.Context, _ rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+	h := &fakeHandler{allocate: func(ctx context.Context, _ api.AllocateRequest) (api.AllocateResponse, error) {
 		<-ctx.Done()
 		handlerDone <- ctx.Err()
-		return rpc.AllocateResponse{}, ctx.Err()
+		return api.AllocateResponse{}, ctx.Err()
 	}}
 	ts := startServer(t, h)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	start := time.Now()
-	_, err := ts.client.Allocate(ctx, rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
+	_, err := ts.client.Allocate(ctx, api.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
 	elapsed := time.Since(start)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("got %v, want a deadline error", err)
 	}
-	if rpc.IsUnreachable(err) || rpc.IsTryAgain(err) {
+	if api.IsUnreachable(err) || api.IsTryAgain(err) {
 		t.Errorf("a deadline error classified as unreachable or try again: %v", err)
 	}
 	if elapsed < timeout || elapsed > timeout+2*time.Second {
@@ -160,23 +161,23 @@ func TestDeadlinePropagation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			remaining := make(chan time.Duration, 1)
-			h := &fakeHandler{status: func(ctx context.Context, _ rpc.StatusRequest) (rpc.StatusResponse, error) {
+			h := &fakeHandler{status: func(ctx context.Context, _ api.StatusRequest) (api.StatusResponse, error) {
 				d, ok := ctx.Deadline()
 				if !ok {
-					return rpc.StatusResponse{}, errors.New("no deadline")
+					return api.StatusResponse{}, errors.New("no deadline")
 				}
 				remaining <- time.Until(d)
 				return readyStatus(), nil
 			}}
-			ts := startServer(t, h, rpc.WithMaxCallTimeout(tt.serverCap))
+			ts := startServer(t, h, server.WithMaxCallTimeout(tt.serverCap))
 			ctx := context.Background()
 			if tt.clientTimeout > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, tt.clientTimeout)
 				defer cancel()
 			}
-			c := rpc.NewClient(ts.path, rpc.WithDefaultTimeout(tt.clientDefault))
-			if _, err := c.Status(ctx, rpc.StatusRequest{}); err != nil {
+			c := api.NewClient(ts.path, api.WithDefaultTimeout(tt.clientDefault))
+			if _, err := c.Status(ctx, api.StatusRequest{}); err != nil {
 				t.Fatal(err)
 			}
 			got := <-remaining
@@ -190,11 +191,11 @@ func TestDeadlinePropagation(t *testing.T) {
 func TestClientCancelCancelsHandler(t *testing.T) {
 	started := make(chan struct{})
 	handlerDone := make(chan error, 1)
-	h := &fakeHandler{allocate: func(ctx context.Context, _ rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+	h := &fakeHandler{allocate: func(ctx context.Context, _ api.AllocateRequest) (api.AllocateResponse, error) {
 		close(started)
 		<-ctx.Done()
 		handlerDone <- ctx.Err()
-		return rpc.AllocateResponse{}, ctx.Err()
+		return api.AllocateResponse{}, ctx.Err()
 	}}
 	ts := startServer(t, h)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -203,7 +204,7 @@ func TestClientCancelCancelsHandler(t *testing.T) {
 		<-started
 		cancel()
 	}()
-	_, err := ts.client.Allocate(ctx, rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
+	_, err := ts.client.Allocate(ctx, api.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v, want context.Canceled", err)
 	}
@@ -221,22 +222,22 @@ func TestShutdownWaitsForInFlightCall(t *testing.T) {
 	started := make(chan struct{})
 	release := make(chan struct{})
 	want := testAssignment("c1", "10.240.0.9")
-	h := &fakeHandler{allocate: func(context.Context, rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+	h := &fakeHandler{allocate: func(context.Context, api.AllocateRequest) (api.AllocateResponse, error) {
 		close(started)
 		<-release
-		return rpc.AllocateResponse{Assignment: want}, nil
+		return api.AllocateResponse{Assignment: want}, nil
 	}}
 	ts := newTestServer(t, h)
 	served := make(chan error, 1)
 	go func() { served <- ts.srv.Serve(context.Background()) }()
 
 	type result struct {
-		resp rpc.AllocateResponse
+		resp api.AllocateResponse
 		err  error
 	}
 	call := make(chan result, 1)
 	go func() {
-		r, err := ts.client.Allocate(testCtx(t), rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
+		r, err := ts.client.Allocate(testCtx(t), api.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
 		call <- result{r, err}
 	}()
 	<-started
@@ -247,11 +248,11 @@ func TestShutdownWaitsForInFlightCall(t *testing.T) {
 		defer cancel()
 		shut <- ts.srv.Shutdown(ctx)
 	}()
-	if err := <-served; !errors.Is(err, rpc.ErrServerClosed) {
+	if err := <-served; !errors.Is(err, server.ErrClosed) {
 		t.Errorf("Serve returned %v, want ErrServerClosed", err)
 	}
 	// Accepting has stopped, the in-flight call goes on.
-	if _, err := ts.client.Status(testCtx(t), rpc.StatusRequest{}); !rpc.IsUnreachable(err) {
+	if _, err := ts.client.Status(testCtx(t), api.StatusRequest{}); !api.IsUnreachable(err) {
 		t.Errorf("a new call during shutdown got %v, want unreachable", err)
 	}
 	select {
@@ -275,18 +276,18 @@ func TestShutdownWaitsForInFlightCall(t *testing.T) {
 func TestShutdownDeadlineCancelsCalls(t *testing.T) {
 	started := make(chan struct{})
 	handlerDone := make(chan error, 1)
-	h := &fakeHandler{allocate: func(ctx context.Context, _ rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+	h := &fakeHandler{allocate: func(ctx context.Context, _ api.AllocateRequest) (api.AllocateResponse, error) {
 		close(started)
 		<-ctx.Done()
 		handlerDone <- ctx.Err()
-		return rpc.AllocateResponse{}, ctx.Err()
+		return api.AllocateResponse{}, ctx.Err()
 	}}
 	ts := newTestServer(t, h)
 	served := make(chan error, 1)
 	go func() { served <- ts.srv.Serve(context.Background()) }()
 	call := make(chan error, 1)
 	go func() {
-		_, err := ts.client.Allocate(testCtx(t), rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
+		_, err := ts.client.Allocate(testCtx(t), api.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
 		call <- err
 	}()
 	<-started
@@ -301,7 +302,7 @@ func TestShutdownDeadlineCancelsCalls(t *testing.T) {
 	if err := <-call; err == nil {
 		t.Error("the cancelled call succeeded")
 	}
-	if err := <-served; !errors.Is(err, rpc.ErrServerClosed) {
+	if err := <-served; !errors.Is(err, server.ErrClosed) {
 		t.Errorf("Serve returned %v, want ErrServerClosed", err)
 	}
 	if _, err := os.Lstat(ts.path); !errors.Is(err, fs.ErrNotExist) {
@@ -312,11 +313,11 @@ func TestShutdownDeadlineCancelsCalls(t *testing.T) {
 func TestServeContextCancelled(t *testing.T) {
 	started := make(chan struct{})
 	handlerDone := make(chan error, 1)
-	h := &fakeHandler{allocate: func(ctx context.Context, _ rpc.AllocateRequest) (rpc.AllocateResponse, error) {
+	h := &fakeHandler{allocate: func(ctx context.Context, _ api.AllocateRequest) (api.AllocateResponse, error) {
 		close(started)
 		<-ctx.Done()
 		handlerDone <- ctx.Err()
-		return rpc.AllocateResponse{}, ctx.Err()
+		return api.AllocateResponse{}, ctx.Err()
 	}}
 	ts := newTestServer(t, h)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -325,7 +326,7 @@ func TestServeContextCancelled(t *testing.T) {
 	go func() { served <- ts.srv.Serve(ctx) }()
 	call := make(chan error, 1)
 	go func() {
-		_, err := ts.client.Allocate(testCtx(t), rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
+		_, err := ts.client.Allocate(testCtx(t), api.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
 		call <- err
 	}()
 	<-started
@@ -365,7 +366,7 @@ func TestSocketFileModes(t *testing.T) {
 				}
 			}
 			path := filepath.Join(dir, "ipamd.sock")
-			srv, err := rpc.NewServer(path, &fakeHandler{})
+			srv, err := server.New(path, &fakeHandler{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -419,7 +420,7 @@ func TestExistingSocketPath(t *testing.T) {
 			ln.Close()
 		}},
 		{name: "live server is kept", wantErr: "another server is listening", prepare: func(t *testing.T, path string) {
-			srv, err := rpc.NewServer(path, &fakeHandler{}, rpc.WithAllowedUIDs(uint32(os.Geteuid())))
+			srv, err := server.New(path, &fakeHandler{}, server.WithAllowedUIDs(uint32(os.Geteuid())))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -427,11 +428,11 @@ func TestExistingSocketPath(t *testing.T) {
 			go func() { done <- srv.Serve(context.Background()) }()
 			t.Cleanup(func() {
 				// The first server still answers.
-				if _, err := rpc.NewClient(path).Status(context.Background(), rpc.StatusRequest{}); err != nil {
+				if _, err := api.NewClient(path).Status(context.Background(), api.StatusRequest{}); err != nil {
 					t.Errorf("the live server stopped answering: %v", err)
 				}
 				_ = srv.Shutdown(context.Background())
-				if err := <-done; !errors.Is(err, rpc.ErrServerClosed) {
+				if err := <-done; !errors.Is(err, server.ErrClosed) {
 					t.Errorf("Serve returned %v", err)
 				}
 			})
@@ -456,7 +457,7 @@ func TestExistingSocketPath(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "ipamd.sock")
 			tt.prepare(t, path)
-			srv, err := rpc.NewServer(path, &fakeHandler{}, rpc.WithAllowedUIDs(uint32(os.Geteuid())))
+			srv, err := server.New(path, &fakeHandler{}, server.WithAllowedUIDs(uint32(os.Geteuid())))
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Errorf("NewServer: got %v, want an error containing %q", err, tt.wantErr)
@@ -470,11 +471,11 @@ func TestExistingSocketPath(t *testing.T) {
 			go func() { done <- srv.Serve(context.Background()) }()
 			defer func() {
 				_ = srv.Shutdown(context.Background())
-				if err := <-done; !errors.Is(err, rpc.ErrServerClosed) {
+				if err := <-done; !errors.Is(err, server.ErrClosed) {
 					t.Errorf("Serve returned %v", err)
 				}
 			}()
-			mustStatus(t, rpc.NewClient(path))
+			mustStatus(t, api.NewClient(path))
 		})
 	}
 }
@@ -482,10 +483,10 @@ func TestExistingSocketPath(t *testing.T) {
 func TestPeerCredentialsRefused(t *testing.T) {
 	other := uint32(os.Geteuid()) + 4242
 	h := &fakeHandler{}
-	ts := startServer(t, h, rpc.WithAllowedUIDs(other))
-	_, err := ts.client.Status(testCtx(t), rpc.StatusRequest{})
-	var e *rpc.Error
-	if !errors.As(err, &e) || e.Code != rpc.CodePermissionDenied {
+	ts := startServer(t, h, server.WithAllowedUIDs(other))
+	_, err := ts.client.Status(testCtx(t), api.StatusRequest{})
+	var e *api.Error
+	if !errors.As(err, &e) || e.Code != api.CodePermissionDenied {
 		t.Fatalf("got %v, want PermissionDenied", err)
 	}
 	if want := "uid " + strconv.Itoa(os.Geteuid()) + " is not allowed"; !strings.Contains(e.Message, want) {
@@ -501,7 +502,7 @@ func TestDefaultAllowsOnlyRoot(t *testing.T) {
 		t.Skip("needs root: the default allows uid 0 only")
 	}
 	path := filepath.Join(t.TempDir(), "ipamd.sock")
-	srv, err := rpc.NewServer(path, &fakeHandler{})
+	srv, err := server.New(path, &fakeHandler{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,11 +510,11 @@ func TestDefaultAllowsOnlyRoot(t *testing.T) {
 	go func() { done <- srv.Serve(context.Background()) }()
 	defer func() {
 		_ = srv.Shutdown(context.Background())
-		if err := <-done; !errors.Is(err, rpc.ErrServerClosed) {
+		if err := <-done; !errors.Is(err, server.ErrClosed) {
 			t.Errorf("Serve returned %v", err)
 		}
 	}()
-	mustStatus(t, rpc.NewClient(path))
+	mustStatus(t, api.NewClient(path))
 }
 
 func TestUnreachable(t *testing.T) {
@@ -548,15 +549,15 @@ func TestUnreachable(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := tt.prepare(t, t.TempDir())
-			_, err := rpc.NewClient(path).Allocate(testCtx(t), rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
-			if !rpc.IsUnreachable(err) {
+			_, err := api.NewClient(path).Allocate(testCtx(t), api.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
+			if !api.IsUnreachable(err) {
 				t.Fatalf("got %v, want unreachable", err)
 			}
 			if !strings.Contains(err.Error(), path) {
 				t.Errorf("error %q does not name the socket %s", err, path)
 			}
-			if rpc.IsTryAgain(err) || rpc.CodeOf(err) != "" {
-				t.Errorf("unreachable error carries code %q", rpc.CodeOf(err))
+			if api.IsTryAgain(err) || api.CodeOf(err) != "" {
+				t.Errorf("unreachable error carries code %q", api.CodeOf(err))
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-package rpc
+package api
 
 import (
 	"encoding/json"
@@ -18,20 +18,17 @@ const (
 	versionMinor = 0
 )
 
-// DefaultSocketPath is where the daemon listens unless configured otherwise.
-const DefaultSocketPath = "/run/vnet-cni/ipamd.sock"
-
 // Operation names on the wire.
 const (
-	opAllocate = "allocate"
-	opRelease  = "release"
-	opCheck    = "check"
-	opGC       = "gc"
-	opStatus   = "status"
-	opList     = "list"
+	OpAllocate = "allocate"
+	OpRelease  = "release"
+	OpCheck    = "check"
+	OpGC       = "gc"
+	OpStatus   = "status"
+	OpList     = "list"
 )
 
-// Limits on identifiers, checked by the server before the handler is called.
+// Limits on identifiers, checked by Validate.
 const (
 	maxContainerIDLen = 1024
 	maxIfNameLen      = 15 // IFNAMSIZ - 1
@@ -39,8 +36,9 @@ const (
 	maxNetnsLen       = 4096
 )
 
-// request is the envelope of every request, as the server decodes it.
-type request struct {
+// Request is the envelope of every request, as the server decodes it: Body
+// is decoded once Op is known.
+type Request struct {
 	Version   string          `json:"version"`
 	Op        string          `json:"op"`
 	TimeoutMS int64           `json:"timeoutMs,omitempty"`
@@ -55,10 +53,10 @@ type outRequest struct {
 	Body      any    `json:"body"`
 }
 
-// response is the envelope of every response: Error or Body. The server
+// Response is the envelope of every response: Error or Body. The server
 // sets Body to the response value; the client sets it to a pointer to the
 // response type before decoding, so that the body is decoded in the same pass.
-type response struct {
+type Response struct {
 	Version string `json:"version"`
 	Error   *Error `json:"error,omitempty"`
 	Body    any    `json:"body,omitempty"`
@@ -194,7 +192,9 @@ type ListResponse struct {
 	Addresses []AddressRecord `json:"addresses"`
 }
 
-func (r AllocateRequest) validate() error {
+// Validate applies the limits that the server checks before a handler sees
+// the request: the CNI rules for the attachment and bounded names.
+func (r AllocateRequest) Validate() error {
 	if err := validateAttachment(r.ContainerID, r.IfName); err != nil {
 		return err
 	}
@@ -209,12 +209,20 @@ func (r AllocateRequest) validate() error {
 	return nil
 }
 
-func (r ReleaseRequest) validate() error { return validateAttachment(r.ContainerID, r.IfName) }
-func (r CheckRequest) validate() error   { return validateAttachment(r.ContainerID, r.IfName) }
-func (StatusRequest) validate() error    { return nil }
-func (ListRequest) validate() error      { return nil }
+// Validate checks the attachment.
+func (r ReleaseRequest) Validate() error { return validateAttachment(r.ContainerID, r.IfName) }
 
-func (r GCRequest) validate() error {
+// Validate checks the attachment.
+func (r CheckRequest) Validate() error { return validateAttachment(r.ContainerID, r.IfName) }
+
+// Validate accepts every status request.
+func (StatusRequest) Validate() error { return nil }
+
+// Validate accepts every list request.
+func (ListRequest) Validate() error { return nil }
+
+// Validate refuses a missing list and checks every attachment in it.
+func (r GCRequest) Validate() error {
 	if r.Valid == nil {
 		return errors.New("gc request without a list of valid attachments (send an empty list to release everything)")
 	}
@@ -253,6 +261,20 @@ func validateAttachment(containerID, ifName string) error {
 	}
 	if strings.ContainsAny(ifName, "/: \t\n\v\f\r") {
 		return fmt.Errorf("interface name %q contains '/', ':' or white space", ifName)
+	}
+	return nil
+}
+
+// CheckVersion accepts any minor version of this package's major version:
+// CodeInvalidRequest for a malformed version, CodeVersionMismatch for
+// another major version.
+func CheckVersion(v string) *Error {
+	major, _, err := parseVersion(v)
+	if err != nil {
+		return Errorf(CodeInvalidRequest, "%v", err)
+	}
+	if major != versionMajor {
+		return Errorf(CodeVersionMismatch, "protocol version %s is not supported: this server speaks %s", v, Version)
 	}
 	return nil
 }

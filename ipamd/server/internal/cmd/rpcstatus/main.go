@@ -9,7 +9,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 func main() {
@@ -25,7 +25,7 @@ func run(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, err := rpc.NewClient(args[0]).Status(ctx, rpc.StatusRequest{})
+	st, err := api.NewClient(args[0]).Status(ctx, api.StatusRequest{})
 	if err != nil {
 		return err
 	}

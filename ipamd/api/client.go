@@ -1,4 +1,4 @@
-package rpc
+package api
 
 import (
 	"context"
@@ -51,42 +51,42 @@ func NewClient(path string, opts ...ClientOption) *Client {
 // Allocate returns the attachment's address.
 func (c *Client) Allocate(ctx context.Context, req AllocateRequest) (AllocateResponse, error) {
 	var resp AllocateResponse
-	err := c.call(ctx, opAllocate, req, &resp)
+	err := c.call(ctx, OpAllocate, req, &resp)
 	return resp, err
 }
 
 // Release releases the attachment's address.
 func (c *Client) Release(ctx context.Context, req ReleaseRequest) (ReleaseResponse, error) {
 	var resp ReleaseResponse
-	err := c.call(ctx, opRelease, req, &resp)
+	err := c.call(ctx, OpRelease, req, &resp)
 	return resp, err
 }
 
 // Check returns the attachment's assignment, if any.
 func (c *Client) Check(ctx context.Context, req CheckRequest) (CheckResponse, error) {
 	var resp CheckResponse
-	err := c.call(ctx, opCheck, req, &resp)
+	err := c.call(ctx, OpCheck, req, &resp)
 	return resp, err
 }
 
 // GC releases every assignment whose attachment is not in req.Valid.
 func (c *Client) GC(ctx context.Context, req GCRequest) (GCResponse, error) {
 	var resp GCResponse
-	err := c.call(ctx, opGC, req, &resp)
+	err := c.call(ctx, OpGC, req, &resp)
 	return resp, err
 }
 
 // Status returns the daemon's status.
 func (c *Client) Status(ctx context.Context, req StatusRequest) (StatusResponse, error) {
 	var resp StatusResponse
-	err := c.call(ctx, opStatus, req, &resp)
+	err := c.call(ctx, OpStatus, req, &resp)
 	return resp, err
 }
 
 // List returns every address the daemon holds.
 func (c *Client) List(ctx context.Context, req ListRequest) (ListResponse, error) {
 	var resp ListResponse
-	err := c.call(ctx, opList, req, &resp)
+	err := c.call(ctx, OpList, req, &resp)
 	return resp, err
 }
 
@@ -107,7 +107,7 @@ func (c *Client) call(ctx context.Context, op string, in, out any) error {
 	}
 	// Round up so that a deadline under 1 ms is not sent as "none".
 	ms := int64(math.Ceil(float64(remaining) / float64(time.Millisecond)))
-	frame, err := appendFrame(outRequest{Version: Version, Op: op, TimeoutMS: ms, Body: in})
+	frame, err := AppendFrame(outRequest{Version: Version, Op: op, TimeoutMS: ms, Body: in})
 	if err != nil {
 		return fmt.Errorf("ipamd %s: encode request: %w", op, err)
 	}
@@ -128,7 +128,7 @@ func (c *Client) call(ctx context.Context, op string, in, out any) error {
 	// Read even if the write failed: a server that refuses the call (wrong
 	// uid) may answer and close before reading the request.
 	_, werr := conn.Write(frame)
-	payload, rerr := readFrame(conn, maxResponseSize)
+	payload, rerr := ReadFrame(conn, maxResponseSize)
 	if rerr != nil {
 		switch {
 		case ctx.Err() != nil, errors.Is(rerr, os.ErrDeadlineExceeded):
@@ -142,7 +142,7 @@ func (c *Client) call(ctx context.Context, op string, in, out any) error {
 		}
 	}
 	body := &bodyDecoder{out: out}
-	resp := response{Body: body}
+	resp := Response{Body: body}
 	decodeErr := json.Unmarshal(payload, &resp)
 	if resp.Error != nil {
 		// The error member is the same in every version.

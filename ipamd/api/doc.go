@@ -1,6 +1,10 @@
-// Package rpc is the local protocol between the vnet-cni plugin and the node
-// daemon vnet-ipamd: the wire types, the framing, a Server that calls a Handler
-// (the daemon) and a Client (the plugin).
+// Package api is the contract between the vnet-cni plugin and the node daemon
+// vnet-ipamd, in one place: the socket protocol's wire types, framing, errors
+// and Client; the release spool (the plugin's write and the daemon's drain);
+// the conflist entry the daemon writes and the plugin reads (PluginConf); and
+// the defaults both sides share. The plugin links this package and nothing
+// else of the daemon; the socket server is package
+// github.com/vnet-cni/vnet-cni/ipamd/server.
 //
 // # Transport
 //
@@ -17,8 +21,8 @@
 // # Framing
 //
 // Every message is a 4-byte big-endian length followed by that many bytes of
-// JSON. A length of zero or above the limit (server: [WithMaxMessageSize],
-// default 1 MiB; client: 4 MiB) is refused before anything is allocated for it.
+// JSON. A length of zero or above the limit (server: its WithMaxMessageSize
+// option, default 1 MiB; client: 4 MiB) is refused before anything is allocated for it.
 //
 // # Messages
 //
@@ -26,10 +30,10 @@
 //
 //	{"version":"1.0","op":"allocate","timeoutMs":2000,"body":{"containerID":"c1","ifName":"eth0",...}}
 //
-// op is one of allocate, release, check, gc and status; body is the JSON of
+// op is one of allocate, release, check, gc, status and list; body is the JSON of
 // the matching request type (AllocateRequest, ...); timeoutMs is the client's
 // remaining deadline, which the server applies to the handler's context
-// (capped by [WithMaxCallTimeout]).
+// (capped by the server's WithMaxCallTimeout option).
 //
 // A response is either
 //
@@ -50,4 +54,4 @@
 // version is served. A request whose major version differs from the server's
 // is refused with [CodeVersionMismatch], naming both versions; the client
 // likewise refuses a response of another major version.
-package rpc
+package api

@@ -1,4 +1,4 @@
-package rpc_test
+package server_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vnet-cni/vnet-cni/ipamd/rpc"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // BenchmarkFreshProcess measures what the plugin pays per pod: exec a fresh
@@ -18,7 +18,7 @@ import (
 // nothing (internal/cmd/noop), interleaved in the same run. One iteration is
 // one exec of each; run with -benchtime=200x for N=200:
 //
-//	go test -run XXX -bench FreshProcess -benchtime=200x ./ipamd/rpc/
+//	go test -run XXX -bench FreshProcess -benchtime=200x ./ipamd/server/
 func BenchmarkFreshProcess(b *testing.B) {
 	dir := b.TempDir()
 	statusBin := buildStatic(b, dir, "./internal/cmd/rpcstatus")
@@ -64,28 +64,28 @@ func BenchmarkFreshProcess(b *testing.B) {
 func BenchmarkWarmClient(b *testing.B) {
 	a := testAssignment("c1", "10.240.0.17")
 	h := &fakeHandler{
-		allocate: func(context.Context, rpc.AllocateRequest) (rpc.AllocateResponse, error) {
-			return rpc.AllocateResponse{Assignment: a}, nil
+		allocate: func(context.Context, api.AllocateRequest) (api.AllocateResponse, error) {
+			return api.AllocateResponse{Assignment: a}, nil
 		},
-		release: func(context.Context, rpc.ReleaseRequest) (rpc.ReleaseResponse, error) {
-			return rpc.ReleaseResponse{Known: true, IP: a.IP}, nil
+		release: func(context.Context, api.ReleaseRequest) (api.ReleaseResponse, error) {
+			return api.ReleaseResponse{Known: true, IP: a.IP}, nil
 		},
 	}
 	calls := []struct {
 		name string
-		call func(context.Context, *rpc.Client) error
+		call func(context.Context, *api.Client) error
 	}{
-		{"status", func(ctx context.Context, c *rpc.Client) error {
-			_, err := c.Status(ctx, rpc.StatusRequest{})
+		{"status", func(ctx context.Context, c *api.Client) error {
+			_, err := c.Status(ctx, api.StatusRequest{})
 			return err
 		}},
-		{"allocate", func(ctx context.Context, c *rpc.Client) error {
-			_, err := c.Allocate(ctx, rpc.AllocateRequest{ContainerID: "c1", IfName: "eth0", PodNamespace: "default",
+		{"allocate", func(ctx context.Context, c *api.Client) error {
+			_, err := c.Allocate(ctx, api.AllocateRequest{ContainerID: "c1", IfName: "eth0", PodNamespace: "default",
 				PodName: "pod-c1", Netns: "/var/run/netns/cni-1234"})
 			return err
 		}},
-		{"release", func(ctx context.Context, c *rpc.Client) error {
-			_, err := c.Release(ctx, rpc.ReleaseRequest{ContainerID: "c1", IfName: "eth0"})
+		{"release", func(ctx context.Context, c *api.Client) error {
+			_, err := c.Release(ctx, api.ReleaseRequest{ContainerID: "c1", IfName: "eth0"})
 			return err
 		}},
 	}

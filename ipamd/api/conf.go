@@ -1,0 +1,81 @@
+package api
+
+// Defaults shared by the plugin and the daemon, defined here once: the
+// daemon's configuration starts from them and writes them into the conflist,
+// the plugin falls back to them when the conflist leaves a key out.
+const (
+	// DefaultSocketPath is where the daemon listens and the plugin calls.
+	DefaultSocketPath = "/run/vnet-cni/ipamd.sock"
+	// DefaultReleaseSpool is the directory of the release spool.
+	DefaultReleaseSpool = "/var/lib/vnet-cni/release-spool"
+	// DefaultLockDir holds the plugin's node-wide lock files.
+	DefaultLockDir = "/run/vnet-cni"
+	// ModeBridge is the datapath mode where pods get secondary VNet
+	// addresses of the node's NIC behind the azure0 bridge, the default and
+	// so far the only mode.
+	ModeBridge = "bridge"
+	// PluginType is the type of vnet-cni's entry in a conflist: the name of
+	// the plugin's binary.
+	PluginType = "vnet-cni"
+	// NetworkName is the name of the network in the conflist the daemon
+	// writes.
+	NetworkName = "vnet-cni"
+)
+
+// PluginConf holds vnet-cni's own keys of its conflist entry: the daemon
+// writes them, the plugin reads them (its NetConf embeds PluginConf next to
+// the CNI library's generic keys: cniVersion, name, type, prevResult...).
+// Values stay in their JSON form (strings) so that the plugin validates them
+// once and reports a bad one as CNI error 7 naming the key.
+type PluginConf struct {
+	// Mode is the datapath: "bridge" (routed and kubenet come later).
+	Mode string `json:"mode,omitempty"`
+	// Bridge is the bridge name (default azure0).
+	Bridge string `json:"bridge,omitempty"`
+	// Master is the node's uplink (default: the interface holding the node's
+	// primary IP, found on the bridge once it exists).
+	Master string `json:"master,omitempty"`
+	// IPAMDSocket is vnet-ipamd's socket (default DefaultSocketPath).
+	IPAMDSocket string `json:"ipamdSocket,omitempty"`
+	// MTU of the bridge and the veths (default: the master's).
+	MTU int `json:"mtu,omitempty"`
+	// SNATExclusions are destinations that pods reach without SNAT (default:
+	// the VNet address space from vnet-ipamd).
+	SNATExclusions []string `json:"snatExclusions,omitempty"`
+	// LogFile receives one JSON line per call (default: stderr, which the
+	// runtime records).
+	LogFile string `json:"logFile,omitempty"`
+	// LogLevel is debug, info, warn or error (default info).
+	LogLevel string `json:"logLevel,omitempty"`
+	// IPAMDTimeout bounds an ADD's wait for an address (default 10s); DEL,
+	// CHECK and STATUS use at most 2s.
+	IPAMDTimeout string `json:"ipamdTimeout,omitempty"`
+	// ReleaseSpool is where a DEL records a release that vnet-ipamd could not
+	// take (it was unreachable); the daemon finishes them (default
+	// DefaultReleaseSpool when the key is missing). The daemon always writes
+	// the key: an empty value is its "no spool".
+	ReleaseSpool string `json:"releaseSpool"`
+	// LockDir holds the lock that serialises first-time bridge set-up
+	// (default DefaultLockDir).
+	LockDir string `json:"lockDir,omitempty"`
+	// VNetCIDRs is the VNet's address space as vnet-ipamd wrote it into the
+	// conflist; with it, ADD sets the node up while the address is on its
+	// way. Without it, ADD waits for the address, whose answer carries them.
+	VNetCIDRs []string `json:"vnetCIDRs,omitempty"`
+}
+
+// PluginEntry is vnet-cni's entry in the conflist the daemon writes: the
+// plugin's type and its keys.
+type PluginEntry struct {
+	Type string `json:"type"`
+	PluginConf
+}
+
+// Conflist is the CNI network configuration list the daemon writes when the
+// node is ready. Plugins holds vnet-cni's PluginEntry first, then the
+// plugins chained after it, each a value that marshals to its entry.
+type Conflist struct {
+	CNIVersion string `json:"cniVersion"`
+	Name       string `json:"name"`
+	Plugins    []any  `json:"plugins"`
+}
