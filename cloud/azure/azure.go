@@ -27,7 +27,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
-	"github.com/vnet-cni/vnet-cni/cloud/sim/simca"
+	"github.com/vnet-cni/vnet-cni/internal/cabundle"
 )
 
 // Endpoints of the public Azure cloud, the defaults of Config.
@@ -50,7 +50,7 @@ type Config struct {
 	// Audience is the token audience of ARM (default DefaultAudience).
 	Audience string
 	// CAFile, if set, is a PEM bundle trusted for the ARM endpoint instead of
-	// the system roots (the simulated cloud's CA).
+	// the system roots (a private CA: Azure Stack, a proxy, the simulated cloud).
 	CAFile string
 	// IMDSEndpoint is the instance metadata service (default DefaultIMDSEndpoint).
 	IMDSEndpoint string
@@ -143,7 +143,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 func armTransport(caFile string) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if caFile != "" {
-		pool, err := simca.LoadPool(caFile)
+		pool, err := cabundle.Load(caFile)
 		if err != nil {
 			return nil, fmt.Errorf("azure: %w", err)
 		}

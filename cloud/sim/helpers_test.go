@@ -6,11 +6,11 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 
-	"github.com/vnet-cni/vnet-cni/cloud/sim/simca"
+	"github.com/vnet-cni/vnet-cni/internal/cabundle"
 )
 
 func newManagedIdentity() (azcore.TokenCredential, error) {
 	return azidentity.NewManagedIdentityCredential(nil)
 }
 
-func loadPool(path string) (*x509.CertPool, error) { return simca.LoadPool(path) }
+func loadPool(path string) (*x509.CertPool, error) { return cabundle.Load(path) }

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"math/big"
 	"net"
-	"os"
 	"time"
 
 	"github.com/vnet-cni/vnet-cni/internal/atomicfile"
@@ -110,19 +109,6 @@ func (ca *CA) ServerConfig(hosts ...string) (*tls.Config, error) {
 			PrivateKey:  key,
 		}},
 	}, nil
-}
-
-// LoadPool reads a PEM bundle from path into a new certificate pool.
-func LoadPool(path string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read ca file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("ca file %s holds no PEM certificate", path)
-	}
-	return pool, nil
 }
 
 func serial() *big.Int {

@@ -5,10 +5,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/vnet-cni/vnet-cni/internal/cabundle"
 )
 
 func TestServerCertificateTrustedOnlyThroughCAFile(t *testing.T) {
@@ -31,7 +32,7 @@ func TestServerCertificateTrustedOnlyThroughCAFile(t *testing.T) {
 	if err := ca.WriteFile(caFile); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := LoadPool(caFile)
+	pool, err := cabundle.Load(caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,34 +55,5 @@ func TestServerCertificateTrustedOnlyThroughCAFile(t *testing.T) {
 	if resp, err := untrusted.Get(srv.URL); err == nil {
 		resp.Body.Close()
 		t.Fatal("GET trusting another CA succeeded, want a certificate error")
-	}
-}
-
-func TestLoadPool(t *testing.T) {
-	dir := t.TempDir()
-	good := filepath.Join(dir, "ca.pem")
-	ca, err := New("x", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.WriteFile(good); err != nil {
-		t.Fatal(err)
-	}
-	bad := filepath.Join(dir, "bad.pem")
-	if err := os.WriteFile(bad, []byte("not a certificate"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		path    string
-		wantErr bool
-	}{
-		{good, false},
-		{bad, true},
-		{filepath.Join(dir, "missing.pem"), true},
-	} {
-		_, err := LoadPool(tc.path)
-		if (err != nil) != tc.wantErr {
-			t.Errorf("LoadPool(%s) error = %v, want error %v", filepath.Base(tc.path), err, tc.wantErr)
-		}
 	}
 }
