@@ -11,7 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim/fabric"
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 )
 
 // TestDatapath builds two nodes with pods on the simulated fabric, which
@@ -157,7 +157,7 @@ func TestDatapath(t *testing.T) {
 	// bridged IPv4 kept away from the ip hooks.
 	t.Run("without br_netfilter", func(t *testing.T) {
 		for _, ns := range []string{f.NodeNSPath("node0"), f.NodeNSPath("node1")} {
-			err := nstest.Do(ns, func() error {
+			err := nsnet.Do(ns, func() error {
 				return os.WriteFile("/proc/sys/net/bridge/bridge-nf-call-iptables", []byte("0"), 0o644)
 			})
 			if errors.Is(err, os.ErrNotExist) {

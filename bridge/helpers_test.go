@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim/fabric"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
 
@@ -109,7 +110,7 @@ func addPod(t testing.TB, n *Node, prefix, name string, ip netip.Addr, mtu int) 
 func listenPeer(t testing.TB, nsPath string, addr netip.AddrPort) netip.AddrPort {
 	t.Helper()
 	var ln net.Listener
-	err := nstest.Do(nsPath, func() error {
+	err := nsnet.Do(nsPath, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", addr.String())
 		return err
@@ -143,7 +144,7 @@ func seenAs(nsPath string, dst netip.AddrPort, timeout time.Duration) (netip.Add
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var c net.Conn
-	err := nstest.Do(nsPath, func() error {
+	err := nsnet.Do(nsPath, func() error {
 		var err error
 		var d net.Dialer
 		c, err = d.DialContext(ctx, "tcp4", dst.String())

@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
 
@@ -32,7 +33,7 @@ func TestOtherBridgeUntouched(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer otherHandle.Close()
-	if err := nstest.Do(nodeNS, func() error {
+	if err := nsnet.Do(nodeNS, func() error {
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0"}}
 		if err := netlink.LinkAdd(br); err != nil {
 			return err
@@ -49,7 +50,7 @@ func TestOtherBridgeUntouched(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := nstest.Do(other, func() error {
+	if err := nsnet.Do(other, func() error {
 		ctrIf, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -62,8 +63,8 @@ func TestOtherBridgeUntouched(t *testing.T) {
 		t.Fatal(err)
 	}
 	dst := nstest.ListenTCP(t, nodeNS, netip.MustParseAddrPort("10.99.0.1:7000"))
-	if err := nstest.Eventually(3*time.Second, func() error {
-		_, err := nstest.DialTCP(ctx, other, netip.Addr{}, dst, 500*time.Millisecond)
+	if err := nsnet.Eventually(3*time.Second, func() error {
+		_, err := nsnet.DialTCP(ctx, other, netip.Addr{}, dst, 500*time.Millisecond)
 		return err
 	}); err != nil {
 		t.Fatalf("a container on another bridge cannot reach its node: %v", err)

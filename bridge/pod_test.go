@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
 
@@ -149,7 +150,7 @@ func TestDelPod(t *testing.T) {
 			return PodRef{ContainerID: f.prefix + "-twice", IfName: "eth0", NetNS: ns, IP: ips["twice"]}
 		}, 2},
 		{"gone", true, func(ns string) {
-			if err := nstest.DeleteNamed(f.prefix + "-gone"); err != nil {
+			if err := nsnet.DeleteNamed(f.prefix + "-gone"); err != nil {
 				t.Fatal(err)
 			}
 		}, func(ns string) PodRef {
@@ -200,7 +201,7 @@ func TestDelPodKeepsReassignedIP(t *testing.T) {
 	_, old := addPod(t, n, f.prefix, "old", ip, 0)
 	oldRef := PodRef{ContainerID: f.prefix + "-old", IfName: "eth0"}
 	// The old pod's veth vanishes with its netns; the new pod gets the IP.
-	if err := nstest.DeleteNamed(f.prefix + "-old"); err != nil {
+	if err := nsnet.DeleteNamed(f.prefix + "-old"); err != nil {
 		t.Fatal(err)
 	}
 	_, cur := addPod(t, n, f.prefix, "new", ip, 0)

@@ -21,9 +21,10 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
-	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 // badCall is one execution of the real bin/vnet-cni, as a runtime makes
@@ -175,7 +176,7 @@ func TestBadInputPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nstest.Do(taken.NSPath, func() error {
+	if err := nsnet.Do(taken.NSPath, func() error {
 		return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}})
 	}); err != nil {
 		t.Fatal(err)
@@ -322,7 +323,7 @@ func TestBadInputPlugin(t *testing.T) {
 		}
 	})
 	t.Run("the existing eth0 survived the refused ADD", func(t *testing.T) {
-		err := nstest.Do(taken.NSPath, func() error {
+		err := nsnet.Do(taken.NSPath, func() error {
 			l, err := netlink.LinkByName("eth0")
 			if err == nil && l.Type() != "bridge" {
 				err = fmt.Errorf("eth0 is a %s", l.Type())

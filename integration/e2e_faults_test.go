@@ -26,6 +26,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
@@ -291,7 +292,7 @@ func TestE2EReboot(t *testing.T) {
 		}
 	}
 	for _, p := range old {
-		if err := nstest.Eventually(cooldown+5*time.Second, func() error {
+		if err := nsnet.Eventually(cooldown+5*time.Second, func() error {
 			if st := e2eList(t, n)[p.IP].State; st != "free" {
 				return fmt.Errorf("%s is %q", p.IP, st)
 			}
@@ -349,7 +350,7 @@ func e2eFreshBoot(t *testing.T, n *cluster.Node, gateway netip.Addr, subnet neti
 	if err := nft.Flush(); err != nil {
 		t.Fatalf("flush nftables ruleset: %v", err)
 	}
-	if err := nstest.Do(n.NSPath, func() error {
+	if err := nsnet.Do(n.NSPath, func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("0"), 0o644)
 	}); err != nil {
 		t.Fatal(err)
@@ -420,7 +421,7 @@ func TestE2ENICLimit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := nstest.Eventually(cooldown+10*time.Second, func() error {
+		if err := nsnet.Eventually(cooldown+10*time.Second, func() error {
 			_, err := n.Add(ctx, p)
 			if err != nil && e2eCode(err) != types.ErrTryAgainLater {
 				t.Fatalf("ADD after DEL: %v, want success or code 11", err)
@@ -463,7 +464,7 @@ func TestE2EThrottleStorm(t *testing.T) {
 		}
 		return st.Pool.Free
 	}
-	if err := nstest.Eventually(10*time.Second, func() error {
+	if err := nsnet.Eventually(10*time.Second, func() error {
 		if f := free(); f < warm {
 			return fmt.Errorf("%d free", f)
 		}
@@ -482,7 +483,7 @@ func TestE2EThrottleStorm(t *testing.T) {
 			t.Fatalf("ADD %s finished after the storm; the test proves nothing", p.Name)
 		}
 	}
-	if err := nstest.Eventually(storm, func() error {
+	if err := nsnet.Eventually(storm, func() error {
 		st, err := n.Status(ctx)
 		if err != nil {
 			return err
@@ -494,7 +495,7 @@ func TestE2EThrottleStorm(t *testing.T) {
 	}); err != nil {
 		t.Errorf("the refill did not meet the storm: %v", err)
 	}
-	if err := nstest.Eventually(time.Until(stormEnd)+15*time.Second, func() error {
+	if err := nsnet.Eventually(time.Until(stormEnd)+15*time.Second, func() error {
 		if f := free(); f < warm {
 			return fmt.Errorf("%d free", f)
 		}

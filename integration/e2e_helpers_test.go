@@ -19,9 +19,10 @@ import (
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/probe"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
-	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 // e2eEnv is one end-to-end run: a simulated cloud with its fabric and a
@@ -169,7 +170,7 @@ func (e *e2eEnv) nicIPs(n *cluster.Node) []netip.Addr {
 // secondary ipConfigurations (a refill in flight may briefly differ).
 func (e *e2eEnv) storeMatchesNIC(t *testing.T, n *cluster.Node) {
 	t.Helper()
-	err := nstest.Eventually(10*time.Second, func() error {
+	err := nsnet.Eventually(10*time.Second, func() error {
 		nic := e.nicIPs(n)
 		var store []netip.Addr
 		for ip, a := range e2eList(t, n) {
@@ -228,7 +229,7 @@ func e2eLeftovers(t *testing.T, p *cluster.Pod) []string {
 	t.Helper()
 	var left []string
 	host := bridge.HostVethName(p.ContainerID, p.IfName)
-	if err := nstest.Do(p.Node.NSPath, func() error {
+	if err := nsnet.Do(p.Node.NSPath, func() error {
 		_, err := netlink.LinkByName(host)
 		if err == nil {
 			left = append(left, "host veth "+host)
@@ -238,7 +239,7 @@ func e2eLeftovers(t *testing.T, p *cluster.Pod) []string {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(p.NSPath); err == nil {
-		if err := nstest.Do(p.NSPath, func() error {
+		if err := nsnet.Do(p.NSPath, func() error {
 			if _, err := netlink.LinkByName(p.IfName); err == nil {
 				left = append(left, "pod interface "+p.IfName)
 			}

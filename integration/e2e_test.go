@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
@@ -151,7 +151,7 @@ func TestE2EFlow(t *testing.T) {
 		t.Error("the hostPort still answers after DEL")
 	}
 	for _, p := range pods {
-		if err := nstest.Eventually(cooldown+5*time.Second, func() error {
+		if err := nsnet.Eventually(cooldown+5*time.Second, func() error {
 			a := e2eList(t, p.Node)[p.IP]
 			if a.State != "free" {
 				return fmt.Errorf("%s is %q", p.IP, a.State)

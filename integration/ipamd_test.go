@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
@@ -80,7 +80,7 @@ func TestDaemonBinary(t *testing.T) {
 	}
 
 	// Metrics and health: loopback inside the node only.
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: nstest.DialContextIn(n.NSPath)}}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: nsnet.DialContextIn(n.NSPath)}}
 	get := func(path string) (int, string) {
 		resp, err := client.Get("http://" + n.Config.MetricsAddr.String() + path)
 		if err != nil {

@@ -24,9 +24,10 @@ import (
 	"github.com/vnet-cni/vnet-cni/bridge"
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
-	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 // startCluster runs a simulated cloud with the given number of nodes and a
@@ -36,7 +37,7 @@ func startCluster(t *testing.T, nodes int, tune func(c *config.Config)) (sim.Des
 	ctx := context.Background()
 	prefix := nstest.Prefix(t)
 	t.Cleanup(func() {
-		left, _ := filepath.Glob(filepath.Join(nstest.NSDir, prefix+"*"))
+		left, _ := filepath.Glob(filepath.Join(nsnet.NSDir, prefix+"*"))
 		if len(left) > 0 {
 			t.Errorf("namespaces left behind: %v", left)
 		}
@@ -178,7 +179,7 @@ func TestPlugin(t *testing.T) {
 		if _, e := execPlugin(t, n0, env, conf); e != nil {
 			t.Fatalf("ADD with exclusions: %v", e)
 		}
-		if got, err := nstest.DialTCP(ctx, a.NSPath, netip.Addr{}, toInet, time.Second); err == nil {
+		if got, err := nsnet.DialTCP(ctx, a.NSPath, netip.Addr{}, toInet, time.Second); err == nil {
 			t.Errorf("pod reached the internet with it excluded from snat (%s)", got)
 		}
 		env.Command = "DEL"
@@ -454,7 +455,7 @@ func TestPlugin(t *testing.T) {
 			}
 			// The kernel destroys the veth with the namespace, and with it
 			// what the host end recorded: DEL must do without it.
-			if err := nstest.Eventually(5*time.Second, func() error {
+			if err := nsnet.Eventually(5*time.Second, func() error {
 				if hostVeth(t, n0, p.ContainerID, p.IfName) {
 					return errors.New("host veth still there after the netns was deleted")
 				}
@@ -757,7 +758,7 @@ func TestPlugin(t *testing.T) {
 			t.Error("DEL with ipamd hung left the host veth")
 		}
 		resume()
-		if err := nstest.Eventually(10*time.Second, func() error {
+		if err := nsnet.Eventually(10*time.Second, func() error {
 			if a := assignment(t, n0, p.ContainerID, p.IfName); a != nil {
 				return fmt.Errorf("ipamd still assigns %s to the deleted pod", a.IP)
 			}

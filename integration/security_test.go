@@ -29,9 +29,10 @@ import (
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
-	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 // secCluster starts a sim and a cluster for a security test.
@@ -363,7 +364,7 @@ func TestSecurityNoTokensInLogs(t *testing.T) {
 // imdsToken asks the node's IMDS for an ARM token, as azidentity does.
 func imdsToken(t *testing.T, n *cluster.Node) string {
 	t.Helper()
-	client := &http.Client{Transport: &http.Transport{DialContext: nstest.DialContextIn(n.NSPath)}, Timeout: 5 * time.Second}
+	client := &http.Client{Transport: &http.Transport{DialContext: nsnet.DialContextIn(n.NSPath)}, Timeout: 5 * time.Second}
 	req, err := http.NewRequest(http.MethodGet,
 		"http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource="+sim.Audience, nil)
 	if err != nil {
@@ -423,7 +424,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // inside the pod's namespace, as a process in the pod could.
 func sendRaw(t *testing.T, p *cluster.Pod, frame []byte) {
 	t.Helper()
-	err := nstest.Do(p.NSPath, func() error {
+	err := nsnet.Do(p.NSPath, func() error {
 		l, err := netlink.LinkByName(p.IfName)
 		if err != nil {
 			return err
@@ -451,7 +452,7 @@ type sniffer struct {
 func newSniffer(t *testing.T, p *cluster.Pod) *sniffer {
 	t.Helper()
 	var s sniffer
-	err := nstest.Do(p.NSPath, func() error {
+	err := nsnet.Do(p.NSPath, func() error {
 		l, err := netlink.LinkByName(p.IfName)
 		if err != nil {
 			return err

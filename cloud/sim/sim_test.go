@@ -25,6 +25,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim/imds"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
 
@@ -56,7 +57,7 @@ func startSim(t *testing.T, nodes int) *Sim {
 // that trusts the sim's CA.
 func httpIn(s *Sim, nsPath string) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DialContext:     nstest.DialContextIn(nsPath),
+		DialContext:     nsnet.DialContextIn(nsPath),
 		TLSClientConfig: &tls.Config{RootCAs: s.CA().CertPool(), MinVersion: tls.VersionTLS12},
 	}}
 }
@@ -221,7 +222,7 @@ func TestControlPlaneDrivesFabric(t *testing.T) {
 	secondary := netip.MustParseAddr("10.240.0.77")
 
 	// Put the address on node1's eth0 (as the datapath would) and listen on it.
-	if err := nstest.Do(node1.Netns, func() error {
+	if err := nsnet.Do(node1.Netns, func() error {
 		link, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -232,7 +233,7 @@ func TestControlPlaneDrivesFabric(t *testing.T) {
 	}
 	dst := nstest.ListenTCP(t, node1.Netns, netip.AddrPortFrom(secondary, 8080))
 	reach := func() error {
-		_, err := nstest.DialTCP(ctx, node0.Netns, netip.Addr{}, dst, 300*time.Millisecond)
+		_, err := nsnet.DialTCP(ctx, node0.Netns, netip.Addr{}, dst, 300*time.Millisecond)
 		return err
 	}
 	if reach() == nil {
@@ -266,11 +267,11 @@ func TestControlPlaneDrivesFabric(t *testing.T) {
 		}
 	}
 	setConfigs(true)
-	if err := nstest.Eventually(2*time.Second, reach); err != nil {
+	if err := nsnet.Eventually(2*time.Second, reach); err != nil {
 		t.Fatalf("secondary added through the API not delivered within 2 s: %v", err)
 	}
 	setConfigs(false)
-	if err := nstest.Eventually(2*time.Second, func() error {
+	if err := nsnet.Eventually(2*time.Second, func() error {
 		if reach() == nil {
 			return fmt.Errorf("still delivered")
 		}
@@ -281,7 +282,7 @@ func TestControlPlaneDrivesFabric(t *testing.T) {
 
 	// A user-defined route to a pod range behind node1.
 	podIP := netip.MustParseAddr("10.244.1.10")
-	if err := nstest.Do(node1.Netns, func() error {
+	if err := nsnet.Do(node1.Netns, func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {
 			return err
@@ -307,7 +308,7 @@ func TestControlPlaneDrivesFabric(t *testing.T) {
 		t.Fatal(err)
 	}
 	reachPod := func() error {
-		_, err := nstest.DialTCP(ctx, node0.Netns, netip.Addr{}, podDst, 300*time.Millisecond)
+		_, err := nsnet.DialTCP(ctx, node0.Netns, netip.Addr{}, podDst, 300*time.Millisecond)
 		return err
 	}
 	time.Sleep(time.Second)
@@ -326,7 +327,7 @@ func TestControlPlaneDrivesFabric(t *testing.T) {
 	if _, err := np.PollUntilDone(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := nstest.Eventually(2*time.Second, reachPod); err != nil {
+	if err := nsnet.Eventually(2*time.Second, reachPod); err != nil {
 		t.Fatalf("route via a forwarding NIC not working: %v", err)
 	}
 }

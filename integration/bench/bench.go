@@ -26,7 +26,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
@@ -139,7 +139,7 @@ const (
 // and result cache write), not counting entering the node namespace.
 func (s *side) do(ctx context.Context, o op, p *cluster.Pod) (time.Duration, error) {
 	var d time.Duration
-	err := nstest.Do(s.nsPath, func() error {
+	err := nsnet.Do(s.nsPath, func() error {
 		rt := p.RuntimeConf()
 		start := time.Now()
 		if o == opDel {
@@ -202,7 +202,7 @@ func (s *side) run(ctx context.Context, o op, pods []*cluster.Pod, par int) ([]t
 // start-up of the plugin binary.
 func (s *side) version(ctx context.Context) (time.Duration, error) {
 	var d time.Duration
-	err := nstest.Do(s.nsPath, func() error {
+	err := nsnet.Do(s.nsPath, func() error {
 		start := time.Now()
 		_, err := s.cni.GetVersionInfo(ctx, s.list.Plugins[0].Network.Type)
 		d = time.Since(start)
@@ -372,7 +372,7 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 	// reference's iptables chains would lengthen vnet-cni's nftables
 	// reads; each plugin sees a node with its own datapath only.
 	refNode := res.Prefix + "-refnode"
-	if err := nstest.CreateNamed(refNode); err != nil {
+	if err := nsnet.CreateNamed(refNode); err != nil {
 		return err
 	}
 	e.nsNames = append(e.nsNames, refNode)

@@ -16,7 +16,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 )
 
 // measureLatency creates each side's bridge with a first pod, then runs
@@ -261,7 +261,7 @@ func (e *env) allocateMetrics(ctx context.Context) (AllocationStats, error) {
 	var a AllocationStats
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	client := &http.Client{Transport: &http.Transport{DialContext: nstest.DialContextIn(e.node.NSPath)}}
+	client := &http.Client{Transport: &http.Transport{DialContext: nsnet.DialContextIn(e.node.NSPath)}}
 	defer client.CloseIdleConnections()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+e.node.Config.MetricsAddr.String()+"/metrics", http.NoBody)
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 )
 
 // path is one way between two namespaces that throughput is measured on.
@@ -105,7 +105,7 @@ func ignoreCtx(_ time.Duration, err error) error { return err }
 func (e *env) directPair() (path, error) {
 	a, b := e.sim.Description().Prefix+"-direct-a", e.sim.Description().Prefix+"-direct-b"
 	for _, n := range []string{a, b} {
-		if err := nstest.CreateNamed(n); err != nil {
+		if err := nsnet.CreateNamed(n); err != nil {
 			return path{}, err
 		}
 		e.nsNames = append(e.nsNames, n)
@@ -116,7 +116,7 @@ func (e *env) directPair() (path, error) {
 		return path{}, err
 	}
 	defer hb.Close()
-	err = nstest.Do(pa, func() error {
+	err = nsnet.Do(pa, func() error {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(hb)}
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("add veth: %w", err)
@@ -126,15 +126,15 @@ func (e *env) directPair() (path, error) {
 	if err != nil {
 		return path{}, err
 	}
-	if err := nstest.Do(pb, func() error { return upWithAddr("eth0", directB) }); err != nil {
+	if err := nsnet.Do(pb, func() error { return upWithAddr("eth0", directB) }); err != nil {
 		return path{}, err
 	}
 	return path{name: "direct veth pair", src: pa, dst: pb, dstIP: directB.Addr()}, nil
 }
 
-func nsPath(name string) string { return nstest.NSDir + "/" + name }
+func nsPath(name string) string { return nsnet.NSDir + "/" + name }
 
-func deleteNS(name string) error { return nstest.DeleteNamed(name) }
+func deleteNS(name string) error { return nsnet.DeleteNamed(name) }
 
 // upWithAddr sets the link up with addr, in the calling thread's namespace.
 func upWithAddr(name string, addr netip.Prefix) error {
@@ -154,7 +154,7 @@ func upWithAddr(name string, addr netip.Prefix) error {
 // byte read by the receiver.
 func tcpThroughput(ctx context.Context, p path, n int64) (float64, error) {
 	var ln net.Listener
-	err := nstest.Do(p.dst, func() error {
+	err := nsnet.Do(p.dst, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", netip.AddrPortFrom(p.dstIP, 0).String())
 		return err
@@ -182,7 +182,7 @@ func tcpThroughput(ctx context.Context, p path, n int64) (float64, error) {
 		got <- result{n: m, end: time.Now(), err: err}
 	}()
 	var conn net.Conn
-	err = nstest.Do(p.src, func() error {
+	err = nsnet.Do(p.src, func() error {
 		d := net.Dialer{Timeout: 5 * time.Second}
 		var err error
 		conn, err = d.DialContext(ctx, "tcp4", ln.Addr().String())

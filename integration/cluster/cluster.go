@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
-	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 // Options configure a cluster on an already running simulated cloud.

@@ -16,7 +16,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/vnet-cni/vnet-cni/internal/namedns"
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 )
 
 // Pod is a pod sandbox: a network namespace and its CNI attachment.
@@ -149,7 +149,7 @@ func (p *Pod) RuntimeConf(ports ...PortMapping) *libcni.RuntimeConf {
 
 // InNode runs fn on a thread inside the node's namespace: plugins that fn
 // executes inherit it, as they inherit the host's namespace from containerd.
-func (n *Node) InNode(fn func() error) error { return nstest.Do(n.NSPath, fn) }
+func (n *Node) InNode(fn func() error) error { return nsnet.Do(n.NSPath, fn) }
 
 // Add runs ADD for the pod through libcni with the node's conflist.
 func (n *Node) Add(ctx context.Context, p *Pod, ports ...PortMapping) (*current.Result, error) {

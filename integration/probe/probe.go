@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 )
 
 // Servers are probe servers inside namespaces; the zero value is ready.
@@ -30,7 +30,7 @@ type Servers struct {
 // and returns the address it listens on.
 func (s *Servers) Listen(nsPath, name string, addr netip.AddrPort) (netip.AddrPort, error) {
 	var ln net.Listener
-	if err := nstest.Do(nsPath, func() error {
+	if err := nsnet.Do(nsPath, func() error {
 		var err error
 		ln, err = net.Listen("tcp4", addr.String())
 		return err
@@ -83,7 +83,7 @@ func Dial(ctx context.Context, nsPath string, dst netip.AddrPort) (Answer, error
 	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()
 	var c net.Conn
-	if err := nstest.Do(nsPath, func() error {
+	if err := nsnet.Do(nsPath, func() error {
 		var d net.Dialer
 		var err error
 		c, err = d.DialContext(ctx, "tcp4", dst.String())

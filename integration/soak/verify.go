@@ -18,7 +18,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/bridge"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
-	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
@@ -129,7 +129,7 @@ func (r *runner) checkAddresses(ctx context.Context, live []map[string]*cluster.
 func (r *runner) checkCloud(live []map[string]*cluster.Pod) {
 	for ni, n := range r.c.Nodes {
 		var last error
-		err := nstest.Eventually(time.Duration(n.Config.ResyncInterval)+5*time.Second, func() error {
+		err := nsnet.Eventually(time.Duration(n.Config.ResyncInterval)+5*time.Second, func() error {
 			nic, ok := r.nic(n.NIC)
 			if !ok {
 				return fmt.Errorf("no nic %s in the cloud", n.NIC)
@@ -333,7 +333,7 @@ func (r *runner) checkConnectivity(ctx context.Context, live []map[string]*clust
 	for i, n := range r.c.Nodes {
 		ap := netip.AddrPortFrom(netip.MustParseAddr(n.PrimaryIP), probePort)
 		var ln net.Listener
-		err := nstest.Do(n.NSPath, func() error {
+		err := nsnet.Do(n.NSPath, func() error {
 			var err error
 			ln, err = net.Listen("tcp", ap.String())
 			return err
@@ -367,7 +367,7 @@ func (r *runner) checkConnectivity(ctx context.Context, live []map[string]*clust
 		wg.Go(func() {
 			for j := range jobs {
 				var last error
-				err := nstest.Eventually(10*time.Second, func() error {
+				err := nsnet.Eventually(10*time.Second, func() error {
 					last = probe(ctx, j.p, j.dst)
 					return last
 				})
@@ -392,7 +392,7 @@ func probe(ctx context.Context, p *cluster.Pod, dst netip.AddrPort) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var c net.Conn
-	err := nstest.Do(p.NSPath, func() error {
+	err := nsnet.Do(p.NSPath, func() error {
 		var d net.Dialer
 		var err error
 		c, err = d.DialContext(ctx, "tcp", dst.String())

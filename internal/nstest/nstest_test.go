@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 )
 
 func TestPrefix(t *testing.T) {
@@ -41,7 +43,7 @@ func TestEndpointsInNamespace(t *testing.T) {
 		}
 	}
 	ap := ListenTCP(t, path, netip.AddrPortFrom(lo, 0))
-	line, err := DialTCP(t.Context(), path, lo, ap, time.Second)
+	line, err := nsnet.DialTCP(t.Context(), path, lo, ap, time.Second)
 	if err != nil {
 		t.Fatalf("DialTCP: %v", err)
 	}
@@ -49,16 +51,16 @@ func TestEndpointsInNamespace(t *testing.T) {
 		t.Errorf("answer = %q, want %q", line, want)
 	}
 	// The listener lives in its namespace only.
-	if _, err := DialTCP(t.Context(), other, lo, ap, 300*time.Millisecond); err == nil {
+	if _, err := nsnet.DialTCP(t.Context(), other, lo, ap, 300*time.Millisecond); err == nil {
 		t.Error("listener reachable from another namespace")
 	}
 
 	udp := netip.AddrPortFrom(lo, 5353)
 	got := ListenUDP(t, path, udp)
-	if !UDPReaches(t, path, lo, udp, got, time.Second) {
+	if !nsnet.UDPReaches(path, lo, udp, got, time.Second) {
 		t.Error("datagram did not arrive")
 	}
-	if err := Do(path, func() error { return nil }); err != nil || !strings.HasPrefix(path, NSDir) {
+	if err := nsnet.Do(path, func() error { return nil }); err != nil || !strings.HasPrefix(path, nsnet.NSDir) {
 		t.Errorf("Do: %v, path %s", err, path)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
 
@@ -149,7 +150,7 @@ func checkTCP(t *testing.T, f *Fabric, checks ...tcpCheck) {
 		if c.want == "" {
 			timeout = dropTimeout
 		}
-		line, err := nstest.DialTCP(t.Context(), f.NodeNSPath(c.from), c.src, c.dst, timeout)
+		line, err := nsnet.DialTCP(t.Context(), f.NodeNSPath(c.from), c.src, c.dst, timeout)
 		switch {
 		case c.want == "" && err == nil:
 			t.Errorf("%s (src %v) -> %s: connected (%q), want dropped", c.from, c.src, c.dst, line)
@@ -184,7 +185,7 @@ func TestNodeToNode(t *testing.T) {
 	}
 	t.Run("gateway answers", func(t *testing.T) {
 		// Nothing listens on the gateway: a reset proves it is there.
-		_, err := nstest.DialTCP(t.Context(), f.NodeNSPath("node0"), netip.Addr{}, ap(f.Gateway()), okTimeout)
+		_, err := nsnet.DialTCP(t.Context(), f.NodeNSPath("node0"), netip.Addr{}, ap(f.Gateway()), okTimeout)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Errorf("dial gateway: %v, want connection refused", err)
 		}
@@ -244,7 +245,7 @@ func TestSourceIPAntiSpoofing(t *testing.T) {
 			if !s.want {
 				timeout = dropTimeout
 			}
-			if arrived := nstest.UDPReaches(t, f.NodeNSPath("node0"), s.src, dst, got, timeout); arrived != s.want {
+			if arrived := nsnet.UDPReaches(f.NodeNSPath("node0"), s.src, dst, got, timeout); arrived != s.want {
 				t.Errorf("datagram from %s arrived = %v, want %v", s.src, arrived, s.want)
 			}
 		})
@@ -291,7 +292,7 @@ func TestSourceMACAntiSpoofing(t *testing.T) {
 				timeout = dropTimeout
 			}
 			src := primary(f, "node0")
-			if arrived := nstest.UDPReaches(t, f.NodeNSPath("node0"), src, dst, got, timeout); arrived != s.want {
+			if arrived := nsnet.UDPReaches(f.NodeNSPath("node0"), src, dst, got, timeout); arrived != s.want {
 				t.Errorf("datagram from mac %s arrived = %v, want %v", s.mac, arrived, s.want)
 			}
 		})
@@ -358,7 +359,7 @@ func TestUserDefinedRoute(t *testing.T) {
 			if !s.want {
 				timeout = dropTimeout
 			}
-			if arrived := nstest.UDPReaches(t, f.NodeNSPath("node0"), netip.Addr{}, udp, got, timeout); arrived != s.want {
+			if arrived := nsnet.UDPReaches(f.NodeNSPath("node0"), netip.Addr{}, udp, got, timeout); arrived != s.want {
 				t.Errorf("datagram to %s arrived = %v, want %v", udp, arrived, s.want)
 			}
 			// Both ways: the appliance answers from an address that is not its own.
@@ -392,9 +393,9 @@ func TestProxyARP(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := nstest.Eventually(okTimeout, func() error {
+			err := nsnet.Eventually(okTimeout, func() error {
 				// Any packet makes the node resolve the address.
-				_ = nstest.SendUDP(f.NodeNSPath("node0"), netip.Addr{}, netip.AddrPortFrom(tt.addr, 9), []byte("arp"))
+				_ = nsnet.SendUDP(f.NodeNSPath("node0"), netip.Addr{}, netip.AddrPortFrom(tt.addr, 9), []byte("arp"))
 				neighs, err := h.NeighList(eth0, netlink.FAMILY_V4)
 				if err != nil {
 					return err
@@ -544,7 +545,7 @@ func TestRunRepairs(t *testing.T) {
 			defer wg.Wait()
 			defer cancel()
 			start := time.Now()
-			err := nstest.Eventually(3*time.Second, func() error {
+			err := nsnet.Eventually(3*time.Second, func() error {
 				ok, err := f.inSync(st)
 				if !ok && err == nil {
 					err = errors.New("not repaired")
@@ -569,7 +570,7 @@ func TestRunRepairs(t *testing.T) {
 	if err := h0.LinkSetHardwareAddr(link(t, h0, "eth0"), net.HardwareAddr{0x00, 0x0d, 0x3a, 0x66, 0x66, 0x66}); err != nil {
 		t.Fatal(err)
 	}
-	if nstest.UDPReaches(t, f.NodeNSPath("node0"), primary(f, "node0"), dst, got, dropTimeout) {
+	if nsnet.UDPReaches(f.NodeNSPath("node0"), primary(f, "node0"), dst, got, dropTimeout) {
 		t.Error("foreign source mac passes after repairs")
 	}
 }
@@ -591,7 +592,7 @@ func TestRunFollowsChanges(t *testing.T) {
 	next := State{Nodes: []NodeState{{Name: "node1", IPs: []netip.Addr{sec}}}}
 	cur.Store(&next)
 	changed <- struct{}{}
-	if err := nstest.Eventually(3*time.Second, func() error {
+	if err := nsnet.Eventually(3*time.Second, func() error {
 		if ok, err := f.inSync(next); !ok || err != nil {
 			return errors.Join(errors.New("not applied"), err)
 		}
@@ -741,7 +742,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 // sendARPRequest sends a raw ARP request out of dev in the namespace, with
 // the frame's source MAC ether but ARP sender (sha, spa).
 func sendARPRequest(nsPath, dev string, ether, sha net.HardwareAddr, spa, tpa netip.Addr) error {
-	return nstest.Do(nsPath, func() error {
+	return nsnet.Do(nsPath, func() error {
 		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
 			return err
@@ -792,7 +793,7 @@ func TestARPSenderMAC(t *testing.T) {
 			if !tt.learn {
 				timeout = dropTimeout
 			}
-			err := nstest.Eventually(timeout, func() error {
+			err := nsnet.Eventually(timeout, func() error {
 				neighs, err := vh.NeighList(f.ifindex["n0"], netlink.FAMILY_V4)
 				if err != nil {
 					return err

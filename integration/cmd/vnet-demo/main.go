@@ -32,8 +32,8 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/probe"
-	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 const (
