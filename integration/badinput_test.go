@@ -47,6 +47,9 @@ func badRun(t *testing.T, n *cluster.Node, bin string, c badCall) badOutcome {
 	t.Helper()
 	var out badOutcome
 	var stdout, stderr bytes.Buffer
+	if c.uid != 0 {
+		bin = execCopyForOtherUID(t, bin)
+	}
 	cmd := exec.Command(bin)
 	for k, v := range c.env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -54,6 +57,7 @@ func badRun(t *testing.T, n *cluster.Node, bin string, c badCall) badOutcome {
 	cmd.Stdin = bytes.NewReader(c.stdin)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if c.uid != 0 {
+		cmd.Dir = filepath.Dir(bin)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: c.uid, Gid: c.uid}}
 	}
 	err := n.InNode(cmd.Run)

@@ -95,8 +95,12 @@ func statusAs(t *testing.T, socket string, uid uint32) (string, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if uid != 0 {
+		bin = execCopyForOtherUID(t, bin)
+	}
 	cmd := exec.Command(bin, "status", "--socket", socket, "--json")
 	if uid != 0 {
+		cmd.Dir = filepath.Dir(bin)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	}
 	out, err := cmd.CombinedOutput()
