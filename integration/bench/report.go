@@ -40,6 +40,9 @@ type Results struct {
 	Burst250AddP50     float64 `json:"burst250_add_p50_ms"`
 	RefBurst250AddP50  float64 `json:"ref_burst250_add_p50_ms"`
 	Burst250DelWallRat float64 `json:"burst250_del_wall_ratio"`
+	Burst250DelP50     float64 `json:"burst250_del_p50_ms"`
+	RefBurst250DelP50  float64 `json:"ref_burst250_del_p50_ms"`
+	Burst250DelP50Rat  float64 `json:"burst250_del_p50_ratio"`
 
 	IPAMDRSSMiB250     float64 `json:"ipamd_rss_mib_250"`
 	IPAMDRSSPeakMiB250 float64 `json:"ipamd_rss_peak_mib_250"`
@@ -164,10 +167,9 @@ func (r *Results) scenario(pods, par int) *Scenario {
 
 // fill derives the flat fields.
 func (r *Results) fill() {
-	n, par := 0, 1
+	n, par := 0, r.burstParallel()
 	for _, s := range r.Scenarios {
 		n = max(n, s.Pods)
-		par = max(par, s.Parallel)
 	}
 	r.HeadlinePods = n
 	seq := r.scenario(n, 1)
@@ -184,6 +186,8 @@ func (r *Results) fill() {
 	r.Burst250WallRatio = ratio(r.Burst250WallMs, r.RefBurst250WallMs)
 	r.Burst250AddP50, r.RefBurst250AddP50 = burst.Add.VNet.P50, burst.Add.Ref.P50
 	r.Burst250DelWallRat = ratio(burst.DelWall.VNetMs, burst.DelWall.RefMs)
+	r.Burst250DelP50, r.RefBurst250DelP50 = burst.Del.VNet.P50, burst.Del.Ref.P50
+	r.Burst250DelP50Rat = ratio(r.Burst250DelP50, r.RefBurst250DelP50)
 
 	r.IPAMDRSSMiB250, r.IPAMDRSSPeakMiB250, r.IPAMDRSSIdleMiB = r.RSS.MiB, r.RSS.PeakMiB, r.RSS.IdleMiB
 	r.CloudWritesFill250, r.CloudReadsFill250 = r.Cloud.Fill.Writes, r.Cloud.Fill.Reads
@@ -311,6 +315,24 @@ func (r *Results) Print(w io.Writer) {
 	check("ADD p50 ratio", r.AddP50Ratio, 0.5, "x")
 	check("ADD p99 ratio", r.AddP99Ratio, 0.7, "x")
 	check("DEL p50 ratio", r.DelP50Ratio, 1.0, "x")
+	check(fmt.Sprintf("%d-way DEL p50 ratio", r.burstParallel()), r.Burst250DelP50Rat, 1.0, "x")
+	check(fmt.Sprintf("%d-way DEL wall ratio", r.burstParallel()), r.Burst250DelWallRat, 1.0, "x")
 	check("vnet-ipamd RSS", r.IPAMDRSSMiB250, 40, " MiB")
+	if r.BridgeThroughputRatio > 0 {
+		verdict := "met"
+		if r.BridgeThroughputRatio < 0.95 {
+			verdict = "NOT met"
+		}
+		fmt.Fprintf(w, "  %-22s %7.2fx (target >= 0.95x)  %s\n", "same-node TCP vs veth", r.BridgeThroughputRatio, verdict)
+	}
 	fmt.Fprintf(w, "  %-22s %7d    (target 0)  %s\n", "slow/refused Allocates", r.AllocationsSlow, map[bool]string{true: "met", false: "NOT met"}[r.AllocationsSlow == 0])
+}
+
+// burstParallel is the parallelism of the burst scenarios (1 when none ran).
+func (r *Results) burstParallel() int {
+	par := 1
+	for _, s := range r.Scenarios {
+		par = max(par, s.Parallel)
+	}
+	return par
 }
