@@ -302,6 +302,8 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 	res.Prefix = s.Description().Prefix
 	c, err := cluster.New(s.Description(), cluster.Options{
 		Dir: filepath.Join(o.Dir, "nodes"), BinDir: o.BinDir,
+		// The stores live where the default storeDir does: on a tmpfs.
+		StoreOnTmpfs: true,
 		IPAMD: func(node string, cfg *config.Config) {
 			cfg.ResyncInterval = config.Duration(config.DefaultResyncInterval)
 			if node != s.Description().Nodes[0].Name {

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
@@ -40,6 +42,9 @@ type Options struct {
 	// PluginStderr receives what the plugins write to stderr (their log
 	// lines); nil means os.Stderr, as libcni does.
 	PluginStderr io.Writer
+	// StoreOnTmpfs mounts a tmpfs on each node's store directory, as a
+	// node's /run (where the default storeDir lives) is; Close unmounts it.
+	StoreOnTmpfs bool
 }
 
 // Cluster is a set of nodes with their daemons.
@@ -65,6 +70,8 @@ type Node struct {
 	// (e.g. --boot-id-file for a simulated reboot).
 	ExtraArgs []string
 	cluster   *Cluster
+	// tmpfs is the store's mount point when Options.StoreOnTmpfs is set.
+	tmpfs string
 
 	mu   sync.Mutex // guards cmd, done and pods
 	cmd  *exec.Cmd
@@ -117,6 +124,11 @@ func New(desc sim.Description, opts Options) (*Cluster, error) {
 		}
 		if err := n.WriteConfig(); err != nil {
 			return nil, err
+		}
+		if opts.StoreOnTmpfs {
+			if err := n.mountStore(); err != nil {
+				return nil, errors.Join(err, c.Close())
+			}
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
@@ -308,6 +320,32 @@ func (c *Cluster) Close() error {
 	for _, n := range c.Nodes {
 		errs = append(errs, n.StopIPAMD(syscall.SIGTERM))
 		errs = append(errs, n.removePods())
+		errs = append(errs, n.unmountStore())
 	}
 	return errors.Join(errs...)
+}
+
+// mountStore puts the node's store directory on a fresh tmpfs.
+func (n *Node) mountStore() error {
+	dir := n.Config.StoreDir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=64m"); err != nil {
+		return fmt.Errorf("mount a tmpfs on %s: %w", dir, err)
+	}
+	n.tmpfs = dir
+	return nil
+}
+
+// unmountStore undoes mountStore; a busy mount is detached.
+func (n *Node) unmountStore() error {
+	if n.tmpfs == "" {
+		return nil
+	}
+	if err := unix.Unmount(n.tmpfs, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmount %s: %w", n.tmpfs, err)
+	}
+	n.tmpfs = ""
+	return nil
 }

@@ -156,6 +156,8 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 	defer func() { err = errors.Join(err, r.sim.Close()) }()
 	r.c, err = cluster.New(r.sim.Description(), cluster.Options{
 		Dir: filepath.Join(opts.Dir, "nodes"), BinDir: opts.BinDir, Logger: r.log,
+		// The stores live where the default storeDir does: on a tmpfs.
+		StoreOnTmpfs: true,
 		IPAMD: func(_ string, c *config.Config) {
 			// Room for every slot plus what cools down.
 			// A warm pool deep enough to ride out a refill that takes

@@ -31,7 +31,7 @@ const (
 	DefaultAllocateWait   = 5 * time.Second
 	DefaultResyncInterval = 60 * time.Second
 	DefaultSocketPath     = api.DefaultSocketPath
-	DefaultStoreDir       = "/var/lib/vnet-cni"
+	DefaultStoreDir       = "/run/vnet-cni/store"
 	DefaultCNIConfDir     = "/etc/cni/net.d"
 	DefaultCNIConfName    = "10-vnet-cni.conflist"
 	DefaultCNIVersion     = "1.1.0"
@@ -123,6 +123,10 @@ type Config struct {
 	// at most 107 bytes.
 	SocketPath string `json:"socketPath"`
 	// StoreDir is the directory of the address store (mode 0700), absolute.
+	// The default is under /run, a tmpfs on every node: the store outlives
+	// the daemon (a kill -9, an upgrade) but not the node's boot, and no pod
+	// outlives the boot either. On tmpfs a record's fdatasync costs nothing;
+	// on a disk every assignment waits for one.
 	StoreDir string `json:"storeDir"`
 	// CNIConfDir is where the daemon writes the CNI conflist once ready,
 	// absolute.

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Environment of the child process of TestKill9.
@@ -29,14 +31,35 @@ const (
 // reopens the store and checks that the invariants hold, that every
 // acknowledged operation is reflected, that no address was lost or invented,
 // and that the one operation in flight was applied entirely or not at all.
+//
+// It runs on the disk (t.TempDir) and, as root, on a tmpfs, where the default
+// storeDir lives and a record's fdatasync returns at once.
 func TestKill9(t *testing.T) {
 	if os.Getenv(envKillDir) != "" {
 		t.Skip("in the child")
 	}
+	t.Run("disk", func(t *testing.T) { kill9(t, t.TempDir()) })
+	t.Run("tmpfs", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("mounting a tmpfs needs root")
+		}
+		dir := t.TempDir()
+		if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "mode=0700,size=16m"); err != nil {
+			t.Fatalf("mount a tmpfs: %v", err)
+		}
+		t.Cleanup(func() {
+			if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+				t.Errorf("unmount %s: %v", dir, err)
+			}
+		})
+		kill9(t, dir)
+	})
+}
+
+func kill9(t *testing.T, dir string) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0))
-	dir := t.TempDir()
 	acks := model{}
 	var acked, inflightApplied int
 	for iter := range 30 {
