@@ -93,3 +93,74 @@ func TestPrepareVeth(t *testing.T) {
 		t.Errorf("pod A after removing B's pair: %v", err)
 	}
 }
+
+// TestAttachment drives ADD's handle: Prepare then Abort leaves nothing
+// behind (the pair prepared while the address was on its way is removed);
+// Prepare then Complete builds the same pod as AddPod, also when the
+// address's VNet space differs from the request's; Abort after Complete
+// removes the pod's veth and entries.
+func TestAttachment(t *testing.T) {
+	podA := netip.MustParseAddr("10.240.0.10")
+	f := newFabric(t, map[string][]netip.Addr{"node0": {podA}})
+	ctx := context.Background()
+	nodeNS := f.NodeNSPath("node0")
+	lockDir := t.TempDir()
+	n := openNode(t, nodeNS, lockDir)
+	opts := Options{LockDir: lockDir}
+	nsA := nstest.NewNS(t, f.prefix+"-pa")
+	req := AttachRequest{ContainerID: f.prefix + "-pa", IfName: "eth0", NetNS: nsA, VNetPrefixes: []netip.Prefix{vnetPrefix}}
+	addr := Address{IP: podA, Subnet: subnet, Gateway: gatewayIP, VNetPrefixes: []netip.Prefix{vnetPrefix}}
+	ref := PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA, IP: podA}
+
+	// The first ADD builds the bridge; this one finds it and prepares the pair.
+	if _, err := n.EnsureNode(ctx, nodeConfig()); err != nil {
+		t.Fatal(err)
+	}
+	a := Prepare(ctx, nodeNS, opts, req)
+	if err := a.Abort(ctx); err != nil {
+		t.Fatalf("Abort a prepared attachment: %v", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := n.InspectPod(ctx, ref); err != nil || st.HostVeth != nil || st.PodIf != nil {
+		t.Fatalf("after Abort: host %+v pod %+v (%v); want nothing", st.HostVeth, st.PodIf, err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		vnet []netip.Prefix
+	}{
+		{"prepared", []netip.Prefix{vnetPrefix}},
+		{"vnet changed", []netip.Prefix{netip.MustParsePrefix("10.240.0.0/12")}},
+		{"no vnet in the request", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := req
+			r.VNetPrefixes = tc.vnet
+			a := Prepare(ctx, nodeNS, opts, r)
+			defer a.Close()
+			res, err := a.Complete(ctx, addr)
+			if err != nil {
+				t.Fatalf("Complete: %v", err)
+			}
+			if s := a.Steps(); s.NodeReady.IsZero() || s.AddPod <= 0 {
+				t.Errorf("steps %+v: want the node's readiness and AddPod timed", s)
+			}
+			st, err := n.InspectPod(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(wantPod(res, 1500), st, cmpAddrs...); d != "" {
+				t.Errorf("completed pod (-want +got):\n%s", d)
+			}
+			if err := a.Abort(ctx); err != nil {
+				t.Fatalf("Abort a completed attachment: %v", err)
+			}
+			st, err = n.InspectPod(ctx, ref)
+			if err != nil || st.HostVeth != nil || st.PodIf != nil || st.RegisteredMAC != nil || st.SNATRegistered {
+				t.Errorf("after Abort: %+v (%v); want nothing", st, err)
+			}
+		})
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -126,16 +125,10 @@ func ipamdError(op string, err error) error {
 	}
 }
 
-func (p *Plugin) node(conf *NetConf) (*bridge.Node, error) {
-	n, err := bridge.Open(p.NodeNS, bridge.Options{LockDir: conf.LockDir})
-	if err != nil {
-		return nil, types.NewError(types.ErrInternal, "open the node's datapath", err.Error())
-	}
-	return n, nil
-}
-
-// Add allocates an address and builds the pod's datapath; any failure after
-// the address was taken undoes the datapath and releases the address.
+// Add allocates an address and builds the pod's datapath, like the bridge
+// plugin's cmdAdd: load, allocate, set up, print. The datapath prepares the
+// node and the pod's veth while the address is on its way; any failure
+// removes what was built and releases the address.
 func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	c, err := p.begin("ADD", args)
 	if err != nil {
@@ -143,167 +136,98 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	}
 	defer func() { c.finish(err) }()
 	conf := c.conf
-	if err := validIfName(args.IfName); err != nil {
-		return types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_IFNAME", fmt.Sprintf("%q: %v", args.IfName, err))
-	}
-	if args.Netns == "" {
-		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is required for ADD", "")
-	}
-	if err := checkNetns(args.Netns); err != nil {
-		return err
-	}
-	k8s, err := loadK8sArgs(args.Args)
+	k8s, err := addArgs(args)
 	if err != nil {
 		return err
 	}
 	c.attrs = append(c.attrs, "pod", string(k8s.K8S_POD_NAMESPACE)+"/"+string(k8s.K8S_POD_NAME))
 
-	ctx, cancel := context.WithTimeout(context.Background(), conf.ipamdTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), datapathTimeout)
 	defer cancel()
-	// The node's datapath does not depend on the pod's address: with the
-	// VNet's address space from the conflist, it is set up while the
-	// address is on its way.
-	var early chan ensured
-	if len(conf.vnetCIDRs) > 0 {
-		early = make(chan ensured, 1)
-		go func() { early <- p.ensureNode(ctx, conf, conf.vnetCIDRs) }()
-	}
-	// So is the pod's veth pair, when the bridge exists: AddPod completes
-	// it once the address is known.
-	var prepared chan bool
-	if early != nil {
-		prepared = make(chan bool, 1)
-		go func() {
-			ok, _ := bridge.PrepareVeth(p.NodeNS, bridge.VethRequest{
-				ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, MTU: conf.MTU, Bridge: conf.Bridge,
-			})
-			prepared <- ok
-		}()
-	}
-	preparedOK := false
-	// dropPrepared removes that pair when the ADD fails before AddPod owns
-	// it: nothing may stay behind a failed ADD.
-	dropPrepared := func(e ensured) {
-		if !preparedOK {
-			return
-		}
-		node := e.node
-		if node == nil {
-			var err error
-			if node, err = p.node(conf); err != nil {
-				c.log.Error("cannot remove the veth pair of a failed ADD; DEL or GC will", "err", err.Error())
-				return
-			}
-			defer node.Close()
-		}
-		if err := node.DelPod(context.Background(), bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns}); err != nil {
-			c.log.Error("cannot remove the veth pair of a failed ADD; DEL or GC will", "err", err.Error())
-		}
-	}
-	step := time.Now()
-	client := api.NewClient(conf.IPAMDSocket)
-	resp, err := client.Allocate(ctx, api.AllocateRequest{
-		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
-		PodNamespace: string(k8s.K8S_POD_NAMESPACE), PodName: string(k8s.K8S_POD_NAME),
-	})
-	if err != nil {
-		if early != nil {
-			e := <-early
-			preparedOK = <-prepared
-			dropPrepared(e)
-			e.close()
-		}
-		return ipamdError("allocate", err)
-	}
-	a := resp.Assignment
-	c.attrs = append(c.attrs, "ip", a.IP.String(), "allocateMs", ms(time.Since(step)))
-	success := false
+	att := p.prepare(ctx, conf, args)
+	defer att.Close()
+	allocated, success := false, false
 	defer func() {
-		if success {
-			return
-		}
-		rctx, rcancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
-		defer rcancel()
-		if _, rerr := client.Release(rctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName}); rerr != nil {
-			if serr := api.SpoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName, time.Now()); serr != nil {
-				c.log.Error("cannot release the address of a failed ADD; GC will", "release", rerr.Error(), "spool", serr.Error())
-			}
+		if !success {
+			p.undoAdd(c, att, allocated)
 		}
 	}()
 
-	var e ensured
-	if early != nil {
-		e = <-early
-		preparedOK = <-prepared
-	}
-	if early == nil || !slices.Equal(conf.vnetCIDRs, a.VNetCIDRs) {
-		// No address space in the conflist, or it changed since it was
-		// written: the daemon's answer is the truth.
-		e.close()
-		e = p.ensureNode(ctx, conf, a.VNetCIDRs)
-	}
-	if e.err != nil {
-		dropPrepared(e)
-		e.close()
-		return e.err
-	}
-	node := e.node
-	defer node.Close()
-	c.attrs = append(c.attrs, "nodeReadyMs", ms(time.Since(step)), "nodeOpenMs", e.openMs, "ensureNodeMs", e.ensureMs)
-	step = time.Now()
-	pod, err := node.AddPod(ctx, bridge.PodConfig{
-		ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns,
-		IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, MTU: conf.MTU, Bridge: e.info.Bridge.Name,
-	})
+	step := time.Now()
+	a, err := allocate(conf, args, k8s)
 	if err != nil {
-		if derr := node.DelPod(context.Background(), bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: a.IP}); derr != nil {
-			err = errors.Join(err, derr)
-		}
+		return ipamdError("allocate", err)
+	}
+	allocated = true
+	c.attrs = append(c.attrs, "ip", a.IP.String(), "allocateMs", ms(time.Since(step)))
+
+	cctx, ccancel := context.WithTimeout(context.Background(), datapathTimeout)
+	defer ccancel()
+	pod, err := att.Complete(cctx, bridge.Address{IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, VNetPrefixes: a.VNetCIDRs})
+	s := att.Steps()
+	if errors.Is(err, bridge.ErrNodeSetup) {
+		return types.NewError(types.ErrInternal, "set up the node's bridge", err.Error())
+	}
+	c.attrs = append(c.attrs, "nodeReadyMs", ms(s.NodeReady.Sub(step)), "nodeOpenMs", ms(s.NodeOpen), "ensureNodeMs", ms(s.EnsureNode))
+	if err != nil {
 		return types.NewError(types.ErrInternal, "set up the pod's interface", err.Error())
 	}
-	c.attrs = append(c.attrs, "addPodMs", ms(time.Since(step)))
-	result := buildResult(conf, pod)
-	if err := types.PrintResult(result, conf.CNIVersion); err != nil {
-		_ = node.DelPod(context.Background(), bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: a.IP})
+	c.attrs = append(c.attrs, "addPodMs", ms(s.AddPod))
+	if err := types.PrintResult(buildResult(conf, pod), conf.CNIVersion); err != nil {
 		return types.NewError(types.ErrInternal, "print the result", err.Error())
 	}
 	success = true
 	return nil
 }
 
-// ensured is the node's datapath after EnsureNode.
-type ensured struct {
-	node *bridge.Node
-	info bridge.NodeInfo
-	err  error
-	// openMs and ensureMs time the two steps, for the log line.
-	openMs, ensureMs float64
+// addArgs checks what ADD needs of the environment before an address is
+// taken, and returns the Kubernetes arguments.
+func addArgs(args *skel.CmdArgs) (k8sArgs, error) {
+	if err := validIfName(args.IfName); err != nil {
+		return k8sArgs{}, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_IFNAME", fmt.Sprintf("%q: %v", args.IfName, err))
+	}
+	if args.Netns == "" {
+		return k8sArgs{}, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is required for ADD", "")
+	}
+	if err := checkNetns(args.Netns); err != nil {
+		return k8sArgs{}, err
+	}
+	return loadK8sArgs(args.Args)
 }
 
-func (e ensured) close() {
-	if e.node != nil {
-		_ = e.node.Close()
-	}
-}
-
-// ensureNode opens the node's datapath and makes sure of the bridge and the
-// tables. The bridge keeps its master's MTU unless the configuration sets one.
-func (p *Plugin) ensureNode(ctx context.Context, conf *NetConf, vnet []netip.Prefix) ensured {
-	start := time.Now()
-	node, err := p.node(conf)
-	if err != nil {
-		return ensured{err: err}
-	}
-	opened := time.Now()
-	info, err := node.EnsureNode(ctx, bridge.NodeConfig{
-		Bridge:         bridge.BridgeConfig{Name: conf.Bridge, Master: conf.Master, MTU: conf.MTU},
-		VNetPrefixes:   vnet,
-		SNATExclusions: conf.snatExclusions,
+// allocate asks vnet-ipamd for the attachment's address; ipamdTimeout
+// bounds the wait.
+func allocate(conf *NetConf, args *skel.CmdArgs, k8s k8sArgs) (api.Assignment, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), conf.ipamdTimeout)
+	defer cancel()
+	resp, err := api.NewClient(conf.IPAMDSocket).Allocate(ctx, api.AllocateRequest{
+		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
+		PodNamespace: string(k8s.K8S_POD_NAMESPACE), PodName: string(k8s.K8S_POD_NAME),
 	})
 	if err != nil {
-		return ensured{node: node, err: types.NewError(types.ErrInternal, "set up the node's bridge", err.Error())}
+		return api.Assignment{}, err
 	}
-	return ensured{node: node, info: info, openMs: ms(opened.Sub(start)), ensureMs: ms(time.Since(opened))}
+	return resp.Assignment, nil
+}
+
+// undoAdd removes what a failed ADD built and, when it took an address,
+// releases it (or spools the release for the daemon), each within
+// rollbackTimeout. What it cannot undo is logged: DEL or GC finish it.
+func (p *Plugin) undoAdd(c *call, att attachment, allocated bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
+	defer cancel()
+	if err := att.Abort(ctx); err != nil {
+		c.log.Error("cannot remove the datapath of a failed ADD; DEL or GC will", "err", err.Error())
+	}
+	if !allocated {
+		return
+	}
+	args := c.args
+	if _, rerr := api.NewClient(c.conf.IPAMDSocket).Release(ctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName}); rerr != nil {
+		if serr := api.SpoolRelease(c.conf.ReleaseSpool, args.ContainerID, args.IfName, time.Now()); serr != nil {
+			c.log.Error("cannot release the address of a failed ADD; GC will", "release", rerr.Error(), "spool", serr.Error())
+		}
+	}
 }
 
 func buildResult(conf *NetConf, pod bridge.PodResult) *current.Result {

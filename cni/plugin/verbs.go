@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -167,9 +168,12 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer node.Close()
+	// Each leftover is removed on its own: one that fails does not keep
+	// the others.
+	var errs []error
 	for _, r := range resp.Released {
 		if err := node.DelPod(ctx, bridge.PodRef{ContainerID: r.ContainerID, IfName: r.IfName, IP: r.IP}); err != nil {
-			return types.NewError(types.ErrInternal, "remove datapath leftovers", err.Error())
+			errs = append(errs, fmt.Errorf("released %s/%s: %w", r.ContainerID, r.IfName, err))
 		}
 	}
 	// Veths without an assignment: an ADD that failed or was killed
@@ -180,14 +184,17 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 	}
 	stray, err := node.StrayVeths(func(name string) bool { return keep[name] })
 	if err != nil {
-		return types.NewError(types.ErrInternal, "list datapath leftovers", err.Error())
+		errs = append(errs, fmt.Errorf("list stray veths: %w", err))
 	}
 	for _, name := range stray {
 		if err := node.DelPod(ctx, bridge.PodRef{HostVethName: name}); err != nil {
-			return types.NewError(types.ErrInternal, "remove datapath leftovers", err.Error())
+			errs = append(errs, fmt.Errorf("stray veth %s: %w", name, err))
 		}
 	}
 	c.attrs = append(c.attrs, "released", len(resp.Released), "strayVeths", len(stray))
+	if err := errors.Join(errs...); err != nil {
+		return types.NewError(types.ErrInternal, "remove datapath leftovers", err.Error())
+	}
 	return nil
 }
 

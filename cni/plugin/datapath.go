@@ -1,0 +1,70 @@
+package plugin
+
+import (
+	"context"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/vnet-cni/vnet-cni/bridge"
+)
+
+// Deadlines of the datapath's work. A lock wait is bounded by them too, so
+// a stuck holder fails the call instead of hanging it.
+const (
+	// datapathTimeout bounds ADD's node and pod set-up (each of the
+	// background preparation and the completion).
+	datapathTimeout = 10 * time.Second
+	// rollbackTimeout bounds undoing a failed ADD.
+	rollbackTimeout = 2 * time.Second
+)
+
+// attachment is a pod's datapath while ADD runs: prepared before the
+// address is known, then completed with it or aborted, and closed.
+type attachment interface {
+	// Complete waits for the preparation and builds the pod with addr.
+	Complete(ctx context.Context, addr bridge.Address) (bridge.PodResult, error)
+	// Abort removes whatever was prepared or built.
+	Abort(ctx context.Context) error
+	// Steps times the work done, for the log line.
+	Steps() bridge.Steps
+	// Close releases the node's datapath.
+	Close() error
+}
+
+var _ attachment = (*bridge.Attachment)(nil)
+
+// node is the node's datapath as DEL, CHECK and GC use it.
+type node interface {
+	// DelPod removes an attachment's datapath; missing parts are success.
+	DelPod(ctx context.Context, ref bridge.PodRef) error
+	// InspectPod reports what exists of an attachment, for CHECK.
+	InspectPod(ctx context.Context, ref bridge.PodRef) (bridge.PodState, error)
+	// StrayVeths lists the pod veths that keep does not claim, for GC.
+	StrayVeths(keep func(hostName string) bool) ([]string, error)
+	Close() error
+}
+
+var _ node = (*bridge.Node)(nil)
+
+// prepare starts the pod's attachment: with the VNet's address space from
+// the configuration, the node and the pod's veth are set up while the
+// address is on its way.
+func (p *Plugin) prepare(ctx context.Context, conf *NetConf, args *skel.CmdArgs) attachment {
+	return bridge.Prepare(ctx, p.NodeNS, bridge.Options{LockDir: conf.LockDir}, bridge.AttachRequest{
+		ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns,
+		Bridge:         bridge.BridgeConfig{Name: conf.Bridge, Master: conf.Master, MTU: conf.MTU},
+		VNetPrefixes:   conf.vnetCIDRs,
+		SNATExclusions: conf.snatExclusions,
+	})
+}
+
+// node opens the node's datapath.
+func (p *Plugin) node(conf *NetConf) (node, error) {
+	n, err := bridge.Open(p.NodeNS, bridge.Options{LockDir: conf.LockDir})
+	if err != nil {
+		return nil, types.NewError(types.ErrInternal, "open the node's datapath", err.Error())
+	}
+	return n, nil
+}
