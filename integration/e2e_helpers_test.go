@@ -15,7 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
-	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/probe"
@@ -228,7 +228,7 @@ func e2eExpect(t *testing.T, what, nsPath string, dst netip.AddrPort, wantName s
 func e2eLeftovers(t *testing.T, p *cluster.Pod) []string {
 	t.Helper()
 	var left []string
-	host := bridge.HostVethName(p.ContainerID, p.IfName)
+	host := linux.HostVethName(p.ContainerID, p.IfName)
 	if err := nsnet.Do(p.Node.NSPath, func() error {
 		_, err := netlink.LinkByName(host)
 		if err == nil {

@@ -14,7 +14,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
@@ -110,8 +111,8 @@ func TestPluginConcurrentAdds(t *testing.T) {
 	// One bridge, azure0, holding the node's primary address, with eth0 as
 	// a port and eth0's MAC and MTU.
 	brs := bridges(t, nl)
-	if len(brs) != 1 || brs[0].Attrs().Name != bridge.DefaultBridgeName {
-		t.Fatalf("bridges %v, want exactly %s", brs, bridge.DefaultBridgeName)
+	if len(brs) != 1 || brs[0].Attrs().Name != azure0.DefaultBridgeName {
+		t.Fatalf("bridges %v, want exactly %s", brs, azure0.DefaultBridgeName)
 	}
 	br := brs[0]
 	eth0, err = nl.LinkByIndex(eth0.Attrs().Index)
@@ -132,7 +133,7 @@ func TestPluginConcurrentAdds(t *testing.T) {
 		t.Errorf("eth0 still has %v", got)
 	}
 
-	bn, err := bridge.Open(n.NSPath, bridge.Options{LockDir: n.Config.PluginLockDir})
+	bn, err := azure0.Open(n.NSPath, azure0.Options{LockDir: n.Config.PluginLockDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +153,7 @@ func TestPluginConcurrentAdds(t *testing.T) {
 		if l.Attrs().MTU != br.Attrs().MTU {
 			t.Errorf("%s mtu %d, bridge %d", p.Name, l.Attrs().MTU, br.Attrs().MTU)
 		}
-		st, err := bn.InspectPod(ctx, bridge.PodRef{ContainerID: p.ContainerID, IfName: p.IfName, NetNS: p.NSPath})
+		st, err := bn.InspectPod(ctx, azure0.PodRef{ContainerID: p.ContainerID, IfName: p.IfName, NetNS: p.NSPath})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -160,7 +161,7 @@ func TestPluginConcurrentAdds(t *testing.T) {
 			t.Errorf("%s: host veth %+v, snat registered %t, bridge table mac %s (pod mac %s)",
 				p.Name, st.HostVeth, st.SNATRegistered, st.RegisteredMAC, l.Attrs().HardwareAddr)
 		}
-		host, err := nl.LinkByName(bridge.HostVethName(p.ContainerID, p.IfName))
+		host, err := nl.LinkByName(linux.HostVethName(p.ContainerID, p.IfName))
 		if err != nil {
 			t.Errorf("host veth of %s: %v", p.Name, err)
 		} else if host.Attrs().MasterIndex != br.Attrs().Index || host.Attrs().MTU != br.Attrs().MTU {
@@ -203,7 +204,7 @@ func TestPluginConcurrentAdds(t *testing.T) {
 			}
 		}
 		for _, p := range all {
-			t.Logf("%s %s %s", p.Name, p.IP, bridge.HostVethName(p.ContainerID, p.IfName))
+			t.Logf("%s %s %s", p.Name, p.IP, linux.HostVethName(p.ContainerID, p.IfName))
 		}
 		t.Errorf("%d veths left after the DELs", got)
 	}

@@ -17,7 +17,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
-	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/probe"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
@@ -54,7 +55,7 @@ func nodeLinks(t testing.TB, n *cluster.Node) *netlink.Handle {
 func hostVeth(t testing.TB, n *cluster.Node, containerID, ifName string) bool {
 	t.Helper()
 	nl := nodeLinks(t, n)
-	_, err := nl.LinkByName(bridge.HostVethName(containerID, ifName))
+	_, err := nl.LinkByName(linux.HostVethName(containerID, ifName))
 	var lnf netlink.LinkNotFoundError
 	if errors.As(err, &lnf) {
 		return false
@@ -109,12 +110,12 @@ func addresses(t testing.TB, n *cluster.Node) []api.AddressRecord {
 // registeredMAC is the MAC that the node's bridge table maps ip to (nil: none).
 func registeredMAC(t testing.TB, n *cluster.Node, ip netip.Addr) net.HardwareAddr {
 	t.Helper()
-	bn, err := bridge.Open(n.NSPath, bridge.Options{LockDir: n.Config.PluginLockDir})
+	bn, err := azure0.Open(n.NSPath, azure0.Options{LockDir: n.Config.PluginLockDir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer bn.Close()
-	st, err := bn.InspectPod(context.Background(), bridge.PodRef{ContainerID: "inspect", IfName: "eth0", IP: ip})
+	st, err := bn.InspectPod(context.Background(), azure0.PodRef{ContainerID: "inspect", IfName: "eth0", IP: ip})
 	if err != nil {
 		t.Fatalf("inspect %s on %s: %v", ip, n.Name, err)
 	}

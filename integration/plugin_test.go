@@ -21,7 +21,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 
-	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
@@ -202,7 +203,7 @@ func TestPlugin(t *testing.T) {
 		// derived from its address, so what they remember is the earlier
 		// owner's MAC for that address, and stays right for the new pod.
 		nl := nodeLinks(t, n0)
-		br, err := nl.LinkByName(bridge.DefaultBridgeName)
+		br, err := nl.LinkByName(azure0.DefaultBridgeName)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -215,7 +216,7 @@ func TestPlugin(t *testing.T) {
 		stale := func(nl *netlink.Handle, index int) error {
 			for _, ip := range reusable {
 				if err := nl.NeighSet(&netlink.Neigh{LinkIndex: index, Family: netlink.FAMILY_V4, State: netlink.NUD_STALE,
-					IP: ip.AsSlice(), HardwareAddr: bridge.PodMAC(ip)}); err != nil {
+					IP: ip.AsSlice(), HardwareAddr: linux.PodMAC(ip)}); err != nil {
 					return err
 				}
 			}
@@ -316,7 +317,7 @@ func TestPlugin(t *testing.T) {
 			}
 
 			// The result must describe what the kernel really has.
-			hostName := bridge.HostVethName(pod.ContainerID, pod.IfName)
+			hostName := linux.HostVethName(pod.ContainerID, pod.IfName)
 			host, err := nodeLinks(t, n0).LinkByName(hostName)
 			if err != nil {
 				t.Fatalf("host veth: %v", err)
@@ -392,7 +393,7 @@ func TestPlugin(t *testing.T) {
 			}, "holds no address"},
 			{"host veth off the bridge", func(t *testing.T, p *cluster.Pod) {
 				nl := nodeLinks(t, p.Node)
-				l, err := nl.LinkByName(bridge.HostVethName(p.ContainerID, p.IfName))
+				l, err := nl.LinkByName(linux.HostVethName(p.ContainerID, p.IfName))
 				if err == nil {
 					err = nl.LinkSetNoMaster(l)
 				}
@@ -533,7 +534,7 @@ func TestPlugin(t *testing.T) {
 			t.Fatal(err)
 		}
 		removeLater(t, stray)
-		if ok, err := bridge.PrepareVeth(n0.NSPath, bridge.VethRequest{ContainerID: stray.ContainerID, IfName: "eth0", NetNS: stray.NSPath}); err != nil || !ok {
+		if ok, err := azure0.PrepareVeth(n0.NSPath, azure0.VethRequest{ContainerID: stray.ContainerID, IfName: "eth0", NetNS: stray.NSPath}); err != nil || !ok {
 			t.Fatalf("prepare a stray veth: %v, %v", ok, err)
 		}
 		isGone := func(id string) bool {

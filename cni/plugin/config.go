@@ -1,6 +1,6 @@
 // Package plugin implements the vnet-cni CNI plugin's verbs: ADD, DEL,
 // CHECK, GC and STATUS (VERSION is answered by skel). An address comes from
-// vnet-ipamd over its unix socket; the datapath is built by package bridge.
+// vnet-ipamd over its unix socket; the datapath is built by package azure0.
 package plugin
 
 import (
@@ -13,7 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/bridge/azure0"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
@@ -32,7 +32,7 @@ type NetConf struct {
 }
 
 // Defaults of the configuration that only the plugin uses; the shared ones
-// are in package api, the bridge's name in package bridge.
+// are in package api, the bridge's name in package azure0.
 const (
 	defaultIPAMDTimeout = 10 * time.Second
 	shortIPAMDTimeout   = 2 * time.Second
@@ -51,7 +51,7 @@ func loadNetConf(data []byte) (*NetConf, error) {
 	}
 	conf := &NetConf{PluginConf: api.PluginConf{
 		Mode:         api.ModeBridge,
-		Bridge:       bridge.DefaultBridgeName,
+		Bridge:       azure0.DefaultBridgeName,
 		IPAMDSocket:  api.DefaultSocketPath,
 		ReleaseSpool: api.DefaultReleaseSpool,
 		LockDir:      api.DefaultLockDir,

@@ -7,7 +7,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/bridge/azure0"
 )
 
 // Deadlines of the datapath's work. A lock wait is bounded by them too, so
@@ -24,37 +24,37 @@ const (
 // address is known, then completed with it or aborted, and closed.
 type attachment interface {
 	// Complete waits for the preparation and builds the pod with addr.
-	Complete(ctx context.Context, addr bridge.Address) (bridge.PodResult, error)
+	Complete(ctx context.Context, addr azure0.Address) (azure0.PodResult, error)
 	// Abort removes whatever was prepared or built.
 	Abort(ctx context.Context) error
 	// Steps times the work done, for the log line.
-	Steps() bridge.Steps
+	Steps() azure0.Steps
 	// Close releases the node's datapath.
 	Close() error
 }
 
-var _ attachment = (*bridge.Attachment)(nil)
+var _ attachment = (*azure0.Attachment)(nil)
 
 // node is the node's datapath as DEL, CHECK and GC use it.
 type node interface {
 	// DelPod removes an attachment's datapath; missing parts are success.
-	DelPod(ctx context.Context, ref bridge.PodRef) error
+	DelPod(ctx context.Context, ref azure0.PodRef) error
 	// InspectPod reports what exists of an attachment, for CHECK.
-	InspectPod(ctx context.Context, ref bridge.PodRef) (bridge.PodState, error)
+	InspectPod(ctx context.Context, ref azure0.PodRef) (azure0.PodState, error)
 	// StrayVeths lists the pod veths that keep does not claim, for GC.
 	StrayVeths(keep func(hostName string) bool) ([]string, error)
 	Close() error
 }
 
-var _ node = (*bridge.Node)(nil)
+var _ node = (*azure0.Node)(nil)
 
 // prepare starts the pod's attachment: with the VNet's address space from
 // the configuration, the node and the pod's veth are set up while the
 // address is on its way.
 func (p *Plugin) prepare(ctx context.Context, conf *NetConf, args *skel.CmdArgs) attachment {
-	return bridge.Prepare(ctx, p.NodeNS, bridge.Options{LockDir: conf.LockDir}, bridge.AttachRequest{
+	return azure0.Prepare(ctx, p.NodeNS, azure0.Options{LockDir: conf.LockDir}, azure0.AttachRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns,
-		Bridge:         bridge.BridgeConfig{Name: conf.Bridge, Master: conf.Master, MTU: conf.MTU},
+		Bridge:         azure0.BridgeConfig{Name: conf.Bridge, Master: conf.Master, MTU: conf.MTU},
 		VNetPrefixes:   conf.vnetCIDRs,
 		SNATExclusions: conf.snatExclusions,
 	})
@@ -62,7 +62,7 @@ func (p *Plugin) prepare(ctx context.Context, conf *NetConf, args *skel.CmdArgs)
 
 // node opens the node's datapath.
 func (p *Plugin) node(conf *NetConf) (node, error) {
-	n, err := bridge.Open(p.NodeNS, bridge.Options{LockDir: conf.LockDir})
+	n, err := azure0.Open(p.NodeNS, azure0.Options{LockDir: conf.LockDir})
 	if err != nil {
 		return nil, types.NewError(types.ErrInternal, "open the node's datapath", err.Error())
 	}

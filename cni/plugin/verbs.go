@@ -11,7 +11,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
@@ -61,7 +62,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer node.Close()
-	st, err := node.InspectPod(ctx, bridge.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: want.ip.Addr()})
+	st, err := node.InspectPod(ctx, azure0.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: want.ip.Addr()})
 	if err != nil {
 		return types.NewError(types.ErrInternal, "inspect the pod's datapath", err.Error())
 	}
@@ -111,7 +112,7 @@ func expected(prev *current.Result, args *skel.CmdArgs) (want, error) {
 	return w, nil
 }
 
-func compare(st bridge.PodState, w want, bridgeName string) error {
+func compare(st azure0.PodState, w want, bridgeName string) error {
 	if st.PodIf == nil {
 		return drift("the pod interface is missing")
 	}
@@ -124,7 +125,7 @@ func compare(st bridge.PodState, w want, bridgeName string) error {
 	if !slices.Contains(st.PodIf.Addrs, w.ip) {
 		return drift("the pod interface has addresses %v, not %s", st.PodIf.Addrs, w.ip)
 	}
-	if w.gateway.IsValid() && !slices.ContainsFunc(st.PodIf.Routes, func(r bridge.Route) bool {
+	if w.gateway.IsValid() && !slices.ContainsFunc(st.PodIf.Routes, func(r linux.Route) bool {
 		return r.Dst.Bits() == 0 && r.Gw == w.gateway
 	}) {
 		return drift("the pod has no default route via %s (routes %v)", w.gateway, st.PodIf.Routes)
@@ -172,7 +173,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 	// the others.
 	var errs []error
 	for _, r := range resp.Released {
-		if err := node.DelPod(ctx, bridge.PodRef{ContainerID: r.ContainerID, IfName: r.IfName, IP: r.IP}); err != nil {
+		if err := node.DelPod(ctx, azure0.PodRef{ContainerID: r.ContainerID, IfName: r.IfName, IP: r.IP}); err != nil {
 			errs = append(errs, fmt.Errorf("released %s/%s: %w", r.ContainerID, r.IfName, err))
 		}
 	}
@@ -180,14 +181,14 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 	// before (or while) it took its address.
 	keep := make(map[string]bool, len(valid))
 	for _, a := range valid {
-		keep[bridge.HostVethName(a.ContainerID, a.IfName)] = true
+		keep[linux.HostVethName(a.ContainerID, a.IfName)] = true
 	}
 	stray, err := node.StrayVeths(func(name string) bool { return keep[name] })
 	if err != nil {
 		errs = append(errs, fmt.Errorf("list stray veths: %w", err))
 	}
 	for _, name := range stray {
-		if err := node.DelPod(ctx, bridge.PodRef{HostVethName: name}); err != nil {
+		if err := node.DelPod(ctx, azure0.PodRef{HostVethName: name}); err != nil {
 			errs = append(errs, fmt.Errorf("stray veth %s: %w", name, err))
 		}
 	}

@@ -16,7 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/vnet-cni/vnet-cni/bridge"
+	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
@@ -207,10 +208,10 @@ func (r *runner) checkKernel(n *cluster.Node, live map[string]*cluster.Pod) {
 		return
 	}
 	defer nl.Close()
-	br, err := nl.LinkByName(bridge.DefaultBridgeName)
+	br, err := nl.LinkByName(azure0.DefaultBridgeName)
 	if err != nil {
 		if len(live) > 0 {
-			r.violation("%s: no bridge %s with %d live pods: %v", n.Name, bridge.DefaultBridgeName, len(live), err)
+			r.violation("%s: no bridge %s with %d live pods: %v", n.Name, azure0.DefaultBridgeName, len(live), err)
 		}
 		return
 	}
@@ -229,7 +230,7 @@ func (r *runner) checkKernel(n *cluster.Node, live map[string]*cluster.Pod) {
 	want := map[string]*cluster.Pod{}
 	macs := map[netip.Addr]string{}
 	for id, p := range live {
-		name := bridge.HostVethName(id, p.IfName)
+		name := linux.HostVethName(id, p.IfName)
 		want[name] = p
 		if _, ok := veths[name]; !ok {
 			r.violation("%s: live pod %s has no host veth %s", n.Name, p.Name, name)
@@ -242,7 +243,7 @@ func (r *runner) checkKernel(n *cluster.Node, live map[string]*cluster.Pod) {
 	}
 	for name, l := range veths {
 		if _, ok := want[name]; !ok {
-			r.violation("%s: veth %s (%s) on %s belongs to no live pod", n.Name, name, l.Attrs().Alias, bridge.DefaultBridgeName)
+			r.violation("%s: veth %s (%s) on %s belongs to no live pod", n.Name, name, l.Attrs().Alias, azure0.DefaultBridgeName)
 		}
 	}
 	elems, err := podMap(h)
@@ -300,7 +301,7 @@ func podMap(h netns.NsHandle) (map[netip.Addr]string, error) {
 		return nil, err
 	}
 	set := &nftables.Set{
-		Table: &nftables.Table{Name: bridge.TableName, Family: nftables.TableFamilyBridge},
+		Table: &nftables.Table{Name: azure0.TableName, Family: nftables.TableFamilyBridge},
 		Name:  "pods", KeyType: nftables.TypeIPAddr, DataType: nftables.TypeEtherAddr, IsMap: true,
 	}
 	elems, err := c.GetSetElements(set)

@@ -1,4 +1,4 @@
-package bridge
+package azure0
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
 
 // GuardTableName is the bridge-family table that keeps pods from using
@@ -92,7 +94,7 @@ func parseGuardKey(k []byte) (guardPort, bool) {
 }
 
 // buildGuard is the wanted chain of the guard table. Only vnet-cni's pod
-// ports (named HostVethPrefix...) are guarded: other bridges on the node
+// ports (named linux.HostVethPrefix...) are guarded: other bridges on the node
 // (docker0, cbr0) and their ports are none of vnet-cni's business. (Matching
 // the input port's bridge, meta ibrname, needs CONFIG_NFT_BRIDGE_META, which
 // kernels may lack.)
@@ -105,7 +107,7 @@ func buildGuard() wantChain {
 	// iifname "vnc*": the comparison covers the prefix's bytes only.
 	fromPod := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(HostVethPrefix)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(linux.HostVethPrefix)},
 	}
 	notOwn := func(macLoad, addrLoad *expr.Payload) []expr.Any {
 		macLoad.DestRegister, addrLoad.DestRegister = regMAC, regAddr
@@ -144,7 +146,7 @@ const arpSPA = 14
 // guardMatches reports whether the kernel's guard table is as wanted
 // (elements aside).
 func (n *Node) guardMatches(want wantChain) (bool, error) {
-	chains, err := n.nft.ListChainsOfTableFamily(nftables.TableFamilyBridge)
+	chains, err := n.ns.NFT.ListChainsOfTableFamily(nftables.TableFamilyBridge)
 	if err != nil {
 		return false, fmt.Errorf("list bridge chains: %w", err)
 	}
@@ -161,7 +163,7 @@ func (n *Node) guardMatches(want wantChain) (bool, error) {
 	if count != 1 || have == nil || !sameChain(have, want.chain) {
 		return false, nil
 	}
-	rules, err := n.nft.GetRules(guardTable(), have)
+	rules, err := n.ns.NFT.GetRules(guardTable(), have)
 	if err != nil {
 		return false, fmt.Errorf("list guard rules: %w", err)
 	}
@@ -185,7 +187,7 @@ func (n *Node) guardMatches(want wantChain) (bool, error) {
 	// are the ports', changed by ADD and DEL, and listing them costs
 	// O(pods) on every call.
 	ws := guardSet(guardTable())
-	hs, err := n.nft.GetSetByName(ws.Table, ws.Name)
+	hs, err := n.ns.NFT.GetSetByName(ws.Table, ws.Name)
 	if err != nil {
 		return false, nil
 	}
@@ -201,7 +203,7 @@ func (n *Node) reconcileGuard(ctx context.Context, bridgeIndex int) (int, error)
 	if err != nil || ok {
 		return 0, err
 	}
-	unlock, err := n.lock(ctx)
+	unlock, err := n.ns.Lock(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -214,20 +216,20 @@ func (n *Node) reconcileGuard(ctx context.Context, bridgeIndex int) (int, error)
 		return 0, err
 	}
 	t := guardTable()
-	if tables, err := n.nft.ListTablesOfFamily(nftables.TableFamilyBridge); err == nil &&
+	if tables, err := n.ns.NFT.ListTablesOfFamily(nftables.TableFamilyBridge); err == nil &&
 		slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == GuardTableName }) {
-		n.nft.DelTable(t)
+		n.ns.NFT.DelTable(t)
 	}
-	n.nft.AddTable(t)
+	n.ns.NFT.AddTable(t)
 	s := guardSet(t)
 	elems := make([]nftables.SetElement, 0, len(ports))
 	for _, p := range ports {
 		elems = append(elems, nftables.SetElement{Key: p.key()})
 	}
-	if err := n.nft.AddSet(s, elems); err != nil {
-		return 0, errors.Join(fmt.Errorf("add set %s: %w", s.Name, err), n.discardBatch())
+	if err := n.ns.NFT.AddSet(s, elems); err != nil {
+		return 0, errors.Join(fmt.Errorf("add set %s: %w", s.Name, err), n.ns.DiscardBatch())
 	}
-	n.nft.AddChain(want.chain)
+	n.ns.NFT.AddChain(want.chain)
 	for _, r := range want.rules {
 		exprs := slices.Clone(r.exprs)
 		for i, e := range exprs {
@@ -237,9 +239,9 @@ func (n *Node) reconcileGuard(ctx context.Context, bridgeIndex int) (int, error)
 				exprs[i] = &cp
 			}
 		}
-		n.nft.AddRule(&nftables.Rule{Table: t, Chain: want.chain, Exprs: exprs, UserData: comment(r.note)})
+		n.ns.NFT.AddRule(&nftables.Rule{Table: t, Chain: want.chain, Exprs: exprs, UserData: comment(r.note)})
 	}
-	if err := n.nft.Flush(); err != nil {
+	if err := n.ns.NFT.Flush(); err != nil {
 		return 0, fmt.Errorf("apply the guard table: %w", err)
 	}
 	return 1 + len(ports), nil
@@ -248,34 +250,28 @@ func (n *Node) reconcileGuard(ctx context.Context, bridgeIndex int) (int, error)
 // guardPortsFromVeths lists the pod veths on the bridge with the pod MAC
 // and IP their aliases record.
 func (n *Node) guardPortsFromVeths(bridgeIndex int) ([]guardPort, error) {
-	links, err := retryDump(n.nl.LinkList)
+	ports, err := n.ns.PodsOfMaster(bridgeIndex)
 	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
+		return nil, err
 	}
-	var out []guardPort
-	for _, l := range links {
-		a := l.Attrs()
-		if a.MasterIndex != bridgeIndex {
-			continue
-		}
-		if ip, mac, ok := parsePodAlias(a.Alias); ok {
-			out = append(out, guardPort{name: a.Name, mac: mac.String(), ip: ip})
-		}
+	out := make([]guardPort, 0, len(ports))
+	for name, p := range ports {
+		out = append(out, guardPort{name: name, mac: p.MAC.String(), ip: p.IP})
 	}
 	return out, nil
 }
 
-// changeGuardLocked queues adding port (add) or removing every element of
-// the port's veth name, and reports whether something was queued. A missing
-// guard table is no error: EnsureNode creates it with the veths' elements.
-func (n *Node) changeGuardLocked(port guardPort, add bool) (bool, error) {
+// addGuardLocked replaces the elements of the port's veth name by port, in
+// its own transaction. A missing guard table is no error: EnsureNode
+// creates it with the veths' elements.
+func (n *Node) addGuardLocked(port guardPort) error {
 	s := guardSet(guardTable())
-	elems, err := n.nft.GetSetElements(s)
+	elems, err := n.ns.NFT.GetSetElements(s)
 	if errors.Is(err, unix.ENOENT) {
-		return false, nil
+		return nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("list elements of %s %s: %w", GuardTableName, guardSetName, err)
+		return fmt.Errorf("list elements of %s %s: %w", GuardTableName, guardSetName, err)
 	}
 	var del []nftables.SetElement
 	have := false
@@ -284,39 +280,26 @@ func (n *Node) changeGuardLocked(port guardPort, add bool) (bool, error) {
 		if !ok || p.name != port.name {
 			continue
 		}
-		if add && p == port {
+		if p == port {
 			have = true
 			continue
 		}
 		del = append(del, nftables.SetElement{Key: e.Key})
 	}
-	queued := false
-	if len(del) > 0 {
-		if err := n.nft.SetDeleteElements(s, del); err != nil {
-			return false, err
-		}
-		queued = true
-	}
-	if add && !have {
-		if err := n.nft.SetAddElements(s, []nftables.SetElement{{Key: port.key()}}); err != nil {
-			return false, err
-		}
-		queued = true
-	}
-	return queued, nil
-}
-
-// applyGuardLocked adds port to the guard set, or removes every element of
-// its veth name, in its own transaction.
-func (n *Node) applyGuardLocked(port guardPort, add bool) error {
-	queued, err := n.changeGuardLocked(port, add)
-	if err != nil {
-		return errors.Join(err, n.discardBatch())
-	}
-	if !queued {
+	if len(del) == 0 && have {
 		return nil
 	}
-	if err := n.nft.Flush(); err != nil {
+	var errs []error
+	if len(del) > 0 {
+		errs = append(errs, n.ns.NFT.SetDeleteElements(s, del))
+	}
+	if !have {
+		errs = append(errs, n.ns.NFT.SetAddElements(s, []nftables.SetElement{{Key: port.key()}}))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return errors.Join(err, n.ns.DiscardBatch())
+	}
+	if err := n.ns.NFT.Flush(); err != nil {
 		return fmt.Errorf("update the guard of %s: %w", port.name, err)
 	}
 	return nil

@@ -1,10 +1,8 @@
-package bridge
+package azure0
 
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
 
 // ErrConflict is wrapped by AddPod's error when an interface of the wanted
@@ -40,8 +40,8 @@ type PodConfig struct {
 	MTU int
 	// Bridge is the bridge's name; default DefaultBridgeName.
 	Bridge string
-	// HostVethName overrides HostVethName(ContainerID, IfName); it must
-	// start with HostVethPrefix, which the guard table relies on.
+	// HostVethName overrides linux.HostVethName(ContainerID, IfName); it must
+	// start with linux.HostVethPrefix, which the guard table relies on.
 	HostVethName string
 }
 
@@ -73,24 +73,13 @@ type PodResult struct {
 	Gateway netip.Addr
 }
 
-// HostVethName is the host-side veth name of an attachment: stable, unique
-// per (container, interface) and at most 15 characters.
-func HostVethName(containerID, ifName string) string {
-	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
-	return HostVethPrefix + hex.EncodeToString(sum[:6])
-}
-
-// HostVethPrefix starts the name of every pod veth vnet-cni creates; the
-// guard table recognises pod ports by it.
-const HostVethPrefix = "vnc"
-
 func (c PodConfig) validate() error {
 	var errs []error
 	if c.ContainerID == "" {
 		errs = append(errs, errors.New("container id is empty"))
 	}
-	if c.HostVethName != "" && (!strings.HasPrefix(c.HostVethName, HostVethPrefix) || len(c.HostVethName) > unix.IFNAMSIZ-1) {
-		errs = append(errs, fmt.Errorf("host veth name %q: want %s followed by up to %d characters", c.HostVethName, HostVethPrefix, unix.IFNAMSIZ-1-len(HostVethPrefix)))
+	if c.HostVethName != "" && (!strings.HasPrefix(c.HostVethName, linux.HostVethPrefix) || len(c.HostVethName) > unix.IFNAMSIZ-1) {
+		errs = append(errs, fmt.Errorf("host veth name %q: want %s followed by up to %d characters", c.HostVethName, linux.HostVethPrefix, unix.IFNAMSIZ-1-len(linux.HostVethPrefix)))
 	}
 	if c.IfName == "" || len(c.IfName) > unix.IFNAMSIZ-1 {
 		errs = append(errs, fmt.Errorf("interface name %q: want 1 to 15 characters", c.IfName))
@@ -106,9 +95,6 @@ func (c PodConfig) validate() error {
 	}
 	if !c.Subnet.Contains(c.Gateway) || c.Gateway == c.IP {
 		errs = append(errs, fmt.Errorf("gateway %s: want another address of subnet %s", c.Gateway, c.Subnet))
-	}
-	if c.HostVethName != "" && len(c.HostVethName) > unix.IFNAMSIZ-1 {
-		errs = append(errs, fmt.Errorf("host veth name %q is longer than 15 characters", c.HostVethName))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrConfig, errors.Join(errs...))
@@ -130,9 +116,9 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 	}
 	hostName := cfg.HostVethName
 	if hostName == "" {
-		hostName = HostVethName(cfg.ContainerID, cfg.IfName)
+		hostName = linux.HostVethName(cfg.ContainerID, cfg.IfName)
 	}
-	br, err := n.nl.LinkByName(cfg.Bridge)
+	br, err := n.ns.Netlink.LinkByName(cfg.Bridge)
 	if err != nil {
 		return res, fmt.Errorf("%w: bridge %s: %w", ErrNotReady, cfg.Bridge, err)
 	}
@@ -157,7 +143,7 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 	}
 	defer func() {
 		if err != nil && created {
-			if derr := n.nl.LinkDel(host); derr != nil && !isNotFound(derr) {
+			if derr := n.ns.Netlink.LinkDel(host); derr != nil && !linux.IsNotFound(derr) {
 				err = errors.Join(err, fmt.Errorf("remove veth %s after failure: %w", hostName, derr))
 			}
 		}
@@ -165,10 +151,10 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	if err := n.nl.LinkSetHairpin(host, true); err != nil {
+	if err := n.ns.Netlink.LinkSetHairpin(host, true); err != nil {
 		return res, fmt.Errorf("hairpin on %s: %w", hostName, err)
 	}
-	if err := configurePod(pnl, pod, cfg); err != nil {
+	if err := linux.ConfigurePod(pnl, pod, netip.PrefixFrom(cfg.IP, cfg.Subnet.Bits()), cfg.Gateway); err != nil {
 		return res, err
 	}
 	podMAC := pod.Attrs().HardwareAddr
@@ -188,23 +174,23 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 
 // ensureVeth creates the veth pair or accepts an identical existing one.
 func (n *Node) ensureVeth(cfg PodConfig, hostName string, bridgeIndex, mtu int, podNS netns.NsHandle, pnl *netlink.Handle) (host, pod netlink.Link, created bool, err error) {
-	addErr := n.nl.LinkAdd(podVeth(hostName, cfg.IfName, bridgeIndex, mtu, podNS, PodMAC(cfg.IP)))
+	addErr := n.ns.Netlink.LinkAdd(linux.Veth(hostName, cfg.IfName, bridgeIndex, mtu, podNS, linux.PodMAC(cfg.IP)))
 	if addErr != nil && !errors.Is(addErr, unix.EEXIST) {
 		// The link may exist half-configured (master not set): remove it.
 		var derr error
-		if l, lerr := n.nl.LinkByName(hostName); lerr == nil {
-			derr = n.nl.LinkDel(l)
+		if l, lerr := n.ns.Netlink.LinkByName(hostName); lerr == nil {
+			derr = n.ns.Netlink.LinkDel(l)
 		}
 		return nil, nil, false, errors.Join(fmt.Errorf("create veth %s/%s: %w", hostName, cfg.IfName, addErr), derr)
 	}
-	host, herr := n.nl.LinkByName(hostName)
+	host, herr := n.ns.Netlink.LinkByName(hostName)
 	pod, perr := pnl.LinkByName(cfg.IfName)
 	if addErr == nil {
 		if herr != nil || perr != nil {
 			return host, nil, true, errors.Join(fmt.Errorf("read back veth %s/%s", hostName, cfg.IfName), herr, perr)
 		}
 		// The kernel ignores IFLA_IFALIAS when creating a link.
-		if err := n.nl.LinkSetAlias(host, podAlias(cfg.IP, pod.Attrs().HardwareAddr)); err != nil {
+		if err := n.ns.Netlink.LinkSetAlias(host, linux.PodAlias(cfg.IP, pod.Attrs().HardwareAddr)); err != nil {
 			return host, nil, true, fmt.Errorf("record pod on %s: %w", hostName, err)
 		}
 		return host, pod, true, nil
@@ -213,18 +199,18 @@ func (n *Node) ensureVeth(cfg PodConfig, hostName string, bridgeIndex, mtu int, 
 	if herr != nil || perr != nil {
 		return nil, nil, false, fmt.Errorf("%w: creating veth %s/%s: %w", ErrConflict, hostName, cfg.IfName, addErr)
 	}
-	if err := samePair(host, pod, cfg.IP); err != nil {
+	if err := linux.SamePair(host, pod, cfg.IP); err != nil {
 		return nil, nil, false, fmt.Errorf("%w: %w", ErrConflict, err)
 	}
 	// Correct what an interrupted earlier ADD may have left.
 	ha := host.Attrs()
 	if ha.MasterIndex != bridgeIndex {
-		if err := n.nl.LinkSetMasterByIndex(host, bridgeIndex); err != nil {
+		if err := n.ns.Netlink.LinkSetMasterByIndex(host, bridgeIndex); err != nil {
 			return nil, nil, false, fmt.Errorf("enslave %s: %w", hostName, err)
 		}
 	}
 	if ha.MTU != mtu {
-		if err := n.nl.LinkSetMTU(host, mtu); err != nil {
+		if err := n.ns.Netlink.LinkSetMTU(host, mtu); err != nil {
 			return nil, nil, false, fmt.Errorf("set mtu of %s: %w", hostName, err)
 		}
 	}
@@ -234,86 +220,30 @@ func (n *Node) ensureVeth(cfg PodConfig, hostName string, bridgeIndex, mtu int, 
 		}
 	}
 	// A pair made by PrepareVeth has a MAC of the kernel's choosing.
-	if mac := PodMAC(cfg.IP); !bytes.Equal(pod.Attrs().HardwareAddr, mac) {
+	if mac := linux.PodMAC(cfg.IP); !bytes.Equal(pod.Attrs().HardwareAddr, mac) {
 		if err := pnl.LinkSetHardwareAddr(pod, mac); err != nil {
 			return nil, nil, false, fmt.Errorf("set mac of pod %s: %w", cfg.IfName, err)
 		}
 		pod.Attrs().HardwareAddr = mac
 	}
 	if ha.Flags&net.FlagUp == 0 {
-		if err := n.nl.LinkSetUp(host); err != nil {
+		if err := n.ns.Netlink.LinkSetUp(host); err != nil {
 			return nil, nil, false, fmt.Errorf("set %s up: %w", hostName, err)
 		}
 	}
-	if want := podAlias(cfg.IP, pod.Attrs().HardwareAddr); ha.Alias != want {
-		if err := n.nl.LinkSetAlias(host, want); err != nil {
+	if want := linux.PodAlias(cfg.IP, pod.Attrs().HardwareAddr); ha.Alias != want {
+		if err := n.ns.Netlink.LinkSetAlias(host, want); err != nil {
 			return nil, nil, false, fmt.Errorf("record pod on %s: %w", hostName, err)
 		}
 	}
 	return host, pod, false, nil
 }
 
-// podVeth is a pod's pair as vnet-cni creates it: the host end up and a
-// port of the bridge, the pod end (down) directly in the pod namespace, both
-// with the MTU. A nil podMAC leaves the pod end's MAC to the kernel.
-func podVeth(hostName, ifName string, bridgeIndex, mtu int, podNS netns.NsHandle, podMAC net.HardwareAddr) *netlink.Veth {
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name = hostName
-	attrs.MTU = mtu
-	attrs.Flags = net.FlagUp
-	attrs.MasterIndex = bridgeIndex
-	return &netlink.Veth{
-		LinkAttrs:        attrs,
-		PeerName:         ifName,
-		PeerHardwareAddr: podMAC,
-		PeerNamespace:    netlink.NsFd(int(podNS)),
-		PeerMTU:          uint32(mtu),
-	}
-}
-
-// samePair checks that host and pod are the two ends of one veth made for ip.
-func samePair(host, pod netlink.Link, ip netip.Addr) error {
-	h, p := host.Attrs(), pod.Attrs()
-	if host.Type() != "veth" || pod.Type() != "veth" {
-		return fmt.Errorf("%s (%s) and %s (%s) are not a veth pair", h.Name, host.Type(), p.Name, pod.Type())
-	}
-	if h.ParentIndex != p.Index || p.ParentIndex != h.Index {
-		return fmt.Errorf("%s and %s exist but are not peers", h.Name, p.Name)
-	}
-	// No alias: an earlier ADD stopped right after creating the pair.
-	if aip, _, ok := parsePodAlias(h.Alias); h.Alias != "" && (!ok || aip != ip) {
-		return fmt.Errorf("%s exists for another attachment (alias %q)", h.Name, h.Alias)
-	}
-	return nil
-}
-
-// configurePod sets address, link state and default route inside the pod.
-func configurePod(pnl *netlink.Handle, pod netlink.Link, cfg PodConfig) error {
-	addr := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(cfg.IP, cfg.Subnet.Bits()))}
-	if err := pnl.AddrAdd(pod, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add %s to pod %s: %w", addr.IPNet, cfg.IfName, err)
-	}
-	if pod.Attrs().Flags&net.FlagUp == 0 {
-		if err := pnl.LinkSetUp(pod); err != nil {
-			return fmt.Errorf("set pod %s up: %w", cfg.IfName, err)
-		}
-	}
-	def := &netlink.Route{
-		LinkIndex: pod.Attrs().Index,
-		Dst:       ipNet(netip.PrefixFrom(netip.IPv4Unspecified(), 0)),
-		Gw:        cfg.Gateway.AsSlice(),
-	}
-	if err := pnl.RouteReplace(def); err != nil {
-		return fmt.Errorf("default route via %s in pod: %w", cfg.Gateway, err)
-	}
-	return nil
-}
-
-func (n *Node) changePodLocked(ip netip.Addr, mac net.HardwareAddr, add bool) error {
-	bt := &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
-	it := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
-	bmap := wantTable{table: bt, isMap: true}.podSet()
-	iset := wantTable{table: it}.podSet()
+// addPodPerTableLocked registers the pod in the bridge map and the SNAT set
+// one table at a time, each only when the table exists: the fallback of
+// addPodEntries when the one transaction over all tables failed.
+func (n *Node) addPodPerTableLocked(ip netip.Addr, mac net.HardwareAddr) error {
+	bmap, iset, _ := podSets()
 	belems, bok, err := n.readPodSet(bmap)
 	if err != nil {
 		return err
@@ -322,53 +252,33 @@ func (n *Node) changePodLocked(ip netip.Addr, mac net.HardwareAddr, add bool) er
 	if err != nil {
 		return err
 	}
+	if !bok {
+		return fmt.Errorf("%w: no nftables map %s %s", ErrNotReady, TableName, podSet)
+	}
 	pods := map[netip.Addr]net.HardwareAddr{ip: mac}
 	queued := false
 	var errs []error
-	if add {
-		if !bok {
-			return fmt.Errorf("%w: no nftables map %s %s", ErrNotReady, TableName, podSet)
+	if have, ok := belems[ip]; !ok || have != mac.String() {
+		if ok {
+			errs = append(errs, n.ns.NFT.SetDeleteElements(bmap, elements(bmap, nil, []netip.Addr{ip})))
 		}
-		if have, ok := belems[ip]; !ok || have != mac.String() {
-			if ok {
-				errs = append(errs, n.nft.SetDeleteElements(bmap, elements(bmap, nil, []netip.Addr{ip})))
-			}
-			errs = append(errs, n.nft.SetAddElements(bmap, elements(bmap, pods, []netip.Addr{ip})))
-			queued = true
-		}
-		if _, ok := ielems[ip]; iok && !ok {
-			errs = append(errs, n.nft.SetAddElements(iset, elements(iset, nil, []netip.Addr{ip})))
-			queued = true
-		}
-	} else {
-		have, ok := belems[ip]
-		owned := ok && (mac == nil || have == mac.String())
-		if owned {
-			errs = append(errs, n.nft.SetDeleteElements(bmap, elements(bmap, nil, []netip.Addr{ip})))
-			queued = true
-		}
-		// The ip set follows the map: keep the address only while another
-		// pod's MAC is registered for it.
-		if _, ok := ielems[ip]; ok && (owned || !inMap(belems, ip)) {
-			errs = append(errs, n.nft.SetDeleteElements(iset, elements(iset, nil, []netip.Addr{ip})))
-			queued = true
-		}
+		errs = append(errs, n.ns.NFT.SetAddElements(bmap, elements(bmap, pods, []netip.Addr{ip})))
+		queued = true
+	}
+	if _, ok := ielems[ip]; iok && !ok {
+		errs = append(errs, n.ns.NFT.SetAddElements(iset, elements(iset, nil, []netip.Addr{ip})))
+		queued = true
 	}
 	if err := errors.Join(errs...); err != nil {
-		return errors.Join(err, n.discardBatch())
+		return errors.Join(err, n.ns.DiscardBatch())
 	}
 	if !queued {
 		return nil
 	}
-	if err := n.nft.Flush(); err != nil {
+	if err := n.ns.NFT.Flush(); err != nil {
 		return fmt.Errorf("update pod %s in nftables: %w", ip, err)
 	}
 	return nil
-}
-
-func inMap(m map[netip.Addr]string, ip netip.Addr) bool {
-	_, ok := m[ip]
-	return ok
 }
 
 // DelPod removes the attachment's veth (both ends) and its nftables
@@ -378,12 +288,12 @@ func inMap(m map[netip.Addr]string, ip netip.Addr) bool {
 func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
 	hostName := ref.HostVethName
 	if hostName == "" {
-		hostName = HostVethName(ref.ContainerID, ref.IfName)
+		hostName = linux.HostVethName(ref.ContainerID, ref.IfName)
 	}
 	ip := ref.IP
-	l, err := n.nl.LinkByName(hostName)
+	l, err := n.ns.Netlink.LinkByName(hostName)
 	switch {
-	case isNotFound(err):
+	case linux.IsNotFound(err):
 		l = nil
 	case err != nil:
 		return fmt.Errorf("link %s: %w", hostName, err)
@@ -391,21 +301,21 @@ func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
 		if l.Type() != "veth" {
 			return fmt.Errorf("%w: %s is a %s, not a veth", ErrConflict, hostName, l.Type())
 		}
-		if aip, _, ok := parsePodAlias(l.Attrs().Alias); ok && !ip.IsValid() {
+		if aip, _, ok := linux.ParsePodAlias(l.Attrs().Alias); ok && !ip.IsValid() {
 			ip = aip
 		}
 	}
 	// The nftables entries go first: removing set elements leaves the
 	// kernel an RCU grace period of cleanup, which overlaps with the veth
 	// deletion here instead of being waited for when the plugin closes its
-	// nftables socket (about 10 ms of every DEL).
+	// nftables socket.
 	if err := n.delPodEntries(ctx, hostName, ip); err != nil {
 		return err
 	}
 	if l == nil {
 		return nil
 	}
-	if err := n.nl.LinkDel(l); err != nil && !isNotFound(err) {
+	if err := n.ns.Netlink.LinkDel(l); err != nil && !linux.IsNotFound(err) {
 		return fmt.Errorf("delete veth %s: %w", hostName, err)
 	}
 	return nil
@@ -414,7 +324,7 @@ func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
 // PodState is what InspectPod found; nil parts are missing.
 type PodState struct {
 	HostVeth *HostVethState
-	PodIf    *PodIfState
+	PodIf    *linux.PodIfState
 	// RegisteredMAC is the MAC the bridge table maps the IP to (nil: none);
 	// SNATRegistered says whether the ip table's pod set holds the IP.
 	RegisteredMAC  net.HardwareAddr
@@ -435,23 +345,6 @@ type HostVethState struct {
 	PodMAC net.HardwareAddr
 }
 
-// PodIfState is the pod end of the veth, inside the pod namespace.
-type PodIfState struct {
-	Name   string
-	Index  int
-	MAC    net.HardwareAddr
-	MTU    int
-	Up     bool
-	Addrs  []netip.Prefix
-	Routes []Route
-}
-
-// Route is an IPv4 route inside the pod; Gw is invalid for direct routes.
-type Route struct {
-	Dst netip.Prefix
-	Gw  netip.Addr
-}
-
 // InspectPod reports what really exists of an attachment, for CHECK. The
 // pod side is read only when ref.NetNS is set; the nftables entries only
 // when the IP is known (from ref or the host veth).
@@ -459,23 +352,23 @@ func (n *Node) InspectPod(_ context.Context, ref PodRef) (PodState, error) {
 	var st PodState
 	hostName := ref.HostVethName
 	if hostName == "" {
-		hostName = HostVethName(ref.ContainerID, ref.IfName)
+		hostName = linux.HostVethName(ref.ContainerID, ref.IfName)
 	}
 	ip := ref.IP
-	l, err := n.nl.LinkByName(hostName)
+	l, err := n.ns.Netlink.LinkByName(hostName)
 	switch {
-	case isNotFound(err):
+	case linux.IsNotFound(err):
 	case err != nil:
 		return st, fmt.Errorf("link %s: %w", hostName, err)
 	default:
 		a := l.Attrs()
 		hv := &HostVethState{Name: a.Name, Index: a.Index, MAC: a.HardwareAddr, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0}
-		hv.IP, hv.PodMAC, _ = parsePodAlias(a.Alias)
+		hv.IP, hv.PodMAC, _ = linux.ParsePodAlias(a.Alias)
 		if a.MasterIndex != 0 {
-			if m, err := n.nl.LinkByIndex(a.MasterIndex); err == nil {
+			if m, err := n.ns.Netlink.LinkByIndex(a.MasterIndex); err == nil {
 				hv.Bridge = m.Attrs().Name
 			}
-			pi, err := retryDump(func() (netlink.Protinfo, error) { return n.nl.LinkGetProtinfo(l) })
+			pi, err := linux.RetryDump(func() (netlink.Protinfo, error) { return n.ns.Netlink.LinkGetProtinfo(l) })
 			if err != nil {
 				return st, fmt.Errorf("bridge port info of %s: %w", hostName, err)
 			}
@@ -487,7 +380,7 @@ func (n *Node) InspectPod(_ context.Context, ref PodRef) (PodState, error) {
 		st.HostVeth = hv
 	}
 	if ref.NetNS != "" {
-		pst, err := inspectPodSide(ref.NetNS, ref.IfName)
+		pst, err := linux.InspectPodSide(ref.NetNS, ref.IfName)
 		if err != nil {
 			return st, err
 		}
@@ -512,72 +405,14 @@ func (n *Node) InspectPod(_ context.Context, ref PodRef) (PodState, error) {
 	return st, nil
 }
 
-func inspectPodSide(nsPath, ifName string) (*PodIfState, error) {
-	h, err := netns.GetFromPath(nsPath)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, nil
+// refreshNeighbour sets the node's neighbour entry for the pod's address to
+// the pod's MAC, replacing a FAILED entry left by traffic to the address
+// while it was unused, which would otherwise hold the first packets back.
+func (n *Node) refreshNeighbour(bridgeIndex int, ip netip.Addr, mac net.HardwareAddr) error {
+	neigh := &netlink.Neigh{LinkIndex: bridgeIndex, Family: netlink.FAMILY_V4, State: netlink.NUD_STALE,
+		IP: ip.AsSlice(), HardwareAddr: mac}
+	if err := n.ns.Netlink.NeighSet(neigh); err != nil {
+		return fmt.Errorf("node neighbour entry for %s: %w", ip, err)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("open pod netns %s: %w", nsPath, err)
-	}
-	defer h.Close()
-	pnl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return nil, fmt.Errorf("netlink handle in pod netns: %w", err)
-	}
-	defer pnl.Close()
-	l, err := pnl.LinkByName(ifName)
-	if isNotFound(err) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("pod link %s: %w", ifName, err)
-	}
-	a := l.Attrs()
-	st := &PodIfState{Name: a.Name, Index: a.Index, MAC: a.HardwareAddr, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return pnl.AddrList(l, netlink.FAMILY_V4) })
-	if err != nil {
-		return nil, fmt.Errorf("pod addresses: %w", err)
-	}
-	for _, ad := range addrs {
-		if p, ok := prefixOf(ad.IPNet); ok {
-			st.Addrs = append(st.Addrs, p)
-		}
-	}
-	routes, err := retryDump(func() ([]netlink.Route, error) { return pnl.RouteList(l, netlink.FAMILY_V4) })
-	if err != nil {
-		return nil, fmt.Errorf("pod routes: %w", err)
-	}
-	for _, r := range routes {
-		var rt Route
-		if r.Dst == nil {
-			rt.Dst = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-		} else if p, ok := prefixOf(r.Dst); ok {
-			rt.Dst = p
-		}
-		if r.Gw != nil {
-			rt.Gw, _ = netip.AddrFromSlice(r.Gw.To4())
-		}
-		st.Routes = append(st.Routes, rt)
-	}
-	return st, nil
-}
-
-func podAlias(ip netip.Addr, mac net.HardwareAddr) string {
-	return aliasPrefix + "ip=" + ip.String() + " mac=" + mac.String()
-}
-
-func parsePodAlias(alias string) (netip.Addr, net.HardwareAddr, bool) {
-	if !strings.HasPrefix(alias, aliasPrefix) {
-		return netip.Addr{}, nil, false
-	}
-	ip, err := netip.ParseAddr(aliasField(alias, "ip"))
-	if err != nil {
-		return netip.Addr{}, nil, false
-	}
-	mac, err := net.ParseMAC(aliasField(alias, "mac"))
-	if err != nil {
-		return netip.Addr{}, nil, false
-	}
-	return ip, mac, true
+	return nil
 }

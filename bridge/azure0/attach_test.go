@@ -1,4 +1,4 @@
-package bridge
+package azure0
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
 
@@ -53,7 +54,7 @@ func TestPrepareVeth(t *testing.T) {
 	if err != nil {
 		t.Fatalf("AddPod over the prepared pair: %v", err)
 	}
-	if got, want := res.PodIf.MAC.String(), PodMAC(podA).String(); got != want {
+	if got, want := res.PodIf.MAC.String(), linux.PodMAC(podA).String(); got != want {
 		t.Errorf("pod MAC = %s, want %s", got, want)
 	}
 	st, err = n.InspectPod(ctx, PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA})
@@ -74,7 +75,7 @@ func TestPrepareVeth(t *testing.T) {
 	if ok, err := PrepareVeth(nodeNS, reqB); err != nil || !ok {
 		t.Fatalf("PrepareVeth B = %v, %v", ok, err)
 	}
-	nameA, nameB := HostVethName(req.ContainerID, "eth0"), HostVethName(reqB.ContainerID, "eth0")
+	nameA, nameB := linux.HostVethName(req.ContainerID, "eth0"), linux.HostVethName(reqB.ContainerID, "eth0")
 	stray, err := n.StrayVeths(func(name string) bool { return name == nameA })
 	if err != nil {
 		t.Fatal(err)

@@ -1,16 +1,15 @@
-// Package bridge is the Linux datapath of vnet-cni's bridge mode: the azure0
-// bridge that takes over the node's NIC, the pod veths, and the nftables
-// tables that make pod traffic acceptable to the cloud fabric (MAC and ARP
-// handling) and masquerade pod traffic leaving the virtual network.
+// Package linux is the Linux plumbing every datapath mode of vnet-cni
+// shares: a handle on a node's network namespace (netlink and nftables
+// sockets bound to it, the node lock, sysctls), pod veths with the pod end
+// created in place, the pod side's address and routes, the link-alias
+// codec, and one reconciler for the nftables tables a mode owns, driven by
+// a description of their wanted state.
 //
-// Every operation works on one node network namespace through a Node, opened
-// from the namespace's path ("" is the caller's own namespace). Netlink and
-// nftables sockets are bound to that namespace, so no goroutine ever changes
-// namespace except to read or write a sysctl. Mutations that must not
-// interleave between plugin processes (taking over the NIC, rewriting the
-// nftables tables, changing set elements) hold an exclusive flock on a file
-// under the lock directory.
-package bridge
+// Netlink and nftables sockets are bound to the namespace, so no goroutine
+// ever changes namespace except to read or write a sysctl. Mutations that
+// must not interleave between plugin processes hold an exclusive flock on a
+// file under the lock directory.
+package linux
 
 import (
 	"context"
@@ -32,34 +31,30 @@ import (
 // DefaultLockDir is where lock files live unless Options.LockDir says otherwise.
 const DefaultLockDir = "/run/vnet-cni"
 
-// Options tune how a Node is opened.
-type Options struct {
-	// LockDir holds the lock files serialising plugin processes; default
-	// DefaultLockDir.
-	LockDir string
-}
+// NS is a handle on one node network namespace. It is not safe for
+// concurrent use (its sockets are shared); goroutines that need parallelism
+// open one NS each, and their changes are then serialised by the file lock
+// exactly like those of separate plugin processes.
+type NS struct {
+	// Netlink and NFT are bound to the namespace. DiscardBatch replaces NFT.
+	Netlink *netlink.Handle
+	NFT     *nftables.Conn
 
-// Node is the datapath of one node network namespace. A Node is not safe
-// for concurrent use (its sockets are shared); goroutines that need
-// parallelism open one Node each, and their changes are then serialised by
-// the file lock exactly like those of separate plugin processes.
-type Node struct {
-	nsPath  string // "" for the caller's namespace
+	path    string // "" for the caller's namespace
 	handle  netns.NsHandle
-	nl      *netlink.Handle
-	nft     *nftables.Conn
 	lockDir string
 	lockKey string // identifies the namespace in the lock file name
 }
 
-// Open binds a Node to the network namespace at nsPath, or to the calling
-// thread's namespace when nsPath is empty. Close releases it.
-func Open(nsPath string, opts Options) (*Node, error) {
-	h, err := openNodeNS(nsPath)
+// Open binds an NS to the network namespace at nsPath, or to the calling
+// thread's namespace when nsPath is empty; lockDir holds the lock files
+// ("" is DefaultLockDir). Close releases it.
+func Open(nsPath, lockDir string) (*NS, error) {
+	h, err := OpenNS(nsPath)
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{nsPath: nsPath, handle: h, lockDir: opts.LockDir}
+	n := &NS{path: nsPath, handle: h, lockDir: lockDir}
 	if n.lockDir == "" {
 		n.lockDir = DefaultLockDir
 	}
@@ -68,18 +63,18 @@ func Open(nsPath string, opts Options) (*Node, error) {
 		return nil, errors.Join(fmt.Errorf("stat node netns: %w", err), n.Close())
 	}
 	n.lockKey = fmt.Sprintf("%d-%d", st.Dev, st.Ino)
-	if n.nl, err = netlink.NewHandleAt(h); err != nil {
+	if n.Netlink, err = netlink.NewHandleAt(h); err != nil {
 		return nil, errors.Join(fmt.Errorf("netlink handle in node netns: %w", err), n.Close())
 	}
-	if n.nft, err = nftables.New(nftables.WithNetNSFd(int(h)), nftables.AsLasting()); err != nil {
+	if n.NFT, err = nftables.New(nftables.WithNetNSFd(int(h)), nftables.AsLasting()); err != nil {
 		return nil, errors.Join(fmt.Errorf("nftables connection in node netns: %w", err), n.Close())
 	}
 	return n, nil
 }
 
-// openNodeNS opens the namespace at nsPath, or the calling thread's when
+// OpenNS opens the namespace at nsPath, or the calling thread's when
 // nsPath is empty.
-func openNodeNS(nsPath string) (netns.NsHandle, error) {
+func OpenNS(nsPath string) (netns.NsHandle, error) {
 	var h netns.NsHandle
 	var err error
 	if nsPath == "" {
@@ -96,15 +91,15 @@ func openNodeNS(nsPath string) (netns.NsHandle, error) {
 }
 
 // Close releases the sockets and the namespace handle.
-func (n *Node) Close() error {
+func (n *NS) Close() error {
 	var errs []error
-	if n.nft != nil {
-		errs = append(errs, n.nft.CloseLasting())
-		n.nft = nil
+	if n.NFT != nil {
+		errs = append(errs, n.NFT.CloseLasting())
+		n.NFT = nil
 	}
-	if n.nl != nil {
-		n.nl.Close()
-		n.nl = nil
+	if n.Netlink != nil {
+		n.Netlink.Close()
+		n.Netlink = nil
 	}
 	if n.handle.IsOpen() {
 		errs = append(errs, n.handle.Close())
@@ -113,11 +108,11 @@ func (n *Node) Close() error {
 	return errors.Join(errs...)
 }
 
-// lock takes the node's exclusive lock, waiting until ctx is done. Every call
+// Lock takes the node's exclusive lock, waiting until ctx is done. Every call
 // opens the lock file anew, so that two goroutines of one process exclude
 // each other exactly as two processes do (flock locks belong to the open
 // file description).
-func (n *Node) lock(ctx context.Context) (unlock func() error, err error) {
+func (n *NS) Lock(ctx context.Context) (unlock func() error, err error) {
 	if err := os.MkdirAll(n.lockDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create lock dir: %w", err)
 	}
@@ -155,52 +150,52 @@ func (n *Node) lock(ctx context.Context) (unlock func() error, err error) {
 
 // doInNS runs fn on a locked thread inside the node namespace (only needed
 // for /proc/sys); for the caller's own namespace it just runs fn.
-func (n *Node) doInNS(fn func() error) error {
-	if n.nsPath == "" {
+func (n *NS) doInNS(fn func() error) error {
+	if n.path == "" {
 		return fn()
 	}
-	target, err := ns.GetNS(n.nsPath)
+	target, err := ns.GetNS(n.path)
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", n.nsPath, err)
+		return fmt.Errorf("open netns %s: %w", n.path, err)
 	}
 	defer target.Close()
 	return target.Do(func(ns.NetNS) error { return fn() })
 }
 
-// sysctl is one /proc/sys setting; an optional one is skipped when its key
+// Sysctl is one /proc/sys setting; an Optional one is skipped when its Key
 // does not exist (its module is not loaded).
-type sysctl struct {
-	key, value string
-	optional   bool
+type Sysctl struct {
+	Key, Value string
+	Optional   bool
 }
 
-// ensureSysctls sets each /proc/sys/<key> to its value in the node
+// EnsureSysctls sets each /proc/sys/<key> to its value in the node
 // namespace unless it already has it, with one switch into the namespace.
-func (n *Node) ensureSysctls(want ...sysctl) error {
+func (n *NS) EnsureSysctls(want ...Sysctl) error {
 	return n.doInNS(func() error {
 		for _, s := range want {
-			p := filepath.Join("/proc/sys", s.key)
+			p := filepath.Join("/proc/sys", s.Key)
 			cur, err := os.ReadFile(p)
-			if s.optional && errors.Is(err, os.ErrNotExist) {
+			if s.Optional && errors.Is(err, os.ErrNotExist) {
 				continue
 			}
 			if err != nil {
-				return fmt.Errorf("read sysctl %s: %w", s.key, err)
+				return fmt.Errorf("read sysctl %s: %w", s.Key, err)
 			}
-			if strings.TrimSpace(string(cur)) == s.value {
+			if strings.TrimSpace(string(cur)) == s.Value {
 				continue
 			}
-			if err := os.WriteFile(p, []byte(s.value), 0o644); err != nil {
-				return fmt.Errorf("write sysctl %s: %w", s.key, err)
+			if err := os.WriteFile(p, []byte(s.Value), 0o644); err != nil {
+				return fmt.Errorf("write sysctl %s: %w", s.Key, err)
 			}
 		}
 		return nil
 	})
 }
 
-// retryDump calls fn again while a netlink dump is interrupted by a
+// RetryDump calls fn again while a netlink dump is interrupted by a
 // concurrent change.
-func retryDump[T any](fn func() (T, error)) (T, error) {
+func RetryDump[T any](fn func() (T, error)) (T, error) {
 	var v T
 	var err error
 	for range 5 {
@@ -212,7 +207,20 @@ func retryDump[T any](fn func() (T, error)) (T, error) {
 	return v, err
 }
 
-func isNotFound(err error) bool {
+// IsNotFound reports whether err says a link, address or object does not exist.
+func IsNotFound(err error) bool {
 	var lnf netlink.LinkNotFoundError
 	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
+}
+
+// DiscardBatch drops the queued nftables messages by replacing the
+// connection (the library has no way to abort a batch).
+func (n *NS) DiscardBatch() error {
+	old := n.NFT
+	c, err := nftables.New(nftables.WithNetNSFd(int(n.handle)), nftables.AsLasting())
+	if err != nil {
+		return fmt.Errorf("recreate nftables connection: %w", err)
+	}
+	n.NFT = c
+	return old.CloseLasting()
 }

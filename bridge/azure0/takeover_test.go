@@ -1,4 +1,4 @@
-package bridge
+package azure0
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
 
 var (
@@ -35,13 +37,13 @@ func decorateNIC(t *testing.T, nl *netlink.Handle) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nl.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(extraAddr)}); err != nil {
+	if err := nl.AddrAdd(eth, &netlink.Addr{IPNet: linux.IPNet(extraAddr)}); err != nil {
 		t.Fatal(err)
 	}
 	idx := eth.Attrs().Index
 	for _, r := range []*netlink.Route{
-		{LinkIndex: idx, Dst: ipNet(metricNet), Gw: gatewayIP.AsSlice(), Priority: 50},
-		{LinkIndex: idx, Dst: ipNet(scopeNet), Scope: netlink.SCOPE_LINK},
+		{LinkIndex: idx, Dst: linux.IPNet(metricNet), Gw: gatewayIP.AsSlice(), Priority: 50},
+		{LinkIndex: idx, Dst: linux.IPNet(scopeNet), Scope: netlink.SCOPE_LINK},
 	} {
 		if err := nl.RouteAdd(r); err != nil {
 			t.Fatalf("add route %s: %v", r, err)
@@ -87,7 +89,7 @@ func addrsOf(t *testing.T, nl *netlink.Handle, name string) []netip.Prefix {
 	}
 	var out []netip.Prefix
 	for _, a := range as {
-		p, _ := prefixOf(a.IPNet)
+		p, _ := linux.PrefixOf(a.IPNet)
 		out = append(out, p)
 	}
 	return out
@@ -233,7 +235,7 @@ func TestEnsureBridgeCompletesHalfDone(t *testing.T) {
 	type step func(t *testing.T, nl *netlink.Handle, eth, br netlink.Link)
 	addAddrs := func(t *testing.T, nl *netlink.Handle, _, br netlink.Link) {
 		for _, p := range []netip.Prefix{netip.PrefixFrom(node0IP, 24), extraAddr} {
-			if err := nl.AddrAdd(br, &netlink.Addr{IPNet: ipNet(p)}); err != nil {
+			if err := nl.AddrAdd(br, &netlink.Addr{IPNet: linux.IPNet(p)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -371,54 +373,5 @@ func TestEnsureNodeConcurrent(t *testing.T) {
 	wantRules := map[string]int{"bridge prerouting": 3, "bridge postrouting": 5, "ip postrouting": 1}
 	if d := cmp.Diff(wantRules, s.Rules); d != "" {
 		t.Errorf("rules (-want +got):\n%s", d)
-	}
-}
-
-// TestLockExcludes takes the node lock from many goroutines, each through
-// its own open of the lock file, and checks that holders never overlap and
-// that a waiter gives up with its context.
-func TestLockExcludes(t *testing.T) {
-	// Only the lock is used: no namespace, no sockets.
-	n := &Node{lockDir: t.TempDir(), lockKey: "test"}
-	var active, maxActive atomic.Int32
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for range 20 {
-				unlock, err := n.lock(context.Background())
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				a := active.Add(1)
-				if a > maxActive.Load() {
-					maxActive.Store(a)
-				}
-				time.Sleep(50 * time.Microsecond)
-				active.Add(-1)
-				if err := unlock(); err != nil {
-					t.Error(err)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if got := maxActive.Load(); got != 1 {
-		t.Errorf("up to %d holders at once, want 1", got)
-	}
-
-	unlock, err := n.lock(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := unlock(); err != nil {
-			t.Error(err)
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if _, err := n.lock(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("lock while held: %v, want deadline exceeded", err)
 	}
 }

@@ -1,4 +1,4 @@
-package bridge
+package azure0
 
 import (
 	"context"
@@ -6,18 +6,15 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
 
 // DefaultBridgeName is the bridge's name unless BridgeConfig.Name says otherwise.
 const DefaultBridgeName = "azure0"
-
-// aliasPrefix marks links owned by vnet-cni; the rest of the alias records
-// what is needed to rebuild state (the bridge's master, a pod's IP and MAC).
-const aliasPrefix = "vnet-cni "
 
 // BridgeConfig says which bridge to build over which NIC.
 type BridgeConfig struct {
@@ -66,7 +63,7 @@ func (n *Node) EnsureBridge(ctx context.Context, cfg BridgeConfig) (BridgeInfo, 
 	if info, ok, err := n.bridgeDone(cfg); err != nil || ok {
 		return info, err
 	}
-	unlock, err := n.lock(ctx)
+	unlock, err := n.ns.Lock(ctx)
 	if err != nil {
 		return BridgeInfo{}, err
 	}
@@ -76,8 +73,8 @@ func (n *Node) EnsureBridge(ctx context.Context, cfg BridgeConfig) (BridgeInfo, 
 
 // bridgeDone reports whether the bridge is complete, without changing anything.
 func (n *Node) bridgeDone(cfg BridgeConfig) (BridgeInfo, bool, error) {
-	l, err := n.nl.LinkByName(cfg.Name)
-	if isNotFound(err) {
+	l, err := n.ns.Netlink.LinkByName(cfg.Name)
+	if linux.IsNotFound(err) {
 		return BridgeInfo{}, false, nil
 	}
 	if err != nil {
@@ -89,12 +86,12 @@ func (n *Node) bridgeDone(cfg BridgeConfig) (BridgeInfo, bool, error) {
 	}
 	masterName := cfg.Master
 	if masterName == "" {
-		masterName = aliasField(br.Alias, "master")
+		masterName = linux.AliasField(br.Alias, "master")
 	}
 	if masterName == "" {
 		return BridgeInfo{}, false, nil
 	}
-	m, err := n.nl.LinkByName(masterName)
+	m, err := n.ns.Netlink.LinkByName(masterName)
 	if err != nil {
 		// The slow path reports a missing master.
 		return BridgeInfo{}, false, nil
@@ -107,10 +104,10 @@ func (n *Node) bridgeDone(cfg BridgeConfig) (BridgeInfo, bool, error) {
 	a := br.Attrs()
 	if ma.MasterIndex != a.Index || a.Flags&net.FlagUp == 0 || ma.Flags&net.FlagUp == 0 ||
 		a.HardwareAddr.String() != ma.HardwareAddr.String() || a.MTU != wantMTU ||
-		a.Alias != masterAlias(masterName) {
+		a.Alias != linux.Alias("master", masterName) {
 		return BridgeInfo{}, false, nil
 	}
-	left, err := retryDump(func() ([]netlink.Addr, error) { return n.nl.AddrList(m, netlink.FAMILY_V4) })
+	left, err := linux.RetryDump(func() ([]netlink.Addr, error) { return n.ns.Netlink.AddrList(m, netlink.FAMILY_V4) })
 	if err != nil {
 		return BridgeInfo{}, false, fmt.Errorf("addresses of %s: %w", masterName, err)
 	}
@@ -129,20 +126,20 @@ func (n *Node) bridgeDone(cfg BridgeConfig) (BridgeInfo, bool, error) {
 }
 
 func (n *Node) ensureBridgeLocked(ctx context.Context, cfg BridgeConfig) (BridgeInfo, error) {
-	existing, err := n.nl.LinkByName(cfg.Name)
-	if err != nil && !isNotFound(err) {
+	existing, err := n.ns.Netlink.LinkByName(cfg.Name)
+	if err != nil && !linux.IsNotFound(err) {
 		return BridgeInfo{}, fmt.Errorf("link %s: %w", cfg.Name, err)
 	}
 	masterName := cfg.Master
 	if masterName == "" && existing != nil {
-		masterName = aliasField(existing.Attrs().Alias, "master")
+		masterName = linux.AliasField(existing.Attrs().Alias, "master")
 	}
 	if masterName == "" {
 		if masterName, err = n.defaultRouteLink(cfg.Name); err != nil {
 			return BridgeInfo{}, err
 		}
 	}
-	m, err := n.nl.LinkByName(masterName)
+	m, err := n.ns.Netlink.LinkByName(masterName)
 	if err != nil {
 		return BridgeInfo{}, fmt.Errorf("master %s: %w", masterName, err)
 	}
@@ -165,7 +162,7 @@ func (n *Node) ensureBridgeLocked(ctx context.Context, cfg BridgeConfig) (Bridge
 	}
 
 	// 1. Addresses onto the bridge (the master keeps them for now).
-	mAddrs, err := retryDump(func() ([]netlink.Addr, error) { return n.nl.AddrList(m, netlink.FAMILY_V4) })
+	mAddrs, err := linux.RetryDump(func() ([]netlink.Addr, error) { return n.ns.Netlink.AddrList(m, netlink.FAMILY_V4) })
 	if err != nil {
 		return BridgeInfo{}, fmt.Errorf("addresses of %s: %w", masterName, err)
 	}
@@ -173,7 +170,7 @@ func (n *Node) ensureBridgeLocked(ctx context.Context, cfg BridgeConfig) (Bridge
 		c := a
 		c.Label = "" // labels must start with the device's name
 		c.LinkIndex = bi
-		if err := n.nl.AddrAdd(br, &c); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := n.ns.Netlink.AddrAdd(br, &c); err != nil && !errors.Is(err, unix.EEXIST) {
 			return BridgeInfo{}, fmt.Errorf("add %s to %s: %w", a.IPNet, cfg.Name, err)
 		}
 	}
@@ -181,12 +178,12 @@ func (n *Node) ensureBridgeLocked(ctx context.Context, cfg BridgeConfig) (Bridge
 	// 2. The master becomes a port; frames it receives now reach the
 	// bridge, which holds the addresses.
 	if m.Attrs().Flags&net.FlagUp == 0 {
-		if err := n.nl.LinkSetUp(m); err != nil {
+		if err := n.ns.Netlink.LinkSetUp(m); err != nil {
 			return BridgeInfo{}, fmt.Errorf("set %s up: %w", masterName, err)
 		}
 	}
 	if ma.MasterIndex != bi {
-		if err := n.nl.LinkSetMasterByIndex(m, bi); err != nil {
+		if err := n.ns.Netlink.LinkSetMasterByIndex(m, bi); err != nil {
 			return BridgeInfo{}, fmt.Errorf("enslave %s to %s: %w", masterName, cfg.Name, err)
 		}
 	}
@@ -194,11 +191,11 @@ func (n *Node) ensureBridgeLocked(ctx context.Context, cfg BridgeConfig) (Bridge
 	// An MTU given at creation does not count as set by the user: the
 	// bridge follows its ports' minimum until an explicit change, so
 	// correct it now that the master is a port.
-	if br, err = n.nl.LinkByIndex(bi); err != nil {
+	if br, err = n.ns.Netlink.LinkByIndex(bi); err != nil {
 		return BridgeInfo{}, fmt.Errorf("link %s: %w", cfg.Name, err)
 	}
 	if br.Attrs().MTU != mtu {
-		if err := n.nl.LinkSetMTU(br, mtu); err != nil {
+		if err := n.ns.Netlink.LinkSetMTU(br, mtu); err != nil {
 			return BridgeInfo{}, fmt.Errorf("set mtu of %s: %w", cfg.Name, err)
 		}
 	}
@@ -223,23 +220,23 @@ func (n *Node) ensureBridgeLocked(ctx context.Context, cfg BridgeConfig) (Bridge
 			}
 			moved.LinkIndex = 0
 		}
-		if err := n.nl.RouteReplace(&moved); err != nil {
+		if err := n.ns.Netlink.RouteReplace(&moved); err != nil {
 			return BridgeInfo{}, fmt.Errorf("move route %s onto %s: %w", r, cfg.Name, err)
 		}
 	}
 
 	// 4. Addresses off the master, now that the bridge carries them and the routes.
 	for _, a := range mAddrs {
-		if err := n.nl.AddrDel(m, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		if err := n.ns.Netlink.AddrDel(m, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return BridgeInfo{}, fmt.Errorf("remove %s from %s: %w", a.IPNet, masterName, err)
 		}
 	}
 
 	// Read back what was reached.
-	if br, err = n.nl.LinkByIndex(bi); err != nil {
+	if br, err = n.ns.Netlink.LinkByIndex(bi); err != nil {
 		return BridgeInfo{}, fmt.Errorf("link %s: %w", cfg.Name, err)
 	}
-	if m, err = n.nl.LinkByIndex(ma.Index); err != nil {
+	if m, err = n.ns.Netlink.LinkByIndex(ma.Index); err != nil {
 		return BridgeInfo{}, fmt.Errorf("link %s: %w", masterName, err)
 	}
 	if m.Attrs().MasterIndex != bi {
@@ -258,11 +255,11 @@ func (n *Node) ensureBridgeLink(name, master string, mac net.HardwareAddr, mtu i
 		attrs.HardwareAddr = mac
 		attrs.MTU = mtu
 		attrs.Flags = net.FlagUp
-		err := n.nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
+		err := n.ns.Netlink.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("create bridge %s: %w", name, err)
 		}
-		if existing, err = n.nl.LinkByName(name); err != nil {
+		if existing, err = n.ns.Netlink.LinkByName(name); err != nil {
 			return nil, fmt.Errorf("link %s: %w", name, err)
 		}
 	}
@@ -271,24 +268,24 @@ func (n *Node) ensureBridgeLink(name, master string, mac net.HardwareAddr, mtu i
 	}
 	a := existing.Attrs()
 	if a.HardwareAddr.String() != mac.String() {
-		if err := n.nl.LinkSetHardwareAddr(existing, mac); err != nil {
+		if err := n.ns.Netlink.LinkSetHardwareAddr(existing, mac); err != nil {
 			return nil, fmt.Errorf("set mac of %s: %w", name, err)
 		}
 	}
 	if a.MTU != mtu {
-		if err := n.nl.LinkSetMTU(existing, mtu); err != nil {
+		if err := n.ns.Netlink.LinkSetMTU(existing, mtu); err != nil {
 			return nil, fmt.Errorf("set mtu of %s: %w", name, err)
 		}
 	}
 	// The kernel ignores IFLA_IFALIAS at creation, so this also records
 	// the master on a new bridge.
-	if a.Alias != masterAlias(master) {
-		if err := n.nl.LinkSetAlias(existing, masterAlias(master)); err != nil {
+	if a.Alias != linux.Alias("master", master) {
+		if err := n.ns.Netlink.LinkSetAlias(existing, linux.Alias("master", master)); err != nil {
 			return nil, fmt.Errorf("set alias of %s: %w", name, err)
 		}
 	}
 	if a.Flags&net.FlagUp == 0 {
-		if err := n.nl.LinkSetUp(existing); err != nil {
+		if err := n.ns.Netlink.LinkSetUp(existing); err != nil {
 			return nil, fmt.Errorf("set %s up: %w", name, err)
 		}
 	}
@@ -299,8 +296,8 @@ func (n *Node) ensureBridgeLink(name, master string, mac net.HardwareAddr, mtu i
 // the kernel for an address (those follow the address), in every table but
 // the local one.
 func (n *Node) movableRoutes(linkIndex int) ([]netlink.Route, error) {
-	all, err := retryDump(func() ([]netlink.Route, error) {
-		return n.nl.RouteListFiltered(netlink.FAMILY_V4,
+	all, err := linux.RetryDump(func() ([]netlink.Route, error) {
+		return n.ns.Netlink.RouteListFiltered(netlink.FAMILY_V4,
 			&netlink.Route{LinkIndex: linkIndex, Table: unix.RT_TABLE_UNSPEC},
 			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
 	})
@@ -319,8 +316,8 @@ func (n *Node) movableRoutes(linkIndex int) ([]netlink.Route, error) {
 
 // defaultRouteLink names the link of the main table's IPv4 default route.
 func (n *Node) defaultRouteLink(bridge string) (string, error) {
-	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return n.nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	routes, err := linux.RetryDump(func() ([]netlink.Route, error) {
+		return n.ns.Netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
 		return "", fmt.Errorf("list routes: %w", err)
@@ -333,7 +330,7 @@ func (n *Node) defaultRouteLink(bridge string) (string, error) {
 		if idx == 0 && len(r.MultiPath) > 0 {
 			idx = r.MultiPath[0].LinkIndex
 		}
-		l, err := n.nl.LinkByIndex(idx)
+		l, err := n.ns.Netlink.LinkByIndex(idx)
 		if err != nil {
 			return "", fmt.Errorf("link of the default route: %w", err)
 		}
@@ -357,12 +354,12 @@ func (n *Node) bridgeInfo(br, master netlink.Link) (BridgeInfo, error) {
 		Name: a.Name, Index: a.Index, MAC: a.HardwareAddr, MTU: a.MTU,
 		Master: master.Attrs().Name, MasterIndex: master.Attrs().Index,
 	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return n.nl.AddrList(br, netlink.FAMILY_V4) })
+	addrs, err := linux.RetryDump(func() ([]netlink.Addr, error) { return n.ns.Netlink.AddrList(br, netlink.FAMILY_V4) })
 	if err != nil {
 		return info, fmt.Errorf("addresses of %s: %w", a.Name, err)
 	}
 	for _, ad := range addrs {
-		p, ok := prefixOf(ad.IPNet)
+		p, ok := linux.PrefixOf(ad.IPNet)
 		if !ok {
 			continue
 		}
@@ -374,8 +371,8 @@ func (n *Node) bridgeInfo(br, master netlink.Link) (BridgeInfo, error) {
 		}
 		info.Addrs = append(info.Addrs, p)
 	}
-	routes, err := retryDump(func() ([]netlink.Route, error) {
-		return n.nl.RouteListFiltered(netlink.FAMILY_V4,
+	routes, err := linux.RetryDump(func() ([]netlink.Route, error) {
+		return n.ns.Netlink.RouteListFiltered(netlink.FAMILY_V4,
 			&netlink.Route{LinkIndex: a.Index, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -388,36 +385,4 @@ func (n *Node) bridgeInfo(br, master netlink.Link) (BridgeInfo, error) {
 		}
 	}
 	return info, nil
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func masterAlias(master string) string { return aliasPrefix + "master=" + master }
-
-// aliasField returns the value of key=value in a vnet-cni alias.
-func aliasField(alias, key string) string {
-	rest, ok := strings.CutPrefix(alias, aliasPrefix)
-	if !ok {
-		return ""
-	}
-	for f := range strings.FieldsSeq(rest) {
-		if v, ok := strings.CutPrefix(f, key+"="); ok {
-			return v
-		}
-	}
-	return ""
 }

@@ -1,4 +1,4 @@
-package bridge
+package azure0
 
 import (
 	"context"
@@ -22,7 +22,7 @@ import (
 // missing (SNAT off, a table deleted by hand) the transaction fails as a
 // whole and the entries are changed one table at a time instead.
 func (n *Node) addPodEntries(ctx context.Context, hostName string, ip netip.Addr, mac net.HardwareAddr) (err error) {
-	unlock, err := n.lock(ctx)
+	unlock, err := n.ns.Lock(ctx)
 	if err != nil {
 		return err
 	}
@@ -30,23 +30,23 @@ func (n *Node) addPodEntries(ctx context.Context, hostName string, ip netip.Addr
 	bmap, iset, gset := podSets()
 	port := guardPort{name: hostName, mac: mac.String(), ip: ip}
 	err = errors.Join(
-		n.nft.SetAddElements(bmap, elements(bmap, map[netip.Addr]net.HardwareAddr{ip: mac}, []netip.Addr{ip})),
-		n.nft.SetAddElements(iset, elements(iset, nil, []netip.Addr{ip})),
-		n.nft.SetAddElements(gset, []nftables.SetElement{{Key: port.key()}}),
+		n.ns.NFT.SetAddElements(bmap, elements(bmap, map[netip.Addr]net.HardwareAddr{ip: mac}, []netip.Addr{ip})),
+		n.ns.NFT.SetAddElements(iset, elements(iset, nil, []netip.Addr{ip})),
+		n.ns.NFT.SetAddElements(gset, []nftables.SetElement{{Key: port.key()}}),
 	)
 	if err == nil {
-		err = n.nft.Flush()
+		err = n.ns.NFT.Flush()
 	}
 	if err == nil {
 		return nil
 	}
-	if derr := n.discardBatch(); derr != nil {
+	if derr := n.ns.DiscardBatch(); derr != nil {
 		return errors.Join(err, derr)
 	}
-	if err := n.changePodLocked(ip, mac, true); err != nil {
+	if err := n.addPodPerTableLocked(ip, mac); err != nil {
 		return err
 	}
-	return n.applyGuardLocked(port, true)
+	return n.addGuardLocked(port)
 }
 
 // delPodEntries removes the entries of the pod behind hostName. The
@@ -55,7 +55,7 @@ func (n *Node) addPodEntries(ctx context.Context, hostName string, ip netip.Addr
 // was released and now belongs to another pod on this node: while another
 // port holds it in the guard set, its map and SNAT entries stay.
 func (n *Node) delPodEntries(ctx context.Context, hostName string, ip netip.Addr) (err error) {
-	unlock, err := n.lock(ctx)
+	unlock, err := n.ns.Lock(ctx)
 	if err != nil {
 		return err
 	}
@@ -87,28 +87,28 @@ func (n *Node) delPodEntries(ctx context.Context, hostName string, ip netip.Addr
 	var errs []error
 	queued := false
 	if len(del) > 0 {
-		errs = append(errs, n.nft.SetDeleteElements(gset, del))
+		errs = append(errs, n.ns.NFT.SetDeleteElements(gset, del))
 		queued = true
 	}
 	if ip.IsValid() && !taken {
 		for _, s := range []*nftables.Set{bmap, iset} {
 			have, ok, err := n.readPodSet(s)
 			if err != nil {
-				return errors.Join(err, n.discardBatch())
+				return errors.Join(err, n.ns.DiscardBatch())
 			}
 			if _, present := have[ip]; ok && present {
-				errs = append(errs, n.nft.SetDeleteElements(s, elements(s, nil, []netip.Addr{ip})))
+				errs = append(errs, n.ns.NFT.SetDeleteElements(s, elements(s, nil, []netip.Addr{ip})))
 				queued = true
 			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return errors.Join(err, n.discardBatch())
+		return errors.Join(err, n.ns.DiscardBatch())
 	}
 	if !queued {
 		return nil
 	}
-	if err := n.nft.Flush(); err != nil {
+	if err := n.ns.NFT.Flush(); err != nil {
 		return fmt.Errorf("remove the nftables entries of %s: %w", hostName, err)
 	}
 	return nil
@@ -123,7 +123,7 @@ func podSets() (bmap, iset, gset *nftables.Set) {
 
 // readSet lists a set's elements; ok is false when the set does not exist.
 func (n *Node) readSet(s *nftables.Set) ([]nftables.SetElement, bool, error) {
-	elems, err := n.nft.GetSetElements(s)
+	elems, err := n.ns.NFT.GetSetElements(s)
 	if errors.Is(err, unix.ENOENT) {
 		return nil, false, nil
 	}

@@ -1,4 +1,4 @@
-package bridge
+package azure0
 
 import (
 	"context"
@@ -51,7 +51,7 @@ type rawTable struct {
 // reconcile that adds no pods needs to know when the tables are intact.
 func (n *Node) fetchNFT(elems bool) (nftRaw, error) {
 	raw := nftRaw{tables: make(map[nftables.TableFamily]*rawTable)}
-	tables, err := n.nft.ListTables()
+	tables, err := n.ns.NFT.ListTables()
 	if err != nil {
 		return raw, fmt.Errorf("list nftables tables: %w", err)
 	}
@@ -63,7 +63,7 @@ func (n *Node) fetchNFT(elems bool) (nftRaw, error) {
 	if len(raw.tables) == 0 {
 		return raw, nil
 	}
-	chains, err := n.nft.ListChains()
+	chains, err := n.ns.NFT.ListChains()
 	if err != nil {
 		return raw, fmt.Errorf("list nftables chains: %w", err)
 	}
@@ -78,7 +78,7 @@ func (n *Node) fetchNFT(elems bool) (nftRaw, error) {
 	for fam, rt := range raw.tables {
 		t := &nftables.Table{Name: TableName, Family: fam}
 		for name, c := range rt.chains {
-			if rt.rules[name], err = n.nft.GetRules(t, c); err != nil {
+			if rt.rules[name], err = n.ns.NFT.GetRules(t, c); err != nil {
 				return raw, fmt.Errorf("list rules of %s: %w", name, err)
 			}
 		}
@@ -164,7 +164,7 @@ func tableMatches(w wantTable, rt *rawTable) (bool, error) {
 // data) type of want, so that every element it can hold is well-formed; a
 // missing set is not an error. It is one request whatever the set holds.
 func (n *Node) podSetIntact(want *nftables.Set) (bool, error) {
-	have, err := n.nft.GetSetByName(want.Table, want.Name)
+	have, err := n.ns.NFT.GetSetByName(want.Table, want.Name)
 	if errors.Is(err, unix.ENOENT) {
 		return false, nil
 	}
@@ -182,7 +182,7 @@ func sameDatatype(a, b nftables.SetDatatype) bool {
 
 // readPodSet reads the pod set's elements; a missing set is not an error.
 func (n *Node) readPodSet(s *nftables.Set) (map[netip.Addr]string, bool, error) {
-	elems, err := n.nft.GetSetElements(s)
+	elems, err := n.ns.NFT.GetSetElements(s)
 	if errors.Is(err, unix.ENOENT) {
 		return nil, false, nil
 	}
@@ -327,20 +327,20 @@ func planNFT(want []wantTable, st nftState, pods map[netip.Addr]net.HardwareAddr
 // applyNFT sends the plan as one transaction.
 func (n *Node) applyNFT(p nftPlan, st nftState) error {
 	for _, t := range p.drop {
-		n.nft.DelTable(t)
+		n.ns.NFT.DelTable(t)
 	}
 	var errs []error
 	for _, w := range p.rebuild {
 		if st.tables[w.table.Family].exists {
-			n.nft.DelTable(w.table)
+			n.ns.NFT.DelTable(w.table)
 		}
-		n.nft.AddTable(w.table)
+		n.ns.NFT.AddTable(w.table)
 		s := w.podSet()
-		if err := n.nft.AddSet(s, elements(s, p.pods, sortedAddrs(p.pods))); err != nil {
+		if err := n.ns.NFT.AddSet(s, elements(s, p.pods, sortedAddrs(p.pods))); err != nil {
 			errs = append(errs, fmt.Errorf("add set %s: %w", s.Name, err))
 		}
 		for _, c := range w.chains {
-			n.nft.AddChain(c.chain)
+			n.ns.NFT.AddChain(c.chain)
 			for _, r := range c.rules {
 				exprs := slices.Clone(r.exprs)
 				for i, e := range exprs {
@@ -350,41 +350,29 @@ func (n *Node) applyNFT(p nftPlan, st nftState) error {
 						exprs[i] = &cp
 					}
 				}
-				n.nft.AddRule(&nftables.Rule{Table: w.table, Chain: c.chain, Exprs: exprs, UserData: comment(r.note)})
+				n.ns.NFT.AddRule(&nftables.Rule{Table: w.table, Chain: c.chain, Exprs: exprs, UserData: comment(r.note)})
 			}
 		}
 	}
 	// Deletions before additions: a changed MAC is a delete and an add of
 	// the same key in this one transaction.
 	for s, ips := range p.del {
-		if err := n.nft.SetDeleteElements(s, elements(s, nil, ips)); err != nil {
+		if err := n.ns.NFT.SetDeleteElements(s, elements(s, nil, ips)); err != nil {
 			errs = append(errs, fmt.Errorf("delete elements of %s: %w", s.Name, err))
 		}
 	}
 	for s, ips := range p.add {
-		if err := n.nft.SetAddElements(s, elements(s, p.pods, ips)); err != nil {
+		if err := n.ns.NFT.SetAddElements(s, elements(s, p.pods, ips)); err != nil {
 			errs = append(errs, fmt.Errorf("add elements to %s: %w", s.Name, err))
 		}
 	}
 	if len(errs) > 0 {
-		return errors.Join(append(errs, n.discardBatch())...)
+		return errors.Join(append(errs, n.ns.DiscardBatch())...)
 	}
-	if err := n.nft.Flush(); err != nil {
+	if err := n.ns.NFT.Flush(); err != nil {
 		return fmt.Errorf("apply nftables changes: %w", err)
 	}
 	return nil
-}
-
-// discardBatch drops queued messages by replacing the connection (the
-// library has no way to abort a batch).
-func (n *Node) discardBatch() error {
-	old := n.nft
-	c, err := nftables.New(nftables.WithNetNSFd(int(n.handle)), nftables.AsLasting())
-	if err != nil {
-		return fmt.Errorf("recreate nftables connection: %w", err)
-	}
-	n.nft = c
-	return old.CloseLasting()
 }
 
 func elements(s *nftables.Set, pods map[netip.Addr]net.HardwareAddr, ips []netip.Addr) []nftables.SetElement {
@@ -421,7 +409,7 @@ func (n *Node) reconcileNFT(ctx context.Context, spec nftSpec, raw nftRaw, pods 
 	if planNFT(want, st, podsWanted(st, pods, authoritative, nil)).changes() == 0 {
 		return 0, nil
 	}
-	unlock, err := n.lock(ctx)
+	unlock, err := n.ns.Lock(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -451,19 +439,13 @@ func (n *Node) reconcileNFTLocked(want []wantTable, pods map[netip.Addr]net.Hard
 
 // podsFromVeths reads the pods from the aliases of the bridge's veth ports.
 func (n *Node) podsFromVeths(bridgeIndex int) (map[netip.Addr]net.HardwareAddr, error) {
-	links, err := retryDump(n.nl.LinkList)
+	ports, err := n.ns.PodsOfMaster(bridgeIndex)
 	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
+		return nil, err
 	}
-	out := make(map[netip.Addr]net.HardwareAddr)
-	for _, l := range links {
-		a := l.Attrs()
-		if a.MasterIndex != bridgeIndex {
-			continue
-		}
-		if ip, mac, ok := parsePodAlias(a.Alias); ok {
-			out[ip] = mac
-		}
+	out := make(map[netip.Addr]net.HardwareAddr, len(ports))
+	for _, p := range ports {
+		out[p.IP] = p.MAC
 	}
 	return out, nil
 }

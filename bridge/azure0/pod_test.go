@@ -1,4 +1,4 @@
-package bridge
+package azure0
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
@@ -22,9 +23,9 @@ func TestHostVethName(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for _, tc := range tests {
-		got := HostVethName(tc.cid, tc.ifName)
-		if len(got) > 15 || got != HostVethName(tc.cid, tc.ifName) || seen[got] {
-			t.Errorf("HostVethName(%q, %q) = %q: want a stable, unique name of at most 15 characters", tc.cid, tc.ifName, got)
+		got := linux.HostVethName(tc.cid, tc.ifName)
+		if len(got) > 15 || got != linux.HostVethName(tc.cid, tc.ifName) || seen[got] {
+			t.Errorf("linux.HostVethName(%q, %q) = %q: want a stable, unique name of at most 15 characters", tc.cid, tc.ifName, got)
 		}
 		seen[got] = true
 	}
@@ -37,10 +38,10 @@ func wantPod(res PodResult, mtu int) PodState {
 			Name: res.HostVeth.Name, Index: res.HostVeth.Index, MAC: res.HostVeth.MAC, MTU: mtu, Up: true,
 			Bridge: DefaultBridgeName, Hairpin: true, IP: res.IP.Addr(), PodMAC: res.PodIf.MAC,
 		},
-		PodIf: &PodIfState{
+		PodIf: &linux.PodIfState{
 			Name: "eth0", Index: res.PodIf.Index, MAC: res.PodIf.MAC, MTU: mtu, Up: true,
 			Addrs: []netip.Prefix{res.IP},
-			Routes: []Route{
+			Routes: []linux.Route{
 				{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gw: gatewayIP},
 				{Dst: subnet},
 			},
@@ -95,7 +96,7 @@ func TestAddPodIdempotentAndConflicts(t *testing.T) {
 		c := cfg
 		c.ContainerID, c.NetNS = f.prefix+"-other", nstest.NewNS(t, f.prefix+"-other")
 		attrs := netlink.NewLinkAttrs()
-		attrs.Name = HostVethName(c.ContainerID, c.IfName)
+		attrs.Name = linux.HostVethName(c.ContainerID, c.IfName)
 		if err := nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
 			t.Fatal(err)
 		}
@@ -207,7 +208,7 @@ func TestDelPodKeepsReassignedIP(t *testing.T) {
 	_, cur := addPod(t, n, f.prefix, "new", ip, 0)
 	// The MAC follows the address, so what the node and other pods
 	// remember of the old pod stays right for the new one.
-	if want := PodMAC(ip).String(); old.PodIf.MAC.String() != want || cur.PodIf.MAC.String() != want {
+	if want := linux.PodMAC(ip).String(); old.PodIf.MAC.String() != want || cur.PodIf.MAC.String() != want {
 		t.Fatalf("pod macs %s and %s, want both %s", old.PodIf.MAC, cur.PodIf.MAC, want)
 	}
 	// A late DEL of the old attachment, without and with the address (the

@@ -1,4 +1,13 @@
-package bridge
+// Package azure0 is vnet-cni's bridge mode: the azure0 bridge that takes
+// over the node's NIC, the pod veths as its ports, and three nftables tables
+// that make pod traffic acceptable to the cloud fabric (a bridge-family
+// rewrite of MACs and ARP), masquerade pod traffic leaving the virtual
+// network (ip family) and keep pods from using another pod's identity (the
+// guard). The namespace handle, the veths, the pod side and the lock are
+// package linux's.
+//
+// ADD uses Prepare and an Attachment; DEL, CHECK and GC a Node.
+package azure0
 
 import (
 	"context"
@@ -6,7 +15,44 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
+
+// Options tune how a Node is opened.
+type Options struct {
+	// LockDir holds the lock files serialising plugin processes; default
+	// linux.DefaultLockDir.
+	LockDir string
+}
+
+// Node is the bridge-mode datapath of one node network namespace. A Node is
+// not safe for concurrent use; goroutines that need parallelism open one
+// Node each, and their changes are then serialised by the node lock exactly
+// like those of separate plugin processes.
+type Node struct {
+	ns *linux.NS
+}
+
+// Open binds a Node to the network namespace at nsPath, or to the calling
+// thread's namespace when nsPath is empty. Close releases it.
+func Open(nsPath string, opts Options) (*Node, error) {
+	ns, err := linux.Open(nsPath, opts.LockDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Node{ns: ns}, nil
+}
+
+// Close releases the node's sockets and namespace handle.
+func (n *Node) Close() error { return n.ns.Close() }
+
+// StrayVeths lists vnet-cni's pod veths on the node whose names keep does
+// not claim: what a failed or interrupted ADD left without an address
+// assignment, for GC to remove with DelPod.
+func (n *Node) StrayVeths(keep func(hostName string) bool) ([]string, error) {
+	return n.ns.StrayVeths(keep)
+}
 
 // NodeConfig is the whole wanted datapath of a node.
 type NodeConfig struct {
@@ -85,13 +131,13 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 	// frame to the node's conntrack, which translates the reply back.
 	// The setting is per namespace and a node may have it off; without
 	// the br_netfilter module it does not exist and is skipped.
-	want := []sysctl{{key: "net/bridge/bridge-nf-call-iptables", value: "1", optional: true}}
+	want := []linux.Sysctl{{Key: "net/bridge/bridge-nf-call-iptables", Value: "1", Optional: true}}
 	if !cfg.DisableSNAT {
 		// Pod traffic leaving the VNet is routed by the node (see the
 		// snat rule in buildTables).
-		want = append(want, sysctl{key: "net/ipv4/ip_forward", value: "1"})
+		want = append(want, linux.Sysctl{Key: "net/ipv4/ip_forward", Value: "1"})
 	}
-	if err := n.ensureSysctls(want...); err != nil {
+	if err := n.ns.EnsureSysctls(want...); err != nil {
 		return info, err
 	}
 	spec := nftSpec{

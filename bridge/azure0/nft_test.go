@@ -1,4 +1,4 @@
-package bridge
+package azure0
 
 import (
 	"context"
