@@ -8,7 +8,6 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
 )
 
 // A pod has three nftables entries: in the bridge table's map (address →
@@ -63,7 +62,7 @@ func (n *Node) delPodEntries(ctx context.Context, hostName string, ip netip.Addr
 	bmap, iset, gset := podSets()
 	var del []nftables.SetElement
 	taken := false
-	if elems, ok, err := n.readSet(gset); err != nil {
+	if elems, ok, err := n.ns.ReadSet(gset); err != nil {
 		return err
 	} else if ok {
 		for _, e := range elems {
@@ -116,19 +115,6 @@ func (n *Node) delPodEntries(ctx context.Context, hostName string, ip netip.Addr
 
 // podSets are the three sets that hold a pod's entries.
 func podSets() (bmap, iset, gset *nftables.Set) {
-	bt := &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
-	it := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
-	return wantTable{table: bt, isMap: true}.podSet(), wantTable{table: it}.podSet(), guardSet(guardTable())
-}
-
-// readSet lists a set's elements; ok is false when the set does not exist.
-func (n *Node) readSet(s *nftables.Set) ([]nftables.SetElement, bool, error) {
-	elems, err := n.ns.NFT.GetSetElements(s)
-	if errors.Is(err, unix.ENOENT) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("list elements of %s %s: %w", s.Table.Name, s.Name, err)
-	}
-	return elems, true, nil
+	bt, it := mainTables()
+	return podSet(bt, true), podSet(it, false), guardSet(guardTable())
 }

@@ -1,7 +1,6 @@
 package azure0
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -98,9 +97,9 @@ func parseGuardKey(k []byte) (guardPort, bool) {
 // (docker0, cbr0) and their ports are none of vnet-cni's business. (Matching
 // the input port's bridge, meta ibrname, needs CONFIG_NFT_BRIDGE_META, which
 // kernels may lack.)
-func buildGuard() wantChain {
+func buildGuard() linux.Chain {
 	accept := nftables.ChainPolicyAccept
-	c := wantChain{chain: &nftables.Chain{
+	c := linux.Chain{Chain: &nftables.Chain{
 		Name: chainPrerouting, Table: guardTable(), Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-350), Policy: &accept,
 	}}
@@ -121,17 +120,17 @@ func buildGuard() wantChain {
 	etherSrc := func() *expr.Payload {
 		return &expr.Payload{Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6}
 	}
-	c.add("from a pod: ipv4 only with the pod's own mac and address",
+	c.Add("from a pod: ipv4 only with the pod's own mac and address",
 		fromPod, etherTypeIs(etherTypeIP), notOwn(etherSrc(), loadNet(ipSrc, 4)))
-	c.add("from a pod: only ethernet/ipv4 arp",
+	c.Add("from a pod: only ethernet/ipv4 arp",
 		fromPod, etherTypeIs(etherTypeARP),
 		loadNet(0, uint32(len(arpEthIPv4))), &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: arpEthIPv4},
 		&expr.Verdict{Kind: expr.VerdictDrop})
-	c.add("from a pod: arp only from the pod's own mac and address",
+	c.Add("from a pod: arp only from the pod's own mac and address",
 		fromPod, etherTypeIs(etherTypeARP), notOwn(etherSrc(), loadNet(arpSPA, 4)))
-	c.add("from a pod: arp only announcing the pod's own mac and address",
+	c.Add("from a pod: arp only announcing the pod's own mac and address",
 		fromPod, etherTypeIs(etherTypeARP), notOwn(loadNet(arpSHA, 6), loadNet(arpSPA, 4)))
-	c.add("from a pod: nothing but ipv4 and arp",
+	c.Add("from a pod: nothing but ipv4 and arp",
 		fromPod,
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x08, 0x00}},
@@ -143,108 +142,23 @@ func buildGuard() wantChain {
 // arpSPA is the offset of the sender protocol address in an Ethernet/IPv4 ARP packet.
 const arpSPA = 14
 
-// guardMatches reports whether the kernel's guard table is as wanted
-// (elements aside).
-func (n *Node) guardMatches(want wantChain) (bool, error) {
-	chains, err := n.ns.NFT.ListChainsOfTableFamily(nftables.TableFamilyBridge)
-	if err != nil {
-		return false, fmt.Errorf("list bridge chains: %w", err)
-	}
-	count := 0
-	var have *nftables.Chain
-	for _, c := range chains {
-		if c.Table != nil && c.Table.Name == GuardTableName {
-			count++
-			if c.Name == want.chain.Name {
-				have = c
-			}
-		}
-	}
-	if count != 1 || have == nil || !sameChain(have, want.chain) {
-		return false, nil
-	}
-	rules, err := n.ns.NFT.GetRules(guardTable(), have)
-	if err != nil {
-		return false, fmt.Errorf("list guard rules: %w", err)
-	}
-	if len(rules) != len(want.rules) {
-		return false, nil
-	}
-	for i, r := range rules {
-		got, err := ruleKey(nftables.TableFamilyBridge, r.Exprs, r.UserData)
-		if err != nil {
-			return false, nil
-		}
-		w, err := ruleKey(nftables.TableFamilyBridge, want.rules[i].exprs, comment(want.rules[i].note))
-		if err != nil {
-			return false, err
-		}
-		if got != w {
-			return false, nil
-		}
-	}
-	// The set only has to exist with its concatenated key: its elements
-	// are the ports', changed by ADD and DEL, and listing them costs
-	// O(pods) on every call.
-	ws := guardSet(guardTable())
-	hs, err := n.ns.NFT.GetSetByName(ws.Table, ws.Name)
-	if err != nil {
-		return false, nil
-	}
-	return hs.KeyType.Bytes == ws.KeyType.Bytes && hs.Concatenation, nil
-}
-
-// reconcileGuard rebuilds the guard table when its chain, rules or set
-// differ from the wanted ones, with one element per pod veth on the bridge.
-// It returns the number of changes (0 when it only read).
-func (n *Node) reconcileGuard(ctx context.Context, bridgeIndex int) (int, error) {
-	want := buildGuard()
-	ok, err := n.guardMatches(want)
-	if err != nil || ok {
-		return 0, err
-	}
-	unlock, err := n.ns.Lock(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer func() { err = errors.Join(err, unlock()) }()
-	if ok, err := n.guardMatches(want); err != nil || ok {
-		return 0, err
-	}
-	ports, err := n.guardPortsFromVeths(bridgeIndex)
-	if err != nil {
-		return 0, err
-	}
+// guardWanted is the guard table's wanted state. Its elements are the
+// ports', changed by ADD and DEL; when the table is rebuilt without them,
+// they are recovered from the aliases of the bridge's veths.
+func (n *Node) guardWanted(bridgeIndex int) linux.Table {
 	t := guardTable()
-	if tables, err := n.ns.NFT.ListTablesOfFamily(nftables.TableFamilyBridge); err == nil &&
-		slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == GuardTableName }) {
-		n.ns.NFT.DelTable(t)
-	}
-	n.ns.NFT.AddTable(t)
-	s := guardSet(t)
-	elems := make([]nftables.SetElement, 0, len(ports))
-	for _, p := range ports {
-		elems = append(elems, nftables.SetElement{Key: p.key()})
-	}
-	if err := n.ns.NFT.AddSet(s, elems); err != nil {
-		return 0, errors.Join(fmt.Errorf("add set %s: %w", s.Name, err), n.ns.DiscardBatch())
-	}
-	n.ns.NFT.AddChain(want.chain)
-	for _, r := range want.rules {
-		exprs := slices.Clone(r.exprs)
-		for i, e := range exprs {
-			if l, ok := e.(*expr.Lookup); ok {
-				cp := *l
-				cp.SetID = s.ID
-				exprs[i] = &cp
+	return linux.Table{Table: t, Set: guardSet(t), Chains: []linux.Chain{buildGuard()},
+		Recover: func() ([]nftables.SetElement, error) {
+			ports, err := n.guardPortsFromVeths(bridgeIndex)
+			if err != nil {
+				return nil, err
 			}
-		}
-		n.ns.NFT.AddRule(&nftables.Rule{Table: t, Chain: want.chain, Exprs: exprs, UserData: comment(r.note)})
-	}
-	if err := n.ns.NFT.Flush(); err != nil {
-		return 0, fmt.Errorf("apply the guard table: %w", err)
-	}
-	return 1 + len(ports), nil
+			elems := make([]nftables.SetElement, 0, len(ports))
+			for _, p := range ports {
+				elems = append(elems, nftables.SetElement{Key: p.key()})
+			}
+			return elems, nil
+		}}
 }
 
 // guardPortsFromVeths lists the pod veths on the bridge with the pod MAC

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
+
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
 
 // nftIn returns a google/nftables connection in the namespace, for the test
@@ -35,6 +38,9 @@ type tableSummary struct {
 	Tables map[string]int
 	Rules  map[string]int
 	Pods   map[string]string
+	// Guard lists the guard table's rules (count) and its ports.
+	GuardRules int
+	Guard      []string
 }
 
 func summarize(t *testing.T, c *nftables.Conn) tableSummary {
@@ -46,6 +52,19 @@ func summarize(t *testing.T, c *nftables.Conn) tableSummary {
 		t.Fatal(err)
 	}
 	for _, tb := range tables {
+		if tb.Name == GuardTableName {
+			rules, err := c.GetRules(guardTable(), &nftables.Chain{Name: chainPrerouting, Table: guardTable()})
+			if err == nil {
+				s.GuardRules = len(rules)
+			}
+			elems, _ := c.GetSetElements(guardSet(guardTable()))
+			for _, e := range elems {
+				if p, ok := parseGuardKey(e.Key); ok {
+					s.Guard = append(s.Guard, p.name+" "+p.mac+" "+p.ip.String())
+				}
+			}
+			slices.Sort(s.Guard)
+		}
 		if tb.Name != TableName {
 			continue
 		}
@@ -65,7 +84,7 @@ func summarize(t *testing.T, c *nftables.Conn) tableSummary {
 			}
 			s.Rules[fam+" "+ch.Name] = len(rules)
 		}
-		set := wantTable{table: tb, isMap: tb.Family == nftables.TableFamilyBridge}.podSet()
+		set := podSet(tb, tb.Family == nftables.TableFamilyBridge)
 		elems, err := c.GetSetElements(set)
 		if err != nil {
 			continue
@@ -109,13 +128,19 @@ func TestReconcileRestoresTables(t *testing.T) {
 			"bridge " + podA.String(): resA.PodIf.MAC.String(), "bridge " + podB.String(): resB.PodIf.MAC.String(),
 			"ip " + podA.String(): "-", "ip " + podB.String(): "-",
 		},
+		GuardRules: 5,
+		Guard: []string{
+			resA.HostVeth.Name + " " + resA.PodIf.MAC.String() + " " + podA.String(),
+			resB.HostVeth.Name + " " + resB.PodIf.MAC.String() + " " + podB.String(),
+		},
 	}
+	slices.Sort(wantShape.Guard)
 	if d := cmp.Diff(wantShape, want); d != "" {
 		t.Fatalf("tables after setup (-want +got):\n%s", d)
 	}
 	bt := &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
 	it := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
-	bmap := wantTable{table: bt, isMap: true}.podSet()
+	bmap := podSet(bt, true)
 
 	tests := []struct {
 		name   string
@@ -175,6 +200,23 @@ func TestReconcileRestoresTables(t *testing.T) {
 			cfg.Pods = map[netip.Addr]net.HardwareAddr{podA: resA.PodIf.MAC, podB: resB.PodIf.MAC}
 			cfg.SyncPods = true
 		}},
+		{"guard table deleted: ports recovered from the veths", func(*testing.T) {
+			c.DelTable(guardTable())
+		}, nil},
+		{"guard rule deleted", func(t *testing.T) {
+			rules, err := c.GetRules(guardTable(), &nftables.Chain{Name: chainPrerouting, Table: guardTable()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.DelRule(rules[0]); err != nil {
+				t.Fatal(err)
+			}
+		}, nil},
+		{"every table deleted", func(*testing.T) {
+			c.DelTable(bt)
+			c.DelTable(it)
+			c.DelTable(guardTable())
+		}, nil},
 		{"chain deleted", func(*testing.T) {
 			rules, _ := c.GetRules(bt, &nftables.Chain{Name: chainPostrouting, Table: bt})
 			for _, r := range rules {
@@ -242,11 +284,11 @@ func TestBuildTables(t *testing.T) {
 			tc.mod(&s)
 			got := map[string]int{}
 			for _, w := range buildTables(s) {
-				for _, c := range w.chains {
-					got[fmtFam(w.table.Family)+"/"+c.chain.Name] = len(c.rules)
-					for _, r := range c.rules {
-						if _, err := ruleKey(w.table.Family, r.exprs, comment(r.note)); err != nil {
-							t.Errorf("rule %q does not marshal: %v", r.note, err)
+				for _, c := range w.Chains {
+					got[fmtFam(w.Table.Family)+"/"+c.Chain.Name] = len(c.Rules)
+					for _, r := range c.Rules {
+						if _, err := linux.RuleKey(w.Table.Family, r); err != nil {
+							t.Errorf("rule %q does not marshal: %v", r.Note, err)
 						}
 					}
 				}

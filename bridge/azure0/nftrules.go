@@ -1,7 +1,6 @@
 package azure0
 
 import (
-	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -10,6 +9,8 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
 
 // TableName is the name of both tables owned by vnet-cni: one of family
@@ -17,9 +18,9 @@ import (
 // (SNAT).
 const TableName = "vnet-cni"
 
-// podSet is the name of the set of pod addresses in both tables: a map
+// podSetName is the name of the set of pod addresses in both tables: a map
 // ipv4_addr : ether_addr in the bridge table, a plain set in the ip table.
-const podSet = "pods"
+const podSetName = "pods"
 
 // Chain names.
 const (
@@ -39,32 +40,21 @@ type nftSpec struct {
 	exclude   []netip.Prefix // destinations never masqueraded; sorted, masked
 }
 
-// wantRule is one rule with the comment that explains it.
-type wantRule struct {
-	note  string
-	exprs []expr.Any
-}
-
-type wantChain struct {
-	chain *nftables.Chain
-	rules []wantRule
-}
-
-// wantTable is one table as vnet-cni wants it. Its only set is podSet;
-// isMap says whether it maps to ether addresses.
-type wantTable struct {
-	table  *nftables.Table
-	isMap  bool
-	chains []wantChain
-}
-
-func (w wantTable) podSet() *nftables.Set {
-	s := &nftables.Set{Table: w.table, Name: podSet, KeyType: nftables.TypeIPAddr}
-	if w.isMap {
+// podSet is a table's set of pod addresses: a map to the pods' MACs in the
+// bridge table (isMap), a plain set in the ip table.
+func podSet(t *nftables.Table, isMap bool) *nftables.Set {
+	s := &nftables.Set{Table: t, Name: podSetName, KeyType: nftables.TypeIPAddr}
+	if isMap {
 		s.IsMap = true
 		s.DataType = nftables.TypeEtherAddr
 	}
 	return s
+}
+
+// mainTables are the bridge and the ip tables named TableName.
+func mainTables() (bt, it *nftables.Table) {
+	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge},
+		&nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
 }
 
 // Protocol numbers and offsets used below.
@@ -117,38 +107,38 @@ var arpEthIPv4 = []byte{0x00, 0x01, 0x08, 0x00, 0x06, 0x04}
 //	    ip saddr @pods ip daddr != { exclusions } snat to <primary>
 //	  }
 //	}
-func buildTables(s nftSpec) []wantTable {
+func buildTables(s nftSpec) []linux.Table {
 	accept := nftables.ChainPolicyAccept
-	bt := &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
+	bt, it := mainTables()
 	fromMaster := ifnameIs(expr.MetaKeyIIFNAME, s.master, true)
 	toMaster := ifnameIs(expr.MetaKeyOIFNAME, s.master, true)
 
-	pre := wantChain{chain: &nftables.Chain{
+	pre := linux.Chain{Chain: &nftables.Chain{
 		Name: chainPrerouting, Table: bt, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-300), Policy: &accept,
 	}}
-	pre.add("fabric to pod: destination mac of the pod owning the ip",
+	pre.Add("fabric to pod: destination mac of the pod owning the ip",
 		fromMaster, etherTypeIs(etherTypeIP),
 		loadNet(ipDst, 4), lookupMAC(),
 		writeLL(0), setPktType(unix.PACKET_OTHERHOST))
-	pre.add("arp reply from the fabric to the asking pod",
+	pre.Add("arp reply from the fabric to the asking pod",
 		fromMaster, arpOp(arpReply),
 		loadNet(arpTPA, 4), lookupMAC(),
 		writeLL(0), writeNet(arpTHA, 6), setPktType(unix.PACKET_OTHERHOST))
 	if s.snat {
-		pre.add("pod to outside the vnet: route through the node for snat",
+		pre.Add("pod to outside the vnet: route through the node for snat",
 			ifnameIs(expr.MetaKeyIIFNAME, s.master, false), etherTypeIs(etherTypeIP),
 			// unicast destinations only
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 0, Len: 1},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x01}, Xor: []byte{0x00}},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x00}},
-			loadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSet},
+			loadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSetName},
 			notInPrefixes(s.exclude),
 			&expr.Immediate{Register: 1, Data: s.bridgeMAC}, writeLL(0),
 			setPktType(unix.PACKET_HOST))
 	}
 
-	post := wantChain{chain: &nftables.Chain{
+	post := linux.Chain{Chain: &nftables.Chain{
 		Name: chainPostrouting, Table: bt, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(300), Policy: &accept,
 	}}
@@ -156,7 +146,7 @@ func buildTables(s nftSpec) []wantTable {
 	// are told from the node's own by their source MAC (the node's is the
 	// NIC's, rewritten only by the rules below).
 	for _, ip := range s.nodeIPs {
-		post.add("arp from pods for the node's address "+ip.String()+" is answered by the node",
+		post.Add("arp from pods for the node's address "+ip.String()+" is answered by the node",
 			toMaster,
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: s.masterMAC},
@@ -164,42 +154,36 @@ func buildTables(s nftSpec) []wantTable {
 			loadNet(arpTPA, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ip.AsSlice()},
 			&expr.Verdict{Kind: expr.VerdictDrop})
 	}
-	post.add("arp for a pod of this node is answered on the bridge",
+	post.Add("arp for a pod of this node is answered on the bridge",
 		toMaster, arpOp(arpRequest),
-		loadNet(arpTPA, 4), &expr.Lookup{SourceRegister: 1, SetName: podSet},
+		loadNet(arpTPA, 4), &expr.Lookup{SourceRegister: 1, SetName: podSetName},
 		&expr.Verdict{Kind: expr.VerdictDrop})
-	post.add("to the fabric: source mac of the nic",
+	post.Add("to the fabric: source mac of the nic",
 		toMaster, &expr.Immediate{Register: 1, Data: s.masterMAC}, writeLL(6))
-	post.add("to the fabric: arp sender mac of the nic",
+	post.Add("to the fabric: arp sender mac of the nic",
 		toMaster, isARP(), &expr.Immediate{Register: 1, Data: s.masterMAC}, writeNet(arpSHA, 6))
 
-	tables := []wantTable{{table: bt, isMap: true, chains: []wantChain{pre, post}}}
+	tables := []linux.Table{{Table: bt, Set: podSet(bt, true), Chains: []linux.Chain{pre, post}}}
 	if !s.snat {
 		return tables
 	}
 
-	it := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
-	nat := wantChain{chain: &nftables.Chain{
+	nat := linux.Chain{Chain: &nftables.Chain{
 		Name: chainPostrouting, Table: it, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept,
 	}}
-	nat.add("pod to outside the vnet: snat to the node's primary ip",
-		loadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSet},
+	nat.Add("pod to outside the vnet: snat to the node's primary ip",
+		loadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSetName},
 		notInPrefixes(s.exclude),
 		&expr.Immediate{Register: 1, Data: s.primary.AsSlice()},
 		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1})
-	return append(tables, wantTable{table: it, chains: []wantChain{nat}})
-}
-
-// add appends a rule; parts are expressions or groups of them.
-func (c *wantChain) add(note string, parts ...any) {
-	c.rules = append(c.rules, wantRule{note: note, exprs: flatten(parts)})
+	return append(tables, linux.Table{Table: it, Set: podSet(it, false), Chains: []linux.Chain{nat}})
 }
 
 // lookupMAC replaces the address in register 1 by the pod's MAC; no match
 // ends the rule.
 func lookupMAC() expr.Any {
-	return &expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: podSet}
+	return &expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: podSetName}
 }
 
 // ifnameIs compares the input or output interface name.
@@ -225,13 +209,13 @@ func etherTypeIs(t uint16) []expr.Any {
 
 // isARP matches Ethernet/IPv4 ARP.
 func isARP() []expr.Any {
-	return flatten([]any{etherTypeIs(etherTypeARP),
+	return linux.Flatten([]any{etherTypeIs(etherTypeARP),
 		loadNet(0, uint32(len(arpEthIPv4))),
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: arpEthIPv4}})
 }
 
 func arpOp(op uint16) []expr.Any {
-	return flatten([]any{isARP(),
+	return linux.Flatten([]any{isARP(),
 		loadNet(6, 2),
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(op)}})
 }
@@ -270,23 +254,6 @@ func notInPrefixes(ps []netip.Prefix) []expr.Any {
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 2, Data: p.Masked().Addr().AsSlice()})
 	}
 	return e
-}
-
-// flatten turns the nested []expr.Any produced by the helpers above into one
-// list; it lets rules be written as a mix of single expressions and groups.
-func flatten(in []any) []expr.Any {
-	var out []expr.Any
-	for _, x := range in {
-		switch v := x.(type) {
-		case []expr.Any:
-			out = append(out, v...)
-		case expr.Any:
-			out = append(out, v)
-		default:
-			panic(fmt.Sprintf("bridge: rule part of type %T", x))
-		}
-	}
-	return out
 }
 
 // normalPrefixes masks, sorts and de-duplicates IPv4 prefixes.

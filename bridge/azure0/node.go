@@ -106,20 +106,20 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 	// The pods' elements only matter when pods are given (or the given
 	// ones are the complete list); otherwise an intact set is enough, and
 	// a table that needs rebuilding is read again, in full, under the lock.
-	var raw nftRaw
-	var rawErr error
+	var held linux.Tables
+	var heldErr error
 	fetched := make(chan struct{})
 	go func() {
 		defer close(fetched)
-		raw, rawErr = n.fetchNFT(len(cfg.Pods) > 0 || cfg.SyncPods)
+		held, heldErr = n.ns.ReadTables(ownedTables, len(cfg.Pods) > 0 || cfg.SyncPods)
 	}()
 	br, err := n.EnsureBridge(ctx, cfg.Bridge)
 	<-fetched
 	if err != nil {
 		return NodeInfo{}, err
 	}
-	if rawErr != nil {
-		return NodeInfo{Bridge: br}, rawErr
+	if heldErr != nil {
+		return NodeInfo{Bridge: br}, heldErr
 	}
 	info := NodeInfo{Bridge: br}
 	if !br.PrimaryIP.IsValid() && !cfg.DisableSNAT {
@@ -151,11 +151,6 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 	for _, p := range br.Addrs {
 		spec.nodeIPs = append(spec.nodeIPs, p.Addr())
 	}
-	info.NFTChanges, err = n.reconcileNFT(ctx, spec, raw, cfg.Pods, cfg.SyncPods, br.Index)
-	if err != nil {
-		return info, err
-	}
-	guarded, err := n.reconcileGuard(ctx, br.Index)
-	info.NFTChanges += guarded
+	info.NFTChanges, err = n.reconcileTables(ctx, spec, held, cfg.Pods, cfg.SyncPods, br.Index)
 	return info, err
 }

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -253,7 +252,7 @@ func (n *Node) addPodPerTableLocked(ip netip.Addr, mac net.HardwareAddr) error {
 		return err
 	}
 	if !bok {
-		return fmt.Errorf("%w: no nftables map %s %s", ErrNotReady, TableName, podSet)
+		return fmt.Errorf("%w: no nftables map %s %s", ErrNotReady, TableName, podSetName)
 	}
 	pods := map[netip.Addr]net.HardwareAddr{ip: mac}
 	queued := false
@@ -387,7 +386,7 @@ func (n *Node) InspectPod(_ context.Context, ref PodRef) (PodState, error) {
 		st.PodIf = pst
 	}
 	if ip.IsValid() {
-		bmap := wantTable{table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}, isMap: true}.podSet()
+		bmap, iset, _ := podSets()
 		elems, _, err := n.readPodSet(bmap)
 		if err != nil {
 			return st, err
@@ -395,7 +394,6 @@ func (n *Node) InspectPod(_ context.Context, ref PodRef) (PodState, error) {
 		if mac, ok := elems[ip]; ok {
 			st.RegisteredMAC, _ = net.ParseMAC(mac)
 		}
-		iset := wantTable{table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}}.podSet()
 		ielems, _, err := n.readPodSet(iset)
 		if err != nil {
 			return st, err
