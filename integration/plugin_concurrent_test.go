@@ -153,7 +153,7 @@ func TestPluginConcurrentAdds(t *testing.T) {
 		if l.Attrs().MTU != br.Attrs().MTU {
 			t.Errorf("%s mtu %d, bridge %d", p.Name, l.Attrs().MTU, br.Attrs().MTU)
 		}
-		st, err := bn.InspectPod(ctx, azure0.PodRef{ContainerID: p.ContainerID, IfName: p.IfName, NetNS: p.NSPath})
+		st, err := bn.InspectPod(ctx, linux.PodRef{ContainerID: p.ContainerID, IfName: p.IfName, NetNS: p.NSPath})
 		if err != nil {
 			t.Fatal(err)
 		}

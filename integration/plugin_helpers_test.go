@@ -115,7 +115,7 @@ func registeredMAC(t testing.TB, n *cluster.Node, ip netip.Addr) net.HardwareAdd
 		t.Fatal(err)
 	}
 	defer bn.Close()
-	st, err := bn.InspectPod(context.Background(), azure0.PodRef{ContainerID: "inspect", IfName: "eth0", IP: ip})
+	st, err := bn.InspectPod(context.Background(), linux.PodRef{ContainerID: "inspect", IfName: "eth0", IP: ip})
 	if err != nil {
 		t.Fatalf("inspect %s on %s: %v", ip, n.Name, err)
 	}

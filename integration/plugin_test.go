@@ -534,7 +534,7 @@ func TestPlugin(t *testing.T) {
 			t.Fatal(err)
 		}
 		removeLater(t, stray)
-		if ok, err := azure0.PrepareVeth(n0.NSPath, azure0.VethRequest{ContainerID: stray.ContainerID, IfName: "eth0", NetNS: stray.NSPath}); err != nil || !ok {
+		if ok, err := linux.PrepareVeth(n0.NSPath, linux.VethRequest{ContainerID: stray.ContainerID, IfName: "eth0", NetNS: stray.NSPath, Master: azure0.DefaultBridgeName}); err != nil || !ok {
 			t.Fatalf("prepare a stray veth: %v, %v", ok, err)
 		}
 		isGone := func(id string) bool {

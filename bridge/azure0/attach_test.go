@@ -26,22 +26,22 @@ func TestPrepareVeth(t *testing.T) {
 	nodeNS := f.NodeNSPath("node0")
 	n := openNode(t, nodeNS, t.TempDir())
 	nsA := nstest.NewNS(t, f.prefix+"-pa")
-	req := VethRequest{ContainerID: f.prefix + "-pa", IfName: "eth0", NetNS: nsA, MTU: 1400}
+	req := linux.VethRequest{ContainerID: f.prefix + "-pa", IfName: "eth0", NetNS: nsA, MTU: 1400, Master: DefaultBridgeName}
 
-	if ok, err := PrepareVeth(nodeNS, req); err != nil || ok {
+	if ok, err := linux.PrepareVeth(nodeNS, req); err != nil || ok {
 		t.Fatalf("PrepareVeth before the bridge exists = %v, %v; want false, nil", ok, err)
 	}
 	if _, err := n.EnsureNode(ctx, nodeConfig()); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := PrepareVeth(nodeNS, req); err != nil || !ok {
+	if ok, err := linux.PrepareVeth(nodeNS, req); err != nil || !ok {
 		t.Fatalf("PrepareVeth = %v, %v; want true, nil", ok, err)
 	}
-	if ok, err := PrepareVeth(nodeNS, req); err != nil || ok {
+	if ok, err := linux.PrepareVeth(nodeNS, req); err != nil || ok {
 		t.Errorf("PrepareVeth over the prepared pair = %v, %v; want false, nil", ok, err)
 	}
 	// Before AddPod: a port without a pod (no alias), the pod end down.
-	st, err := n.InspectPod(ctx, PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA})
+	st, err := n.InspectPod(ctx, linux.PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +57,7 @@ func TestPrepareVeth(t *testing.T) {
 	if got, want := res.PodIf.MAC.String(), linux.PodMAC(podA).String(); got != want {
 		t.Errorf("pod MAC = %s, want %s", got, want)
 	}
-	st, err = n.InspectPod(ctx, PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA})
+	st, err = n.InspectPod(ctx, linux.PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,8 +71,8 @@ func TestPrepareVeth(t *testing.T) {
 
 	// A pair prepared for an ADD that never got its address.
 	nsB := nstest.NewNS(t, f.prefix+"-pb")
-	reqB := VethRequest{ContainerID: f.prefix + "-pb", IfName: "eth0", NetNS: nsB}
-	if ok, err := PrepareVeth(nodeNS, reqB); err != nil || !ok {
+	reqB := linux.VethRequest{ContainerID: f.prefix + "-pb", IfName: "eth0", NetNS: nsB, Master: DefaultBridgeName}
+	if ok, err := linux.PrepareVeth(nodeNS, reqB); err != nil || !ok {
 		t.Fatalf("PrepareVeth B = %v, %v", ok, err)
 	}
 	nameA, nameB := linux.HostVethName(req.ContainerID, "eth0"), linux.HostVethName(reqB.ContainerID, "eth0")
@@ -83,7 +83,7 @@ func TestPrepareVeth(t *testing.T) {
 	if !slices.Equal(stray, []string{nameB}) {
 		t.Fatalf("StrayVeths = %v, want [%s]", stray, nameB)
 	}
-	if err := n.DelPod(ctx, PodRef{HostVethName: nameB}); err != nil {
+	if err := n.DelPod(ctx, linux.PodRef{HostVethName: nameB}); err != nil {
 		t.Fatal(err)
 	}
 	if stray, err := n.StrayVeths(func(name string) bool { return name == nameA }); err != nil || len(stray) != 0 {
@@ -110,8 +110,8 @@ func TestAttachment(t *testing.T) {
 	opts := Options{LockDir: lockDir}
 	nsA := nstest.NewNS(t, f.prefix+"-pa")
 	req := AttachRequest{ContainerID: f.prefix + "-pa", IfName: "eth0", NetNS: nsA, VNetPrefixes: []netip.Prefix{vnetPrefix}}
-	addr := Address{IP: podA, Subnet: subnet, Gateway: gatewayIP, VNetPrefixes: []netip.Prefix{vnetPrefix}}
-	ref := PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA, IP: podA}
+	addr := linux.Address{IP: podA, Subnet: subnet, Gateway: gatewayIP, VNetPrefixes: []netip.Prefix{vnetPrefix}}
+	ref := linux.PodRef{ContainerID: req.ContainerID, IfName: "eth0", NetNS: nsA, IP: podA}
 
 	// The first ADD builds the bridge; this one finds it and prepares the pair.
 	if _, err := n.EnsureNode(ctx, nodeConfig()); err != nil {

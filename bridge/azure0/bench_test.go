@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
 
@@ -38,7 +39,7 @@ func BenchmarkAddDelPod(b *testing.B) {
 	nsPath := nstest.NewNS(b, f.prefix+"-bench")
 	cfg := PodConfig{ContainerID: f.prefix + "-bench", IfName: "eth0", NetNS: nsPath,
 		IP: netip.MustParseAddr("10.240.0.10"), Subnet: subnet, Gateway: gatewayIP}
-	ref := PodRef{ContainerID: cfg.ContainerID, IfName: cfg.IfName, NetNS: nsPath, IP: cfg.IP}
+	ref := linux.PodRef{ContainerID: cfg.ContainerID, IfName: cfg.IfName, NetNS: nsPath, IP: cfg.IP}
 	var adds, dels []time.Duration
 	b.ResetTimer()
 	for b.Loop() {

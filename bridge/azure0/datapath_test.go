@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/fabric"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 )
@@ -109,10 +110,10 @@ func TestDatapath(t *testing.T) {
 		for _, c := range []struct {
 			n   *Node
 			ns  string
-			res PodResult
+			res linux.PodResult
 			mtu int
 		}{{n0, nsA, resA, 1500}, {n1, nsC, resC, 1450}} {
-			st, err := c.n.InspectPod(ctx, PodRef{ContainerID: f.prefix + "-" + podName(c.ns), IfName: "eth0", NetNS: c.ns})
+			st, err := c.n.InspectPod(ctx, linux.PodRef{ContainerID: f.prefix + "-" + podName(c.ns), IfName: "eth0", NetNS: c.ns})
 			if err != nil {
 				t.Fatalf("inspect: %v", err)
 			}

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/fabric"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
@@ -92,7 +93,7 @@ func nodeConfig() NodeConfig {
 }
 
 // addPod creates a pod namespace and attaches it with ip.
-func addPod(t testing.TB, n *Node, prefix, name string, ip netip.Addr, mtu int) (string, PodResult) {
+func addPod(t testing.TB, n *Node, prefix, name string, ip netip.Addr, mtu int) (string, linux.PodResult) {
 	t.Helper()
 	nsPath := nstest.NewNS(t, prefix+"-"+name)
 	res, err := n.AddPod(context.Background(), PodConfig{

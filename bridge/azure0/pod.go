@@ -1,7 +1,6 @@
 package azure0
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,7 +17,7 @@ import (
 
 // ErrConflict is wrapped by AddPod's error when an interface of the wanted
 // name exists and is not this pod's veth.
-var ErrConflict = errors.New("conflicting interface")
+var ErrConflict = linux.ErrConflict
 
 // ErrNotReady is wrapped when the node has no bridge or no nftables table
 // yet: EnsureNode must run first.
@@ -42,34 +41,6 @@ type PodConfig struct {
 	// HostVethName overrides linux.HostVethName(ContainerID, IfName); it must
 	// start with linux.HostVethPrefix, which the guard table relies on.
 	HostVethName string
-}
-
-// PodRef names an attachment for DelPod and InspectPod. NetNS and IP are
-// optional: without them DelPod relies on what the host veth records.
-type PodRef struct {
-	ContainerID  string
-	IfName       string
-	NetNS        string
-	IP           netip.Addr
-	HostVethName string
-}
-
-// Link is one end of a pod's veth.
-type Link struct {
-	Name  string
-	Index int
-	MAC   net.HardwareAddr
-	// NetNS is the namespace path for the pod end, empty for the host end.
-	NetNS string
-}
-
-// PodResult is what AddPod built.
-type PodResult struct {
-	HostVeth Link
-	PodIf    Link
-	// IP is the pod's address with the subnet's prefix length.
-	IP      netip.Prefix
-	Gateway netip.Addr
 }
 
 func (c PodConfig) validate() error {
@@ -106,7 +77,7 @@ func (c PodConfig) validate() error {
 // link and default route inside the pod, and registers the pod's IP and MAC
 // in the nftables tables. Re-adding an identical attachment succeeds; on any
 // failure a veth created by this call is removed again.
-func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err error) {
+func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res linux.PodResult, err error) {
 	if err := cfg.validate(); err != nil {
 		return res, err
 	}
@@ -136,7 +107,7 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 	}
 	defer pnl.Close()
 
-	host, pod, created, err := n.ensureVeth(cfg, hostName, br.Attrs().Index, mtu, podNS, pnl)
+	host, pod, created, err := n.ns.EnsureVeth(linux.VethSpec{HostName: hostName, IfName: cfg.IfName, MasterIndex: br.Attrs().Index, MTU: mtu, IP: cfg.IP}, podNS, pnl)
 	if err != nil {
 		return res, err
 	}
@@ -163,79 +134,12 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res PodResult, err er
 	if err := n.refreshNeighbour(br.Attrs().Index, cfg.IP, podMAC); err != nil {
 		return res, err
 	}
-	return PodResult{
-		HostVeth: Link{Name: hostName, Index: host.Attrs().Index, MAC: host.Attrs().HardwareAddr},
-		PodIf:    Link{Name: cfg.IfName, Index: pod.Attrs().Index, MAC: podMAC, NetNS: cfg.NetNS},
+	return linux.PodResult{
+		HostVeth: linux.Link{Name: hostName, Index: host.Attrs().Index, MAC: host.Attrs().HardwareAddr},
+		PodIf:    linux.Link{Name: cfg.IfName, Index: pod.Attrs().Index, MAC: podMAC, NetNS: cfg.NetNS},
 		IP:       netip.PrefixFrom(cfg.IP, cfg.Subnet.Bits()),
 		Gateway:  cfg.Gateway,
 	}, nil
-}
-
-// ensureVeth creates the veth pair or accepts an identical existing one.
-func (n *Node) ensureVeth(cfg PodConfig, hostName string, bridgeIndex, mtu int, podNS netns.NsHandle, pnl *netlink.Handle) (host, pod netlink.Link, created bool, err error) {
-	addErr := n.ns.Netlink.LinkAdd(linux.Veth(hostName, cfg.IfName, bridgeIndex, mtu, podNS, linux.PodMAC(cfg.IP)))
-	if addErr != nil && !errors.Is(addErr, unix.EEXIST) {
-		// The link may exist half-configured (master not set): remove it.
-		var derr error
-		if l, lerr := n.ns.Netlink.LinkByName(hostName); lerr == nil {
-			derr = n.ns.Netlink.LinkDel(l)
-		}
-		return nil, nil, false, errors.Join(fmt.Errorf("create veth %s/%s: %w", hostName, cfg.IfName, addErr), derr)
-	}
-	host, herr := n.ns.Netlink.LinkByName(hostName)
-	pod, perr := pnl.LinkByName(cfg.IfName)
-	if addErr == nil {
-		if herr != nil || perr != nil {
-			return host, nil, true, errors.Join(fmt.Errorf("read back veth %s/%s", hostName, cfg.IfName), herr, perr)
-		}
-		// The kernel ignores IFLA_IFALIAS when creating a link.
-		if err := n.ns.Netlink.LinkSetAlias(host, linux.PodAlias(cfg.IP, pod.Attrs().HardwareAddr)); err != nil {
-			return host, nil, true, fmt.Errorf("record pod on %s: %w", hostName, err)
-		}
-		return host, pod, true, nil
-	}
-	// EEXIST: accept only this attachment's own pair.
-	if herr != nil || perr != nil {
-		return nil, nil, false, fmt.Errorf("%w: creating veth %s/%s: %w", ErrConflict, hostName, cfg.IfName, addErr)
-	}
-	if err := linux.SamePair(host, pod, cfg.IP); err != nil {
-		return nil, nil, false, fmt.Errorf("%w: %w", ErrConflict, err)
-	}
-	// Correct what an interrupted earlier ADD may have left.
-	ha := host.Attrs()
-	if ha.MasterIndex != bridgeIndex {
-		if err := n.ns.Netlink.LinkSetMasterByIndex(host, bridgeIndex); err != nil {
-			return nil, nil, false, fmt.Errorf("enslave %s: %w", hostName, err)
-		}
-	}
-	if ha.MTU != mtu {
-		if err := n.ns.Netlink.LinkSetMTU(host, mtu); err != nil {
-			return nil, nil, false, fmt.Errorf("set mtu of %s: %w", hostName, err)
-		}
-	}
-	if pod.Attrs().MTU != mtu {
-		if err := pnl.LinkSetMTU(pod, mtu); err != nil {
-			return nil, nil, false, fmt.Errorf("set mtu of pod %s: %w", cfg.IfName, err)
-		}
-	}
-	// A pair made by PrepareVeth has a MAC of the kernel's choosing.
-	if mac := linux.PodMAC(cfg.IP); !bytes.Equal(pod.Attrs().HardwareAddr, mac) {
-		if err := pnl.LinkSetHardwareAddr(pod, mac); err != nil {
-			return nil, nil, false, fmt.Errorf("set mac of pod %s: %w", cfg.IfName, err)
-		}
-		pod.Attrs().HardwareAddr = mac
-	}
-	if ha.Flags&net.FlagUp == 0 {
-		if err := n.ns.Netlink.LinkSetUp(host); err != nil {
-			return nil, nil, false, fmt.Errorf("set %s up: %w", hostName, err)
-		}
-	}
-	if want := linux.PodAlias(cfg.IP, pod.Attrs().HardwareAddr); ha.Alias != want {
-		if err := n.ns.Netlink.LinkSetAlias(host, want); err != nil {
-			return nil, nil, false, fmt.Errorf("record pod on %s: %w", hostName, err)
-		}
-	}
-	return host, pod, false, nil
 }
 
 // addPodPerTableLocked registers the pod in the bridge map and the SNAT set
@@ -284,7 +188,7 @@ func (n *Node) addPodPerTableLocked(ip netip.Addr, mac net.HardwareAddr) error {
 // entries. Missing netns, link or entries are success, so is a repeated
 // DelPod. The IP is taken from ref, from what the veth records or from the
 // guard set; an address another pod on the node now holds keeps its entries.
-func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
+func (n *Node) DelPod(ctx context.Context, ref linux.PodRef) error {
 	hostName := ref.HostVethName
 	if hostName == "" {
 		hostName = linux.HostVethName(ref.ContainerID, ref.IfName)
@@ -320,64 +224,24 @@ func (n *Node) DelPod(ctx context.Context, ref PodRef) error {
 	return nil
 }
 
-// PodState is what InspectPod found; nil parts are missing.
-type PodState struct {
-	HostVeth *HostVethState
-	PodIf    *linux.PodIfState
-	// RegisteredMAC is the MAC the bridge table maps the IP to (nil: none);
-	// SNATRegistered says whether the ip table's pod set holds the IP.
-	RegisteredMAC  net.HardwareAddr
-	SNATRegistered bool
-}
-
-// HostVethState is the host end of a pod's veth.
-type HostVethState struct {
-	Name    string
-	Index   int
-	MAC     net.HardwareAddr
-	MTU     int
-	Up      bool
-	Bridge  string // name of the bridge it is a port of, "" if none
-	Hairpin bool
-	// IP and PodMAC as recorded on the link by AddPod.
-	IP     netip.Addr
-	PodMAC net.HardwareAddr
-}
-
 // InspectPod reports what really exists of an attachment, for CHECK. The
 // pod side is read only when ref.NetNS is set; the nftables entries only
 // when the IP is known (from ref or the host veth).
-func (n *Node) InspectPod(_ context.Context, ref PodRef) (PodState, error) {
-	var st PodState
+func (n *Node) InspectPod(_ context.Context, ref linux.PodRef) (linux.PodState, error) {
+	var st linux.PodState
 	hostName := ref.HostVethName
 	if hostName == "" {
 		hostName = linux.HostVethName(ref.ContainerID, ref.IfName)
 	}
 	ip := ref.IP
-	l, err := n.ns.Netlink.LinkByName(hostName)
-	switch {
-	case linux.IsNotFound(err):
-	case err != nil:
-		return st, fmt.Errorf("link %s: %w", hostName, err)
-	default:
-		a := l.Attrs()
-		hv := &HostVethState{Name: a.Name, Index: a.Index, MAC: a.HardwareAddr, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0}
-		hv.IP, hv.PodMAC, _ = linux.ParsePodAlias(a.Alias)
-		if a.MasterIndex != 0 {
-			if m, err := n.ns.Netlink.LinkByIndex(a.MasterIndex); err == nil {
-				hv.Bridge = m.Attrs().Name
-			}
-			pi, err := linux.RetryDump(func() (netlink.Protinfo, error) { return n.ns.Netlink.LinkGetProtinfo(l) })
-			if err != nil {
-				return st, fmt.Errorf("bridge port info of %s: %w", hostName, err)
-			}
-			hv.Hairpin = pi.Hairpin
-		}
-		if !ip.IsValid() {
-			ip = hv.IP
-		}
-		st.HostVeth = hv
+	hv, err := n.ns.InspectHostVeth(hostName)
+	if err != nil {
+		return st, err
 	}
+	if hv != nil && !ip.IsValid() {
+		ip = hv.IP
+	}
+	st.HostVeth = hv
 	if ref.NetNS != "" {
 		pst, err := linux.InspectPodSide(ref.NetNS, ref.IfName)
 		if err != nil {

@@ -32,9 +32,9 @@ func TestHostVethName(t *testing.T) {
 }
 
 // wantPod is what InspectPod must find for a healthy attachment.
-func wantPod(res PodResult, mtu int) PodState {
-	return PodState{
-		HostVeth: &HostVethState{
+func wantPod(res linux.PodResult, mtu int) linux.PodState {
+	return linux.PodState{
+		HostVeth: &linux.HostVethState{
 			Name: res.HostVeth.Name, Index: res.HostVeth.Index, MAC: res.HostVeth.MAC, MTU: mtu, Up: true,
 			Bridge: DefaultBridgeName, Hairpin: true, IP: res.IP.Addr(), PodMAC: res.PodIf.MAC,
 		},
@@ -76,7 +76,7 @@ func TestAddPodIdempotentAndConflicts(t *testing.T) {
 	if d := cmp.Diff(first, second, cmpAddrs...); d != "" {
 		t.Errorf("re-add result differs (-first +second):\n%s", d)
 	}
-	st, err := n.InspectPod(ctx, PodRef{ContainerID: cfg.ContainerID, IfName: "eth0", NetNS: nsA})
+	st, err := n.InspectPod(ctx, linux.PodRef{ContainerID: cfg.ContainerID, IfName: "eth0", NetNS: nsA})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestAddPodIdempotentAndConflicts(t *testing.T) {
 		if _, err := n.AddPod(ctx, c); !errors.Is(err, ErrConflict) {
 			t.Errorf("AddPod = %v, want ErrConflict", err)
 		}
-		st, err := n.InspectPod(ctx, PodRef{ContainerID: c.ContainerID, IfName: "eth0"})
+		st, err := n.InspectPod(ctx, linux.PodRef{ContainerID: c.ContainerID, IfName: "eth0"})
 		if err != nil || st.HostVeth != nil {
 			t.Errorf("host veth left behind: %+v, %v", st.HostVeth, err)
 		}
@@ -144,22 +144,22 @@ func TestDelPod(t *testing.T) {
 		name   string
 		add    bool
 		before func(nsPath string)
-		ref    func(nsPath string) PodRef
+		ref    func(nsPath string) linux.PodRef
 		times  int
 	}{
-		{"twice", true, nil, func(ns string) PodRef {
-			return PodRef{ContainerID: f.prefix + "-twice", IfName: "eth0", NetNS: ns, IP: ips["twice"]}
+		{"twice", true, nil, func(ns string) linux.PodRef {
+			return linux.PodRef{ContainerID: f.prefix + "-twice", IfName: "eth0", NetNS: ns, IP: ips["twice"]}
 		}, 2},
 		{"gone", true, func(ns string) {
 			if err := nsnet.DeleteNamed(f.prefix + "-gone"); err != nil {
 				t.Fatal(err)
 			}
-		}, func(ns string) PodRef {
-			return PodRef{ContainerID: f.prefix + "-gone", IfName: "eth0", NetNS: ns, IP: ips["gone"]}
+		}, func(ns string) linux.PodRef {
+			return linux.PodRef{ContainerID: f.prefix + "-gone", IfName: "eth0", NetNS: ns, IP: ips["gone"]}
 		}, 2},
-		{"noip", true, nil, func(string) PodRef { return PodRef{ContainerID: f.prefix + "-noip", IfName: "eth0"} }, 1},
-		{"never", false, nil, func(string) PodRef {
-			return PodRef{ContainerID: f.prefix + "-never", IfName: "eth0", NetNS: "/run/netns/" + f.prefix + "-nope", IP: ips["never"]}
+		{"noip", true, nil, func(string) linux.PodRef { return linux.PodRef{ContainerID: f.prefix + "-noip", IfName: "eth0"} }, 1},
+		{"never", false, nil, func(string) linux.PodRef {
+			return linux.PodRef{ContainerID: f.prefix + "-never", IfName: "eth0", NetNS: "/run/netns/" + f.prefix + "-nope", IP: ips["never"]}
 		}, 2},
 	}
 	for _, tc := range tests {
@@ -200,7 +200,7 @@ func TestDelPodKeepsReassignedIP(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, old := addPod(t, n, f.prefix, "old", ip, 0)
-	oldRef := PodRef{ContainerID: f.prefix + "-old", IfName: "eth0"}
+	oldRef := linux.PodRef{ContainerID: f.prefix + "-old", IfName: "eth0"}
 	// The old pod's veth vanishes with its netns; the new pod gets the IP.
 	if err := nsnet.DeleteNamed(f.prefix + "-old"); err != nil {
 		t.Fatal(err)
@@ -213,11 +213,11 @@ func TestDelPodKeepsReassignedIP(t *testing.T) {
 	}
 	// A late DEL of the old attachment, without and with the address (the
 	// runtime passes prevResult), must leave the new pod's entries alone.
-	for _, ref := range []PodRef{oldRef, {ContainerID: oldRef.ContainerID, IfName: "eth0", IP: ip}} {
+	for _, ref := range []linux.PodRef{oldRef, {ContainerID: oldRef.ContainerID, IfName: "eth0", IP: ip}} {
 		if err := n.DelPod(ctx, ref); err != nil {
 			t.Fatal(err)
 		}
-		st, err := n.InspectPod(ctx, PodRef{ContainerID: f.prefix + "-new", IfName: "eth0"})
+		st, err := n.InspectPod(ctx, linux.PodRef{ContainerID: f.prefix + "-new", IfName: "eth0"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -226,10 +226,10 @@ func TestDelPodKeepsReassignedIP(t *testing.T) {
 		}
 	}
 	// The new pod's own DEL removes them.
-	if err := n.DelPod(ctx, PodRef{ContainerID: f.prefix + "-new", IfName: "eth0", IP: ip}); err != nil {
+	if err := n.DelPod(ctx, linux.PodRef{ContainerID: f.prefix + "-new", IfName: "eth0", IP: ip}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := n.InspectPod(ctx, PodRef{ContainerID: f.prefix + "-new", IfName: "eth0", IP: ip})
+	st, err := n.InspectPod(ctx, linux.PodRef{ContainerID: f.prefix + "-new", IfName: "eth0", IP: ip})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,8 +1,10 @@
 package linux
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,7 +12,23 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
+
+// ErrConflict is wrapped when an interface of a pod veth's name exists and
+// is not that pod's veth.
+var ErrConflict = errors.New("conflicting interface")
+
+// VethSpec is a pod's veth pair: the host end's name, the pod's interface
+// name, the host end's master (0: none), the MTU of both ends, and the
+// pod's address (which gives the pod end its MAC and the host end its alias).
+type VethSpec struct {
+	HostName    string
+	IfName      string
+	MasterIndex int
+	MTU         int
+	IP          netip.Addr
+}
 
 // HostVethPrefix starts the name of every pod veth vnet-cni creates; a
 // mode's tables may recognise pod ports by it.
@@ -112,4 +130,178 @@ func (n *NS) PodsOfMaster(masterIndex int) (map[string]Pod, error) {
 type Pod struct {
 	IP  netip.Addr
 	MAC net.HardwareAddr
+}
+
+// EnsureVeth creates the pod's veth pair (Veth with the pod's derived MAC)
+// and records the pod on the host end, or accepts this attachment's own
+// existing pair and corrects what an interrupted ADD or PrepareVeth left
+// (master, MTU, MAC, state, alias). created says whether this call made
+// the pair. An interface of the name that is not this pair is ErrConflict.
+func (n *NS) EnsureVeth(v VethSpec, podNS netns.NsHandle, pnl *netlink.Handle) (host, pod netlink.Link, created bool, err error) {
+	hostName, bridgeIndex, mtu := v.HostName, v.MasterIndex, v.MTU
+	addErr := n.Netlink.LinkAdd(Veth(hostName, v.IfName, bridgeIndex, mtu, podNS, PodMAC(v.IP)))
+	if addErr != nil && !errors.Is(addErr, unix.EEXIST) {
+		// The link may exist half-configured (master not set): remove it.
+		var derr error
+		if l, lerr := n.Netlink.LinkByName(hostName); lerr == nil {
+			derr = n.Netlink.LinkDel(l)
+		}
+		return nil, nil, false, errors.Join(fmt.Errorf("create veth %s/%s: %w", hostName, v.IfName, addErr), derr)
+	}
+	host, herr := n.Netlink.LinkByName(hostName)
+	pod, perr := pnl.LinkByName(v.IfName)
+	if addErr == nil {
+		if herr != nil || perr != nil {
+			return host, nil, true, errors.Join(fmt.Errorf("read back veth %s/%s", hostName, v.IfName), herr, perr)
+		}
+		// The kernel ignores IFLA_IFALIAS when creating a link.
+		if err := n.Netlink.LinkSetAlias(host, PodAlias(v.IP, pod.Attrs().HardwareAddr)); err != nil {
+			return host, nil, true, fmt.Errorf("record pod on %s: %w", hostName, err)
+		}
+		return host, pod, true, nil
+	}
+	// EEXIST: accept only this attachment's own pair.
+	if herr != nil || perr != nil {
+		return nil, nil, false, fmt.Errorf("%w: creating veth %s/%s: %w", ErrConflict, hostName, v.IfName, addErr)
+	}
+	if err := SamePair(host, pod, v.IP); err != nil {
+		return nil, nil, false, fmt.Errorf("%w: %w", ErrConflict, err)
+	}
+	// Correct what an interrupted earlier ADD may have left.
+	ha := host.Attrs()
+	if ha.MasterIndex != bridgeIndex {
+		if err := n.Netlink.LinkSetMasterByIndex(host, bridgeIndex); err != nil {
+			return nil, nil, false, fmt.Errorf("enslave %s: %w", hostName, err)
+		}
+	}
+	if ha.MTU != mtu {
+		if err := n.Netlink.LinkSetMTU(host, mtu); err != nil {
+			return nil, nil, false, fmt.Errorf("set mtu of %s: %w", hostName, err)
+		}
+	}
+	if pod.Attrs().MTU != mtu {
+		if err := pnl.LinkSetMTU(pod, mtu); err != nil {
+			return nil, nil, false, fmt.Errorf("set mtu of pod %s: %w", v.IfName, err)
+		}
+	}
+	// A pair made by PrepareVeth has a MAC of the kernel's choosing.
+	if mac := PodMAC(v.IP); !bytes.Equal(pod.Attrs().HardwareAddr, mac) {
+		if err := pnl.LinkSetHardwareAddr(pod, mac); err != nil {
+			return nil, nil, false, fmt.Errorf("set mac of pod %s: %w", v.IfName, err)
+		}
+		pod.Attrs().HardwareAddr = mac
+	}
+	if ha.Flags&net.FlagUp == 0 {
+		if err := n.Netlink.LinkSetUp(host); err != nil {
+			return nil, nil, false, fmt.Errorf("set %s up: %w", hostName, err)
+		}
+	}
+	if want := PodAlias(v.IP, pod.Attrs().HardwareAddr); ha.Alias != want {
+		if err := n.Netlink.LinkSetAlias(host, want); err != nil {
+			return nil, nil, false, fmt.Errorf("record pod on %s: %w", hostName, err)
+		}
+	}
+	return host, pod, false, nil
+}
+
+// HostVethState is the host end of a pod's veth.
+type HostVethState struct {
+	Name    string
+	Index   int
+	MAC     net.HardwareAddr
+	MTU     int
+	Up      bool
+	Bridge  string // name of the master it is a port of, "" if none
+	Hairpin bool
+	// IP and PodMAC as recorded on the link (PodAlias).
+	IP     netip.Addr
+	PodMAC net.HardwareAddr
+}
+
+// InspectHostVeth reads the host end of a pod's veth; nil when it does not
+// exist.
+func (n *NS) InspectHostVeth(name string) (*HostVethState, error) {
+	l, err := n.Netlink.LinkByName(name)
+	if IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("link %s: %w", name, err)
+	}
+	a := l.Attrs()
+	hv := &HostVethState{Name: a.Name, Index: a.Index, MAC: a.HardwareAddr, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0}
+	hv.IP, hv.PodMAC, _ = ParsePodAlias(a.Alias)
+	if a.MasterIndex != 0 {
+		if m, err := n.Netlink.LinkByIndex(a.MasterIndex); err == nil {
+			hv.Bridge = m.Attrs().Name
+		}
+		pi, err := RetryDump(func() (netlink.Protinfo, error) { return n.Netlink.LinkGetProtinfo(l) })
+		if err != nil {
+			return nil, fmt.Errorf("bridge port info of %s: %w", name, err)
+		}
+		hv.Hairpin = pi.Hairpin
+	}
+	return hv, nil
+}
+
+// VethRequest names a pod's veth before its address is known.
+type VethRequest struct {
+	ContainerID string
+	IfName      string
+	// NetNS is the path of the pod's network namespace.
+	NetNS string
+	// MTU of both ends; 0 means the master's.
+	MTU int
+	// Master is the link the host end becomes a port of (a bridge); empty
+	// for none.
+	Master string
+}
+
+// PrepareVeth creates a pod's veth pair ahead of its address, so that the
+// kernel's work of creating it (mostly waiting in the kernel) overlaps the
+// allocation: the host end up and a port of the master, the pod end down in the pod namespace (no carrier, so no frame
+// passes), without address, alias or final MAC. AddPod then finds the
+// pair, gives the pod end its MAC and completes it (EnsureVeth) like the
+// pair an interrupted ADD left behind. nodeNS is the node's namespace path ("" is
+// the caller's).
+//
+// It creates nothing and returns false when the master does not exist yet
+// (the node's first pod) or when the name is taken (a repeated ADD, a
+// conflicting interface): AddPod then does all the work and reports any
+// conflict. A prepared pair that is not completed is a stray veth for GC.
+func PrepareVeth(nodeNS string, req VethRequest) (bool, error) {
+	h, err := OpenNS(nodeNS)
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return false, fmt.Errorf("netlink handle in node netns: %w", err)
+	}
+	defer nl.Close()
+	mtu, masterIndex := req.MTU, 0
+	if req.Master != "" {
+		m, err := nl.LinkByName(req.Master)
+		if IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("master %s: %w", req.Master, err)
+		}
+		masterIndex = m.Attrs().Index
+		if mtu == 0 {
+			mtu = m.Attrs().MTU
+		}
+	}
+	podNS, err := netns.GetFromPath(req.NetNS)
+	if err != nil {
+		return false, fmt.Errorf("open pod netns %s: %w", req.NetNS, err)
+	}
+	defer podNS.Close()
+	if err := nl.LinkAdd(Veth(HostVethName(req.ContainerID, req.IfName), req.IfName, masterIndex, mtu, podNS, nil)); err != nil {
+		// Whatever the reason, the completion will meet it again and say what it is.
+		return false, nil
+	}
+	return true, nil
 }

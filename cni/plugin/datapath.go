@@ -8,6 +8,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
 
 // Deadlines of the datapath's work. A lock wait is bounded by them too, so
@@ -24,11 +25,11 @@ const (
 // address is known, then completed with it or aborted, and closed.
 type attachment interface {
 	// Complete waits for the preparation and builds the pod with addr.
-	Complete(ctx context.Context, addr azure0.Address) (azure0.PodResult, error)
+	Complete(ctx context.Context, addr linux.Address) (linux.PodResult, error)
 	// Abort removes whatever was prepared or built.
 	Abort(ctx context.Context) error
 	// Steps times the work done, for the log line.
-	Steps() azure0.Steps
+	Steps() linux.Steps
 	// Close releases the node's datapath.
 	Close() error
 }
@@ -38,9 +39,9 @@ var _ attachment = (*azure0.Attachment)(nil)
 // node is the node's datapath as DEL, CHECK and GC use it.
 type node interface {
 	// DelPod removes an attachment's datapath; missing parts are success.
-	DelPod(ctx context.Context, ref azure0.PodRef) error
+	DelPod(ctx context.Context, ref linux.PodRef) error
 	// InspectPod reports what exists of an attachment, for CHECK.
-	InspectPod(ctx context.Context, ref azure0.PodRef) (azure0.PodState, error)
+	InspectPod(ctx context.Context, ref linux.PodRef) (linux.PodState, error)
 	// StrayVeths lists the pod veths that keep does not claim, for GC.
 	StrayVeths(keep func(hostName string) bool) ([]string, error)
 	Close() error

@@ -17,7 +17,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
@@ -163,9 +163,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 
 	cctx, ccancel := context.WithTimeout(context.Background(), datapathTimeout)
 	defer ccancel()
-	pod, err := att.Complete(cctx, azure0.Address{IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, VNetPrefixes: a.VNetCIDRs})
+	pod, err := att.Complete(cctx, linux.Address{IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, VNetPrefixes: a.VNetCIDRs})
 	s := att.Steps()
-	if errors.Is(err, azure0.ErrNodeSetup) {
+	if errors.Is(err, linux.ErrNodeSetup) {
 		return types.NewError(types.ErrInternal, "set up the node's bridge", err.Error())
 	}
 	c.attrs = append(c.attrs, "nodeReadyMs", ms(s.NodeReady.Sub(step)), "nodeOpenMs", ms(s.NodeOpen), "ensureNodeMs", ms(s.EnsureNode))
@@ -230,7 +230,7 @@ func (p *Plugin) undoAdd(c *call, att attachment, allocated bool) {
 	}
 }
 
-func buildResult(conf *NetConf, pod azure0.PodResult) *current.Result {
+func buildResult(conf *NetConf, pod linux.PodResult) *current.Result {
 	podIdx := 1
 	return &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
@@ -281,7 +281,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
 	defer node.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
 	defer cancel()
-	if err := node.DelPod(ctx, azure0.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: ip}); err != nil {
+	if err := node.DelPod(ctx, linux.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: ip}); err != nil {
 		return types.NewError(types.ErrInternal, "tear down the pod's interface", err.Error())
 	}
 	resp, err := api.NewClient(conf.IPAMDSocket).Release(ctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName})
@@ -303,7 +303,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
 		// the veth gone along with its netns, only ipamd knew the address:
 		// drop its entries now, or the node keeps answering ARP for it.
 		// ipamd held it for this attachment until now, so no other pod has it.
-		if err := node.DelPod(ctx, azure0.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, IP: resp.IP}); err != nil {
+		if err := node.DelPod(ctx, linux.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, IP: resp.IP}); err != nil {
 			return types.NewError(types.ErrInternal, "tear down the pod's datapath", err.Error())
 		}
 	}

@@ -11,7 +11,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/vnet-cni/vnet-cni/bridge/azure0"
 	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
@@ -62,7 +61,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer node.Close()
-	st, err := node.InspectPod(ctx, azure0.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: want.ip.Addr()})
+	st, err := node.InspectPod(ctx, linux.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: want.ip.Addr()})
 	if err != nil {
 		return types.NewError(types.ErrInternal, "inspect the pod's datapath", err.Error())
 	}
@@ -112,7 +111,7 @@ func expected(prev *current.Result, args *skel.CmdArgs) (want, error) {
 	return w, nil
 }
 
-func compare(st azure0.PodState, w want, bridgeName string) error {
+func compare(st linux.PodState, w want, bridgeName string) error {
 	if st.PodIf == nil {
 		return drift("the pod interface is missing")
 	}
@@ -173,7 +172,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 	// the others.
 	var errs []error
 	for _, r := range resp.Released {
-		if err := node.DelPod(ctx, azure0.PodRef{ContainerID: r.ContainerID, IfName: r.IfName, IP: r.IP}); err != nil {
+		if err := node.DelPod(ctx, linux.PodRef{ContainerID: r.ContainerID, IfName: r.IfName, IP: r.IP}); err != nil {
 			errs = append(errs, fmt.Errorf("released %s/%s: %w", r.ContainerID, r.IfName, err))
 		}
 	}
@@ -188,7 +187,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 		errs = append(errs, fmt.Errorf("list stray veths: %w", err))
 	}
 	for _, name := range stray {
-		if err := node.DelPod(ctx, azure0.PodRef{HostVethName: name}); err != nil {
+		if err := node.DelPod(ctx, linux.PodRef{HostVethName: name}); err != nil {
 			errs = append(errs, fmt.Errorf("stray veth %s: %w", name, err))
 		}
 	}

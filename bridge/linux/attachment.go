@@ -1,0 +1,74 @@
+package linux
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// The attachment as every mode's verbs see it: what ADD is given and
+// returns, what DEL and CHECK name and find.
+
+// ErrNodeSetup is wrapped by a mode's error when the node's datapath could
+// not be opened or set up, as opposed to the pod's.
+var ErrNodeSetup = errors.New("set up the node's datapath")
+
+// PodRef names an attachment for DelPod and InspectPod. NetNS and IP are
+// optional: without them DelPod relies on what the host veth records.
+type PodRef struct {
+	ContainerID  string
+	IfName       string
+	NetNS        string
+	IP           netip.Addr
+	HostVethName string
+}
+
+// Link is one end of a pod's veth.
+type Link struct {
+	Name  string
+	Index int
+	MAC   net.HardwareAddr
+	// NetNS is the namespace path for the pod end, empty for the host end.
+	NetNS string
+}
+
+// PodResult is what AddPod built.
+type PodResult struct {
+	HostVeth Link
+	PodIf    Link
+	// IP is the pod's address with the subnet's prefix length.
+	IP      netip.Prefix
+	Gateway netip.Addr
+}
+
+// PodState is what InspectPod found; nil parts are missing.
+type PodState struct {
+	HostVeth *HostVethState
+	PodIf    *PodIfState
+	// RegisteredMAC is the MAC the mode's tables steer the IP to (nil:
+	// none); SNATRegistered says whether the mode masquerades the IP.
+	RegisteredMAC  net.HardwareAddr
+	SNATRegistered bool
+}
+
+// Address is what the address manager assigned to the pod.
+type Address struct {
+	IP      netip.Addr
+	Subnet  netip.Prefix
+	Gateway netip.Addr
+	// VNetPrefixes is the VNet's address space as the address manager
+	// knows it: the truth when it differs from the request's.
+	VNetPrefixes []netip.Prefix
+}
+
+// Steps times an attachment's work, for the plugin's log line.
+type Steps struct {
+	// NodeOpen and EnsureNode time opening the node and EnsureNode (the
+	// last run of each, when the node was set up again in Complete).
+	NodeOpen, EnsureNode time.Duration
+	// NodeReady is when the node was set up and the veth prepared.
+	NodeReady time.Time
+	// AddPod times completing the pod.
+	AddPod time.Duration
+}
