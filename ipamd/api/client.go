@@ -133,6 +133,10 @@ func (c *Client) call(ctx context.Context, op string, in, out any) error {
 		switch {
 		case ctx.Err() != nil, errors.Is(rerr, os.ErrDeadlineExceeded):
 			return fmt.Errorf("ipamd %s: %w", op, contextError(ctx))
+		case errors.Is(werr, syscall.EPIPE), errors.Is(werr, syscall.ECONNRESET):
+			// The daemon closed the connection before it read the request
+			// (killed, restarting): no answer, as when it closes later.
+			return fmt.Errorf("ipamd %s: %w (send request: %w)", op, ErrNoResponse, werr)
 		case werr != nil:
 			return fmt.Errorf("ipamd %s: send request: %w", op, werr)
 		case errors.Is(rerr, io.EOF), errors.Is(rerr, syscall.ECONNRESET):
