@@ -83,6 +83,27 @@ func (n *Node) delPodEntries(ctx context.Context, hostName string, ip netip.Addr
 			}
 		}
 	}
+	if len(del) > 0 && ip.IsValid() && !taken {
+		// The common DEL: the port's guard element names the address, and
+		// ADD wrote the other two entries in the same transaction, so all
+		// three go in one without reading the other sets. When one of them
+		// is missing (a hand edit, a table rebuilt without SNAT) the
+		// transaction fails as a whole and the careful path below runs.
+		err := errors.Join(
+			n.ns.NFT.SetDeleteElements(gset, del),
+			n.ns.NFT.SetDeleteElements(bmap, elements(bmap, nil, []netip.Addr{ip})),
+			n.ns.NFT.SetDeleteElements(iset, elements(iset, nil, []netip.Addr{ip})),
+		)
+		if err == nil {
+			err = n.ns.NFT.Flush()
+		}
+		if err == nil {
+			return nil
+		}
+		if derr := n.ns.DiscardBatch(); derr != nil {
+			return errors.Join(err, derr)
+		}
+	}
 	var errs []error
 	queued := false
 	if len(del) > 0 {

@@ -133,6 +133,7 @@ func TestDelPod(t *testing.T) {
 	ips := map[string]netip.Addr{
 		"twice": netip.MustParseAddr("10.240.0.10"), "gone": netip.MustParseAddr("10.240.0.11"),
 		"noip": netip.MustParseAddr("10.240.0.12"), "never": netip.MustParseAddr("10.240.0.13"),
+		"hand": netip.MustParseAddr("10.240.0.14"),
 	}
 	f := newFabric(t, nil)
 	ctx := context.Background()
@@ -158,6 +159,17 @@ func TestDelPod(t *testing.T) {
 			return linux.PodRef{ContainerID: f.prefix + "-gone", IfName: "eth0", NetNS: ns, IP: ips["gone"]}
 		}, 2},
 		{"noip", true, nil, func(string) linux.PodRef { return linux.PodRef{ContainerID: f.prefix + "-noip", IfName: "eth0"} }, 1},
+		// hand: one of the three entries gone; DEL's one-transaction path fails
+		// as a whole and the careful one removes the other two.
+		{"hand", true, func(string) {
+			_, iset, _ := podSets()
+			ip := ips["hand"]
+			if err := errors.Join(n.ns.NFT.SetDeleteElements(iset, elements(iset, nil, []netip.Addr{ip})), n.ns.NFT.Flush()); err != nil {
+				t.Fatal(err)
+			}
+		}, func(ns string) linux.PodRef {
+			return linux.PodRef{ContainerID: f.prefix + "-hand", IfName: "eth0", NetNS: ns}
+		}, 1},
 		{"never", false, nil, func(string) linux.PodRef {
 			return linux.PodRef{ContainerID: f.prefix + "-never", IfName: "eth0", NetNS: "/run/netns/" + f.prefix + "-nope", IP: ips["never"]}
 		}, 2},
@@ -184,6 +196,16 @@ func TestDelPod(t *testing.T) {
 			}
 			if st.HostVeth != nil || st.PodIf != nil || st.RegisteredMAC != nil || st.SNATRegistered {
 				t.Errorf("left behind: %+v", st)
+			}
+			_, _, gset := podSets()
+			elems, _, err := n.ns.ReadSet(gset)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range elems {
+				if p, ok := parseGuardKey(e.Key); ok && p.ip == ips[tc.name] {
+					t.Errorf("guard element left behind: %+v", p)
+				}
 			}
 		})
 	}
