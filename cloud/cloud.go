@@ -1,6 +1,9 @@
 // Package cloud holds what every cloud provider of vnet-cni shares: the
-// node's network identity, the NIC state and the classification of cloud
-// errors. The provider interfaces themselves are defined by their users.
+// instance the daemon runs on with its network interfaces and their
+// addresses, the provider's limits, and the classification of cloud errors.
+// It names no provider's own identifiers (Azure's subscription and resource
+// group, AWS's account): those stay inside each provider's package. The
+// provider interfaces themselves are defined by their users.
 package cloud
 
 import (
@@ -10,37 +13,79 @@ import (
 	"time"
 )
 
-// Node is the network identity of the VM the daemon runs on.
-type Node struct {
+// Instance is the VM the daemon runs on, as its cloud describes it.
+type Instance struct {
 	// Provider is "azure" or "aws".
-	Provider       string
-	SubscriptionID string
-	ResourceGroup  string
-	Location       string
-	VMName         string
-	VMID           string
-	// NICName and NICID name the primary network interface as the API knows it.
-	NICName string
-	NICID   string
-	MAC     string
-	// PrimaryIP is the NIC's primary private address.
+	Provider string
+	// ID is the provider's identifier of the instance (Azure's vmId, an EC2
+	// instance ID); Name its name (Azure's VM name, AWS's private DNS name).
+	ID   string
+	Name string
+	// Interfaces are the instance's network interfaces, by device index;
+	// exactly one is Primary.
+	Interfaces []Interface
+	// NetworkPrefixes is the address space of the virtual network (VNet or VPC).
+	NetworkPrefixes []netip.Prefix
+	// Limits are the provider's limits for this instance.
+	Limits Limits
+}
+
+// Primary returns the instance's primary interface, and false when there
+// is none (a provider always reports one).
+func (in Instance) Primary() (Interface, bool) {
+	for _, ifc := range in.Interfaces {
+		if ifc.Primary {
+			return ifc, true
+		}
+	}
+	return Interface{}, false
+}
+
+// Interface is one network interface (an Azure NIC, an AWS ENI) and its
+// addresses.
+type Interface struct {
+	// ID is the provider's identifier of the interface (an Azure NIC's
+	// resource ID, an ENI ID); records of the address store carry it.
+	ID string
+	// MAC is the interface's hardware address, lower-case hex without
+	// separators.
+	MAC string
+	// DeviceIndex is the interface's position on the instance, 0 for the
+	// primary one (AWS's device-number; per-interface routing tables use it).
+	DeviceIndex int
+	// Primary reports the instance's primary interface.
+	Primary bool
+	// PrimaryIP is the interface's own address, which is never handed out.
 	PrimaryIP netip.Addr
-	// Subnet is the NIC's subnet; Gateway its first address.
+	// Subnet is the interface's subnet and SubnetID the provider's name of
+	// it; Gateway is the subnet's router, its first address.
 	Subnet   netip.Prefix
 	SubnetID string
 	Gateway  netip.Addr
-	// VNetPrefixes is the address space of the virtual network.
-	VNetPrefixes []netip.Prefix
-	// MaxIPs is the provider's limit of addresses on the NIC, primary included.
-	MaxIPs int
+	// Secondary lists every other address on the interface, sorted.
+	Secondary []netip.Addr
+	// Prefixes are address prefixes delegated to the interface (AWS prefix
+	// delegation); nil when the provider has none.
+	Prefixes []netip.Prefix
+	// IPForwarding reports whether the cloud lets the interface send traffic
+	// from addresses it does not own.
+	IPForwarding bool
 }
 
-// NIC is the current address state of the node's NIC.
-type NIC struct {
-	Primary netip.Addr
-	// Secondary lists every other address on the NIC, sorted.
-	Secondary    []netip.Addr
-	IPForwarding bool
+// Limits are what a provider allows on one instance.
+type Limits struct {
+	// Interfaces is the number of interfaces that can carry pod addresses.
+	Interfaces int
+	// AddressesPerInterface is the number of private addresses one interface
+	// can hold, its primary address included (Azure: 256 ipConfigurations;
+	// EC2: per instance type, e.g. 6 on a t3.medium).
+	AddressesPerInterface int
+}
+
+// Secondaries is the number of secondary addresses the limits allow on n
+// interfaces: every address of each interface but its primary one.
+func (l Limits) Secondaries(n int) int {
+	return max(l.AddressesPerInterface-1, 0) * max(min(n, l.Interfaces), 0)
 }
 
 // Kind classifies a cloud error by what the caller should do about it.

@@ -40,6 +40,10 @@ const (
 // MaxIPConfigurations is Azure's limit of ipConfigurations per NIC.
 const MaxIPConfigurations = 256
 
+// limits are what the provider offers for pods: the addresses of the VM's
+// primary NIC. A VM may have more NICs, but pods only use the primary one.
+var limits = cloud.Limits{Interfaces: 1, AddressesPerInterface: MaxIPConfigurations}
+
 // ipConfigPrefix names the ipConfigurations vnet-cni creates.
 const ipConfigPrefix = "vnetcni-"
 
@@ -92,8 +96,12 @@ func (c *Config) setDefaults() {
 
 // Provider manages the secondary addresses of the node's NIC.
 type Provider struct {
-	cfg   Config
-	node  cloud.Node
+	cfg Config
+	// nic is how ARM names the node's NIC.
+	nic nicRef
+	// base is the instance found at start; Instance adds the NIC's
+	// current addresses to it.
+	base  cloud.Instance
 	nics  *armnetwork.InterfacesClient
 	vnets *armnetwork.VirtualNetworksClient
 	log   *slog.Logger
@@ -138,6 +146,16 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// nicRef is the Azure identity of the node's NIC: what ARM calls need and
+// the neutral cloud types do not carry.
+type nicRef struct {
+	resourceGroup string
+	// name is the NIC's resource name, id its resource ID (the interface ID
+	// of the neutral types).
+	name string
+	id   string
 }
 
 func armTransport(caFile string) (*http.Client, error) {
@@ -203,23 +221,26 @@ func (p *Provider) discover(ctx context.Context, inst instance) error {
 	if len(prefixes) == 0 {
 		return &cloud.Error{Kind: cloud.Fatal, Op: "VirtualNetworks_Get", Err: fmt.Errorf("vnet %s has no address space", vnetName)}
 	}
-	p.node = cloud.Node{
-		Provider:       "azure",
-		SubscriptionID: inst.SubscriptionID,
-		ResourceGroup:  inst.ResourceGroup,
-		Location:       inst.Location,
-		VMName:         inst.VMName,
-		VMID:           inst.VMID,
-		NICName:        deref(nic.Name),
-		NICID:          deref(nic.ID),
-		MAC:            inst.MAC,
-		PrimaryIP:      inst.PrimaryIP,
-		Subnet:         inst.Subnet,
-		SubnetID:       subnetID,
-		Gateway:        inst.Subnet.Addr().Next(),
-		VNetPrefixes:   prefixes,
-		MaxIPs:         MaxIPConfigurations,
+	p.nic = nicRef{resourceGroup: inst.ResourceGroup, name: deref(nic.Name), id: deref(nic.ID)}
+	p.base = cloud.Instance{
+		Provider: "azure",
+		ID:       inst.VMID,
+		Name:     inst.VMName,
+		Interfaces: []cloud.Interface{{
+			ID:          p.nic.id,
+			MAC:         inst.MAC,
+			DeviceIndex: 0,
+			Primary:     true,
+			PrimaryIP:   inst.PrimaryIP,
+			Subnet:      inst.Subnet,
+			SubnetID:    subnetID,
+			Gateway:     inst.Subnet.Addr().Next(),
+		}},
+		NetworkPrefixes: prefixes,
+		Limits:          limits,
 	}
+	p.log.Info("found the node's network interface", "vm", inst.VMName, "subscription", inst.SubscriptionID,
+		"resourceGroup", inst.ResourceGroup, "location", inst.Location, "nic", p.nic.name)
 	return nil
 }
 
@@ -246,34 +267,37 @@ func primaryConfig(nic *armnetwork.Interface) (*armnetwork.InterfaceIPConfigurat
 	return nil, fmt.Errorf("network interface %s has no primary ipConfiguration", deref(nic.Name))
 }
 
-// Node returns the node identity found at start.
-func (p *Provider) Node() cloud.Node { return p.node }
-
-// NIC reads the NIC's current addresses.
-func (p *Provider) NIC(ctx context.Context) (cloud.NIC, error) {
+// Instance reads the NIC's current addresses and returns the instance found
+// at start with them.
+func (p *Provider) Instance(ctx context.Context) (cloud.Instance, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
 	defer cancel()
 	nic, _, err := p.get(ctx)
 	if err != nil {
-		return cloud.NIC{}, err
+		return cloud.Instance{}, err
 	}
-	return nicState(nic), nil
+	in := p.base
+	ifc := in.Interfaces[0]
+	addNICState(&ifc, nic)
+	in.Interfaces = []cloud.Interface{ifc}
+	in.NetworkPrefixes = slices.Clone(in.NetworkPrefixes)
+	return in, nil
 }
 
 func (p *Provider) get(ctx context.Context) (*armnetwork.Interface, string, error) {
-	resp, err := p.nics.Get(ctx, p.node.ResourceGroup, p.node.NICName, nil)
+	resp, err := p.nics.Get(ctx, p.nic.resourceGroup, p.nic.name, nil)
 	if err != nil {
 		return nil, "", classify("NetworkInterfaces_Get", err)
 	}
 	return &resp.Interface, deref(resp.Etag), nil
 }
 
-func nicState(nic *armnetwork.Interface) cloud.NIC {
-	var st cloud.NIC
+// addNICState fills ifc's addresses and forwarding flag from the NIC.
+func addNICState(ifc *cloud.Interface, nic *armnetwork.Interface) {
 	if nic.Properties == nil {
-		return st
+		return
 	}
-	st.IPForwarding = deref(nic.Properties.EnableIPForwarding)
+	ifc.IPForwarding = deref(nic.Properties.EnableIPForwarding)
 	for _, c := range nic.Properties.IPConfigurations {
 		if c == nil || c.Properties == nil {
 			continue
@@ -283,27 +307,40 @@ func nicState(nic *armnetwork.Interface) cloud.NIC {
 			continue
 		}
 		if deref(c.Properties.Primary) {
-			st.Primary = ip
+			ifc.PrimaryIP = ip
 		} else {
-			st.Secondary = append(st.Secondary, ip)
+			ifc.Secondary = append(ifc.Secondary, ip)
 		}
 	}
-	slices.SortFunc(st.Secondary, func(a, b netip.Addr) int { return a.Compare(b) })
-	return st
+	slices.SortFunc(ifc.Secondary, func(a, b netip.Addr) int { return a.Compare(b) })
+}
+
+// checkInterface refuses an interface other than the node's NIC: the
+// provider manages only that one.
+func (p *Provider) checkInterface(op, id string) error {
+	if !strings.EqualFold(id, p.nic.id) {
+		return &cloud.Error{Kind: cloud.Fatal, Op: op,
+			Err: fmt.Errorf("interface %q is not the node's network interface %s", id, p.nic.id)}
+	}
+	return nil
 }
 
 // maxConflictRetries bounds re-reads after a concurrent writer changed the NIC.
 const maxConflictRetries = 4
 
-// AddIPs adds n secondary ipConfigurations with addresses chosen by the cloud,
-// in one NIC update, and returns the new addresses.
-func (p *Provider) AddIPs(ctx context.Context, n int) ([]netip.Addr, error) {
+// AddAddresses adds n secondary ipConfigurations with addresses chosen by
+// the cloud to the NIC whose resource ID is iface, in one NIC update, and
+// returns the new addresses.
+func (p *Provider) AddAddresses(ctx context.Context, iface string, n int) ([]netip.Addr, error) {
+	const op = "NetworkInterfaces_CreateOrUpdate"
+	if err := p.checkInterface(op, iface); err != nil {
+		return nil, err
+	}
 	if n <= 0 {
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
 	defer cancel()
-	const op = "NetworkInterfaces_CreateOrUpdate"
 	for attempt := 0; ; attempt++ {
 		nic, etag, err := p.get(ctx)
 		if err != nil {
@@ -311,7 +348,7 @@ func (p *Provider) AddIPs(ctx context.Context, n int) ([]netip.Addr, error) {
 		}
 		if have := len(nic.Properties.IPConfigurations); have+n > MaxIPConfigurations {
 			return nil, &cloud.Error{Kind: cloud.NICLimit, Op: op,
-				Err: fmt.Errorf("nic %s holds %d of %d ipConfigurations, cannot add %d", p.node.NICName, have, MaxIPConfigurations, n)}
+				Err: fmt.Errorf("nic %s holds %d of %d ipConfigurations, cannot add %d", p.nic.name, have, MaxIPConfigurations, n)}
 		}
 		primary, err := primaryConfig(nic)
 		if err != nil {
@@ -337,7 +374,7 @@ func (p *Provider) AddIPs(ctx context.Context, n int) ([]netip.Addr, error) {
 		updated, err := p.put(ctx, nic, etag)
 		if err != nil {
 			if cloud.KindOf(err) == cloud.Conflict && attempt < maxConflictRetries {
-				p.log.Debug("nic changed concurrently, re-reading", "nic", p.node.NICName, "attempt", attempt+1)
+				p.log.Debug("nic changed concurrently, re-reading", "nic", p.nic.name, "attempt", attempt+1)
 				continue
 			}
 			return nil, err
@@ -361,9 +398,13 @@ func (p *Provider) AddIPs(ctx context.Context, n int) ([]netip.Addr, error) {
 	}
 }
 
-// RemoveIPs removes the secondary ipConfigurations holding ips in one NIC
-// update. Addresses not on the NIC are ignored; the primary is never removed.
-func (p *Provider) RemoveIPs(ctx context.Context, ips []netip.Addr) error {
+// RemoveAddresses removes the secondary ipConfigurations holding ips from
+// the NIC whose resource ID is iface, in one NIC update. Addresses not on the
+// NIC are ignored; the primary is never removed.
+func (p *Provider) RemoveAddresses(ctx context.Context, iface string, ips []netip.Addr) error {
+	if err := p.checkInterface("NetworkInterfaces_CreateOrUpdate", iface); err != nil {
+		return err
+	}
 	if len(ips) == 0 {
 		return nil
 	}
@@ -409,7 +450,7 @@ func (p *Provider) put(ctx context.Context, nic *armnetwork.Interface, etag stri
 	if etag != "" {
 		putCtx = policy.WithHTTPHeader(ctx, http.Header{"If-Match": []string{etag}})
 	}
-	poller, err := p.nics.BeginCreateOrUpdate(putCtx, p.node.ResourceGroup, p.node.NICName, *nic, nil)
+	poller, err := p.nics.BeginCreateOrUpdate(putCtx, p.nic.resourceGroup, p.nic.name, *nic, nil)
 	if err != nil {
 		return nil, classify(op, err)
 	}

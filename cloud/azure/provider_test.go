@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,22 +85,67 @@ func (e *env) calls(op string) int {
 	return n
 }
 
-func TestDiscoverNode(t *testing.T) {
+// readNIC reads the node's NIC through Instance.
+func readNIC(ctx context.Context, p *Provider) (cloud.Interface, error) {
+	in, err := p.Instance(ctx)
+	if err != nil {
+		return cloud.Interface{}, err
+	}
+	ifc, ok := in.Primary()
+	if !ok {
+		return cloud.Interface{}, errors.New("no primary interface")
+	}
+	return ifc, nil
+}
+
+func TestDiscoverInstance(t *testing.T) {
 	e := newEnv(t, sim.Options{Nodes: 3})
 	p := e.provider(t)
-	n := p.Node()
+	in, err := p.Instance(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	want := e.desc.Nodes[0]
-	if n.NICName != want.NIC || n.PrimaryIP.String() != want.PrimaryIP || n.VMName != want.Name || n.VMID != want.VMID {
-		t.Errorf("node = %+v, want NIC %s primary %s vm %s", n, want.NIC, want.PrimaryIP, want.Name)
+	if in.Provider != "azure" || in.Name != want.Name || in.ID != want.VMID {
+		t.Errorf("instance %+v, want vm %s (%s)", in, want.Name, want.VMID)
+	}
+	if len(in.Interfaces) != 1 {
+		t.Fatalf("interfaces %+v, want the one NIC", in.Interfaces)
+	}
+	n := in.Interfaces[0]
+	if p.nic.name != want.NIC || !n.Primary || n.DeviceIndex != 0 || n.PrimaryIP.String() != want.PrimaryIP || n.ID == "" || len(n.MAC) != 12 {
+		t.Errorf("interface = %+v (nic %s), want NIC %s primary %s", n, p.nic.name, want.NIC, want.PrimaryIP)
+	}
+	if !strings.HasSuffix(n.ID, "/networkInterfaces/"+want.NIC) || n.SubnetID == "" {
+		t.Errorf("interface id %q subnet id %q, want the NIC's and the subnet's resource IDs", n.ID, n.SubnetID)
 	}
 	if n.Subnet.String() != e.desc.SubnetPrefix || n.Gateway.String() != e.desc.Gateway {
 		t.Errorf("subnet %s gateway %s, want %s %s", n.Subnet, n.Gateway, e.desc.SubnetPrefix, e.desc.Gateway)
 	}
-	if len(n.VNetPrefixes) != 1 || n.VNetPrefixes[0].String() != e.desc.VNetPrefixes[0] {
-		t.Errorf("vnet prefixes %v, want %v", n.VNetPrefixes, e.desc.VNetPrefixes)
+	if len(in.NetworkPrefixes) != 1 || in.NetworkPrefixes[0].String() != e.desc.VNetPrefixes[0] {
+		t.Errorf("vnet prefixes %v, want %v", in.NetworkPrefixes, e.desc.VNetPrefixes)
 	}
-	if n.SubscriptionID != e.desc.SubscriptionID || n.ResourceGroup != e.desc.ResourceGroup || n.MaxIPs != 256 {
-		t.Errorf("identity %+v", n)
+	if p.nic.resourceGroup != e.desc.ResourceGroup || in.Limits != (cloud.Limits{Interfaces: 1, AddressesPerInterface: 256}) {
+		t.Errorf("resource group %q limits %+v", p.nic.resourceGroup, in.Limits)
+	}
+	if got := in.Limits.Secondaries(len(in.Interfaces)); got != 255 {
+		t.Errorf("secondaries allowed = %d, want 255", got)
+	}
+}
+
+func TestOtherInterfaceRefused(t *testing.T) {
+	e := newEnv(t, sim.Options{Nodes: 2})
+	p := e.provider(t)
+	other := strings.Replace(p.nic.id, e.desc.Nodes[0].NIC, e.desc.Nodes[1].NIC, 1)
+	puts := e.calls("NetworkInterfaces_CreateOrUpdate")
+	if _, err := p.AddAddresses(context.Background(), other, 1); cloud.KindOf(err) != cloud.Fatal {
+		t.Errorf("add to another node's NIC: %v, want a fatal error", err)
+	}
+	if err := p.RemoveAddresses(context.Background(), other, []netip.Addr{netip.MustParseAddr("10.0.0.9")}); cloud.KindOf(err) != cloud.Fatal {
+		t.Errorf("remove from another node's NIC: %v, want a fatal error", err)
+	}
+	if got := e.calls("NetworkInterfaces_CreateOrUpdate") - puts; got != 0 {
+		t.Errorf("%d NIC writes for refused calls, want 0", got)
 	}
 }
 
@@ -109,7 +155,7 @@ func TestAddAndRemoveAreBatched(t *testing.T) {
 	ctx := context.Background()
 	puts := e.calls("NetworkInterfaces_CreateOrUpdate")
 
-	added, err := p.AddIPs(ctx, 10)
+	added, err := p.AddAddresses(ctx, p.nic.id, 10)
 	if err != nil {
 		t.Fatalf("AddIPs: %v", err)
 	}
@@ -119,15 +165,15 @@ func TestAddAndRemoveAreBatched(t *testing.T) {
 	if got := e.calls("NetworkInterfaces_CreateOrUpdate") - puts; got != 1 {
 		t.Errorf("AddIPs(10) made %d NIC updates, want 1", got)
 	}
-	nic, err := p.NIC(ctx)
+	nic, err := readNIC(ctx, p)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(nic.Secondary) != 10 {
 		t.Errorf("NIC shows %d secondaries, want 10", len(nic.Secondary))
 	}
-	subnet := p.Node().Subnet
-	seen := map[netip.Addr]bool{p.Node().PrimaryIP: true, p.Node().Gateway: true}
+	subnet := p.base.Interfaces[0].Subnet
+	seen := map[netip.Addr]bool{p.base.Interfaces[0].PrimaryIP: true, p.base.Interfaces[0].Gateway: true}
 	for _, ip := range added {
 		if !subnet.Contains(ip) || seen[ip] {
 			t.Errorf("address %s outside %s or duplicate", ip, subnet)
@@ -137,7 +183,7 @@ func TestAddAndRemoveAreBatched(t *testing.T) {
 	// The control plane's committed state, which the fabric follows, agrees.
 	var snapNIC arm.NICState
 	for _, n := range e.sim.ARM().Snapshot().NICs {
-		if n.Name == p.Node().NICName {
+		if n.Name == p.nic.name {
 			snapNIC = n
 		}
 	}
@@ -146,13 +192,13 @@ func TestAddAndRemoveAreBatched(t *testing.T) {
 	}
 
 	puts = e.calls("NetworkInterfaces_CreateOrUpdate")
-	if err := p.RemoveIPs(ctx, added[:4]); err != nil {
+	if err := p.RemoveAddresses(ctx, p.nic.id, added[:4]); err != nil {
 		t.Fatalf("RemoveIPs: %v", err)
 	}
 	if got := e.calls("NetworkInterfaces_CreateOrUpdate") - puts; got != 1 {
 		t.Errorf("RemoveIPs(4) made %d NIC updates, want 1", got)
 	}
-	nic, err = p.NIC(ctx)
+	nic, err = readNIC(ctx, p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,18 +216,18 @@ func TestAddAndRemoveAreBatched(t *testing.T) {
 	}
 	// Removing addresses that are not there costs no update.
 	puts = e.calls("NetworkInterfaces_CreateOrUpdate")
-	if err := p.RemoveIPs(ctx, added[:4]); err != nil {
+	if err := p.RemoveAddresses(ctx, p.nic.id, added[:4]); err != nil {
 		t.Fatal(err)
 	}
 	if got := e.calls("NetworkInterfaces_CreateOrUpdate") - puts; got != 0 {
 		t.Errorf("removing absent addresses made %d updates, want 0", got)
 	}
 	// The primary is never removed.
-	if err := p.RemoveIPs(ctx, []netip.Addr{p.Node().PrimaryIP}); err != nil {
+	if err := p.RemoveAddresses(ctx, p.nic.id, []netip.Addr{p.base.Interfaces[0].PrimaryIP}); err != nil {
 		t.Fatal(err)
 	}
-	if nic, _ := p.NIC(ctx); nic.Primary != p.Node().PrimaryIP {
-		t.Errorf("primary = %s after trying to remove it", nic.Primary)
+	if nic, _ := readNIC(ctx, p); nic.PrimaryIP != p.base.Interfaces[0].PrimaryIP {
+		t.Errorf("primary = %s after trying to remove it", nic.PrimaryIP)
 	}
 }
 
@@ -196,7 +242,7 @@ func TestConcurrentWritersOnOneNIC(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i], errs[i] = p.AddIPs(ctx, 5)
+			results[i], errs[i] = p.AddAddresses(ctx, p.nic.id, 5)
 		}()
 	}
 	wg.Wait()
@@ -205,7 +251,7 @@ func TestConcurrentWritersOnOneNIC(t *testing.T) {
 			t.Fatalf("writer %d: %v", i, err)
 		}
 	}
-	nic, err := p1.NIC(ctx)
+	nic, err := readNIC(ctx, p1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,11 +274,11 @@ func TestErrorsAreClassified(t *testing.T) {
 		// A /27 holds 32-5 = 27 usable addresses; two nodes take 2.
 		e := newEnv(t, sim.Options{Nodes: 2, VNet: netip.MustParsePrefix("10.9.0.0/24"), Subnet: netip.MustParsePrefix("10.9.0.0/27")})
 		p := e.provider(t)
-		_, err := p.AddIPs(context.Background(), 26)
+		_, err := p.AddAddresses(context.Background(), p.nic.id, 26)
 		if cloud.KindOf(err) != cloud.SubnetFull {
 			t.Fatalf("error = %v, want kind subnet_full", err)
 		}
-		if _, err := p.AddIPs(context.Background(), 25); err != nil {
+		if _, err := p.AddAddresses(context.Background(), p.nic.id, 25); err != nil {
 			t.Errorf("25 addresses should fit: %v", err)
 		}
 	})
@@ -240,14 +286,14 @@ func TestErrorsAreClassified(t *testing.T) {
 		e := newEnv(t, sim.Options{Nodes: 1})
 		p := e.provider(t)
 		puts := e.calls("NetworkInterfaces_CreateOrUpdate")
-		_, err := p.AddIPs(context.Background(), 256)
+		_, err := p.AddAddresses(context.Background(), p.nic.id, 256)
 		if cloud.KindOf(err) != cloud.NICLimit {
 			t.Fatalf("error = %v, want kind nic_limit", err)
 		}
 		if got := e.calls("NetworkInterfaces_CreateOrUpdate") - puts; got != 0 {
 			t.Errorf("a request over the NIC limit made %d writes, want 0", got)
 		}
-		if _, err := p.AddIPs(context.Background(), 255); err != nil {
+		if _, err := p.AddAddresses(context.Background(), p.nic.id, 255); err != nil {
 			t.Errorf("255 secondaries should fit: %v", err)
 		}
 	})
@@ -257,7 +303,7 @@ func TestErrorsAreClassified(t *testing.T) {
 		p := e.provider(t)
 		e.sim.ARM().SetFaults(arm.Faults{Storm: &arm.Storm{Duration: arm.Duration(time.Minute), RetryAfterSeconds: 1}})
 		start := time.Now()
-		_, err := p.AddIPs(context.Background(), 1)
+		_, err := p.AddAddresses(context.Background(), p.nic.id, 1)
 		var ce *cloud.Error
 		if !errors.As(err, &ce) || ce.Kind != cloud.Throttled || ce.RetryAfter != time.Second {
 			t.Fatalf("error = %v, want throttled with retry after 1s", err)

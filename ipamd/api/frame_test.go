@@ -74,7 +74,7 @@ func TestFrameRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"version":"1.0","op":"status","timeoutMs":1500,"body":{"a":1}}`
+	want := `{"version":"` + Version + `","op":"status","timeoutMs":1500,"body":{"a":1}}`
 	if diff := cmp.Diff(want, string(payload)); diff != "" {
 		t.Errorf("wire bytes (-want +got):\n%s", diff)
 	}

@@ -11,11 +11,12 @@ import (
 )
 
 // Version is the protocol version this package speaks, "major.minor".
-const Version = "1.0"
+// 1.1 added the interface of assignments, address records and the status.
+const Version = "1.1"
 
 const (
 	versionMajor = 1
-	versionMinor = 0
+	versionMinor = 1
 )
 
 // Operation names on the wire.
@@ -83,14 +84,17 @@ type AllocateRequest struct {
 // to configure the pod: the pod gets IP/Subnet.Bits() and a default route via
 // Gateway.
 type Assignment struct {
-	ContainerID  string       `json:"containerID"`
-	IfName       string       `json:"ifName"`
-	PodNamespace string       `json:"podNamespace,omitempty"`
-	PodName      string       `json:"podName,omitempty"`
-	IP           netip.Addr   `json:"ip"`
-	Subnet       netip.Prefix `json:"subnet"`
-	Gateway      netip.Addr   `json:"gateway"`
-	MTU          int          `json:"mtu"`
+	ContainerID  string     `json:"containerID"`
+	IfName       string     `json:"ifName"`
+	PodNamespace string     `json:"podNamespace,omitempty"`
+	PodName      string     `json:"podName,omitempty"`
+	IP           netip.Addr `json:"ip"`
+	// Interface is the cloud's ID of the node interface that holds IP (an
+	// Azure NIC's resource ID, an ENI ID); empty from a 1.0 daemon.
+	Interface string       `json:"interface,omitempty"`
+	Subnet    netip.Prefix `json:"subnet"`
+	Gateway   netip.Addr   `json:"gateway"`
+	MTU       int          `json:"mtu"`
 	// VNetCIDRs and PrimaryIP describe the node's network, so that the
 	// plugin needs one round trip for ADD (SNAT exclusions, bridge set-up).
 	VNetCIDRs []netip.Prefix `json:"vnetCIDRs,omitempty"`
@@ -162,7 +166,9 @@ type StatusResponse struct {
 	Subnet    netip.Prefix   `json:"subnet"`
 	Gateway   netip.Addr     `json:"gateway"`
 	PrimaryIP netip.Addr     `json:"primaryIP"`
-	MTU       int            `json:"mtu"`
+	// Interface is the cloud's ID of the interface the pool fills.
+	Interface string `json:"interface,omitempty"`
+	MTU       int    `json:"mtu"`
 	// LimitReached reports that the pool wants more addresses than the NIC,
 	// maxIPs or the subnet allow.
 	LimitReached bool `json:"limitReached,omitempty"`
@@ -177,12 +183,14 @@ type ListRequest struct{}
 // AddressRecord is one address of the pool and, when it is assigned or
 // cooling, its owner.
 type AddressRecord struct {
-	IP           netip.Addr `json:"ip"`
-	State        string     `json:"state"`
-	ContainerID  string     `json:"containerID,omitempty"`
-	IfName       string     `json:"ifName,omitempty"`
-	PodNamespace string     `json:"podNamespace,omitempty"`
-	PodName      string     `json:"podName,omitempty"`
+	IP netip.Addr `json:"ip"`
+	// Interface is the cloud's ID of the interface that holds IP.
+	Interface    string `json:"interface,omitempty"`
+	State        string `json:"state"`
+	ContainerID  string `json:"containerID,omitempty"`
+	IfName       string `json:"ifName,omitempty"`
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
 	// Since is when the address entered its state.
 	Since time.Time `json:"since"`
 }

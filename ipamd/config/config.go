@@ -80,6 +80,10 @@ const (
 	MaxResync       = 24 * time.Hour
 	MinCallTimeout  = time.Second
 	MaxCallTimeout  = 10 * time.Minute
+	// MaxAddresses bounds maxIPs, batchSize and the targets: a sanity bound
+	// above what any instance holds. The cloud provider's own limit (an
+	// Azure NIC: 255 secondary addresses) caps the pool at run time.
+	MaxAddresses = 1024
 	// maxSocketPath is the room in sockaddr_un.sun_path without the final NUL.
 	maxSocketPath = 107
 )
@@ -87,15 +91,17 @@ const (
 // Config is the daemon's configuration. The JSON names are the camelCase field
 // names shown in the tags.
 type Config struct {
-	// WarmIPTarget is the number of free addresses to keep ready, 0..255.
+	// WarmIPTarget is the number of free addresses to keep ready, 0..maxIPs.
 	WarmIPTarget int `json:"warmIPTarget"`
 	// MinIPTarget is the floor of secondary addresses on the NIC (free,
 	// assigned and cooling; the primary is not counted), 0..maxIPs.
 	MinIPTarget int `json:"minIPTarget"`
-	// MaxIPs is the ceiling of secondary addresses on the NIC, 1..255: an
-	// Azure NIC holds 256 ipConfigurations, one of them the primary. The
-	// default 30 is one address per pod at Azure CNI's default of 30 pods per
-	// node (the primary address is not counted). Cooling addresses count
+	// MaxIPs is the ceiling of secondary addresses on the node, 1..1024;
+	// the cloud provider's limit applies too and wins when it is lower (an
+	// Azure NIC holds 256 ipConfigurations, one of them the primary, so at
+	// most 255 secondaries). The default 30 is one address per pod at Azure
+	// CNI's default of 30 pods per node (the primary address is not
+	// counted). Cooling addresses count
 	// toward it, so a node at its pod limit that deletes and creates pods
 	// waits for the cooldown; set maxIPs above the node's max pods (e.g. by
 	// one batch) to avoid that.
@@ -105,7 +111,7 @@ type Config struct {
 	// for max(ipAddressCount, what the pool maths wants). Default: the value
 	// of warmIPTarget.
 	IPAddressCount int `json:"ipAddressCount"`
-	// BatchSize is the allocation granularity, 1..255.
+	// BatchSize is the allocation granularity, 1..1024.
 	BatchSize int `json:"batchSize"`
 	// Cooldown is how long a released address waits before it can be
 	// assigned again, 0s..1h.

@@ -165,7 +165,7 @@ func TestLoadErrors(t *testing.T) {
 		t.Errorf("Load of a missing file: error = %v, want fs.ErrNotExist", err)
 	}
 	path := filepath.Join(t.TempDir(), "bad.json")
-	if err := os.WriteFile(path, []byte(`{"maxIPs": 256}`), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(`{"maxIPs": 1025}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, err = Load(path)
@@ -189,11 +189,11 @@ func TestParseErrors(t *testing.T) {
 		{"negative warm target", `{"warmIPTarget": -1}`, []string{"warmIPTarget"}, "-1 out of range 0..30 (maxIPs)"},
 		{"warm target above maxIPs", `{"warmIPTarget": 31, "ipAddressCount": 5}`, []string{"warmIPTarget"}, "31 out of range 0..30 (maxIPs)"},
 		{"min target above maxIPs", `{"minIPTarget": 31}`, []string{"minIPTarget"}, "out of range 0..30 (maxIPs)"},
-		{"maxIPs zero", `{"maxIPs": 0}`, []string{"maxIPs"}, "maxIPs: 0 out of range 1..255"},
-		{"maxIPs above the NIC limit", `{"maxIPs": 256}`, []string{"maxIPs"}, "256 out of range 1..255"},
+		{"maxIPs zero", `{"maxIPs": 0}`, []string{"maxIPs"}, "maxIPs: 0 out of range 1..1024"},
+		{"maxIPs above the sanity bound", `{"maxIPs": 1025}`, []string{"maxIPs"}, "1025 out of range 1..1024"},
 		{"ipAddressCount above maxIPs", `{"ipAddressCount": 31}`, []string{"ipAddressCount"}, "31 out of range 0..30 (maxIPs)"},
 		{"ipAddressCount derived from an invalid warm target is not reported twice", `{"warmIPTarget": 40}`, []string{"warmIPTarget"}, "40 out of range"},
-		{"batch size zero", `{"batchSize": 0}`, []string{"batchSize"}, "0 out of range 1..255"},
+		{"batch size zero", `{"batchSize": 0}`, []string{"batchSize"}, "0 out of range 1..1024"},
 		{"negative cooldown", `{"cooldown": "-1s"}`, []string{"cooldown"}, "-1s out of range 0s..1h0m0s"},
 		{"release delay too long", `{"releaseDelay": "25h"}`, []string{"releaseDelay"}, "out of range 0s..24h0m0s"},
 		{"allocate wait too long", `{"allocateWait": "31s"}`, []string{"allocateWait"}, "31s out of range 0s..30s"},
@@ -239,7 +239,7 @@ func TestParseErrors(t *testing.T) {
 		{"client id with static token", `{"cloud": {"azure": {"credential": "staticTokenFile", "tokenFile": "/t", "managedIdentityClientID": "0123abcd-4567-89ab-cdef-0123456789ab"}}}`, []string{"cloud.azure.managedIdentityClientID"}, "only allowed with credential managedIdentity"},
 		{"client id not a guid", `{"cloud": {"azure": {"managedIdentityClientID": "my-identity"}}}`, []string{"cloud.azure.managedIdentityClientID"}, "is not a client ID"},
 		{"several errors at once", `{"warmIPTarget": 300, "mode": "kubenet", "bogus": 1, "cloud": {"callTimeout": "1h"}}`, []string{"bogus", "warmIPTarget", "mode", "cloud.callTimeout"}, "bogus: unknown field"},
-		{"decode and validation errors together", `{"cooldown": 5, "maxIPs": 300}`, []string{"cooldown", "maxIPs"}, "cooldown: 5 is not a duration"},
+		{"decode and validation errors together", `{"cooldown": 5, "maxIPs": 2000}`, []string{"cooldown", "maxIPs"}, "cooldown: 5 is not a duration"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

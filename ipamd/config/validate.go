@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/vnet-cni/vnet-cni/ipamd/pool"
 )
 
 // FieldError is a bad value of one field. Every error of Parse and Validate is
@@ -37,19 +35,18 @@ func (c Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	const maxSecondary = pool.MaxSecondaryIPs
-	maxOK := c.MaxIPs >= 1 && c.MaxIPs <= maxSecondary
-	add(intRange("maxIPs", c.MaxIPs, 1, maxSecondary, ""))
+	maxOK := c.MaxIPs >= 1 && c.MaxIPs <= MaxAddresses
+	add(intRange("maxIPs", c.MaxIPs, 1, MaxAddresses, ""))
 	// The fields bounded by maxIPs report it as their upper limit once maxIPs
 	// itself is valid.
-	upper, why := maxSecondary, ""
+	upper, why := MaxAddresses, ""
 	if maxOK {
 		upper, why = c.MaxIPs, " (maxIPs)"
 	}
 	add(intRange("warmIPTarget", c.WarmIPTarget, 0, upper, why))
 	add(intRange("minIPTarget", c.MinIPTarget, 0, upper, why))
 	add(intRange("ipAddressCount", c.IPAddressCount, 0, upper, why))
-	add(intRange("batchSize", c.BatchSize, 1, maxSecondary, ""))
+	add(intRange("batchSize", c.BatchSize, 1, MaxAddresses, ""))
 
 	add(durRange("cooldown", c.Cooldown, 0, MaxCooldown))
 	add(durRange("releaseDelay", c.ReleaseDelay, 0, MaxReleaseDelay))

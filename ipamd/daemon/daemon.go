@@ -21,26 +21,35 @@ import (
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
 
-// Cloud is what the daemon needs of a cloud provider for the node's NIC.
+// Cloud is what the daemon needs of a cloud provider. Interfaces are named
+// by the IDs that Instance reports.
 type Cloud interface {
-	// Node is the node identity found when the provider was created.
-	Node() cloud.Node
-	// NIC reads the NIC's addresses; called at start and on every resync.
-	NIC(ctx context.Context) (cloud.NIC, error)
-	// AddIPs adds n secondary addresses, chosen by the cloud, in one NIC
-	// update; called when the pool is short.
-	AddIPs(ctx context.Context, n int) ([]netip.Addr, error)
-	// RemoveIPs removes ips from the NIC in one update; called to release
-	// excess. Addresses already gone are ignored.
-	RemoveIPs(ctx context.Context, ips []netip.Addr) error
+	// Instance reads the instance: its interfaces with their addresses,
+	// the network's address space and the provider's limits. Called right
+	// after connecting (the daemon is not ready before it succeeds) and on
+	// every resync.
+	Instance(ctx context.Context) (cloud.Instance, error)
+	// AddAddresses adds n secondary addresses, chosen by the cloud, to the
+	// interface iface in one update and returns them; called when the pool
+	// is short. Addresses it returns with an error are on the interface.
+	AddAddresses(ctx context.Context, iface string, n int) ([]netip.Addr, error)
+	// RemoveAddresses removes ips from the interface iface in one update;
+	// called to release excess and to finish a release a crash or an error
+	// cut. Addresses already gone are ignored.
+	RemoveAddresses(ctx context.Context, iface string, ips []netip.Addr) error
 }
+
+// managedInterfaces is the number of interfaces the daemon fills: the
+// primary one only, so far. The pool's capacity is the provider's limit of
+// secondary addresses on that many interfaces.
+const managedInterfaces = 1
 
 // Connect creates the cloud provider; the daemon calls it until it succeeds.
 type Connect func(ctx context.Context) (Cloud, error)
 
 // Options configure the daemon.
 type Options struct {
-	// Targets are the pool sizes.
+	// Targets are the pool sizes at start; SetTargets changes them.
 	Targets pool.Targets
 	// InitialBatch is the number of addresses the first fill of an empty
 	// pool asks for at least (the cluster template's ipAddressCount).
@@ -75,10 +84,10 @@ type Options struct {
 type Conflist struct {
 	// Path is the file (e.g. /etc/cni/net.d/10-vnet-cni.conflist); empty disables writing.
 	Path string
-	// Build returns the file's content for the node the daemon found (the
-	// plugin learns the VNet's address space from it); when nil, Data is
-	// written.
-	Build func(node cloud.Node) []byte
+	// Build returns the file's content for the instance the daemon found
+	// (the plugin learns the network's address space from it); when nil,
+	// Data is written.
+	Build func(inst cloud.Instance) []byte
 	Data  []byte
 }
 
@@ -117,10 +126,17 @@ type Daemon struct {
 
 	// mu guards the fields below.
 	mu sync.Mutex
-	// cloud is nil until connect succeeded; node is its identity.
+	// targets are the pool sizes (see SetTargets).
+	targets pool.Targets
+	// cloud is nil until connect succeeded.
 	cloud Cloud
-	node  cloud.Node
-	// synced is true after the first successful read of the NIC.
+	// inst is the instance as last read; iface is its primary interface,
+	// the one the pool fills; capacity is the provider's limit of
+	// secondary addresses on the interfaces the pool fills.
+	inst     cloud.Instance
+	iface    cloud.Interface
+	capacity int
+	// synced is true after the first successful read of the instance.
 	synced bool
 	ready  bool
 	// notReadyReason says why the daemon is not ready.
@@ -146,6 +162,7 @@ func New(st *store.Store, connect Connect, opts Options) (*Daemon, error) {
 	opts.setDefaults()
 	d := &Daemon{
 		opts:           opts,
+		targets:        opts.Targets,
 		store:          st,
 		connect:        connect,
 		log:            opts.Logger,
@@ -155,11 +172,37 @@ func New(st *store.Store, connect Connect, opts Options) (*Daemon, error) {
 		firstFill:      true,
 	}
 	d.metrics = newMetrics(d)
+	if err := opts.Targets.Validate(); err != nil {
+		return nil, fmt.Errorf("pool targets: %w", err)
+	}
 	if err := d.handleReboot(); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
+
+// SetTargets replaces the pool sizes of a running daemon, for example after
+// the configuration file changed; the worker plans with them at once. Bad
+// targets are refused and the old ones kept.
+func (d *Daemon) SetTargets(t pool.Targets) error {
+	if err := t.Validate(); err != nil {
+		return fmt.Errorf("pool targets: %w", err)
+	}
+	d.mu.Lock()
+	old := d.targets
+	d.targets = t
+	d.partialSince = time.Time{}
+	d.mu.Unlock()
+	if old != t {
+		d.log.Info("pool targets changed", "warmIPTarget", t.WarmIPTarget, "minIPTarget", t.MinIPTarget,
+			"maxIPs", t.MaxIPs, "batchSize", t.BatchSize, "releaseDelay", t.ReleaseDelay.String())
+	}
+	d.kick()
+	return nil
+}
+
+// ceilingLocked is the most secondary addresses the pool may hold now.
+func (d *Daemon) ceilingLocked() int { return pool.Ceiling(d.targets, d.capacity) }
 
 // handleReboot records the boot id; after a reboot every pod is gone, so
 // every assigned address starts its cooldown.
@@ -242,9 +285,9 @@ func (d *Daemon) writeConflist() error {
 	data := c.Data
 	if c.Build != nil {
 		d.mu.Lock()
-		node := d.node
+		inst := d.inst
 		d.mu.Unlock()
-		data = c.Build(node)
+		data = c.Build(inst)
 	}
 	if err := os.MkdirAll(filepath.Dir(c.Path), 0o755); err != nil {
 		return fmt.Errorf("create cni conf dir: %w", err)

@@ -236,6 +236,9 @@ func TestRefillOnDemandWithoutCloudCallsOnAllocate(t *testing.T) {
 		if seen[a.IP] {
 			t.Fatalf("address %s handed out twice", a.IP)
 		}
+		if nic := "/networkInterfaces/" + h.sim.Description().Nodes[0].NIC; !strings.HasSuffix(a.Interface, nic) {
+			t.Errorf("assignment on interface %q, want node0's NIC (…%s)", a.Interface, nic)
+		}
 		seen[a.IP] = true
 	}
 	// Allocations from a warm pool made no cloud call themselves; the refill
@@ -489,7 +492,11 @@ func TestResyncAdoptsAndDropsExternalChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	added, err := p.AddIPs(context.Background(), 2)
+	inst, err := p.Instance(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	added, err := p.AddAddresses(context.Background(), inst.Interfaces[0].ID, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -502,6 +509,9 @@ func TestResyncAdoptsAndDropsExternalChanges(t *testing.T) {
 	for _, r := range list.Addresses {
 		if (r.IP == added[0] || r.IP == added[1]) && r.State == "free" {
 			found++
+		}
+		if r.Interface != inst.Interfaces[0].ID {
+			t.Errorf("address %s listed on interface %q, want %q", r.IP, r.Interface, inst.Interfaces[0].ID)
 		}
 	}
 	if found != 2 {

@@ -24,11 +24,12 @@ func (d *Daemon) network() (api.Assignment, error) {
 	return d.baseLocked(), nil
 }
 
-// baseLocked is the network part of every assignment.
+// baseLocked is the network part of every assignment: the primary
+// interface's, the one the pool fills.
 func (d *Daemon) baseLocked() api.Assignment {
 	return api.Assignment{
-		Subnet: d.node.Subnet, Gateway: d.node.Gateway, MTU: d.opts.MTU,
-		VNetCIDRs: d.node.VNetPrefixes, PrimaryIP: d.node.PrimaryIP,
+		Interface: d.iface.ID, Subnet: d.iface.Subnet, Gateway: d.iface.Gateway, MTU: d.opts.MTU,
+		VNetCIDRs: d.inst.NetworkPrefixes, PrimaryIP: d.iface.PrimaryIP,
 	}
 }
 
@@ -38,6 +39,10 @@ func assignment(base api.Assignment, r store.Record) api.Assignment {
 	base.PodNamespace = r.Owner.PodNamespace
 	base.PodName = r.Owner.PodName
 	base.IP = r.IP
+	if r.Interface != "" {
+		// Records without one are on the primary interface, base's.
+		base.Interface = r.Interface
+	}
 	return base
 }
 
@@ -107,7 +112,8 @@ func (d *Daemon) poolSituation() string {
 	case d.limitReached && d.lastCloudErr != nil:
 		return "the pool is at its limit: " + d.lastCloudErr.Error()
 	case d.limitReached:
-		return fmt.Sprintf("the pool is at its limit of %d addresses (maxIPs or the NIC's 256 ipConfigurations)", effectiveMax(d.opts.Targets))
+		return fmt.Sprintf("the pool is at its limit of %d addresses (maxIPs %d; the provider allows %d per interface, its primary address included)",
+			d.ceilingLocked(), d.targets.MaxIPs, d.inst.Limits.AddressesPerInterface)
 	case d.lastCloudErr != nil:
 		return "the refill is failing: " + d.lastCloudErr.Error()
 	default:
@@ -117,7 +123,11 @@ func (d *Daemon) poolSituation() string {
 
 // kickIfLow wakes the worker when free addresses fell below the warm target.
 func (d *Daemon) kickIfLow() {
-	if d.store.Counts().Free < d.opts.Targets.WarmIPTarget {
+	free := d.store.Counts().Free
+	d.mu.Lock()
+	low := free < d.targets.WarmIPTarget
+	d.mu.Unlock()
+	if low {
 		d.kick()
 	}
 }
@@ -192,27 +202,35 @@ func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusRespo
 		LimitReached: d.limitReached,
 		Pool: api.PoolCounts{
 			Free: c.Free, Assigned: c.Assigned, Cooling: c.Cooling, Releasing: c.Releasing,
-			Total: c.Total(), Max: effectiveMax(d.opts.Targets),
+			Total: c.Total(), Max: d.ceilingLocked(),
 		},
 	}
 	if d.lastCloudErr != nil {
 		resp.LastCloudError = d.lastCloudErr.Error()
 	}
 	if d.synced {
-		resp.VNetCIDRs = d.node.VNetPrefixes
-		resp.Subnet = d.node.Subnet
-		resp.Gateway = d.node.Gateway
-		resp.PrimaryIP = d.node.PrimaryIP
+		resp.VNetCIDRs = d.inst.NetworkPrefixes
+		resp.Subnet = d.iface.Subnet
+		resp.Gateway = d.iface.Gateway
+		resp.PrimaryIP = d.iface.PrimaryIP
+		resp.Interface = d.iface.ID
 	}
 	return resp, nil
 }
 
 // List returns every address with its state and owner.
 func (d *Daemon) List(_ context.Context, _ api.ListRequest) (api.ListResponse, error) {
+	d.mu.Lock()
+	primary := d.iface.ID
+	d.mu.Unlock()
 	var resp api.ListResponse
 	for _, r := range d.store.List() {
+		iface := r.Interface
+		if iface == "" {
+			iface = primary
+		}
 		resp.Addresses = append(resp.Addresses, api.AddressRecord{
-			IP: r.IP, State: string(r.State), Since: r.Since,
+			IP: r.IP, Interface: iface, State: string(r.State), Since: r.Since,
 			ContainerID: r.Owner.ContainerID, IfName: r.Owner.IfName,
 			PodNamespace: r.Owner.PodNamespace, PodName: r.Owner.PodName,
 		})

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
@@ -60,7 +62,7 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		if wait, ok := d.writeDelay(now); !ok {
 			return wait
 		}
-		if err := d.release(ctx, c, releasing); err != nil {
+		if err := d.release(ctx, c, d.byInterface(records, releasing)); err != nil {
 			return d.fail("release", err)
 		}
 		return 0
@@ -81,7 +83,7 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		d.mu.Lock()
 		if d.firstFill && len(records) == 0 {
 			// The template's ipAddressCount is the first batch, within the ceiling.
-			n = max(n, min(d.opts.InitialBatch, effectiveMax(d.opts.Targets)))
+			n = max(n, min(d.opts.InitialBatch, d.ceilingLocked()))
 		}
 		d.mu.Unlock()
 		d.log.Info("allocating addresses", "count", n, "reason", dec.Reason)
@@ -101,7 +103,7 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 			d.log.Error("mark addresses releasing", "err", err)
 			return d.fail("release", err)
 		}
-		if err := d.release(ctx, c, dec.Release); err != nil {
+		if err := d.release(ctx, c, d.byInterface(records, dec.Release)); err != nil {
 			return d.fail("release", err)
 		}
 		return 0
@@ -134,13 +136,6 @@ func (d *Daemon) drainSpool() {
 	}
 }
 
-func effectiveMax(t pool.Targets) int {
-	if t.MaxIPs <= 0 || t.MaxIPs > pool.MaxSecondaryIPs {
-		return pool.MaxSecondaryIPs
-	}
-	return t.MaxIPs
-}
-
 // holdPartialRelease keeps a release back while part of the excess still
 // waits for its release delay, so that the excess goes back to the cloud in
 // one NIC update rather than one per address age. It holds at most one
@@ -156,7 +151,7 @@ func (d *Daemon) holdPartialRelease(now time.Time, dec pool.Decision) (time.Dura
 	if d.partialSince.IsZero() {
 		d.partialSince = now
 	}
-	if now.Sub(d.partialSince) >= d.opts.Targets.ReleaseDelay {
+	if now.Sub(d.partialSince) >= d.targets.ReleaseDelay {
 		d.partialSince = time.Time{}
 		return 0, false
 	}
@@ -181,30 +176,50 @@ func (d *Daemon) connectCloud(ctx context.Context) (Cloud, error) {
 	if err != nil {
 		return nil, err
 	}
-	node := c.Node()
 	d.mu.Lock()
-	d.cloud, d.node = c, node
+	d.cloud = c
 	d.mu.Unlock()
-	d.log.Info("connected to the cloud", "provider", node.Provider, "vm", node.VMName, "nic", node.NICName,
-		"primaryIP", node.PrimaryIP.String(), "subnet", node.Subnet.String(), "gateway", node.Gateway.String())
 	return c, nil
 }
 
-// sync reads the NIC and aligns the store with it.
+// sync reads the instance and aligns the store with its interfaces.
 func (d *Daemon) sync(ctx context.Context, c Cloud) error {
 	start := time.Now()
-	nic, err := c.NIC(ctx)
+	inst, err := c.Instance(ctx)
 	d.metrics.observeCloud("nic_read", start, err)
 	if err != nil {
 		return err
 	}
-	res, err := d.store.Reconcile(nic.Secondary)
+	primary, ok := inst.Primary()
+	if !ok {
+		return &cloud.Error{Kind: cloud.Fatal, Op: "read instance", Err: errors.New("the instance has no primary interface")}
+	}
+	onCloud := map[netip.Addr]string{}
+	for _, ifc := range inst.Interfaces {
+		for _, ip := range ifc.Secondary {
+			onCloud[ip] = ifc.ID
+		}
+	}
+	res, err := d.store.Reconcile(onCloud)
 	if err != nil {
 		return err
 	}
+	d.mu.Lock()
+	first := !d.synced
+	d.inst, d.iface = inst, primary
+	d.capacity = inst.Limits.Secondaries(managedInterfaces)
+	d.mu.Unlock()
+	if first {
+		d.log.Info("connected to the cloud", "provider", inst.Provider, "instance", inst.Name, "interface", primary.ID,
+			"primaryIP", primary.PrimaryIP.String(), "subnet", primary.Subnet.String(), "gateway", primary.Gateway.String(),
+			"interfaces", len(inst.Interfaces), "addressesPerInterface", inst.Limits.AddressesPerInterface)
+	}
 	if len(res.Added) > 0 {
-		d.log.Info("addresses on the NIC unknown to the store are now free", "count", len(res.Added))
+		d.log.Info("addresses on the instance's interfaces unknown to the store are now free", "count", len(res.Added))
 		d.signalFree()
+	}
+	if len(res.Moved) > 0 {
+		d.log.Info("recorded the interface of addresses", "count", len(res.Moved))
 	}
 	for _, r := range res.Dropped {
 		lvl := slog.LevelInfo
@@ -222,16 +237,20 @@ func (d *Daemon) sync(ctx context.Context, c Cloud) error {
 	return nil
 }
 
+// allocate adds n addresses to the primary interface.
 func (d *Daemon) allocate(ctx context.Context, c Cloud, n int) error {
+	d.mu.Lock()
+	iface := d.iface.ID
+	d.mu.Unlock()
 	start := time.Now()
-	ips, err := c.AddIPs(ctx, n)
+	ips, err := c.AddAddresses(ctx, iface, n)
 	d.metrics.observeCloud("add_ips", start, err)
 	d.mu.Lock()
 	d.lastWrite = d.opts.Now()
 	d.mu.Unlock()
 	if len(ips) > 0 {
 		// Whatever the cloud confirmed is kept, even with an error.
-		if _, serr := d.store.AddFree(ips...); serr != nil {
+		if _, serr := d.store.AddFree(iface, ips...); serr != nil {
 			return errors.Join(err, serr)
 		}
 		d.mu.Lock()
@@ -247,25 +266,51 @@ func (d *Daemon) allocate(ctx context.Context, c Cloud, n int) error {
 	return nil
 }
 
-// release removes ips (in state releasing) from the NIC and then from the
-// store. On failure they stay releasing and the next round tries again:
-// the outcome of a failed call is unknown, so they are never handed out.
-func (d *Daemon) release(ctx context.Context, c Cloud, ips []netip.Addr) error {
-	start := time.Now()
-	err := c.RemoveIPs(ctx, ips)
-	d.metrics.observeCloud("remove_ips", start, err)
-	d.mu.Lock()
-	d.lastWrite = d.opts.Now()
-	d.mu.Unlock()
-	if err != nil {
-		return err
+// release removes addresses (in state releasing) from their interfaces,
+// one update per interface, and then from the store. On failure they stay
+// releasing and the next round tries again: the outcome of a failed call is
+// unknown, so they are never handed out.
+func (d *Daemon) release(ctx context.Context, c Cloud, byIface map[string][]netip.Addr) error {
+	for _, iface := range slices.Sorted(maps.Keys(byIface)) {
+		ips := byIface[iface]
+		start := time.Now()
+		err := c.RemoveAddresses(ctx, iface, ips)
+		d.metrics.observeCloud("remove_ips", start, err)
+		d.mu.Lock()
+		d.lastWrite = d.opts.Now()
+		d.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if err := d.store.Remove(ips...); err != nil {
+			return err
+		}
+		d.metrics.releasedToCloud.Add(float64(len(ips)))
 	}
-	if err := d.store.Remove(ips...); err != nil {
-		return err
-	}
-	d.metrics.releasedToCloud.Add(float64(len(ips)))
 	d.succeeded()
 	return nil
+}
+
+// byInterface groups ips by the interface their records name; a record
+// without one (written before records named their interface, and not
+// reconciled yet) is on the primary interface.
+func (d *Daemon) byInterface(records []store.Record, ips []netip.Addr) map[string][]netip.Addr {
+	d.mu.Lock()
+	primary := d.iface.ID
+	d.mu.Unlock()
+	ifaceOf := make(map[netip.Addr]string, len(records))
+	for _, r := range records {
+		ifaceOf[r.IP] = r.Interface
+	}
+	out := map[string][]netip.Addr{}
+	for _, ip := range ips {
+		iface := ifaceOf[ip]
+		if iface == "" {
+			iface = primary
+		}
+		out[iface] = append(out[iface], ip)
+	}
+	return out
 }
 
 // fail records a cloud error and returns the back-off before the next round.
@@ -338,7 +383,7 @@ func (d *Daemon) updateReadiness(records []store.Record) {
 }
 
 func (d *Daemon) planInput(now time.Time, records []store.Record) pool.Input {
-	in := pool.Input{Now: now, Targets: d.opts.Targets}
+	in := pool.Input{Now: now}
 	for _, r := range records {
 		switch r.State {
 		case store.StateFree:
@@ -353,6 +398,8 @@ func (d *Daemon) planInput(now time.Time, records []store.Record) pool.Input {
 	}
 	d.mu.Lock()
 	in.Pending = d.pending
+	in.Targets = d.targets
+	in.Capacity = d.capacity
 	d.mu.Unlock()
 	return in
 }

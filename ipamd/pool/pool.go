@@ -8,19 +8,12 @@
 package pool
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"time"
 )
-
-// NICMaxIPConfigs is the number of ipConfigurations an Azure NIC can hold,
-// the primary one included.
-const NICMaxIPConfigs = 256
-
-// MaxSecondaryIPs is the number of secondary addresses a NIC can hold: every
-// ipConfiguration except the primary. It is the hard ceiling of Targets.MaxIPs.
-const MaxSecondaryIPs = NICMaxIPConfigs - 1
 
 // Targets are the pool sizes the operator asks for (see the ipamd config package).
 type Targets struct {
@@ -29,8 +22,9 @@ type Targets struct {
 	// MinIPTarget is the floor of secondary addresses on the NIC (free, assigned
 	// and cooling together); the primary address is not counted.
 	MinIPTarget int
-	// MaxIPs is the ceiling of secondary addresses on the NIC. Values above
-	// MaxSecondaryIPs, zero and negative values mean MaxSecondaryIPs.
+	// MaxIPs is the operator's ceiling of secondary addresses; the
+	// provider's (Input.Capacity) applies too. Zero and negative values
+	// leave only the provider's.
 	MaxIPs int
 	// BatchSize is the allocation granularity: an allocation asks for what is
 	// needed rounded up to a multiple of BatchSize (then capped by MaxIPs).
@@ -39,6 +33,29 @@ type Targets struct {
 	// ReleaseDelay is how long an address must have been free before it may be
 	// released to the cloud as excess.
 	ReleaseDelay time.Duration
+}
+
+// Validate reports targets that no configuration should produce: negative
+// sizes or delay, or a batch below 1. Plan itself copes with any value (see
+// the field comments), and targets above the ceiling only make it report
+// LimitReached; Validate is for callers that take targets from outside.
+func (t Targets) Validate() error {
+	var errs []error
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"warmIPTarget", t.WarmIPTarget}, {"minIPTarget", t.MinIPTarget}, {"maxIPs", t.MaxIPs}} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %d is negative", f.name, f.v))
+		}
+	}
+	if t.BatchSize < 1 {
+		errs = append(errs, fmt.Errorf("batchSize %d is below 1", t.BatchSize))
+	}
+	if t.ReleaseDelay < 0 {
+		errs = append(errs, fmt.Errorf("releaseDelay %s is negative", t.ReleaseDelay))
+	}
+	return errors.Join(errs...)
 }
 
 // FreeIP is a free address and the instant it became free.
@@ -66,6 +83,21 @@ type Input struct {
 	Pending int
 	// Targets are the configured pool sizes.
 	Targets Targets
+	// Capacity is the number of secondary addresses the provider allows on
+	// the interfaces the pool fills (cloud.Limits.Secondaries); the pool
+	// never grows beyond it, whatever Targets.MaxIPs says. Zero or less
+	// means no room.
+	Capacity int
+}
+
+// Ceiling is the most secondary addresses the pool may hold: the provider's
+// capacity, lowered to the operator's MaxIPs when that is set.
+func Ceiling(t Targets, capacity int) int {
+	capacity = max(capacity, 0)
+	if t.MaxIPs > 0 {
+		return min(t.MaxIPs, capacity)
+	}
+	return capacity
 }
 
 // Action is what a Decision asks the daemon to do.
@@ -106,7 +138,7 @@ type Decision struct {
 	// applied; it is set whenever the pool is short, also when LimitReached.
 	Wanted int
 	// LimitReached reports that the pool wants more addresses than MaxIPs or
-	// the NIC allow: Allocate is smaller than Wanted (possibly zero). The
+	// the provider's capacity allow: Allocate is smaller than Wanted (possibly zero). The
 	// daemon reports it instead of calling the cloud for the missing part.
 	LimitReached bool
 	// RecheckAt, when not zero, is the earliest instant at which Plan may
@@ -125,12 +157,14 @@ type Decision struct {
 //     updates of the same NIC that would race on its ETag. The daemon plans again
 //     once the release has been confirmed (store Remove) or reverted. At startup
 //     it resolves releasing entries left by a crash before it plans.
-//   - Total is free + assigned + cooling. The ceiling is min(MaxIPs, 255).
+//   - Total is free + assigned + cooling. The ceiling is [Ceiling]: the
+//     provider's Capacity, lowered to MaxIPs when that is set.
 //   - Short: wanted = max(WarmIPTarget + Pending - free, MinIPTarget - total).
 //     When wanted > 0 the pool allocates wanted rounded up to BatchSize, capped
 //     by the room below the ceiling. If the cap cuts the allocation, LimitReached
 //     is set (with Allocate 0 and ActionNone when there is no room at all).
-//   - Above the ceiling (MaxIPs lowered below the current total): free
+//   - Above the ceiling (MaxIPs lowered below the current total, or a
+//     provider that allows fewer addresses than the interfaces hold): free
 //     addresses are released down to the ceiling, even below the warm target;
 //     LimitReached is set when the pool is short at the same time.
 //   - Excess: there is excess only when more than WarmIPTarget+BatchSize-1
@@ -150,7 +184,7 @@ func Plan(in Input) Decision {
 	releasing := max(in.Releasing, 0)
 	pending := max(in.Pending, 0)
 	total := free + assigned + cooling
-	ceiling := t.MaxIPs
+	ceiling := Ceiling(t, in.Capacity)
 
 	if releasing > 0 {
 		return Decision{
@@ -199,9 +233,6 @@ func Plan(in Input) Decision {
 func normalize(t Targets) Targets {
 	t.WarmIPTarget = max(t.WarmIPTarget, 0)
 	t.MinIPTarget = max(t.MinIPTarget, 0)
-	if t.MaxIPs <= 0 || t.MaxIPs > MaxSecondaryIPs {
-		t.MaxIPs = MaxSecondaryIPs
-	}
 	t.BatchSize = max(t.BatchSize, 1)
 	t.ReleaseDelay = max(t.ReleaseDelay, 0)
 	return t

@@ -43,6 +43,14 @@ func concat(parts ...[]FreeIP) []FreeIP {
 	return out
 }
 
+// azureNIC is the capacity of an Azure NIC: 256 ipConfigurations, one of
+// them the primary; t3Medium that of an EC2 t3.medium's primary ENI (6
+// addresses, one of them the primary).
+const (
+	azureNIC = 255
+	t3Medium = 5
+)
+
 func TestPlan(t *testing.T) {
 	def := Targets{WarmIPTarget: 10, MinIPTarget: 0, MaxIPs: 30, BatchSize: 10, ReleaseDelay: time.Minute}
 	with := func(f func(*Targets)) Targets {
@@ -116,15 +124,27 @@ func TestPlan(t *testing.T) {
 			reason: "limit reached",
 		},
 		{
-			name:   "maxIPs above the NIC limit is capped at 255 secondaries",
+			name:   "maxIPs above the provider's capacity is capped at it (an Azure NIC: 255 secondaries)",
 			in:     Input{Now: t0, Free: freeSince(1, 3, old), Assigned: 250, Targets: with(func(t *Targets) { t.MaxIPs = 1000 })},
 			want:   Decision{Action: ActionAllocate, Allocate: 2, Wanted: 7, LimitReached: true},
 			reason: "maximum of 255",
 		},
 		{
-			name: "maxIPs zero means the NIC limit",
+			name: "maxIPs zero means the provider's capacity",
 			in:   Input{Now: t0, Assigned: 255, Targets: with(func(t *Targets) { t.MaxIPs = 0 })},
 			want: Decision{Action: ActionNone, Wanted: 10, LimitReached: true},
+		},
+		{
+			name:   "a small provider capacity wins over maxIPs (a t3.medium's primary ENI)",
+			in:     Input{Now: t0, Free: freeSince(1, 1, old), Assigned: 2, Capacity: t3Medium, Targets: def},
+			want:   Decision{Action: ActionAllocate, Allocate: 2, Wanted: 9, LimitReached: true},
+			reason: "maximum of 5",
+		},
+		{
+			name:   "no capacity, no room",
+			in:     Input{Now: t0, Capacity: -1, Targets: def},
+			want:   Decision{Action: ActionNone, Wanted: 10, LimitReached: true},
+			reason: "at most 0",
 		},
 		{
 			name:   "min floor: total below minIPTarget allocates even with warm satisfied",
@@ -233,6 +253,9 @@ func TestPlan(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.in.Capacity == 0 {
+				tc.in.Capacity = azureNIC
+			}
 			got := Plan(tc.in)
 			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreFields(Decision{}, "Reason"), cmpopts.EquateComparable(netip.Addr{})); diff != "" {
 				t.Errorf("Plan() mismatch (-want +got):\n%s\nreason: %s", diff, got.Reason)
@@ -258,26 +281,28 @@ func TestPlanInvariants(t *testing.T) {
 		{WarmIPTarget: 1, MaxIPs: 1, BatchSize: 1},
 	}
 	for ti, tg := range targets {
-		t.Run(fmt.Sprintf("targets%d", ti), func(t *testing.T) {
-			for free := 0; free <= 40; free += 3 {
-				for assigned := 0; assigned <= 260; assigned += 13 {
-					for _, cooling := range []int{0, 4} {
-						for _, releasing := range []int{0, 2} {
-							in := Input{Now: t0, Free: freeSince(1000, free, t0.Add(-time.Duration(free)*time.Minute)),
-								Assigned: assigned, Cooling: cooling, Releasing: releasing, Targets: tg}
-							checkInvariants(t, in, Plan(in))
+		for _, capacity := range []int{azureNIC, t3Medium, 0} {
+			t.Run(fmt.Sprintf("targets%d/capacity%d", ti, capacity), func(t *testing.T) {
+				for free := 0; free <= 40; free += 3 {
+					for assigned := 0; assigned <= 260; assigned += 13 {
+						for _, cooling := range []int{0, 4} {
+							for _, releasing := range []int{0, 2} {
+								in := Input{Now: t0, Free: freeSince(1000, free, t0.Add(-time.Duration(free)*time.Minute)),
+									Assigned: assigned, Cooling: cooling, Releasing: releasing, Targets: tg, Capacity: capacity}
+								checkInvariants(t, in, Plan(in))
+							}
 						}
 					}
 				}
-			}
-		})
+			})
+		}
 	}
 }
 
 func checkInvariants(t *testing.T, in Input, d Decision) {
 	t.Helper()
 	total := len(in.Free) + in.Assigned + in.Cooling
-	ceiling := normalize(in.Targets).MaxIPs
+	ceiling := Ceiling(in.Targets, in.Capacity)
 	ctx := fmt.Sprintf("free=%d assigned=%d cooling=%d releasing=%d %+v: %+v",
 		len(in.Free), in.Assigned, in.Cooling, in.Releasing, in.Targets, d)
 	if in.Releasing > 0 && d.Action != ActionNone {
@@ -334,7 +359,7 @@ func TestActionString(t *testing.T) {
 func TestPlanDoesNotModifyInput(t *testing.T) {
 	free := concat(freeSince(1, 15, t0), freeSince(20, 10, t0.Add(-time.Hour)))
 	before := append([]FreeIP(nil), free...)
-	Plan(Input{Now: t0, Free: free, Targets: Targets{WarmIPTarget: 1, BatchSize: 1}})
+	Plan(Input{Now: t0, Free: free, Targets: Targets{WarmIPTarget: 1, BatchSize: 1}, Capacity: azureNIC})
 	if diff := cmp.Diff(before, free, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
 		t.Errorf("Plan modified Input.Free (-before +after):\n%s", diff)
 	}

@@ -38,6 +38,7 @@ func testAssignment(containerID, ip string) api.Assignment {
 		PodNamespace: "default",
 		PodName:      "pod-" + containerID,
 		IP:           netip.MustParseAddr(ip),
+		Interface:    "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces/node-1-nic",
 		Subnet:       testSubnet,
 		Gateway:      testGateway,
 		MTU:          1500,

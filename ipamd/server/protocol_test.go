@@ -289,7 +289,8 @@ func TestRequestVersions(t *testing.T) {
 		wantCode    api.Code // "" for success
 		wantMessage []string
 	}{
-		{name: "current", payload: `{"version":"1.0","op":"status","timeoutMs":5000,"body":{}}`},
+		{name: "current", payload: `{"version":"` + api.Version + `","op":"status","timeoutMs":5000,"body":{}}`},
+		{name: "older minor (1.0, before interfaces)", payload: `{"version":"1.0","op":"status","timeoutMs":5000,"body":{}}`},
 		{name: "newer minor with unknown fields",
 			payload: `{"version":"1.7","op":"status","timeoutMs":5000,"trace":"abc","body":{"verbose":true}}`},
 		{name: "newer minor without body", payload: `{"version":"1.12","op":"status"}`},
@@ -385,9 +386,11 @@ func TestClientResponses(t *testing.T) {
 	}{
 		{name: "newer minor with unknown fields",
 			reply: frame(`{"version":"1.4","extra":1,"body":{"ready":true,"nodeName":"n","future":{"x":1}}}`)},
+		{name: "older minor without the interface (a 1.0 daemon)",
+			reply: frame(`{"version":"1.0","body":{"ready":true,"nodeName":"n","subnet":"10.240.0.0/16"}}`)},
 		{name: "newer major",
 			reply:    frame(`{"version":"2.0","body":{"ready":true}}`),
-			wantCode: api.CodeVersionMismatch, wantMessage: "response of protocol version 2.0 is not supported: this client speaks 1.0"},
+			wantCode: api.CodeVersionMismatch, wantMessage: "response of protocol version 2.0 is not supported: this client speaks " + api.Version},
 		{name: "error of a newer major",
 			reply:    frame(`{"version":"2.0","error":{"code":"TryAgain","message":"later"}}`),
 			wantCode: api.CodeTryAgain, wantMessage: "later"},

@@ -18,7 +18,7 @@ func BenchmarkAssignRelease(b *testing.B) {
 	}
 	defer s.Close()
 	for i := range 250 {
-		if _, err := s.AddFree(ip(i + 1)); err != nil {
+		if _, err := s.AddFree("nic-0", ip(i+1)); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -56,7 +56,7 @@ func BenchmarkOpen(b *testing.B) {
 		b.Fatal(err)
 	}
 	for i := range 250 {
-		if _, err := s.AddFree(ip(i + 1)); err != nil {
+		if _, err := s.AddFree("nic-0", ip(i+1)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -212,7 +212,7 @@ func TestKillChild(t *testing.T) {
 				add = append(add, netip.AddrFrom4([4]byte{10, byte(iter + 1), byte(next / 256), byte(next % 256)}).String())
 			}
 			fmt.Printf("begin add %s\n", addrList(add))
-			added, err := s.AddFree(parseList(addrList(add))...)
+			added, err := s.AddFree("nic-0", parseList(addrList(add))...)
 			if err != nil {
 				fail(err)
 			}

@@ -397,11 +397,12 @@ func (s *Store) unindex(r Record) {
 // will read back from disk.
 func (s *Store) timestamp() time.Time { return s.now().UTC().Round(0) }
 
-// AddFree adds addresses as free, for example after the cloud added them to
-// the NIC. Addresses already in the store, in any state, are left alone. It
-// returns the addresses added, sorted. An invalid or zoned address gives an
-// error wrapping ErrInvalidIP and nothing is added.
-func (s *Store) AddFree(ips ...netip.Addr) ([]netip.Addr, error) {
+// AddFree adds addresses of the interface iface (the cloud's interface ID)
+// as free, for example after the cloud added them to that interface.
+// Addresses already in the store, in any state, are left alone. It returns
+// the addresses added, sorted. An invalid or zoned address gives an error
+// wrapping ErrInvalidIP and nothing is added.
+func (s *Store) AddFree(iface string, ips ...netip.Addr) ([]netip.Addr, error) {
 	if err := validIPs(ips); err != nil {
 		return nil, fmt.Errorf("add free: %w", err)
 	}
@@ -415,7 +416,7 @@ func (s *Store) AddFree(ips ...netip.Addr) ([]netip.Addr, error) {
 			continue
 		}
 		added = append(added, ip)
-		puts = append(puts, Record{IP: ip, State: StateFree, Since: now})
+		puts = append(puts, Record{IP: ip, Interface: iface, State: StateFree, Since: now})
 	}
 	if len(puts) == 0 {
 		return nil, s.writableLocked()
@@ -453,7 +454,7 @@ func (s *Store) Assign(owner Owner) (Record, error) {
 		if r.State == StateAssigned {
 			return r, nil
 		}
-		r = Record{IP: ip, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now}
+		r = Record{IP: ip, Interface: r.Interface, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now}
 		if err := s.commitLocked(entry{Op: "assign", Put: []Record{r}}); err != nil {
 			return Record{}, fmt.Errorf("assign %s: %w", a, err)
 		}
@@ -472,7 +473,7 @@ func (s *Store) Assign(owner Owner) (Record, error) {
 	if !found {
 		return Record{}, fmt.Errorf("assign %s: %w", a, ErrNoFree)
 	}
-	r := Record{IP: best.IP, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now}
+	r := Record{IP: best.IP, Interface: best.Interface, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now}
 	if err := s.commitLocked(entry{Op: "assign", Put: []Record{r}}); err != nil {
 		return Record{}, fmt.Errorf("assign %s: %w", a, err)
 	}
@@ -519,7 +520,7 @@ func (s *Store) Promote(now time.Time, cooldown time.Duration) ([]netip.Addr, er
 	var puts []Record
 	for _, r := range s.records {
 		if r.State == StateCooling && !r.Since.Add(cooldown).After(now) {
-			puts = append(puts, Record{IP: r.IP, State: StateFree, Since: now})
+			puts = append(puts, Record{IP: r.IP, Interface: r.Interface, State: StateFree, Since: now})
 		}
 	}
 	if len(puts) == 0 {
@@ -571,7 +572,7 @@ func (s *Store) transition(op string, ips []netip.Addr, from, to State) error {
 			return fmt.Errorf("%s %s: %w", op, ip, ErrUnknownIP)
 		case r.State == to:
 		case r.State == from:
-			puts = append(puts, Record{IP: ip, State: to, Since: now})
+			puts = append(puts, Record{IP: ip, Interface: r.Interface, State: to, Since: now})
 		default:
 			return fmt.Errorf("%s: %w", op, &TransitionError{IP: ip, From: r.State, To: to})
 		}
@@ -619,13 +620,20 @@ func (s *Store) Remove(ips ...netip.Addr) error {
 }
 
 // Reconcile aligns the store with the secondary addresses the cloud reports
-// on the NIC (the primary address excluded), in one change: addresses on the
-// NIC unknown to the store become free; records whose address is no longer on
-// the NIC are dropped, whatever their state, and returned for the daemon to
-// log. Records still on the NIC keep their state, releasing ones included: the
-// daemon decides whether to retry their removal or revert them.
-func (s *Store) Reconcile(nicIPs []netip.Addr) (ReconcileResult, error) {
-	if err := validIPs(nicIPs); err != nil {
+// on the instance's interfaces (primary addresses excluded), given as address
+// → interface ID, in one change: addresses unknown to the store become free;
+// records whose address is no longer on any interface are dropped, whatever
+// their state, and returned for the daemon to log; records whose interface
+// differs from the cloud's (records written before the store knew
+// interfaces have none) take the cloud's and keep their state. Records still
+// on an interface keep their state, releasing ones included: the daemon
+// decides whether to retry their removal.
+func (s *Store) Reconcile(onCloud map[netip.Addr]string) (ReconcileResult, error) {
+	ips := make([]netip.Addr, 0, len(onCloud))
+	for ip := range onCloud {
+		ips = append(ips, ip)
+	}
+	if err := validIPs(ips); err != nil {
 		return ReconcileResult{}, fmt.Errorf("reconcile: %w", err)
 	}
 	s.mu.Lock()
@@ -634,18 +642,22 @@ func (s *Store) Reconcile(nicIPs []netip.Addr) (ReconcileResult, error) {
 		return ReconcileResult{}, fmt.Errorf("reconcile: %w", err)
 	}
 	now := s.timestamp()
-	onNIC := make(map[netip.Addr]bool, len(nicIPs))
 	var res ReconcileResult
 	var e entry
-	for _, ip := range sortedUnique(nicIPs) {
-		onNIC[ip] = true
-		if _, ok := s.records[ip]; !ok {
+	for _, ip := range sortedUnique(ips) {
+		r, ok := s.records[ip]
+		switch {
+		case !ok:
 			res.Added = append(res.Added, ip)
-			e.Put = append(e.Put, Record{IP: ip, State: StateFree, Since: now})
+			e.Put = append(e.Put, Record{IP: ip, Interface: onCloud[ip], State: StateFree, Since: now})
+		case r.Interface != onCloud[ip]:
+			res.Moved = append(res.Moved, ip)
+			r.Interface = onCloud[ip]
+			e.Put = append(e.Put, r)
 		}
 	}
 	for _, r := range s.listLocked() {
-		if !onNIC[r.IP] {
+		if _, ok := onCloud[r.IP]; !ok {
 			res.Dropped = append(res.Dropped, r)
 			e.Del = append(e.Del, r.IP)
 		}

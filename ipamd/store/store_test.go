@@ -37,6 +37,21 @@ func (c *clock) advance(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
+// nic0 and nic1 are interface IDs as the cloud names them.
+const (
+	nic0 = "nic-0"
+	nic1 = "nic-1"
+)
+
+// onNIC is what the cloud reports: every address on iface.
+func onNIC(iface string, addrs ...netip.Addr) map[netip.Addr]string {
+	m := make(map[netip.Addr]string, len(addrs))
+	for _, a := range addrs {
+		m[a] = iface
+	}
+	return m
+}
+
 func ip(n int) netip.Addr { return netip.AddrFrom4([4]byte{10, 1, byte(n / 256), byte(n % 256)}) }
 
 func ips(ns ...int) []netip.Addr {
@@ -81,18 +96,26 @@ func mustDo(t *testing.T, err error) {
 	}
 }
 
-func free(n int, since time.Time) Record { return Record{IP: ip(n), State: StateFree, Since: since} }
+func free(n int, since time.Time) Record {
+	return Record{IP: ip(n), Interface: nic0, State: StateFree, Since: since}
+}
 
 func assigned(n int, id string, at time.Time) Record {
-	return Record{IP: ip(n), State: StateAssigned, Owner: owner(id), Since: at, AssignedAt: at}
+	return Record{IP: ip(n), Interface: nic0, State: StateAssigned, Owner: owner(id), Since: at, AssignedAt: at}
 }
 
 func cooling(n int, id string, assignedAt, releasedAt time.Time) Record {
-	return Record{IP: ip(n), State: StateCooling, Owner: owner(id), Since: releasedAt, AssignedAt: assignedAt, ReleasedAt: releasedAt}
+	return Record{IP: ip(n), Interface: nic0, State: StateCooling, Owner: owner(id), Since: releasedAt, AssignedAt: assignedAt, ReleasedAt: releasedAt}
 }
 
 func releasing(n int, since time.Time) Record {
-	return Record{IP: ip(n), State: StateReleasing, Since: since}
+	return Record{IP: ip(n), Interface: nic0, State: StateReleasing, Since: since}
+}
+
+// on returns r on interface iface.
+func on(iface string, r Record) Record {
+	r.Interface = iface
+	return r
 }
 
 // TestTransitions runs every operation from a known state and checks the
@@ -102,16 +125,13 @@ func TestTransitions(t *testing.T) {
 	t1 := t0.Add(time.Second)
 	t2 := t0.Add(2 * time.Second)
 
-	// base: 1 and 2 free since t0, 3 free since t1 (so 1 is the oldest),
-	// 4 assigned to "a", 5 cooling from "b", 6 releasing.
+	// base, all on nic0: 1, 2 and 3 free since t1, 4 assigned to "a",
+	// 5 cooling from "b", 6 releasing.
 	base := func(t *testing.T, s *Store, clk *clock) {
-		must(s.AddFree(ips(1, 2, 4, 5, 6)...))(t)
 		clk.advance(time.Second)
-		must(s.AddFree(ip(3)))(t)
-		mustDo(t, s.MarkReleasing(ip(6)))
-		// Assign takes the oldest free: 1, then 2; release them and
-		// make room so that 4 and 5 end up assigned and cooling.
-		mustDo(t, s.MarkReleasing(ip(1), ip(2)))
+		// Only 4 and 5 are free at first, so that they are the ones
+		// assigned.
+		must(s.AddFree(nic0, ip(4), ip(5)))(t)
 		r := must(s.Assign(owner("a")))(t)
 		if r.IP != ip(4) {
 			t.Fatalf("setup: assigned %s, want %s", r.IP, ip(4))
@@ -120,7 +140,8 @@ func TestTransitions(t *testing.T) {
 		if r.IP != ip(5) {
 			t.Fatalf("setup: assigned %s, want %s", r.IP, ip(5))
 		}
-		mustDo(t, s.RevertReleasing(ip(1), ip(2)))
+		must(s.AddFree(nic0, ips(1, 2, 3, 6)...))(t)
+		mustDo(t, s.MarkReleasing(ip(6)))
 		clk.advance(time.Second)
 		_, _, err := s.Release(att("b"))
 		mustDo(t, err)
@@ -151,19 +172,19 @@ func TestTransitions(t *testing.T) {
 		},
 		{
 			name:       "add free skips known addresses and duplicates",
-			op:         func(s *Store, _ *clock) (any, error) { return s.AddFree(ip(7), ip(1), ip(7), ip(4), ip(8)) },
+			op:         func(s *Store, _ *clock) (any, error) { return s.AddFree(nic0, ip(7), ip(1), ip(7), ip(4), ip(8)) },
 			wantResult: ips(7, 8),
 			want:       append(cloneRecords(baseRecords), free(7, t3), free(8, t3)),
 		},
 		{
 			name:    "add free rejects an invalid address and adds nothing",
-			op:      func(s *Store, _ *clock) (any, error) { return s.AddFree(ip(7), netip.Addr{}) },
+			op:      func(s *Store, _ *clock) (any, error) { return s.AddFree(nic0, ip(7), netip.Addr{}) },
 			wantErr: ErrInvalidIP,
 			want:    baseRecords,
 		},
 		{
 			name:    "add free rejects a zoned address",
-			op:      func(s *Store, _ *clock) (any, error) { return s.AddFree(netip.MustParseAddr("fe80::1%eth0")) },
+			op:      func(s *Store, _ *clock) (any, error) { return s.AddFree(nic0, netip.MustParseAddr("fe80::1%eth0")) },
 			wantErr: ErrInvalidIP,
 			want:    baseRecords,
 		},
@@ -186,8 +207,8 @@ func TestTransitions(t *testing.T) {
 			op: func(s *Store, _ *clock) (any, error) {
 				return s.Assign(Owner{ContainerID: "a", IfName: "net1"})
 			},
-			wantResult: Record{IP: ip(1), State: StateAssigned, Owner: Owner{ContainerID: "a", IfName: "net1"}, Since: t3, AssignedAt: t3},
-			want:       replace(baseRecords, Record{IP: ip(1), State: StateAssigned, Owner: Owner{ContainerID: "a", IfName: "net1"}, Since: t3, AssignedAt: t3}),
+			wantResult: Record{IP: ip(1), Interface: nic0, State: StateAssigned, Owner: Owner{ContainerID: "a", IfName: "net1"}, Since: t3, AssignedAt: t3},
+			want:       replace(baseRecords, Record{IP: ip(1), Interface: nic0, State: StateAssigned, Owner: Owner{ContainerID: "a", IfName: "net1"}, Since: t3, AssignedAt: t3}),
 		},
 		{
 			name:       "assign gives a cooling address back to its own attachment",
@@ -312,35 +333,29 @@ func TestTransitions(t *testing.T) {
 			want:           baseRecords,
 		},
 		{
-			name: "revert releasing returns the address to free with a new free-since",
-			op:   func(s *Store, _ *clock) (any, error) { return nil, s.RevertReleasing(ip(6), ip(1)) },
-			want: replace(baseRecords, free(6, t3)),
-		},
-		{
-			name:           "revert releasing refuses a cooling address",
-			op:             func(s *Store, _ *clock) (any, error) { return nil, s.RevertReleasing(ip(5)) },
-			wantTransition: &TransitionError{IP: ip(5), From: StateCooling, To: StateFree},
-			want:           baseRecords,
-		},
-		{
-			name:    "revert releasing of an unknown address fails",
-			op:      func(s *Store, _ *clock) (any, error) { return nil, s.RevertReleasing(ip(99)) },
-			wantErr: ErrUnknownIP,
-			want:    baseRecords,
-		},
-		{
 			name: "reconcile adds unknown addresses as free and drops those that left the NIC",
 			op: func(s *Store, _ *clock) (any, error) {
-				return s.Reconcile(ips(1, 3, 4, 6, 10, 11))
+				return s.Reconcile(onNIC(nic0, ips(1, 3, 4, 6, 10, 11)...))
 			},
 			wantResult: ReconcileResult{Added: ips(10, 11), Dropped: []Record{free(2, t1), cooling(5, "b", t1, t2)}},
 			want:       append(remove(baseRecords, 2, 5), free(10, t3), free(11, t3)),
 		},
 		{
 			name:       "reconcile with the same addresses changes nothing",
-			op:         func(s *Store, _ *clock) (any, error) { return s.Reconcile(ips(1, 2, 3, 4, 5, 6)) },
+			op:         func(s *Store, _ *clock) (any, error) { return s.Reconcile(onNIC(nic0, ips(1, 2, 3, 4, 5, 6)...)) },
 			wantResult: ReconcileResult{},
 			want:       baseRecords,
+		},
+		{
+			name: "reconcile records the interface the cloud reports, keeping the state",
+			op: func(s *Store, _ *clock) (any, error) {
+				m := onNIC(nic0, ips(1, 2, 3, 5, 6)...)
+				m[ip(4)] = nic1
+				m[ip(12)] = nic1
+				return s.Reconcile(m)
+			},
+			wantResult: ReconcileResult{Added: ips(12), Moved: ips(4)},
+			want:       append(replace(baseRecords, on(nic1, assigned(4, "a", t1))), on(nic1, free(12, t3))),
 		},
 		{
 			name:       "reconcile with an empty NIC drops everything, assigned included",
@@ -448,7 +463,7 @@ func sortRecords(rs []Record) []Record {
 func TestGetLookupCounts(t *testing.T) {
 	clk := &clock{now: t0}
 	s := openTest(t, t.TempDir(), clk)
-	must(s.AddFree(ips(1, 2, 3, 4)...))(t)
+	must(s.AddFree(nic0, ips(1, 2, 3, 4)...))(t)
 	a := must(s.Assign(owner("a")))(t)
 	must(s.Assign(owner("b")))(t)
 	_, _, err := s.Release(att("b"))
@@ -556,7 +571,7 @@ func TestTornTail(t *testing.T) {
 			dir := t.TempDir()
 			clk := &clock{now: t0}
 			s := openTest(t, dir, clk)
-			must(s.AddFree(ips(1, 2, 3)...))(t)
+			must(s.AddFree(nic0, ips(1, 2, 3)...))(t)
 			must(s.Assign(owner("a")))(t)
 			want := s.List()
 			mustDo(t, s.Close())
@@ -597,7 +612,7 @@ func TestJournalZeroFilled(t *testing.T) {
 	clk := &clock{now: t0}
 	s, err := Open(dir, Options{Now: clk.Now, CompactBytes: 8 * journalChunk})
 	mustDo(t, err)
-	must(s.AddFree(ips(1, 2, 3)...))(t)
+	must(s.AddFree(nic0, ips(1, 2, 3)...))(t)
 	path := filepath.Join(dir, journalName)
 	size := func() int64 {
 		fi, err := os.Stat(path)
@@ -710,7 +725,7 @@ func TestCorruptionRefused(t *testing.T) {
 			dir := t.TempDir()
 			clk := &clock{now: t0}
 			s := openTest(t, dir, clk)
-			must(s.AddFree(ips(1, 2, 3)...))(t)
+			must(s.AddFree(nic0, ips(1, 2, 3)...))(t)
 			must(s.Assign(owner("a")))(t)
 			mustDo(t, s.Compact())
 			must(s.Assign(owner("b")))(t)
@@ -750,7 +765,7 @@ func TestCompaction(t *testing.T) {
 	clk := &clock{now: t0}
 	s, err := Open(dir, Options{Now: clk.Now, CompactBytes: 4096})
 	mustDo(t, err)
-	must(s.AddFree(ips(1, 2, 3, 4, 5, 6, 7, 8)...))(t)
+	must(s.AddFree(nic0, ips(1, 2, 3, 4, 5, 6, 7, 8)...))(t)
 	for i := range 200 {
 		id := fmt.Sprintf("c%d", i%5)
 		must(s.Assign(owner(id)))(t)
@@ -815,9 +830,9 @@ func TestFileModes(t *testing.T) {
 	mustDo(t, os.Mkdir(dir, 0o755))
 	clk := &clock{now: t0}
 	s := openTest(t, dir, clk)
-	must(s.AddFree(ip(1)))(t)
+	must(s.AddFree(nic0, ip(1)))(t)
 	mustDo(t, s.Compact())
-	must(s.AddFree(ip(2)))(t)
+	must(s.AddFree(nic0, ip(2)))(t)
 
 	want := map[string]os.FileMode{
 		".":          os.ModeDir | 0o700,
@@ -849,14 +864,14 @@ func TestLockAndClose(t *testing.T) {
 	mustDo(t, s.Close())
 
 	ops := map[string]func() error{
-		"AddFree":         func() error { _, err := s.AddFree(ip(1)); return err },
+		"AddFree":         func() error { _, err := s.AddFree(nic0, ip(1)); return err },
 		"Assign":          func() error { _, err := s.Assign(owner("a")); return err },
 		"Release":         func() error { _, _, err := s.Release(att("a")); return err },
 		"Promote":         func() error { _, err := s.Promote(t0, 0); return err },
 		"MarkReleasing":   func() error { return s.MarkReleasing(ip(1)) },
 		"RevertReleasing": func() error { return s.RevertReleasing(ip(1)) },
 		"Remove":          func() error { return s.Remove(ip(1)) },
-		"Reconcile":       func() error { _, err := s.Reconcile(nil); return err },
+		"Reconcile":       func() error { _, err := s.Reconcile(onNIC(nic0, ip(1))); return err },
 		"SetMeta":         func() error { return s.SetMeta(Meta{NodeName: "x"}) },
 		"SetBootID":       func() error { _, err := s.SetBootID("x"); return err },
 		"Compact":         s.Compact,
@@ -879,7 +894,7 @@ func TestBrokenAfterWriteFailure(t *testing.T) {
 	dir := t.TempDir()
 	clk := &clock{now: t0}
 	s := openTest(t, dir, clk)
-	must(s.AddFree(ips(1, 2)...))(t)
+	must(s.AddFree(nic0, ips(1, 2)...))(t)
 	// Pull the file out from under the store.
 	s.mu.Lock()
 	_ = s.journal.Close()
@@ -891,7 +906,7 @@ func TestBrokenAfterWriteFailure(t *testing.T) {
 	if _, ok := s.Get(att("a")); ok {
 		t.Errorf("a failed Assign was applied in memory")
 	}
-	if _, err := s.AddFree(ip(3)); !errors.Is(err, ErrBroken) {
+	if _, err := s.AddFree(nic0, ip(3)); !errors.Is(err, ErrBroken) {
 		t.Errorf("AddFree on a broken store: error = %v, want ErrBroken", err)
 	}
 	s.mu.Lock()
@@ -942,7 +957,7 @@ func TestValidateDetects(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openTest(t, t.TempDir(), &clock{now: t0})
-			must(s.AddFree(ips(1, 2)...))(t)
+			must(s.AddFree(nic0, ips(1, 2)...))(t)
 			must(s.Assign(owner("a")))(t)
 			if err := s.Validate(); err != nil {
 				t.Fatalf("Validate before breaking: %v", err)
@@ -970,7 +985,7 @@ func TestConcurrentAssignRelease(t *testing.T) {
 	for i := range 60 { // fewer addresses than workers: contention and ErrNoFree
 		pool = append(pool, ip(i+1))
 	}
-	must(s.AddFree(pool...))(t)
+	must(s.AddFree(nic0, pool...))(t)
 
 	var mu sync.Mutex
 	holder := map[netip.Addr]string{}
@@ -1052,5 +1067,45 @@ func TestConcurrentAssignRelease(t *testing.T) {
 	c := s.Counts()
 	if c.Total() != len(pool) || c.Assigned != 0 {
 		t.Errorf("Counts = %+v, want %d addresses, none assigned", c, len(pool))
+	}
+}
+
+// TestOldJournalWithoutInterfaces opens a store written before records named
+// their interface, byte for byte as that version wrote it: the records load
+// without one, and the first Reconcile gives them the interface the cloud
+// reports, keeping their state and owner.
+func TestOldJournalWithoutInterfaces(t *testing.T) {
+	dir := t.TempDir()
+	var journal []byte
+	for _, rec := range []string{
+		`{"seq":1,"op":"boot","meta":{"bootID":"boot-a"}}`,
+		`{"seq":2,"op":"add","put":[{"ip":"10.1.0.1","state":"free","since":"2025-01-01T12:00:00Z"},{"ip":"10.1.0.2","state":"free","since":"2025-01-01T12:00:00Z"}]}`,
+		`{"seq":3,"op":"assign","put":[{"ip":"10.1.0.1","state":"assigned","owner":{"containerID":"a","ifName":"eth0","podNamespace":"default","podName":"pod-a","netns":"/var/run/netns/a"},"since":"2025-01-01T12:00:01Z","assignedAt":"2025-01-01T12:00:01Z"}]}`,
+	} {
+		journal = appendFrame(journal, []byte(rec))
+	}
+	journal = append(journal, make([]byte, 512)...)
+	if err := os.WriteFile(filepath.Join(dir, journalName), journal, fileMode); err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{now: t0.Add(time.Minute)}
+	s := openTest(t, dir, clk)
+	at := t0.Add(time.Second)
+	old := []Record{on("", assigned(1, "a", at)), on("", free(2, t0))}
+	if diff := cmp.Diff(old, s.List(), cmpAddr); diff != "" {
+		t.Fatalf("records of the old journal mismatch (-want +got):\n%s", diff)
+	}
+	res := must(s.Reconcile(onNIC(nic0, ip(1), ip(2))))(t)
+	if diff := cmp.Diff(ReconcileResult{Moved: ips(1, 2)}, res, cmpAddr, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("reconcile result mismatch (-want +got):\n%s", diff)
+	}
+	want := []Record{assigned(1, "a", at), free(2, t0)}
+	mustDo(t, s.Close())
+	s = openTest(t, dir, clk)
+	if diff := cmp.Diff(want, s.List(), cmpAddr); diff != "" {
+		t.Errorf("records after reconcile and reopen mismatch (-want +got):\n%s", diff)
+	}
+	if r, ok := s.Get(att("a")); !ok || r.Interface != nic0 {
+		t.Errorf("Get(a) = %+v, %v; want the assignment on %s", r, ok, nic0)
 	}
 }

@@ -71,8 +71,13 @@ func (o Owner) Attachment() Attachment {
 // Record is the persisted state of one address. Records handed out by the
 // store are copies.
 type Record struct {
-	IP    netip.Addr `json:"ip"`
-	State State      `json:"state"`
+	IP netip.Addr `json:"ip"`
+	// Interface is the cloud's ID of the interface the address is on (an
+	// Azure NIC's resource ID, an ENI ID). Records written before the store
+	// knew interfaces have none: they are on the primary interface, and the
+	// daemon's first Reconcile fills it in.
+	Interface string `json:"interface,omitempty"`
+	State     State  `json:"state"`
 	// Owner is set for assigned and cooling addresses and zero otherwise.
 	Owner Owner `json:"owner,omitzero"`
 	// Since is when the address entered State. For a free address it is the
@@ -111,6 +116,9 @@ func (c Counts) Total() int { return c.Free + c.Assigned + c.Cooling + c.Releasi
 type ReconcileResult struct {
 	// Added are addresses found on the NIC but unknown to the store, now free.
 	Added []netip.Addr
+	// Moved are addresses whose record now names the interface the cloud
+	// reports them on (an old record without one, or an address moved).
+	Moved []netip.Addr
 	// Dropped are the records (as they were) whose address is no longer on
 	// the NIC; they have been removed from the store.
 	Dropped []Record

@@ -101,7 +101,7 @@ func run(args []string) error {
 		BootID:         bootID,
 		ReleaseSpool:   cfg.ReleaseSpool,
 		Conflist: daemon.Conflist{Path: filepath.Join(cfg.CNIConfDir, cfg.CNIConfName),
-			Build: func(node cloud.Node) []byte { return conflist(cfg, node.VNetPrefixes) }},
+			Build: func(inst cloud.Instance) []byte { return conflist(cfg, inst.NetworkPrefixes) }},
 		Logger: log,
 	})
 	if err != nil {
