@@ -118,6 +118,61 @@ func TestDaemonBinary(t *testing.T) {
 		t.Error("metrics reachable from the host namespace; they must be on the node's loopback only")
 	}
 
+	// SIGHUP: the daemon re-reads the file's pool targets and grows the
+	// pool through the cloud; a changed field other than the targets is
+	// logged as needing a restart, and a broken file changes nothing.
+	n.Config.WarmIPTarget, n.Config.BatchSize = 12, 4
+	n.Config.LogLevel = config.LogDebug
+	if err := n.WriteConfig(); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(n.PID(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st, err = n.Status(ctx)
+		if err != nil {
+			t.Fatalf("status after SIGHUP: %v", err)
+		}
+		if st.Pool.Free >= 12 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool %+v 15 s after SIGHUP with warmIPTarget 12", st.Pool)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.storeMatchesNIC(t, n)
+	if err := os.WriteFile(n.ConfigPath, []byte(`{"warmIPTarget": -3}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(n.PID(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog := func(want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			logData, _ := os.ReadFile(n.LogPath)
+			if strings.Contains(string(logData), want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("log lacks %q:\n%s", want, logData)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitLog(`"fields":["logLevel"]`)
+	waitLog("keeping the running configuration")
+	if !n.Running() {
+		t.Fatal("vnet-ipamd ended after SIGHUP")
+	}
+	if st, err := n.Status(ctx); err != nil || st.Pool.Free < 12 {
+		t.Errorf("after a broken reload: %+v, %v; want the pool kept", st.Pool, err)
+	}
+
 	// SIGTERM: the daemon stops cleanly and removes its socket.
 	if err := n.StopIPAMD(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

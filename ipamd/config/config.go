@@ -9,10 +9,13 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"reflect"
+	"slices"
 	"time"
 
 	"github.com/vnet-cni/vnet-cni/cloud/azure"
@@ -301,4 +304,51 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// WithTargetsOf returns c with the pool targets of o (warmIPTarget,
+// minIPTarget, maxIPs, batchSize, releaseDelay, and ipAddressCount, which
+// only sizes the first fill): the part of a changed file that a running
+// daemon takes on.
+func (c Config) WithTargetsOf(o Config) Config {
+	c.WarmIPTarget, c.MinIPTarget, c.MaxIPs = o.WarmIPTarget, o.MinIPTarget, o.MaxIPs
+	c.BatchSize, c.ReleaseDelay, c.IPAddressCount = o.BatchSize, o.ReleaseDelay, o.IPAddressCount
+	return c
+}
+
+// Changed returns the JSON paths of the fields whose values differ between
+// a and b, such as "logLevel" or "cloud.azure.caFile", sorted.
+func Changed(a, b Config) []string {
+	var ma, mb map[string]any
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	if errA != nil || errB != nil || json.Unmarshal(ja, &ma) != nil || json.Unmarshal(jb, &mb) != nil {
+		return []string{"(unreadable)"}
+	}
+	var out []string
+	diffJSON("", ma, mb, &out)
+	slices.Sort(out)
+	return out
+}
+
+func diffJSON(prefix string, a, b map[string]any, out *[]string) {
+	keys := map[string]bool{}
+	for k := range a {
+		keys[k] = true
+	}
+	for k := range b {
+		keys[k] = true
+	}
+	for k := range keys {
+		va, vb := a[k], b[k]
+		sa, okA := va.(map[string]any)
+		sb, okB := vb.(map[string]any)
+		if okA && okB {
+			diffJSON(prefix+k+".", sa, sb, out)
+			continue
+		}
+		if !reflect.DeepEqual(va, vb) {
+			*out = append(*out, prefix+k)
+		}
+	}
 }

@@ -316,3 +316,23 @@ func TestPoolTargets(t *testing.T) {
 		t.Errorf("default log level %q not among the allowed ones", c.LogLevel)
 	}
 }
+
+func TestWithTargetsOfAndChanged(t *testing.T) {
+	running := Default()
+	next := Default()
+	next.WarmIPTarget, next.MaxIPs, next.BatchSize, next.ReleaseDelay = 20, 50, 5, Duration(time.Second)
+	if got := Changed(running.WithTargetsOf(next), next); len(got) != 0 {
+		t.Errorf("only targets changed, Changed = %v, want none", got)
+	}
+	if diff := cmp.Diff([]string{"batchSize", "maxIPs", "releaseDelay", "warmIPTarget"}, Changed(running, next)); diff != "" {
+		t.Errorf("Changed mismatch (-want +got):\n%s", diff)
+	}
+	next.LogLevel = LogDebug
+	next.Cloud.Azure.CAFile = "/etc/ca.pem"
+	if diff := cmp.Diff([]string{"cloud.azure.caFile", "logLevel"}, Changed(running.WithTargetsOf(next), next)); diff != "" {
+		t.Errorf("Changed besides targets mismatch (-want +got):\n%s", diff)
+	}
+	if got := running.WithTargetsOf(next).PoolTargets(); got != next.PoolTargets() {
+		t.Errorf("targets %+v, want %+v", got, next.PoolTargets())
+	}
+}

@@ -518,3 +518,56 @@ func TestResyncAdoptsAndDropsExternalChanges(t *testing.T) {
 		t.Errorf("externally added %v not adopted as free: %+v", added, list.Addresses)
 	}
 }
+
+func TestSetTargetsGrowsAndShrinksThePool(t *testing.T) {
+	// No resync for an hour: only SetTargets' kick can wake the worker.
+	h := newHarness(t, sim.Options{}, Options{Targets: targets(3, 0, 30, 3, 100*time.Millisecond), ResyncInterval: time.Hour})
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready && s.Pool.Total == 3 })
+	time.Sleep(100 * time.Millisecond) // the worker is asleep
+
+	if err := h.d.SetTargets(targets(12, 0, 20, 4, 100*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	st := h.waitFor("growth to the new warm target", 5*time.Second, func(s api.StatusResponse) bool { return s.Pool.Free >= 12 })
+	if st.Pool.Max != 20 {
+		t.Errorf("max = %d after raising the targets, want the new maxIPs 20", st.Pool.Max)
+	}
+	if got := len(h.nicSecondaries()); got != st.Pool.Total {
+		t.Errorf("the cloud shows %d secondaries, the pool %d", got, st.Pool.Total)
+	}
+
+	// Bad targets are refused and the pool keeps the old ones.
+	if err := h.d.SetTargets(targets(5, 0, 20, 0, time.Second)); err == nil {
+		t.Error("SetTargets accepted a batch size of 0")
+	}
+	if err := h.d.SetTargets(targets(-1, 0, 20, 1, time.Second)); err == nil {
+		t.Error("SetTargets accepted a negative warm target")
+	}
+
+	before := h.puts()
+	if err := h.d.SetTargets(targets(2, 0, 20, 1, 100*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	st = h.waitFor("shrink to the new warm target", 10*time.Second, func(s api.StatusResponse) bool {
+		return s.Pool.Total == 2 && s.Pool.Releasing == 0
+	})
+	if got := len(h.nicSecondaries()); got != 2 {
+		t.Errorf("the cloud shows %d secondaries after lowering the targets, want 2", got)
+	}
+	if h.puts() == before {
+		t.Error("the pool shrank without a NIC update")
+	}
+	// A maxIPs below the pool shrinks it even below the warm target.
+	if err := h.d.SetTargets(targets(2, 0, 1, 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	st = h.waitFor("shrink to the new maxIPs", 10*time.Second, func(s api.StatusResponse) bool {
+		return s.Pool.Total == 1 && s.Pool.Releasing == 0
+	})
+	if !st.LimitReached || st.Pool.Max != 1 {
+		t.Errorf("status %+v, want the limit of 1 reached", st.Pool)
+	}
+	if got := len(h.nicSecondaries()); got != 1 {
+		t.Errorf("the cloud shows %d secondaries under maxIPs 1, want 1", got)
+	}
+}

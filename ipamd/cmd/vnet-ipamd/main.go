@@ -4,6 +4,9 @@
 //
 //	vnet-ipamd [--config FILE] [--node-name NAME]   run the daemon
 //	vnet-ipamd status [--socket PATH] [--json]     print the pool and the assignments
+//
+// SIGHUP makes a running daemon re-read the pool targets from its
+// configuration file; other fields need a restart. SIGTERM stops it.
 package main
 
 import (
@@ -61,6 +64,10 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	// From here a SIGHUP reloads the pool targets instead of ending the
+	// daemon; one that arrives before the daemon runs waits in the channel.
+	hup, stopHangup := notifyHangup()
+	defer stopHangup()
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
@@ -135,6 +142,7 @@ func run(args []string) error {
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(context.Background()) }()
 	go func() { _ = metrics.Serve(metricsLn) }()
+	go reloadOnHangup(ctx, hup, *cfgPath, cfg, d, log)
 	log.Info("vnet-ipamd started", "node", *nodeName, "socket", cfg.SocketPath, "metrics", cfg.MetricsAddr.String(), "store", cfg.StoreDir)
 
 	select {
