@@ -14,7 +14,7 @@ import (
 // error the temporary file is removed and path is left as it was.
 func Write(path string, data []byte, perm os.FileMode) (err error) {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	f, err := os.CreateTemp(dir, TempPattern(filepath.Base(path)))
 	if err != nil {
 		return fmt.Errorf("create temp file for %s: %w", path, err)
 	}
@@ -44,6 +44,12 @@ func Write(path string, data []byte, perm os.FileMode) (err error) {
 	}
 	return syncDir(dir)
 }
+
+// TempPattern is the glob pattern, in the file's directory, of the
+// temporary files that Write creates for the file name: a crash between
+// their creation and the rename leaves one behind, which the directory's
+// owner may remove.
+func TempPattern(name string) string { return "." + name + ".tmp*" }
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

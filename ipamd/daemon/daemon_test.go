@@ -25,15 +25,17 @@ const token = "daemon-test-token"
 // harness is a daemon for node0 of a simulated control plane, served on a
 // real rpc socket, with the real Azure provider.
 type harness struct {
-	t      *testing.T
-	sim    *sim.Sim
-	d      *Daemon
-	st     *store.Store
-	client *api.Client
-	opts   Options
-	cfg    azure.Config
-	cancel context.CancelFunc
-	done   chan struct{}
+	t   *testing.T
+	sim *sim.Sim
+	d   *Daemon
+	st  *store.Store
+	// storeDir is st's directory.
+	storeDir string
+	client   *api.Client
+	opts     Options
+	cfg      azure.Config
+	cancel   context.CancelFunc
+	done     chan struct{}
 }
 
 func newHarness(t *testing.T, simOpts sim.Options, opts Options) *harness {
@@ -79,7 +81,7 @@ func (h *harness) start(storeDir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.st = st
+	h.st, h.storeDir = st, storeDir
 	opts := h.opts
 	if opts.Conflist.Path == "" {
 		opts.Conflist = Conflist{Path: filepath.Join(t.TempDir(), "10-vnet-cni.conflist"), Data: []byte(`{"name":"vnet-cni"}`)}
@@ -438,7 +440,7 @@ func TestRestartKeepsAssignmentsAndRebootReleasesThem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := h.st.Dir()
+	dir := h.storeDir
 
 	// A restart (same boot) keeps the assignment.
 	h.stop()

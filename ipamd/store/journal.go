@@ -19,7 +19,7 @@ import (
 //
 //	lock      flock(2)ed by the process that has the store open
 //	snapshot  one frame: the whole state up to snapshotFile.Seq (absent before
-//	          the first compaction); replaced atomically by rename
+//	          the first compaction); replaced atomically (internal/atomicfile)
 //	journal   frames written since the snapshot, one per change, followed by
 //	          zeros: the file is zero-filled ahead of the records in chunks,
 //	          so that a record's fdatasync does not change the file's size
@@ -60,15 +60,15 @@ type entry struct {
 	Op   string       `json:"op"`
 	Put  []Record     `json:"put,omitempty"`
 	Del  []netip.Addr `json:"del,omitempty"`
-	Meta *Meta        `json:"meta,omitempty"`
+	Meta *storeMeta   `json:"meta,omitempty"`
 }
 
 // snapshotFile is the content of the snapshot frame.
 type snapshotFile struct {
-	Version int      `json:"version"`
-	Seq     uint64   `json:"seq"`
-	Meta    Meta     `json:"meta"`
-	Records []Record `json:"records"`
+	Version int       `json:"version"`
+	Seq     uint64    `json:"seq"`
+	Meta    storeMeta `json:"meta"`
+	Records []Record  `json:"records"`
 }
 
 func appendFrame(dst, payload []byte) []byte {
@@ -138,34 +138,6 @@ func loadSnapshot(path string) (snapshotFile, error) {
 		return snapshotFile{}, fmt.Errorf("snapshot %s: version %d, want %d: %w", path, snap.Version, snapshotVersion, ErrCorrupt)
 	}
 	return snap, nil
-}
-
-// writeFileAtomic replaces dir/name with data: temporary file, fsync, rename,
-// fsync of the directory. On error the old file is left in place.
-func writeFileAtomic(dir, name string, data []byte) (err error) {
-	tmp := filepath.Join(dir, name+tmpSuffix)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, fileMode)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, f.Close(), os.Remove(tmp))
-		}
-	}()
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	return syncDir(dir)
 }
 
 func syncDir(dir string) error {

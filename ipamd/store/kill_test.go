@@ -261,12 +261,21 @@ func TestKillChild(t *testing.T) {
 			}
 			fmt.Printf("ack remove %s\n", l)
 		default:
-			l := pick(StateReleasing)
-			fmt.Printf("begin revert %s\n", l)
-			if err := s.RevertReleasing(parseList(l)...); err != nil {
+			// The cloud reports some addresses on the other interface: a
+			// reconcile rewrites their records, keeping their states.
+			l := pick([]State{StateFree, StateAssigned, StateCooling, StateReleasing}[rng.IntN(4)])
+			onCloud := map[netip.Addr]string{}
+			for _, r := range recs {
+				onCloud[r.IP] = r.Interface
+			}
+			for _, a := range parseList(l) {
+				onCloud[a] = otherInterface(onCloud[a])
+			}
+			fmt.Printf("begin move %s\n", l)
+			if _, err := s.Reconcile(onCloud); err != nil {
 				fail(err)
 			}
-			fmt.Printf("ack revert %s\n", l)
+			fmt.Printf("ack move %s\n", l)
 		}
 	}
 }
@@ -298,10 +307,20 @@ func parseList(s string) []netip.Addr {
 	return out
 }
 
-// mrec is the model of one address: its state and, when owned, its container.
+// mrec is the model of one address: its state, when owned its container,
+// and its interface.
 type mrec struct {
 	State State
 	Owner string
+	Iface string
+}
+
+// otherInterface swaps an address between the two interfaces of the test.
+func otherInterface(iface string) string {
+	if iface == "nic-0" {
+		return "nic-1"
+	}
+	return "nic-0"
 }
 
 type model map[netip.Addr]mrec
@@ -309,7 +328,7 @@ type model map[netip.Addr]mrec
 func project(rs []Record) model {
 	m := model{}
 	for _, r := range rs {
-		m[r.IP] = mrec{State: r.State, Owner: r.Owner.ContainerID}
+		m[r.IP] = mrec{State: r.State, Owner: r.Owner.ContainerID, Iface: r.Interface}
 	}
 	return m
 }
@@ -332,7 +351,7 @@ func (m model) ack(f []string) error {
 			if _, ok := m[a]; ok {
 				return fmt.Errorf("added %s twice", a)
 			}
-			m[a] = mrec{State: StateFree}
+			m[a] = mrec{State: StateFree, Iface: "nic-0"}
 		}
 	case f[0] == "assign" && len(f) == 3:
 		if f[2] == "nofree" {
@@ -351,33 +370,35 @@ func (m model) ack(f []string) error {
 		if other, ok := m.owned(f[1]); ok && other != a {
 			return fmt.Errorf("assigned %s while the attachment holds %s", a, other)
 		}
-		m[a] = mrec{State: StateAssigned, Owner: f[1]}
+		m[a] = mrec{State: StateAssigned, Owner: f[1], Iface: r.Iface}
 	case f[0] == "release" && len(f) == 3:
 		a, ok := m.owned(f[1])
 		if strconv.FormatBool(ok) != f[2] {
 			return fmt.Errorf("release found=%s, model has the attachment: %v", f[2], ok)
 		}
 		if ok {
-			m[a] = mrec{State: StateCooling, Owner: f[1]}
+			m[a] = mrec{State: StateCooling, Owner: f[1], Iface: m[a].Iface}
 		}
 	case f[0] == "promote" && len(f) == 2:
 		for _, a := range parseList(f[1]) {
 			if m[a].State != StateCooling {
 				return fmt.Errorf("promoted %s, which the model holds as %+v", a, m[a])
 			}
-			m[a] = mrec{State: StateFree}
+			m[a] = mrec{State: StateFree, Iface: m[a].Iface}
 		}
 	case f[0] == "mark" && len(f) == 2:
 		for _, a := range parseList(f[1]) {
-			m[a] = mrec{State: StateReleasing}
+			m[a] = mrec{State: StateReleasing, Iface: m[a].Iface}
 		}
 	case f[0] == "remove" && len(f) == 2:
 		for _, a := range parseList(f[1]) {
 			delete(m, a)
 		}
-	case f[0] == "revert" && len(f) == 2:
+	case f[0] == "move" && len(f) == 2:
 		for _, a := range parseList(f[1]) {
-			m[a] = mrec{State: StateFree}
+			r := m[a]
+			r.Iface = otherInterface(r.Iface)
+			m[a] = r
 		}
 	default:
 		return fmt.Errorf("unknown acknowledgement")
@@ -426,7 +447,7 @@ func checkAfterKill(m model, got []Record, inflight []string) (bool, error) {
 		for _, a := range parseList(inflight[1]) {
 			if _, known := m[a]; !known {
 				want = append(want, a)
-				ok = ok && p[a] == mrec{State: StateFree}
+				ok = ok && p[a] == mrec{State: StateFree, Iface: "nic-0"}
 			}
 		}
 	case "assign":
@@ -437,32 +458,31 @@ func checkAfterKill(m model, got []Record, inflight []string) (bool, error) {
 		a := diff[0]
 		want = diff
 		prev, held := m.owned(id)
-		ok = p[a] == mrec{State: StateAssigned, Owner: id} &&
+		ok = p[a] == mrec{State: StateAssigned, Owner: id, Iface: m[a].Iface} &&
 			(held && prev == a && m[a].State == StateCooling || !held && m[a].State == StateFree)
 	case "release":
 		a, held := m.owned(inflight[1])
 		if held {
 			want = []netip.Addr{a}
 		}
-		ok = p[a] == mrec{State: StateCooling, Owner: inflight[1]} && m[a].State == StateAssigned
+		ok = p[a] == mrec{State: StateCooling, Owner: inflight[1], Iface: m[a].Iface} && m[a].State == StateAssigned
 	case "promote":
 		ns, _ := strconv.ParseInt(inflight[1], 10, 64)
 		cd, _ := strconv.ParseInt(inflight[2], 10, 64)
 		cutoff := time.Unix(0, ns).Add(-time.Duration(cd))
 		want = diff
 		for _, a := range diff {
-			ok = ok && m[a].State == StateCooling && p[a] == mrec{State: StateFree}
+			ok = ok && m[a].State == StateCooling && p[a] == mrec{State: StateFree, Iface: m[a].Iface}
 		}
 		for _, r := range got { // atomic: nothing eligible may be left behind
 			if r.State == StateCooling && !r.Since.After(cutoff) {
 				return true, fmt.Errorf("promote partly applied: %s still cooling since %s, cutoff %s", r.IP, r.Since, cutoff)
 			}
 		}
-	case "mark", "remove", "revert":
-		from, to := StateFree, mrec{State: StateReleasing}
-		if inflight[0] != "mark" {
+	case "mark", "remove":
+		from := StateFree
+		if inflight[0] == "remove" {
 			from = StateReleasing
-			to = mrec{State: StateFree}
 		}
 		for _, a := range parseList(inflight[1]) {
 			if m[a].State != from {
@@ -473,8 +493,15 @@ func checkAfterKill(m model, got []Record, inflight []string) (bool, error) {
 				_, present := p[a]
 				ok = ok && !present
 			} else {
-				ok = ok && p[a] == to
+				ok = ok && p[a] == mrec{State: StateReleasing, Iface: m[a].Iface}
 			}
+		}
+	case "move":
+		want = parseList(inflight[1])
+		for _, a := range want {
+			moved := m[a]
+			moved.Iface = otherInterface(moved.Iface)
+			ok = ok && p[a] == moved
 		}
 	default:
 		return false, fmt.Errorf("unknown operation in flight")

@@ -28,6 +28,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/vnet-cni/vnet-cni/internal/atomicfile"
 )
 
 // DefaultCompactBytes is the journal size that triggers a compaction when
@@ -62,7 +64,7 @@ type Store struct {
 	// the journal file is already zero-filled (see extendJournalLocked).
 	journalBytes int64
 	journalSize  int64
-	meta         Meta
+	meta         storeMeta
 	records      map[netip.Addr]Record
 	byAttachment map[Attachment]netip.Addr
 	compactions  int
@@ -109,8 +111,14 @@ func Open(dir string, opts Options) (*Store, error) {
 
 // load reads the snapshot and the journal. It runs before s is shared.
 func (s *Store) load() error {
-	for _, name := range []string{snapshotName + tmpSuffix, journalName + tmpSuffix} {
-		if err := os.Remove(filepath.Join(s.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	// Temporary files of a write that a crash cut: the snapshot's (see
+	// atomicfile), and the journal's of a compaction.
+	tmps, err := filepath.Glob(filepath.Join(s.dir, atomicfile.TempPattern(snapshotName)))
+	if err != nil {
+		return err
+	}
+	for _, p := range append(tmps, filepath.Join(s.dir, journalName+tmpSuffix)) {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 	}
@@ -224,9 +232,6 @@ func (s *Store) closeFiles() error {
 	return errors.Join(errs...)
 }
 
-// Dir returns the store's directory.
-func (s *Store) Dir() string { return s.dir }
-
 func (s *Store) writableLocked() error {
 	if s.lock == nil {
 		return ErrClosed
@@ -313,7 +318,7 @@ func (s *Store) compactLocked() error {
 	if err != nil {
 		return fmt.Errorf("compact: encode snapshot: %w", err)
 	}
-	if err := writeFileAtomic(s.dir, snapshotName, appendFrame(nil, payload)); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.dir, snapshotName), appendFrame(nil, payload), fileMode); err != nil {
 		return fmt.Errorf("compact: write snapshot: %w", err)
 	}
 	// From here the old journal holds only records the snapshot covers; Open
@@ -347,8 +352,9 @@ func (s *Store) compactLocked() error {
 }
 
 // Compact writes a snapshot and starts a new journal now, whatever the
-// journal's size. The daemon may call it at shutdown to make the next start
-// fast; it is never needed for correctness.
+// journal's size. vnet-ipamd calls it when it stops, so that the next start
+// reads one snapshot instead of replaying the journal; it is never needed
+// for correctness.
 func (s *Store) Compact() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -546,14 +552,6 @@ func (s *Store) MarkReleasing(ips ...netip.Addr) error {
 	return s.transition("mark releasing", ips, StateFree, StateReleasing)
 }
 
-// RevertReleasing moves releasing addresses back to free after the cloud call
-// that should have removed them failed. All or nothing, like MarkReleasing
-// with the states swapped. The free-since time restarts, so the pool waits
-// another release delay before trying again.
-func (s *Store) RevertReleasing(ips ...netip.Addr) error {
-	return s.transition("revert releasing", ips, StateReleasing, StateFree)
-}
-
 func (s *Store) transition(op string, ips []netip.Addr, from, to State) error {
 	if err := validIPs(ips); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
@@ -672,23 +670,7 @@ func (s *Store) Reconcile(onCloud map[netip.Addr]string) (ReconcileResult, error
 	return res, nil
 }
 
-// SetMeta replaces the store's metadata (durably, when it changes).
-func (s *Store) SetMeta(m Meta) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.writableLocked(); err != nil {
-		return fmt.Errorf("set meta: %w", err)
-	}
-	if m == s.meta {
-		return nil
-	}
-	if err := s.commitLocked(entry{Op: "meta", Meta: &m}); err != nil {
-		return fmt.Errorf("set meta: %w", err)
-	}
-	return nil
-}
-
-// SetBootID records bootID (see ReadBootID) as the current boot and reports
+// SetBootID records bootID (the kernel's boot id) as the current boot and reports
 // whether it differs from a boot id recorded before: true means the node
 // rebooted since the store was last used, so the pods' datapath is gone. A
 // store without a recorded boot id reports false.
@@ -698,29 +680,17 @@ func (s *Store) SetBootID(bootID string) (bool, error) {
 	if err := s.writableLocked(); err != nil {
 		return false, fmt.Errorf("set boot id: %w", err)
 	}
-	changed := BootChanged(s.meta.BootID, bootID)
 	if s.meta.BootID == bootID {
 		return false, nil
 	}
+	// A store without a recorded boot id is new: not a reboot.
+	changed := s.meta.BootID != ""
 	m := s.meta
 	m.BootID = bootID
 	if err := s.commitLocked(entry{Op: "boot", Meta: &m}); err != nil {
 		return false, fmt.Errorf("set boot id: %w", err)
 	}
 	return changed, nil
-}
-
-// BootChanged reports whether current is a different boot than recorded. An
-// empty recorded id (a new store) is not a change.
-func BootChanged(recorded, current string) bool {
-	return recorded != "" && recorded != current
-}
-
-// Meta returns the store's metadata.
-func (s *Store) Meta() Meta {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.meta
 }
 
 // Get returns the record of the address held (assigned or cooling) by the
@@ -733,14 +703,6 @@ func (s *Store) Get(a Attachment) (Record, bool) {
 		return Record{}, false
 	}
 	return s.records[ip], true
-}
-
-// Lookup returns the record of an address.
-func (s *Store) Lookup(ip netip.Addr) (Record, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r, ok := s.records[ip]
-	return r, ok
 }
 
 // List returns a copy of every record, sorted by address.
@@ -858,13 +820,4 @@ func sortedUnique(ips []netip.Addr) []netip.Addr {
 	out := slices.Clone(ips)
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
-}
-
-// ReadBootID returns the kernel's boot id, which changes at every boot.
-func ReadBootID() (string, error) {
-	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	if err != nil {
-		return "", fmt.Errorf("read boot id: %w", err)
-	}
-	return string(bytes.TrimSpace(b)), nil
 }

@@ -460,7 +460,17 @@ func sortRecords(rs []Record) []Record {
 	return out
 }
 
-func TestGetLookupCounts(t *testing.T) {
+// lookup returns the listed record of an address.
+func lookup(s *Store, a netip.Addr) (Record, bool) {
+	for _, r := range s.List() {
+		if r.IP == a {
+			return r, true
+		}
+	}
+	return Record{}, false
+}
+
+func TestGetListCounts(t *testing.T) {
 	clk := &clock{now: t0}
 	s := openTest(t, t.TempDir(), clk)
 	must(s.AddFree(nic0, ips(1, 2, 3, 4)...))(t)
@@ -480,8 +490,8 @@ func TestGetLookupCounts(t *testing.T) {
 	if r, ok := s.Get(att("zzz")); ok {
 		t.Errorf("Get(zzz) = %v, want not found", r)
 	}
-	if r, ok := s.Lookup(ip(4)); !ok || r.State != StateReleasing {
-		t.Errorf("Lookup(%s) = %v, %v; want releasing", ip(4), r, ok)
+	if r, ok := lookup(s, ip(4)); !ok || r.State != StateReleasing {
+		t.Errorf("listed %s: %v, %v; want releasing", ip(4), r, ok)
 	}
 	want := Counts{Free: 1, Assigned: 1, Cooling: 1, Releasing: 1}
 	if diff := cmp.Diff(want, s.Counts()); diff != "" {
@@ -493,21 +503,20 @@ func TestGetLookupCounts(t *testing.T) {
 	// List returns copies.
 	l := s.List()
 	l[0].State = StateReleasing
-	if r, _ := s.Lookup(l[0].IP); r.State == StateReleasing && l[0].IP != ip(4) {
+	if r, _ := lookup(s, l[0].IP); r.State == StateReleasing && l[0].IP != ip(4) {
 		t.Errorf("List shares memory with the store")
 	}
 }
 
-func TestMetaAndBootID(t *testing.T) {
+func TestBootID(t *testing.T) {
 	dir := t.TempDir()
 	clk := &clock{now: t0}
 	s := openTest(t, dir, clk)
-	mustDo(t, s.SetMeta(Meta{NodeName: "node-1", NIC: "nic-1"}))
 	steps := []struct {
 		boot        string
 		wantChanged bool
 	}{
-		{"boot-a", false}, // nothing recorded yet
+		{"boot-a", false}, // nothing recorded yet: a new store is not a reboot
 		{"boot-a", false}, // same boot
 		{"boot-b", true},  // rebooted
 		{"boot-b", false},
@@ -520,28 +529,14 @@ func TestMetaAndBootID(t *testing.T) {
 		}
 	}
 	mustDo(t, s.Close())
+	// The boot id is durable: after a reopen the same boot is no change,
+	// another one is.
 	s = openTest(t, dir, clk)
-	want := Meta{NodeName: "node-1", NIC: "nic-1", BootID: "boot-b"}
-	if diff := cmp.Diff(want, s.Meta()); diff != "" {
-		t.Errorf("Meta after reopen mismatch (-want +got):\n%s", diff)
+	if changed := must(s.SetBootID("boot-b"))(t); changed {
+		t.Errorf("SetBootID after reopen with the same boot: reported as changed")
 	}
 	if changed := must(s.SetBootID("boot-c"))(t); !changed {
 		t.Errorf("SetBootID after reopen with a new boot: not reported as changed")
-	}
-	for _, tc := range []struct {
-		recorded, current string
-		want              bool
-	}{{"", "x", false}, {"x", "x", false}, {"x", "y", true}} {
-		if got := BootChanged(tc.recorded, tc.current); got != tc.want {
-			t.Errorf("BootChanged(%q, %q) = %v, want %v", tc.recorded, tc.current, got, tc.want)
-		}
-	}
-	id, err := ReadBootID()
-	if err != nil {
-		t.Skipf("no boot id on this system: %v", err)
-	}
-	if len(id) != 36 {
-		t.Errorf("ReadBootID() = %q, want a UUID", id)
 	}
 }
 
@@ -864,18 +859,16 @@ func TestLockAndClose(t *testing.T) {
 	mustDo(t, s.Close())
 
 	ops := map[string]func() error{
-		"AddFree":         func() error { _, err := s.AddFree(nic0, ip(1)); return err },
-		"Assign":          func() error { _, err := s.Assign(owner("a")); return err },
-		"Release":         func() error { _, _, err := s.Release(att("a")); return err },
-		"Promote":         func() error { _, err := s.Promote(t0, 0); return err },
-		"MarkReleasing":   func() error { return s.MarkReleasing(ip(1)) },
-		"RevertReleasing": func() error { return s.RevertReleasing(ip(1)) },
-		"Remove":          func() error { return s.Remove(ip(1)) },
-		"Reconcile":       func() error { _, err := s.Reconcile(onNIC(nic0, ip(1))); return err },
-		"SetMeta":         func() error { return s.SetMeta(Meta{NodeName: "x"}) },
-		"SetBootID":       func() error { _, err := s.SetBootID("x"); return err },
-		"Compact":         s.Compact,
-		"Close":           s.Close,
+		"AddFree":       func() error { _, err := s.AddFree(nic0, ip(1)); return err },
+		"Assign":        func() error { _, err := s.Assign(owner("a")); return err },
+		"Release":       func() error { _, _, err := s.Release(att("a")); return err },
+		"Promote":       func() error { _, err := s.Promote(t0, 0); return err },
+		"MarkReleasing": func() error { return s.MarkReleasing(ip(1)) },
+		"Remove":        func() error { return s.Remove(ip(1)) },
+		"Reconcile":     func() error { _, err := s.Reconcile(onNIC(nic0, ip(1))); return err },
+		"SetBootID":     func() error { _, err := s.SetBootID("x"); return err },
+		"Compact":       s.Compact,
+		"Close":         s.Close,
 	}
 	for name, op := range ops {
 		if err := op(); !errors.Is(err, ErrClosed) {
@@ -1107,5 +1100,30 @@ func TestOldJournalWithoutInterfaces(t *testing.T) {
 	}
 	if r, ok := s.Get(att("a")); !ok || r.Interface != nic0 {
 		t.Errorf("Get(a) = %+v, %v; want the assignment on %s", r, ok, nic0)
+	}
+}
+
+// TestOpenRemovesTemporaryFiles checks that Open clears what a crash in the
+// middle of a compaction leaves: the snapshot's temporary file (written by
+// internal/atomicfile) and the next journal's.
+func TestOpenRemovesTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	clk := &clock{now: t0}
+	s := openTest(t, dir, clk)
+	must(s.AddFree(nic0, ip(1)))(t)
+	mustDo(t, s.Compact())
+	mustDo(t, s.Close())
+	leftovers := []string{".snapshot.tmp123456", journalName + tmpSuffix}
+	for _, name := range leftovers {
+		mustDo(t, os.WriteFile(filepath.Join(dir, name), []byte("half"), fileMode))
+	}
+	s = openTest(t, dir, clk)
+	for _, name := range leftovers {
+		if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left after Open: %v", name, err)
+		}
+	}
+	if diff := cmp.Diff([]Record{free(1, t0)}, s.List(), cmpAddr); diff != "" {
+		t.Errorf("records mismatch (-want +got):\n%s", diff)
 	}
 }

@@ -89,14 +89,10 @@ type Record struct {
 	ReleasedAt time.Time `json:"releasedAt,omitzero"`
 }
 
-// Meta describes what the store belongs to.
-type Meta struct {
-	// NodeName is the Kubernetes node name.
-	NodeName string `json:"nodeName,omitempty"`
-	// NIC names the NIC whose secondary addresses the store holds (for Azure
-	// its resource ID or name, as the daemon chooses).
-	NIC string `json:"nic,omitempty"`
-	// BootID is the kernel boot id (see ReadBootID) recorded by SetBootID.
+// storeMeta describes what the store belongs to. Stores of earlier versions may
+// hold more fields (nodeName, nic); they are ignored.
+type storeMeta struct {
+	// BootID is the kernel boot id recorded by SetBootID.
 	BootID string `json:"bootID,omitempty"`
 }
 

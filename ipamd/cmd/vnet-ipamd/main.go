@@ -84,6 +84,12 @@ func run(args []string) error {
 		return err
 	}
 	defer st.Close()
+	if rec := st.Stats().Recovery; rec.TruncatedBytes > 0 {
+		log.Warn("the store's journal ended in a record a crash interrupted; it was never acknowledged and is cleared",
+			"store", cfg.StoreDir, "clearedBytes", rec.TruncatedBytes, "replayed", rec.Replayed)
+	} else {
+		log.Info("opened the address store", "store", cfg.StoreDir, "replayed", rec.Replayed)
+	}
 	cred, err := credential(cfg.Cloud.Azure)
 	if err != nil {
 		return err
@@ -156,6 +162,10 @@ func run(args []string) error {
 	err = srv.Shutdown(shutCtx)
 	stopWorker()
 	err = errors.Join(err, <-workerDone, metrics.Shutdown(shutCtx))
+	// One snapshot instead of a journal to replay at the next start.
+	if cerr := st.Compact(); cerr != nil {
+		log.Warn("compact the store at shutdown", "err", cerr)
+	}
 	if errors.Is(err, server.ErrClosed) {
 		err = nil
 	}
