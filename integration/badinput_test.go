@@ -388,7 +388,7 @@ func TestBadInputDaemon(t *testing.T) {
 		{"not JSON", []byte("warmIPTarget: 5"), "parse config"},
 		{"unknown field", set("warmIpTarget", 5), "warmIpTarget: unknown field"},
 		{"warmIPTarget out of range", set("warmIPTarget", 300), "warmIPTarget: 300 out of range"},
-		{"maxIPs zero", set("maxIPs", 0), "maxIPs: 0 out of range 1..255"},
+		{"maxIPs zero", set("maxIPs", 0), "maxIPs: 0 out of range 1..1024"},
 		{"batchSize negative", set("batchSize", -1), "batchSize: -1 out of range"},
 		{"cooldown too long", set("cooldown", "2h"), "cooldown: 2h0m0s out of range"},
 		{"resyncInterval not a duration", set("resyncInterval", 60), "resyncInterval"},
