@@ -11,12 +11,10 @@ import (
 // TestAuth: ARM requests need a bearer token issued by IssueToken for the
 // management audience and not expired, or the static token.
 func TestAuth(t *testing.T) {
-	e := newEnv(t, func(c *Config) {
-		c.StaticToken = "static-secret"
-		c.TokenLifetime = 50 * time.Millisecond
-	})
-	expired := e.token()
-	time.Sleep(100 * time.Millisecond)
+	e := newEnv(t, func(c *Config) { c.StaticToken = "static-secret" })
+	// Issued a lifetime and a minute ago: expired, without a sleep that a
+	// loaded machine could stretch past a short lifetime of the valid token.
+	expired, _ := e.s.tokens.issue("https://management.azure.com/", time.Now().Add(-DefaultTokenLifetime-time.Minute))
 	graph, _ := e.s.IssueToken("https://graph.microsoft.com/")
 	tests := []struct {
 		name   string
