@@ -281,10 +281,14 @@ func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
 	defer node.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), shortIPAMDTimeout)
 	defer cancel()
+	step := time.Now()
 	if err := node.DelPod(ctx, linux.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: ip}); err != nil {
 		return types.NewError(types.ErrInternal, "tear down the pod's interface", err.Error())
 	}
+	c.attrs = append(c.attrs, "delPodMs", ms(time.Since(step)))
+	step = time.Now()
 	resp, err := api.NewClient(conf.IPAMDSocket).Release(ctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName})
+	c.attrs = append(c.attrs, "releaseMs", ms(time.Since(step)))
 	if err != nil {
 		if api.IsUnreachable(err) || errors.Is(err, context.DeadlineExceeded) || api.IsNotReady(err) || api.IsTryAgain(err) {
 			if serr := api.SpoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName, time.Now()); serr != nil {
