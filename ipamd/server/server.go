@@ -1,11 +1,13 @@
 // Package server serves the vnet-ipamd socket protocol of package api on a
 // unix socket: it creates the socket safely (mode 0600, never replacing a
-// live one), checks the peer's uid, applies the client's deadline, decodes
-// and validates each request and calls a Handler (the daemon). Only the
-// daemon links it; the plugin needs api's Client alone.
+// live one), checks the peer's uid, bounds the connections it holds and the
+// time a client may take to send its request, applies the client's deadline,
+// decodes and validates each request and calls a Handler (the daemon). Only
+// the daemon links it; the plugin needs api's Client alone.
 package server
 
 import (
+	"container/list"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +21,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -66,9 +69,28 @@ const (
 	defaultMaxMessageSize = 1 << 20
 	defaultMaxCallTimeout = time.Minute
 	defaultIOTimeout      = 5 * time.Second
-	defaultMaxConns       = 256
-	staleProbeTimeout     = 250 * time.Millisecond
-	maxUnixPathLen        = 107 // sizeof(sun_path) - 1
+	// defaultRequestTimeout bounds the time from accept to a complete
+	// request. api.Client writes its whole request in one write right after
+	// connecting, so a well-behaved request is in the socket buffer when the
+	// server accepts it and even the largest (1 MiB) is read in
+	// milliseconds: 2 s leaves a CPU-starved node three orders of magnitude
+	// of headroom, and lets a silent or trickling peer hold a connection
+	// for no longer than a status caller's usual deadline.
+	defaultRequestTimeout = 2 * time.Second
+	// defaultMaxConns bounds the connections open at once. A node runs at
+	// most 250 pods, so even a churn where each of them has an ADD and a DEL
+	// in flight stays far below it; each connection costs one descriptor and
+	// two goroutines, so the bound (twice it while connections are being
+	// shed) is cheap to hold.
+	defaultMaxConns = 1024
+	// refuseWriteTimeout bounds the answer to a connection refused at the
+	// bound: it is written by the accept loop into a fresh socket buffer.
+	refuseWriteTimeout = 50 * time.Millisecond
+	// overloadLogInterval is the least time between two log lines about
+	// connections shed or refused at the bound.
+	overloadLogInterval = 10 * time.Second
+	staleProbeTimeout   = 250 * time.Millisecond
+	maxUnixPathLen      = 107 // sizeof(sun_path) - 1
 )
 
 type serverConfig struct {
@@ -76,6 +98,7 @@ type serverConfig struct {
 	maxMessageSize int
 	maxCallTimeout time.Duration
 	ioTimeout      time.Duration
+	requestTimeout time.Duration
 	maxConns       int
 	logger         *slog.Logger
 }
@@ -99,14 +122,25 @@ func WithMaxCallTimeout(d time.Duration) Option {
 	return func(c *serverConfig) { c.maxCallTimeout = d }
 }
 
-// WithIOTimeout bounds reading a request after accepting its connection, and
-// writing the response (default 5 s).
+// WithIOTimeout bounds writing the response (default 5 s).
 func WithIOTimeout(d time.Duration) Option {
 	return func(c *serverConfig) { c.ioTimeout = d }
 }
 
-// WithMaxConns bounds the connections served at once; further clients wait
-// in the listen backlog (default 256).
+// WithRequestTimeout bounds the time from accepting a connection to having
+// read its whole request (default 2 s). A connection that sent nothing, or
+// only part of its request, by then is closed without an answer (the client
+// sees api.ErrNoResponse). There is no other idle time: a connection carries
+// one call and is closed after its response.
+func WithRequestTimeout(d time.Duration) Option {
+	return func(c *serverConfig) { c.requestTimeout = d }
+}
+
+// WithMaxConns bounds the connections open at once (default 1024). At the
+// bound a new connection takes the place of the oldest one that has not sent
+// its request yet, which is answered api.CodeTryAgain and closed; when every
+// connection is in a call, the new one is answered api.CodeTryAgain at once
+// (after the peer-credential check). No client waits in the listen backlog.
 func WithMaxConns(n int) Option {
 	return func(c *serverConfig) { c.maxConns = n }
 }
@@ -132,8 +166,18 @@ type Server struct {
 	mu          sync.Mutex
 	serving     bool
 	closing     bool // no more connections are tracked
-	conns       map[*net.UnixConn]struct{}
+	conns       map[*net.UnixConn]*connState
+	waiting     list.List               // of *net.UnixConn: tracked, no request read yet, oldest first
+	shedding    int                     // conns marked shed whose goroutine has not ended
 	cancelCalls context.CancelCauseFunc // set by Serve
+
+	overload overloadLog
+}
+
+// connState is what the server knows of a tracked connection.
+type connState struct {
+	waiting *list.Element // in Server.waiting until the request is read; nil after
+	shed    bool          // closed to make room for a newer connection
 }
 
 // New creates the socket at path (api.DefaultSocketPath if empty) and
@@ -153,6 +197,7 @@ func New(path string, h Handler, opts ...Option) (*Server, error) {
 		maxMessageSize: defaultMaxMessageSize,
 		maxCallTimeout: defaultMaxCallTimeout,
 		ioTimeout:      defaultIOTimeout,
+		requestTimeout: defaultRequestTimeout,
 		maxConns:       defaultMaxConns,
 		logger:         slog.New(slog.DiscardHandler),
 	}
@@ -166,6 +211,8 @@ func New(path string, h Handler, opts ...Option) (*Server, error) {
 		return nil, fmt.Errorf("new rpc server: max call timeout %s must be positive", cfg.maxCallTimeout)
 	case cfg.ioTimeout <= 0:
 		return nil, fmt.Errorf("new rpc server: io timeout %s must be positive", cfg.ioTimeout)
+	case cfg.requestTimeout <= 0:
+		return nil, fmt.Errorf("new rpc server: request timeout %s must be positive", cfg.requestTimeout)
 	case cfg.maxConns <= 0:
 		return nil, fmt.Errorf("new rpc server: max conns %d must be positive", cfg.maxConns)
 	case cfg.logger == nil:
@@ -182,7 +229,7 @@ func New(path string, h Handler, opts ...Option) (*Server, error) {
 		ln:     ln,
 		sockFI: fi,
 		closed: make(chan struct{}),
-		conns:  make(map[*net.UnixConn]struct{}),
+		conns:  make(map[*net.UnixConn]*connState),
 	}, nil
 }
 
@@ -302,20 +349,19 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopAccept := context.AfterFunc(ctx, func() { _ = s.ln.Close() })
 	defer stopAccept()
 
-	s.cfg.logger.Info("rpc server listening", "path", s.path, "version", api.Version)
-	sem := make(chan struct{}, s.cfg.maxConns)
+	s.cfg.logger.Info("rpc server listening", "path", s.path, "version", api.Version,
+		"max_conns", s.cfg.maxConns, "request_timeout", s.cfg.requestTimeout)
 	var backoff time.Duration
 	for {
 		select {
-		case sem <- struct{}{}:
 		case <-s.closed:
 			return ErrClosed
 		case <-ctx.Done():
 			return s.stop(ctx)
+		default:
 		}
 		conn, err := s.ln.AcceptUnix()
 		if err != nil {
-			<-sem
 			select {
 			case <-s.closed:
 				return ErrClosed
@@ -337,16 +383,19 @@ func (s *Server) Serve(ctx context.Context) error {
 			continue
 		}
 		backoff = 0
-		if !s.track(conn) {
+		// The request deadline runs from accept, whatever the peer sends;
+		// it is set before the connection can be shed (see admit).
+		_ = conn.SetReadDeadline(time.Now().Add(s.cfg.requestTimeout))
+		switch s.admit(conn) {
+		case admitClosing:
 			_ = conn.Close()
-			<-sem
+			continue
+		case admitFull:
+			s.refuse(conn)
 			continue
 		}
 		go func() {
-			defer func() {
-				s.untrack(conn)
-				<-sem
-			}()
+			defer s.untrack(conn)
 			s.serveConn(callCtx, conn)
 		}()
 	}
@@ -405,23 +454,111 @@ func (s *Server) beginClose() {
 	})
 }
 
-// track registers a new connection; it returns false once closing.
-func (s *Server) track(c *net.UnixConn) bool {
+// admission is admit's verdict on a new connection.
+type admission int
+
+const (
+	admitted     admission = iota
+	admitClosing           // the server is closing
+	admitFull              // at the bound, every connection is in a call
+)
+
+// admit tracks a new connection. At the bound it sheds the oldest connection
+// that has not sent its request yet: it marks it and expires its read
+// deadline, so that its goroutine answers it api.CodeTryAgain and ends. The
+// connections being shed do not count against the bound, up to a second
+// bound's worth, so a flood can never hold more than 2*maxConns.
+func (s *Server) admit(c *net.UnixConn) admission {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
+		return admitClosing
+	}
+	if len(s.conns)-s.shedding >= s.cfg.maxConns {
+		oldest := s.waiting.Front()
+		if oldest == nil || len(s.conns) >= 2*s.cfg.maxConns {
+			return admitFull
+		}
+		victim := oldest.Value.(*net.UnixConn)
+		st := s.conns[victim]
+		s.waiting.Remove(oldest)
+		st.waiting = nil
+		st.shed = true
+		s.shedding++
+		_ = victim.SetReadDeadline(time.Unix(1, 0))
+	}
+	s.conns[c] = &connState{waiting: s.waiting.PushBack(c)}
+	s.inflight.Add(1)
+	return admitted
+}
+
+// started records that c's request was read (or failed to be): it may not
+// be shed any more. It returns false if c was shed first.
+func (s *Server) started(c *net.UnixConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.conns[c]
+	if st.shed {
 		return false
 	}
-	s.conns[c] = struct{}{}
-	s.inflight.Add(1)
+	if st.waiting != nil {
+		s.waiting.Remove(st.waiting)
+		st.waiting = nil
+	}
 	return true
 }
 
 func (s *Server) untrack(c *net.UnixConn) {
 	s.mu.Lock()
+	st := s.conns[c]
+	if st.waiting != nil {
+		s.waiting.Remove(st.waiting)
+	}
+	if st.shed {
+		s.shedding--
+	}
 	delete(s.conns, c)
 	s.mu.Unlock()
 	s.inflight.Done()
+}
+
+// busyError is the answer to a connection shed or refused at the bound.
+func (s *Server) busyError() *api.Error {
+	return api.Errorf(api.CodeTryAgain, "vnet-ipamd is busy (at its bound of %d open connections), try again", s.cfg.maxConns)
+}
+
+// refuse answers a connection that arrives at the bound when every
+// connection is in a call, on the accept loop: the peer-credential check
+// first, as for every connection, then api.CodeTryAgain.
+func (s *Server) refuse(conn *net.UnixConn) {
+	defer conn.Close()
+	cred, ok := s.checkPeer(conn, refuseWriteTimeout)
+	if !ok {
+		return
+	}
+	s.overload.note(s.cfg.logger, "refused", cred.Pid, s.cfg.maxConns)
+	s.writeResponseWithin(conn, nil, s.busyError(), refuseWriteTimeout)
+}
+
+// overloadLog logs connections shed or refused at the bound, at most once per
+// overloadLogInterval (a flood must not flood the log too), with the number
+// since the previous line.
+type overloadLog struct {
+	last  atomic.Int64 // unix nanoseconds of the last line
+	count atomic.Int64 // connections shed or refused since the last line
+}
+
+func (o *overloadLog) note(log *slog.Logger, what string, pid int32, maxConns int) {
+	n := o.count.Add(1)
+	now := time.Now().UnixNano()
+	last := o.last.Load()
+	if now-last < int64(overloadLogInterval) || !o.last.CompareAndSwap(last, now) {
+		log.Debug("rpc connection "+what+" at the bound", "pid", pid, "max_conns", maxConns)
+		return
+	}
+	o.count.Add(-n)
+	log.Warn("rpc connections over the bound: the oldest waiting for their request are shed, the rest refused with TryAgain",
+		"last", what, "pid", pid, "max_conns", maxConns, "shed_or_refused", n)
 }
 
 func (s *Server) closeConns() {
@@ -450,19 +587,18 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 	defer conn.Close()
 	log := s.cfg.logger
 
-	cred, err := peerCred(conn)
-	if err != nil {
-		log.Warn("rpc peer credentials", "err", err)
-		return
-	}
-	if !slices.Contains(s.cfg.allowedUIDs, cred.Uid) {
-		log.Warn("rpc peer refused", "uid", cred.Uid, "pid", cred.Pid)
-		s.writeResponse(conn, nil, api.Errorf(api.CodePermissionDenied, "uid %d is not allowed to use %s", cred.Uid, s.path))
+	cred, ok := s.checkPeer(conn, s.cfg.ioTimeout)
+	if !ok {
 		return
 	}
 
-	_ = conn.SetReadDeadline(time.Now().Add(s.cfg.ioTimeout))
+	// The read deadline was set at accept (Serve).
 	payload, err := api.ReadFrame(conn, s.cfg.maxMessageSize)
+	if !s.started(conn) {
+		s.overload.note(log, "shed", cred.Pid, s.cfg.maxConns)
+		s.writeResponse(conn, nil, s.busyError())
+		return
+	}
 	if err != nil {
 		var fe *api.FrameError
 		switch {
@@ -471,6 +607,9 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 			s.writeResponse(conn, nil, api.Errorf(api.CodeInvalidRequest, "%s", fe.Error()))
 		case errors.Is(err, io.EOF):
 			// Connected and left without a request (a liveness probe).
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			log.Warn("rpc request timeout: no complete request in time, connection closed",
+				"pid", cred.Pid, "request_timeout", s.cfg.requestTimeout)
 		default:
 			log.Warn("rpc read request", "pid", cred.Pid, "err", err)
 		}
@@ -489,6 +628,23 @@ func (s *Server) serveConn(ctx context.Context, conn *net.UnixConn) {
 		code = rerr.Code
 	}
 	log.Debug("rpc call", "op", req.Op, "pid", cred.Pid, "code", code, "duration", time.Since(start))
+}
+
+// checkPeer checks the uid of conn's peer and answers a refused peer
+// api.CodePermissionDenied within writeTimeout. It reports whether the peer
+// may be served.
+func (s *Server) checkPeer(conn *net.UnixConn, writeTimeout time.Duration) (*unix.Ucred, bool) {
+	cred, err := peerCred(conn)
+	if err != nil {
+		s.cfg.logger.Warn("rpc peer credentials", "err", err)
+		return nil, false
+	}
+	if !slices.Contains(s.cfg.allowedUIDs, cred.Uid) {
+		s.cfg.logger.Warn("rpc peer refused", "uid", cred.Uid, "pid", cred.Pid)
+		s.writeResponseWithin(conn, nil, api.Errorf(api.CodePermissionDenied, "uid %d is not allowed to use %s", cred.Uid, s.path), writeTimeout)
+		return nil, false
+	}
+	return cred, true
 }
 
 // decodeRequest decodes the envelope and checks its version.
@@ -605,6 +761,11 @@ func handle[Req validator, Resp any](ctx context.Context, req api.Request, fn fu
 
 // writeResponse writes body, or e if it is not nil, within the IO timeout.
 func (s *Server) writeResponse(conn *net.UnixConn, body any, e *api.Error) {
+	s.writeResponseWithin(conn, body, e, s.cfg.ioTimeout)
+}
+
+// writeResponseWithin writes body, or e if it is not nil, within timeout.
+func (s *Server) writeResponseWithin(conn *net.UnixConn, body any, e *api.Error, timeout time.Duration) {
 	resp := api.Response{Version: api.Version, Error: e}
 	if e == nil {
 		resp.Body = body
@@ -618,7 +779,7 @@ func (s *Server) writeResponse(conn *net.UnixConn, body any, e *api.Error) {
 		s.cfg.logger.Error("rpc encode response", "err", err)
 		return
 	}
-	_ = conn.SetWriteDeadline(time.Now().Add(s.cfg.ioTimeout))
+	_ = conn.SetWriteDeadline(time.Now().Add(timeout))
 	if _, err := conn.Write(frame); err != nil {
 		s.cfg.logger.Debug("rpc write response", "err", err)
 	}

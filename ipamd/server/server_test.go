@@ -88,7 +88,7 @@ func TestAnnouncedSizeNotAllocated(t *testing.T) {
 }
 
 func TestSlowClientTimesOut(t *testing.T) {
-	ts := startServer(t, &fakeHandler{}, server.WithIOTimeout(200*time.Millisecond))
+	ts := startServer(t, &fakeHandler{}, server.WithRequestTimeout(200*time.Millisecond))
 	conn, err := net.Dial("unix", ts.path)
 	if err != nil {
 		t.Fatal(err)
