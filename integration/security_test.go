@@ -179,6 +179,10 @@ func TestSecuritySocket(t *testing.T) {
 		t.Fatalf("socket mode not restored: %v %v", fi.Mode(), err)
 	}
 
+	t.Run("a flood of idle and slow clients does not starve a caller", func(t *testing.T) {
+		socketFlood(t, sock)
+	})
+
 	t.Run("store files are 0600 in a 0700 directory", func(t *testing.T) {
 		files := 0
 		err := filepath.WalkDir(n.Config.StoreDir, func(path string, d fs.DirEntry, err error) error {
@@ -230,6 +234,75 @@ func TestSecuritySocket(t *testing.T) {
 		}
 		t.Logf("tcp listeners of vnet-ipamd (pid %d): %v", pid, listeners)
 	})
+}
+
+// socketFlood opens 300 connections that send nothing and 50 that trickle a
+// request one byte per 100 ms, then checks that a status call with a 2 s
+// deadline (api.Client, then the real `vnet-ipamd status`) answers, and that
+// the daemon cuts the slow clients off at its request deadline (2 s).
+func socketFlood(t *testing.T, sock string) {
+	const idle, slow = 300, 50
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	dial := func() net.Conn {
+		c, err := net.DialTimeout("unix", sock, 5*time.Second)
+		if err != nil {
+			t.Fatalf("flood connection %d: %v", len(conns), err)
+		}
+		conns = append(conns, c)
+		return c
+	}
+	for range idle {
+		dial()
+	}
+	req := []byte(`{"version":"1.0","op":"status","body":{}}`)
+	req = append(binary.BigEndian.AppendUint32(nil, uint32(len(req))), req...)
+	start := time.Now()
+	cut := make(chan time.Duration, slow)
+	for range slow {
+		c := dial()
+		go func() {
+			for _, b := range req {
+				if _, err := c.Write([]byte{b}); err != nil {
+					cut <- time.Since(start)
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			cut <- 0 // the whole request went through: not cut off
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	if _, err := api.NewClient(sock).Status(ctx, api.StatusRequest{}); err != nil {
+		t.Fatalf("status behind %d idle and %d slow clients: %v after %s", idle, slow, err, time.Since(t0))
+	}
+	t.Logf("api.Client status behind %d idle and %d slow clients: %s", idle, slow, time.Since(t0))
+	t0 = time.Now()
+	if out, err := statusAs(t, sock, 0); err != nil {
+		t.Fatalf("vnet-ipamd status behind the flood: %v\n%s", err, out)
+	}
+	if took := time.Since(t0); took > 2*time.Second {
+		t.Errorf("vnet-ipamd status behind the flood took %s", took)
+	} else {
+		t.Logf("vnet-ipamd status (a fresh process) behind the flood: %s", took)
+	}
+	var last time.Duration
+	for range slow {
+		d := <-cut
+		if d == 0 || d > 4*time.Second {
+			t.Fatalf("a slow client was not cut off by the request deadline (%s)", d)
+		}
+		last = max(last, d)
+	}
+	t.Logf("all %d slow clients cut off within %s of connecting", slow, last)
 }
 
 // socketInodes returns the inodes of the sockets the process holds.
