@@ -187,19 +187,3 @@ func neighMAC(t testing.TB, nsPath string, ip netip.Addr) net.HardwareAddr {
 	}
 	return nil
 }
-
-// nlAt returns a netlink handle in the namespace, closed with the test.
-func nlAt(t testing.TB, nsPath string) *netlink.Handle {
-	t.Helper()
-	h, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		t.Fatalf("open netns %s: %v", nsPath, err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatalf("netlink handle: %v", err)
-	}
-	t.Cleanup(nl.Close)
-	return nl
-}

@@ -92,7 +92,7 @@ func TestAddPodIdempotentAndConflicts(t *testing.T) {
 		}
 	})
 	t.Run("host name taken by another link", func(t *testing.T) {
-		nl := nlAt(t, f.NodeNSPath("node0"))
+		nl := nstest.Netlink(t, f.NodeNSPath("node0"))
 		c := cfg
 		c.ContainerID, c.NetNS = f.prefix+"-other", nstest.NewNS(t, f.prefix+"-other")
 		attrs := netlink.NewLinkAttrs()
@@ -110,7 +110,7 @@ func TestAddPodIdempotentAndConflicts(t *testing.T) {
 	t.Run("pod interface name taken in the pod", func(t *testing.T) {
 		c := cfg
 		c.ContainerID, c.NetNS = f.prefix+"-busy", nstest.NewNS(t, f.prefix+"-busy")
-		pnl := nlAt(t, c.NetNS)
+		pnl := nstest.Netlink(t, c.NetNS)
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = "eth0"
 		if err := pnl.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "other"}); err != nil {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vnet-cni/vnet-cni/bridge/linux"
+	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
 
 var (
@@ -199,7 +200,7 @@ func (p *prober) finish(t *testing.T) {
 func TestEnsureBridgeTakesOverNIC(t *testing.T) {
 	f := newFabric(t, nil)
 	ctx := context.Background()
-	nl := nlAt(t, f.NodeNSPath("node0"))
+	nl := nstest.Netlink(t, f.NodeNSPath("node0"))
 	decorateNIC(t, nl)
 	dst := listenPeer(t, f.NodeNSPath("node0"), netip.AddrPortFrom(node0IP, 8082))
 	p := startProber(f, dst)
@@ -270,7 +271,7 @@ func TestEnsureBridgeCompletesHalfDone(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFabric(t, nil)
-			nl := nlAt(t, f.NodeNSPath("node0"))
+			nl := nstest.Netlink(t, f.NodeNSPath("node0"))
 			decorateNIC(t, nl)
 			attrs := netlink.NewLinkAttrs()
 			attrs.Name, attrs.HardwareAddr = DefaultBridgeName, tc.bridgeMAC
@@ -322,7 +323,7 @@ func n0routes(nl *netlink.Handle, eth netlink.Link) ([]netlink.Route, error) {
 // bridge, one table per family, and the same result for everyone.
 func TestEnsureNodeConcurrent(t *testing.T) {
 	f := newFabric(t, nil)
-	nl := nlAt(t, f.NodeNSPath("node0"))
+	nl := nstest.Netlink(t, f.NodeNSPath("node0"))
 	decorateNIC(t, nl)
 	lockDir := t.TempDir()
 	const workers = 8
