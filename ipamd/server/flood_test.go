@@ -122,11 +122,13 @@ func TestSlowLoris(t *testing.T) {
 	outcomes := make([]outcome, slow)
 	var wg sync.WaitGroup
 	for i := range slow {
+		// Taken before the dial: the server's deadline runs from its
+		// accept, which may come before Dial returns here.
+		dialed := time.Now()
 		conn, err := net.DialTimeout("unix", ts.path, 5*time.Second)
 		if err != nil {
 			t.Fatalf("slow client %d: %v", i, err)
 		}
-		dialed := time.Now()
 		t.Cleanup(func() { _ = conn.Close() })
 		stop := make(chan struct{})
 		wg.Go(func() { // the trickle
