@@ -190,6 +190,7 @@ func TestBadInputPlugin(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	nodeRoutes := routesOf(t, n.NSPath)
 	add := func(p *cluster.Pod) map[string]string {
 		return map[string]string{
 			"CNI_COMMAND": "ADD", "CNI_CONTAINERID": p.ContainerID, "CNI_NETNS": p.NSPath, "CNI_IFNAME": "eth0",
@@ -243,6 +244,13 @@ func TestBadInputPlugin(t *testing.T) {
 			wantCode: types.ErrInvalidEnvironmentVariables, wantMsg: "invalid CNI_NETNS"},
 		{name: "CNI_NETNS is not a netns", call: badCall{env: with(add(fresh), "CNI_NETNS", notNetns), stdin: conf(nil)},
 			wantCode: types.ErrInvalidEnvironmentVariables, wantMsg: "invalid CNI_NETNS"},
+		{name: "CNI_NETNS is the node's own namespace", call: badCall{env: with(add(fresh), "CNI_NETNS", n.NSPath), stdin: conf(nil)},
+			wantCode: types.ErrInvalidEnvironmentVariables, wantMsg: "node's own network namespace",
+			check: func(t *testing.T, _ badOutcome) {
+				if diff := cmp.Diff(nodeRoutes, routesOf(t, n.NSPath)); diff != "" {
+					t.Errorf("the node's routes changed (-before +after):\n%s", diff)
+				}
+			}},
 		{name: "missing CNI_IFNAME", call: badCall{env: with(add(fresh), "CNI_IFNAME", "<unset>"), stdin: conf(nil)},
 			wantCode: types.ErrInvalidEnvironmentVariables, wantMsg: "CNI_IFNAME"},
 		{name: "CNI_IFNAME too long", call: badCall{env: with(add(fresh), "CNI_IFNAME", "eth0123456789abc"), stdin: conf(nil)},
@@ -436,4 +444,18 @@ func TestBadInputDaemon(t *testing.T) {
 			}
 		})
 	}
+}
+
+// routesOf lists the IPv4 routes of the namespace at nsPath, one string each.
+func routesOf(t *testing.T, nsPath string) []string {
+	t.Helper()
+	routes, err := nstest.Netlink(t, nsPath).RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]string, 0, len(routes))
+	for _, r := range routes {
+		out = append(out, r.String())
+	}
+	return out
 }

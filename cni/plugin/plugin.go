@@ -136,7 +136,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	}
 	defer func() { c.finish(err) }()
 	conf := c.conf
-	k8s, err := addArgs(args)
+	k8s, err := addArgs(args, p.NodeNS)
 	if err != nil {
 		return err
 	}
@@ -182,14 +182,14 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 
 // addArgs checks what ADD needs of the environment before an address is
 // taken, and returns the Kubernetes arguments.
-func addArgs(args *skel.CmdArgs) (k8sArgs, error) {
+func addArgs(args *skel.CmdArgs, nodeNS string) (k8sArgs, error) {
 	if err := validIfName(args.IfName); err != nil {
 		return k8sArgs{}, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_IFNAME", fmt.Sprintf("%q: %v", args.IfName, err))
 	}
 	if args.Netns == "" {
 		return k8sArgs{}, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is required for ADD", "")
 	}
-	if err := checkNetns(args.Netns); err != nil {
+	if err := checkNetns(args.Netns, nodeNS); err != nil {
 		return k8sArgs{}, err
 	}
 	return loadK8sArgs(args.Args)
@@ -248,14 +248,27 @@ func buildResult(conf *NetConf, pod linux.PodResult) *current.Result {
 	}
 }
 
-// checkNetns refuses a CNI_NETNS that does not exist or is not a network
-// namespace, before any address is taken.
-func checkNetns(path string) error {
+// checkNetns refuses a CNI_NETNS that does not exist, is not a network
+// namespace or is the node's own (nodeNS, "" for the caller's), before any
+// address is taken: set up as a pod, the node would lose its routes.
+func checkNetns(path, nodeNS string) error {
 	n, err := ns.GetNS(path)
 	if err != nil {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_NETNS "+path, err.Error())
 	}
-	return n.Close()
+	defer n.Close()
+	if nodeNS == "" {
+		nodeNS = "/proc/self/ns/net"
+	}
+	pod, perr := os.Stat(path)
+	node, nerr := os.Stat(nodeNS)
+	if perr != nil || nerr != nil {
+		return types.NewError(types.ErrInternal, "compare CNI_NETNS with the node's namespace", errors.Join(perr, nerr).Error())
+	}
+	if os.SameFile(pod, node) {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_NETNS "+path, "it is the node's own network namespace")
+	}
+	return nil
 }
 
 // Del tears the datapath down and releases the address. It tolerates a
