@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
@@ -332,6 +333,44 @@ func TestBadInputPlugin(t *testing.T) {
 		}
 		if diff := cmp.Diff(before, badSnap(t, n)); diff != "" {
 			t.Errorf("the node changed (-before +after):\n%s", diff)
+		}
+	})
+	// A runtime's cache can hold a prevResult that no longer decodes: DEL
+	// must still succeed and remove the veth and the assignment, or every
+	// retry fails the same way and both stay behind.
+	t.Run("DEL with an undecodable prevResult", func(t *testing.T) {
+		victim, err := n.NewPod("default", "badprev")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := n.Add(ctx, victim); err != nil {
+			t.Fatalf("ADD: %v", err)
+		}
+		hostVeth := linux.HostVethName(victim.ContainerID, "eth0")
+		mine := func(s badSnapshot) []string {
+			var out []string
+			for _, e := range s.Assigned {
+				if strings.Contains(e, victim.ContainerID) {
+					out = append(out, e)
+				}
+			}
+			if slices.Contains(s.Veths, hostVeth) {
+				out = append(out, hostVeth)
+			}
+			return out
+		}
+		if got := mine(badSnap(t, n)); len(got) != 2 {
+			t.Fatalf("before DEL, the snapshot holds %v of the pod, want its assignment and its veth", got)
+		}
+		env := with(add(victim), "CNI_COMMAND", "DEL")
+		out := badRun(t, n, bin, badCall{env: env, stdin: conf(map[string]any{
+			"prevResult": map[string]any{"cniVersion": "1.0.0", "ips": "not a list"},
+		})})
+		if out.exitCode != 0 {
+			t.Fatalf("DEL exit %d: %s", out.exitCode, out.stdout)
+		}
+		if left := mine(badSnap(t, n)); len(left) > 0 {
+			t.Errorf("left behind after DEL: %v", left)
 		}
 	})
 	t.Run("the existing eth0 survived the refused ADD", func(t *testing.T) {

@@ -29,6 +29,8 @@ type NetConf struct {
 	vnetCIDRs      []netip.Prefix
 	ipamdTimeout   time.Duration
 	logLevel       string
+	// prevResultErr says why DEL dropped an undecodable prevResult.
+	prevResultErr string
 }
 
 // Defaults of the configuration that only the plugin uses; the shared ones
@@ -44,7 +46,16 @@ const maxStdin = 1 << 20
 
 // loadNetConf parses and validates the configuration once. Undecodable
 // input is CNI error 6, an invalid value error 7 naming the field.
-func loadNetConf(data []byte) (*NetConf, error) {
+func loadNetConf(data []byte) (*NetConf, error) { return parseNetConf(data, false) }
+
+// loadDelNetConf is loadNetConf for DEL, which must be able to succeed
+// whatever the runtime cached: an undecodable prevResult is dropped (DEL
+// then finds the address from the veth's alias or from vnet-ipamd) and
+// reported in the call's log line, instead of failing every retry with 6
+// and leaving the veth and the address behind.
+func loadDelNetConf(data []byte) (*NetConf, error) { return parseNetConf(data, true) }
+
+func parseNetConf(data []byte, dropBadPrev bool) (*NetConf, error) {
 	if len(data) > maxStdin {
 		return nil, types.NewError(types.ErrDecodingFailure, "configuration too large",
 			fmt.Sprintf("%d bytes, at most %d", len(data), maxStdin))
@@ -62,7 +73,11 @@ func loadNetConf(data []byte) (*NetConf, error) {
 	// The runtime passes prevResult (CHECK, DEL) as raw JSON; decode it in
 	// the configuration's cniVersion.
 	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
-		return nil, types.NewError(types.ErrDecodingFailure, "cannot decode prevResult", err.Error())
+		if !dropBadPrev {
+			return nil, types.NewError(types.ErrDecodingFailure, "cannot decode prevResult", err.Error())
+		}
+		conf.RawPrevResult, conf.PrevResult = nil, nil
+		conf.prevResultErr = err.Error()
 	}
 	if err := conf.validate(); err != nil {
 		return nil, err

@@ -146,3 +146,25 @@ func TestLoadK8sArgs(t *testing.T) {
 		t.Error("malformed CNI_ARGS accepted")
 	}
 }
+
+// TestLoadNetConfBadPrevResult: CHECK (and every verb but DEL) refuses an
+// undecodable prevResult with 6; DEL drops it and says why.
+func TestLoadNetConfBadPrevResult(t *testing.T) {
+	conf := []byte(`{"cniVersion":"1.0.0","name":"n","type":"vnet-cni","prevResult":{"cniVersion":"1.0.0","ips":"not a list"}}`)
+	_, err := loadNetConf(conf)
+	var e *types.Error
+	if !errors.As(err, &e) || e.Code != types.ErrDecodingFailure {
+		t.Fatalf("loadNetConf: %v, want CNI error %d", err, types.ErrDecodingFailure)
+	}
+	c, err := loadDelNetConf(conf)
+	if err != nil {
+		t.Fatalf("loadDelNetConf: %v", err)
+	}
+	if c.PrevResult != nil || c.RawPrevResult != nil || c.prevResultErr == "" {
+		t.Errorf("DEL kept the prevResult (%v, %v) or gave no reason (%q)", c.PrevResult, c.RawPrevResult, c.prevResultErr)
+	}
+	good := []byte(`{"cniVersion":"1.0.0","name":"n","type":"vnet-cni","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.240.0.9/24"}]}}`)
+	if c, err := loadDelNetConf(good); err != nil || c.PrevResult == nil || c.prevResultErr != "" {
+		t.Errorf("a good prevResult: conf %+v, err %v", c, err)
+	}
+}

@@ -49,7 +49,11 @@ type call struct {
 
 func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	c := &call{verb: verb, args: args, start: time.Now()}
-	conf, err := loadNetConf(args.StdinData)
+	load := loadNetConf
+	if verb == "DEL" {
+		load = loadDelNetConf
+	}
+	conf, err := load(args.StdinData)
 	if err != nil {
 		c.log = p.logger(nil)
 		c.finish(err)
@@ -65,6 +69,9 @@ func (p *Plugin) begin(verb string, args *skel.CmdArgs) (*call, error) {
 	}
 	if args.ContainerID != "" {
 		c.attrs = append(c.attrs, "containerID", args.ContainerID, "ifName", args.IfName)
+	}
+	if conf.prevResultErr != "" {
+		c.attrs = append(c.attrs, "prevResultIgnored", conf.prevResultErr)
 	}
 	return c, nil
 }
