@@ -56,6 +56,10 @@ func startCluster(t *testing.T, nodes int, tune func(c *config.Config)) (sim.Des
 	c, err := cluster.New(s.Description(), cluster.Options{Dir: t.TempDir(), BinDir: "../bin",
 		IPAMD: func(_ string, cfg *config.Config) {
 			cfg.Cooldown = config.Duration(500 * time.Millisecond)
+			// These tests are about the plugin's own node set-up (the
+			// bridge it creates, the conflists it is given); the e2e
+			// tests run the daemon-kept node.
+			cfg.NodeSetup = config.NodeSetupPlugin
 			if tune != nil {
 				tune(cfg)
 			}

@@ -2,6 +2,7 @@ package azure0
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -21,8 +22,15 @@ type AttachRequest struct {
 	// with it the node is set up while the address is on its way. Empty:
 	// Complete sets the node up with the address's.
 	VNetPrefixes []netip.Prefix
-	// SNATExclusions: see NodeConfig.
+	// SNATExclusions and AllowMetadata: see NodeConfig.
 	SNATExclusions []netip.Prefix
+	AllowMetadata  bool
+	// Managed says that vnet-ipamd keeps the node's datapath (sets it up
+	// before it declares the node ready and repairs it when it changes):
+	// ADD then only opens the node and adds the pod strictly (see
+	// PodConfig.Strict), and sets the node up itself only when the pod
+	// cannot be added for something the node lacks.
+	Managed bool
 }
 
 // Attachment is one pod's attachment while ADD runs: Prepare starts it
@@ -66,7 +74,13 @@ func Prepare(ctx context.Context, nodeNS string, opts Options, req AttachRequest
 	}
 	a.early = make(chan ensured, 1)
 	a.veth = make(chan bool, 1)
-	go func() { a.early <- a.ensure(ctx, req.VNetPrefixes) }()
+	go func() {
+		if req.Managed {
+			a.early <- a.open()
+			return
+		}
+		a.early <- a.ensure(ctx, req.VNetPrefixes)
+	}()
 	go func() {
 		master := req.Bridge.Name
 		if master == "" {
@@ -92,22 +106,50 @@ func (a *Attachment) collect() ensured {
 	return e
 }
 
-// ensure opens the node's datapath and makes sure of the bridge and the
-// tables with the VNet's address space vnet.
-func (a *Attachment) ensure(ctx context.Context, vnet []netip.Prefix) ensured {
+// open opens the node's datapath without setting it up: the managed path.
+func (a *Attachment) open() ensured {
 	start := time.Now()
 	node, err := Open(a.nodeNS, a.opts)
 	if err != nil {
 		return ensured{err: fmt.Errorf("%w: %w", linux.ErrNodeSetup, err)}
 	}
-	opened := time.Now()
-	info, err := node.EnsureNode(ctx, NodeConfig{
-		Bridge: a.req.Bridge, VNetPrefixes: vnet, SNATExclusions: a.req.SNATExclusions,
-	})
-	if err != nil {
-		return ensured{node: node, err: fmt.Errorf("%w: %w", linux.ErrNodeSetup, err)}
+	e := ensured{node: node, open: time.Since(start)}
+	e.info.Bridge.Name = a.req.Bridge.Name
+	if e.info.Bridge.Name == "" {
+		e.info.Bridge.Name = DefaultBridgeName
 	}
-	return ensured{node: node, info: info, open: opened.Sub(start), ensure: time.Since(opened)}
+	return e
+}
+
+// ensure opens the node's datapath and makes sure of the bridge and the
+// tables with the VNet's address space vnet.
+func (a *Attachment) ensure(ctx context.Context, vnet []netip.Prefix) ensured {
+	e := a.open()
+	if e.err != nil {
+		return e
+	}
+	return a.ensureOpen(ctx, e, vnet)
+}
+
+// ensureOpen sets up the node e has opened.
+func (a *Attachment) ensureOpen(ctx context.Context, e ensured, vnet []netip.Prefix) ensured {
+	start := time.Now()
+	info, err := e.node.EnsureNode(ctx, a.nodeConfig(vnet))
+	e.ensure = time.Since(start)
+	if err != nil {
+		e.err = fmt.Errorf("%w: %w", linux.ErrNodeSetup, err)
+		return e
+	}
+	e.info = info
+	return e
+}
+
+// nodeConfig is the node's wanted datapath as the request describes it.
+func (a *Attachment) nodeConfig(vnet []netip.Prefix) NodeConfig {
+	return NodeConfig{
+		Bridge: a.req.Bridge, VNetPrefixes: vnet, SNATExclusions: a.req.SNATExclusions,
+		AllowMetadata: a.req.AllowMetadata,
+	}
 }
 
 // Complete finishes the pod with its address: it waits for the work
@@ -127,10 +169,24 @@ func (a *Attachment) Complete(ctx context.Context, addr linux.Address) (linux.Po
 	}
 	a.ip = addr.IP
 	start := time.Now()
-	res, err := a.node.AddPod(ctx, PodConfig{
+	pod := PodConfig{
 		ContainerID: a.req.ContainerID, IfName: a.req.IfName, NetNS: a.req.NetNS,
 		IP: addr.IP, Subnet: addr.Subnet, Gateway: addr.Gateway, MTU: a.req.Bridge.MTU, Bridge: e.info.Bridge.Name,
-	})
+		Strict: a.req.Managed,
+	}
+	res, err := a.node.AddPod(ctx, pod)
+	if errors.Is(err, ErrNotReady) && a.req.Managed {
+		// The node lacks what vnet-ipamd keeps (it is repairing it, or it
+		// has not seen the change yet): set it up here, as an unmanaged
+		// ADD does, and try once more.
+		e = a.ensureOpen(ctx, ensured{node: a.node}, addr.VNetPrefixes)
+		a.steps.EnsureNode = e.ensure
+		if e.err != nil {
+			return linux.PodResult{}, e.err
+		}
+		pod.Bridge, pod.Strict = e.info.Bridge.Name, false
+		res, err = a.node.AddPod(ctx, pod)
+	}
 	a.steps.AddPod = time.Since(start)
 	return res, err
 }

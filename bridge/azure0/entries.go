@@ -19,8 +19,9 @@ import (
 // the entries are the same whoever held the address before, and adding an
 // identical element is no error: nothing is read first. When a table is
 // missing (SNAT off, a table deleted by hand) the transaction fails as a
-// whole and the entries are changed one table at a time instead.
-func (n *Node) addPodEntries(ctx context.Context, hostName string, ip netip.Addr, mac net.HardwareAddr) (err error) {
+// whole and the entries are changed one table at a time instead, unless
+// strict: then the node is incomplete, an ErrNotReady.
+func (n *Node) addPodEntries(ctx context.Context, hostName string, ip netip.Addr, mac net.HardwareAddr, strict bool) (err error) {
 	unlock, err := n.ns.Lock(ctx)
 	if err != nil {
 		return err
@@ -41,6 +42,9 @@ func (n *Node) addPodEntries(ctx context.Context, hostName string, ip netip.Addr
 	}
 	if derr := n.ns.DiscardBatch(); derr != nil {
 		return errors.Join(err, derr)
+	}
+	if strict {
+		return fmt.Errorf("%w: register pod %s: %w", ErrNotReady, ip, err)
 	}
 	if err := n.addPodPerTableLocked(ip, mac); err != nil {
 		return err

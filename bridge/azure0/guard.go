@@ -31,6 +31,7 @@ import (
 //	    iifname "vnc*" ether type arp iifname . ether saddr . arp saddr ip != @ports drop
 //	    iifname "vnc*" ether type arp iifname . arp saddr ether . arp saddr ip != @ports drop
 //	    iifname "vnc*" ether type != { ip, arp } drop
+//	    iifname "vnc*" ip daddr 169.254.169.254 drop   # unless AllowMetadata
 //	  }
 //	}
 //
@@ -38,7 +39,17 @@ import (
 // added by AddPod and removed by DelPod. The table is reconciled by
 // EnsureNode like the main tables; when it is rebuilt, the elements are
 // recovered from the veths' aliases.
+//
+// The last rule keeps pods away from the instance metadata service: on Azure
+// it hands the node's managed-identity token to whoever asks from the node,
+// and a pod's packet to it would otherwise be routed by the node (see the
+// SNAT rule of the bridge table) and leave with the node's address. The node
+// itself and host-network pods do not cross a pod port and are unaffected.
 const GuardTableName = "vnet-cni-guard"
+
+// MetadataAddr is the instance metadata service's address on Azure and AWS
+// alike.
+var MetadataAddr = netip.AddrFrom4([4]byte{169, 254, 169, 254})
 
 const guardSetName = "ports"
 
@@ -97,7 +108,7 @@ func parseGuardKey(k []byte) (guardPort, bool) {
 // (docker0, cbr0) and their ports are none of vnet-cni's business. (Matching
 // the input port's bridge, meta ibrname, needs CONFIG_NFT_BRIDGE_META, which
 // kernels may lack.)
-func buildGuard() linux.Chain {
+func buildGuard(allowMetadata bool) linux.Chain {
 	accept := nftables.ChainPolicyAccept
 	c := linux.Chain{Chain: &nftables.Chain{
 		Name: chainPrerouting, Table: guardTable(), Type: nftables.ChainTypeFilter,
@@ -136,6 +147,12 @@ func buildGuard() linux.Chain {
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x08, 0x00}},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x08, 0x06}},
 		&expr.Verdict{Kind: expr.VerdictDrop})
+	if !allowMetadata {
+		c.Add("from a pod: nothing to the instance metadata service",
+			fromPod, etherTypeIs(etherTypeIP),
+			loadNet(ipDst, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: MetadataAddr.AsSlice()},
+			&expr.Verdict{Kind: expr.VerdictDrop})
+	}
 	return c
 }
 
@@ -145,9 +162,9 @@ const arpSPA = 14
 // guardWanted is the guard table's wanted state. Its elements are the
 // ports', changed by ADD and DEL; when the table is rebuilt without them,
 // they are recovered from the aliases of the bridge's veths.
-func (n *Node) guardWanted(bridgeIndex int) linux.Table {
+func (n *Node) guardWanted(bridgeIndex int, allowMetadata bool) linux.Table {
 	t := guardTable()
-	return linux.Table{Table: t, Set: guardSet(t), Chains: []linux.Chain{buildGuard()},
+	return linux.Table{Table: t, Set: guardSet(t), Chains: []linux.Chain{buildGuard(allowMetadata)},
 		Recover: func() ([]nftables.SetElement, error) {
 			ports, err := n.guardPortsFromVeths(bridgeIndex)
 			if err != nil {
@@ -182,7 +199,8 @@ func (n *Node) addGuardLocked(port guardPort) error {
 	s := guardSet(guardTable())
 	elems, err := n.ns.NFT.GetSetElements(s)
 	if errors.Is(err, unix.ENOENT) {
-		return nil
+		// Without its guard a pod could use another pod's identity.
+		return fmt.Errorf("%w: no nftables set %s %s", ErrNotReady, GuardTableName, guardSetName)
 	}
 	if err != nil {
 		return fmt.Errorf("list elements of %s %s: %w", GuardTableName, guardSetName, err)

@@ -46,7 +46,7 @@ func (n *Node) reconcileTables(ctx context.Context, spec nftSpec, held linux.Tab
 		w.Exact = exact
 		w.Recover = recovered(w.Set)
 	}
-	return n.ns.Reconcile(ctx, ownedTables, append(want, n.guardWanted(bridgeIndex)), held)
+	return n.ns.Reconcile(ctx, ownedTables, append(want, n.guardWanted(bridgeIndex, spec.allowMetadata)), held)
 }
 
 // readPodSet reads the pod set's elements; a missing set is not an error.

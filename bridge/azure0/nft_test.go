@@ -128,7 +128,7 @@ func TestReconcileRestoresTables(t *testing.T) {
 			"bridge " + podA.String(): resA.PodIf.MAC.String(), "bridge " + podB.String(): resB.PodIf.MAC.String(),
 			"ip " + podA.String(): "-", "ip " + podB.String(): "-",
 		},
-		GuardRules: 5,
+		GuardRules: 6, // the last one keeps pods from the metadata service
 		Guard: []string{
 			resA.HostVeth.Name + " " + resA.PodIf.MAC.String() + " " + podA.String(),
 			resB.HostVeth.Name + " " + resB.PodIf.MAC.String() + " " + podB.String(),

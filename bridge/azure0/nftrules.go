@@ -38,6 +38,9 @@ type nftSpec struct {
 	primary   netip.Addr   // SNAT target
 	snat      bool
 	exclude   []netip.Prefix // destinations never masqueraded; sorted, masked
+	// allowMetadata lets pods reach the instance metadata service
+	// (MetadataAddr); by default the guard drops their packets to it.
+	allowMetadata bool
 }
 
 // podSet is a table's set of pod addresses: a map to the pods' MACs in the

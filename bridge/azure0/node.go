@@ -65,6 +65,9 @@ type NodeConfig struct {
 	SNATExclusions []netip.Prefix
 	// DisableSNAT leaves pod traffic untranslated (and removes the ip table).
 	DisableSNAT bool
+	// AllowMetadata lets pods reach the instance metadata service
+	// (MetadataAddr), which the guard table refuses them by default.
+	AllowMetadata bool
 	// Pods maps pod addresses to the MACs of their interfaces. Unless
 	// SyncPods is set they are added to the pods already registered; with
 	// SyncPods they are the complete list and the others are removed.
@@ -78,6 +81,9 @@ type NodeInfo struct {
 	// NFTChanges counts the nftables changes made: tables rebuilt and set
 	// elements added or removed. 0 when everything was in place.
 	NFTChanges int
+	// BridgeChanged is true when the bridge was not complete and was set
+	// up (created, taken over, repaired).
+	BridgeChanged bool
 }
 
 // ErrConfig is wrapped by errors about an invalid configuration.
@@ -113,7 +119,7 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 		defer close(fetched)
 		held, heldErr = n.ns.ReadTables(ownedTables, len(cfg.Pods) > 0 || cfg.SyncPods)
 	}()
-	br, err := n.EnsureBridge(ctx, cfg.Bridge)
+	br, changed, err := n.ensureBridge(ctx, cfg.Bridge)
 	<-fetched
 	if err != nil {
 		return NodeInfo{}, err
@@ -121,7 +127,7 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 	if heldErr != nil {
 		return NodeInfo{Bridge: br}, heldErr
 	}
-	info := NodeInfo{Bridge: br}
+	info := NodeInfo{Bridge: br, BridgeChanged: changed}
 	if !br.PrimaryIP.IsValid() && !cfg.DisableSNAT {
 		return info, fmt.Errorf("bridge %s has no primary ipv4 address to masquerade to", br.Name)
 	}
@@ -147,10 +153,19 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 		primary:   br.PrimaryIP,
 		snat:      !cfg.DisableSNAT,
 		exclude:   exclude,
+
+		allowMetadata: cfg.AllowMetadata,
 	}
 	for _, p := range br.Addrs {
 		spec.nodeIPs = append(spec.nodeIPs, p.Addr())
 	}
 	info.NFTChanges, err = n.reconcileTables(ctx, spec, held, cfg.Pods, cfg.SyncPods, br.Index)
 	return info, err
+}
+
+// Watch reports changes that others make to the node's datapath: the
+// tables, the bridge, the uplink (see linux.NS.Watch). The watch keeps
+// sockets of its own; the Node may be closed after Watch returns.
+func (n *Node) Watch(ctx context.Context) (<-chan struct{}, error) {
+	return n.ns.Watch(ctx, ownedTables)
 }

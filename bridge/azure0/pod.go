@@ -41,6 +41,10 @@ type PodConfig struct {
 	// HostVethName overrides linux.HostVethName(ContainerID, IfName); it must
 	// start with linux.HostVethPrefix, which the guard table relies on.
 	HostVethName string
+	// Strict expects the node complete, as vnet-ipamd keeps it: a missing
+	// table or set fails with ErrNotReady instead of being worked around
+	// one table at a time.
+	Strict bool
 }
 
 func (c PodConfig) validate() error {
@@ -128,7 +132,7 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res linux.PodResult, 
 		return res, err
 	}
 	podMAC := pod.Attrs().HardwareAddr
-	if err := n.addPodEntries(ctx, hostName, cfg.IP, podMAC); err != nil {
+	if err := n.addPodEntries(ctx, hostName, cfg.IP, podMAC, cfg.Strict); err != nil {
 		return res, err
 	}
 	if err := n.refreshNeighbour(br.Attrs().Index, cfg.IP, podMAC); err != nil {

@@ -57,18 +57,24 @@ type BridgeInfo struct {
 // bridge in one atomic RTM_NEWROUTE with NLM_F_REPLACE, and only then are the
 // addresses removed from the master.
 func (n *Node) EnsureBridge(ctx context.Context, cfg BridgeConfig) (BridgeInfo, error) {
+	info, _, err := n.ensureBridge(ctx, cfg)
+	return info, err
+}
+
+// ensureBridge is EnsureBridge, telling whether the bridge needed work.
+func (n *Node) ensureBridge(ctx context.Context, cfg BridgeConfig) (BridgeInfo, bool, error) {
 	if cfg.Name == "" {
 		cfg.Name = DefaultBridgeName
 	}
 	if info, ok, err := n.bridgeDone(cfg); err != nil || ok {
-		return info, err
+		return info, false, err
 	}
 	unlock, err := n.ns.Lock(ctx)
 	if err != nil {
-		return BridgeInfo{}, err
+		return BridgeInfo{}, false, err
 	}
 	info, err := n.ensureBridgeLocked(ctx, cfg)
-	return info, errors.Join(err, unlock())
+	return info, true, errors.Join(err, unlock())
 }
 
 // bridgeDone reports whether the bridge is complete, without changing anything.

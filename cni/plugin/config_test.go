@@ -50,6 +50,8 @@ func TestConflistEntryRoundTrip(t *testing.T) {
 		ReleaseSpool:   "/var/lib/test/spool",
 		LockDir:        "/run/test",
 		VNetCIDRs:      []string{"10.240.0.0/12"},
+		ManagedNode:    true,
+		AllowMetadata:  true,
 	}
 	// A zero field would pass unnoticed if its key were lost.
 	v := reflect.ValueOf(want)

@@ -58,6 +58,8 @@ func (p *Plugin) prepare(ctx context.Context, conf *NetConf, args *skel.CmdArgs)
 		Bridge:         azure0.BridgeConfig{Name: conf.Bridge, Master: conf.Master, MTU: conf.MTU},
 		VNetPrefixes:   conf.vnetCIDRs,
 		SNATExclusions: conf.snatExclusions,
+		AllowMetadata:  conf.AllowMetadata,
+		Managed:        conf.ManagedNode,
 	})
 }
 

@@ -62,6 +62,15 @@ type PluginConf struct {
 	// conflist; with it, ADD sets the node up while the address is on its
 	// way. Without it, ADD waits for the address, whose answer carries them.
 	VNetCIDRs []string `json:"vnetCIDRs,omitempty"`
+	// ManagedNode says that vnet-ipamd keeps the node's datapath (the
+	// bridge and the nftables tables): it set them up before it wrote the
+	// conflist and repairs them when they change. ADD then leaves the node
+	// alone unless the pod cannot be added without it. Without the key,
+	// every ADD makes sure of the node.
+	ManagedNode bool `json:"managedNode,omitempty"`
+	// AllowMetadata lets pods reach the instance metadata service
+	// (169.254.169.254); by default their packets to it are dropped.
+	AllowMetadata bool `json:"allowMetadata,omitempty"`
 }
 
 // PluginEntry is vnet-cni's entry in the conflist the daemon writes: the

@@ -43,6 +43,7 @@ const (
 	DefaultMetricsAddr    = "127.0.0.1:10093"
 	DefaultLogLevel       = LogInfo
 	DefaultMode           = ModeBridge
+	DefaultNodeSetup      = NodeSetupIPAMD
 	DefaultProvider       = ProviderAzure
 	DefaultCallTimeout    = 30 * time.Second
 
@@ -62,6 +63,14 @@ const (
 	// ModeBridge: pods get secondary VNet addresses of the node's NIC behind
 	// the azure0 bridge. The only mode implemented so far; "kubenet" will follow.
 	ModeBridge = api.ModeBridge
+
+	// NodeSetupIPAMD: the daemon sets the node's datapath up before it
+	// writes the conflist and repairs it (and the conflist) while it runs.
+	NodeSetupIPAMD = "ipamd"
+	// NodeSetupPlugin: the daemon leaves the datapath to the plugin, which
+	// makes sure of the node on every ADD; for clusters that run the plugin
+	// with a conflist of their own.
+	NodeSetupPlugin = "plugin"
 
 	ProviderAzure = "azure"
 
@@ -163,6 +172,16 @@ type Config struct {
 	LogLevel string `json:"logLevel"`
 	// Mode is the datapath mode; only "bridge" for now.
 	Mode string `json:"mode"`
+	// NodeSetup says who keeps the node's datapath (bridge and nftables
+	// tables): "ipamd" (the default) or "plugin".
+	NodeSetup string `json:"nodeSetup"`
+	// AllowPodMetadata lets pods reach the instance metadata service
+	// (169.254.169.254). Off by default: on Azure it hands the node's
+	// managed-identity token to whoever asks from the node, and a pod's
+	// request would leave with the node's address. The node and
+	// host-network pods reach it either way. Set it per node (agent pool)
+	// only where workloads need the metadata and the identity is harmless.
+	AllowPodMetadata bool `json:"allowPodMetadata,omitempty"`
 	// Cloud configures the cloud provider.
 	Cloud Cloud `json:"cloud"`
 }
@@ -225,6 +244,7 @@ func Default() Config {
 		MetricsAddr:    netip.MustParseAddrPort(DefaultMetricsAddr),
 		LogLevel:       DefaultLogLevel,
 		Mode:           DefaultMode,
+		NodeSetup:      DefaultNodeSetup,
 		Cloud: Cloud{
 			Provider:    DefaultProvider,
 			CallTimeout: Duration(DefaultCallTimeout),

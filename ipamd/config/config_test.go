@@ -42,6 +42,7 @@ var documented = Config{
 	MetricsAddr:    netip.MustParseAddrPort("127.0.0.1:10093"),
 	LogLevel:       "info",
 	Mode:           "bridge",
+	NodeSetup:      "ipamd",
 	Cloud: Cloud{
 		Provider:    "azure",
 		CallTimeout: Duration(30 * time.Second),

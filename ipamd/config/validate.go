@@ -78,6 +78,7 @@ func (c Config) Validate() error {
 	} else {
 		add(oneOf("mode", c.Mode, ModeBridge))
 	}
+	add(oneOf("nodeSetup", c.NodeSetup, NodeSetupIPAMD, NodeSetupPlugin))
 	add(c.Cloud.validate())
 	return errors.Join(errs...)
 }

@@ -73,9 +73,16 @@ type Options struct {
 	// ReleaseSpool is the directory where the plugin records releases it
 	// could not hand over (see package spool); drained on every round.
 	ReleaseSpool string
-	// Conflist is written atomically once the daemon is ready.
+	// Conflist is written atomically once the daemon is ready, and again
+	// whenever it is deleted or changed.
 	Conflist Conflist
-	Logger   *slog.Logger
+	// Datapath, when set, is the node's datapath the daemon keeps: set up
+	// before the conflist is written, repaired on changes (see Datapath).
+	Datapath Datapath
+	// DatapathInterval is the period of the datapath and conflist checks
+	// (default 2s); change events trigger them sooner.
+	DatapathInterval time.Duration
+	Logger           *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -107,6 +114,9 @@ func (o *Options) setDefaults() {
 	if o.MTU == 0 {
 		o.MTU = 1500
 	}
+	if o.DatapathInterval == 0 {
+		o.DatapathInterval = defaultDatapathInterval
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -123,6 +133,8 @@ type Daemon struct {
 	log     *slog.Logger
 	metrics *Metrics
 	kickCh  chan struct{}
+	// instanceCh tells the datapath keeper that the instance was read.
+	instanceCh chan struct{}
 
 	// mu guards the fields below.
 	mu sync.Mutex
@@ -141,8 +153,12 @@ type Daemon struct {
 	ready  bool
 	// notReadyReason says why the daemon is not ready.
 	notReadyReason string
-	limitReached   bool
-	lastCloudErr   error
+	// datapathDone is true once Datapath.Ensure succeeded; datapathErr is
+	// the outcome of the last one.
+	datapathDone bool
+	datapathErr  error
+	limitReached bool
+	lastCloudErr error
 	// pending counts allocations waiting for a refill.
 	pending int
 	// freed is closed (and replaced) whenever addresses become free.
@@ -167,6 +183,7 @@ func New(st *store.Store, connect Connect, opts Options) (*Daemon, error) {
 		connect:        connect,
 		log:            opts.Logger,
 		kickCh:         make(chan struct{}, 1),
+		instanceCh:     make(chan struct{}, 1),
 		freed:          make(chan struct{}),
 		notReadyReason: "connecting to the cloud",
 		firstFill:      true,
@@ -254,8 +271,12 @@ func (d *Daemon) signalFree() {
 	d.mu.Unlock()
 }
 
-// Run connects to the cloud and runs the pool worker until ctx is done.
+// Run connects to the cloud and runs the pool worker and the datapath
+// keeper until ctx is done.
 func (d *Daemon) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { d.keepDatapath(ctx) })
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -276,19 +297,25 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 }
 
-// writeConflist writes the CNI configuration if it is missing or differs.
+// conflistData is the conflist's wanted content.
+func (d *Daemon) conflistData() []byte {
+	c := d.opts.Conflist
+	if c.Build == nil {
+		return c.Data
+	}
+	d.mu.Lock()
+	inst := d.inst
+	d.mu.Unlock()
+	return c.Build(inst)
+}
+
+// writeConflist writes the CNI configuration.
 func (d *Daemon) writeConflist() error {
 	c := d.opts.Conflist
 	if c.Path == "" {
 		return nil
 	}
-	data := c.Data
-	if c.Build != nil {
-		d.mu.Lock()
-		inst := d.inst
-		d.mu.Unlock()
-		data = c.Build(inst)
-	}
+	data := d.conflistData()
 	if err := os.MkdirAll(filepath.Dir(c.Path), 0o755); err != nil {
 		return fmt.Errorf("create cni conf dir: %w", err)
 	}

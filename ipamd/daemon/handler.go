@@ -208,6 +208,9 @@ func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusRespo
 	if d.lastCloudErr != nil {
 		resp.LastCloudError = d.lastCloudErr.Error()
 	}
+	if ok, why := d.datapathReadyLocked(); resp.Ready && !ok {
+		resp.Ready, resp.Reason = false, why
+	}
 	if d.synced {
 		resp.VNetCIDRs = d.inst.NetworkPrefixes
 		resp.Subnet = d.iface.Subnet

@@ -23,6 +23,10 @@ type Metrics struct {
 	cloudSeconds       *prometheus.HistogramVec
 	allocateSeconds    prometheus.Histogram
 	errors             *prometheus.CounterVec
+	datapathChecks     prometheus.Counter
+	datapathErrors     prometheus.Counter
+	datapathRepairs    prometheus.Counter
+	conflistRepairs    prometheus.Counter
 }
 
 const namespace = "vnetcni_ipamd"
@@ -64,6 +68,22 @@ func newMetrics(d *Daemon) *Metrics {
 			Namespace: namespace, Name: "cloud_errors_total",
 			Help: "Failed pool-worker rounds by cloud error kind.",
 		}, []string{"kind"}),
+		datapathChecks: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "datapath_checks_total",
+			Help: "Checks of the node's datapath (bridge and nftables tables) by the daemon.",
+		}),
+		datapathErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "datapath_errors_total",
+			Help: "Checks of the node's datapath that failed to set it up.",
+		}),
+		datapathRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "datapath_repairs_total",
+			Help: "Changes the daemon made to repair the node's datapath after it was set up (tables rebuilt, elements restored, bridge settings).",
+		}),
+		conflistRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "conflist_repairs_total",
+			Help: "Times the daemon wrote the CNI conflist again after it was deleted or changed.",
+		}),
 	}
 	addresses := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "addresses",
@@ -71,6 +91,7 @@ func newMetrics(d *Daemon) *Metrics {
 	}, []string{"state"})
 	m.registry.MustRegister(m.allocations, m.releases, m.allocatedFromCloud, m.releasedToCloud,
 		m.cloudCalls, m.cloudSeconds, m.allocateSeconds, m.errors,
+		m.datapathChecks, m.datapathErrors, m.datapathRepairs, m.conflistRepairs,
 		&stateCollector{d: d, desc: addresses},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "ready", Help: "1 when the daemon is ready to serve pods.",
@@ -131,7 +152,8 @@ func boolGauge(b bool) float64 {
 func (d *Daemon) isReady() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.ready
+	ok, _ := d.datapathReadyLocked()
+	return d.ready && ok
 }
 
 func (d *Daemon) isLimitReached() bool {

@@ -233,6 +233,10 @@ func (d *Daemon) sync(ctx context.Context, c Cloud) error {
 	d.synced = true
 	d.nextResync = d.opts.Now().Add(d.opts.ResyncInterval)
 	d.mu.Unlock()
+	select {
+	case d.instanceCh <- struct{}{}:
+	default:
+	}
 	d.succeeded()
 	return nil
 }
@@ -364,6 +368,12 @@ func (d *Daemon) updateReadiness(records []store.Record) {
 	}
 	if len(records) == 0 {
 		d.notReadyReason = "the pool is empty, waiting for the first addresses"
+		d.mu.Unlock()
+		return
+	}
+	if ok, why := d.datapathReadyLocked(); !ok {
+		// The keeper kicks the worker when the datapath is set up.
+		d.notReadyReason = why
 		d.mu.Unlock()
 		return
 	}

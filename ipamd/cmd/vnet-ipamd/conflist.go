@@ -34,6 +34,10 @@ func conflist(cfg config.Config, vnet []netip.Prefix) []byte {
 				ReleaseSpool: cfg.ReleaseSpool,
 				LockDir:      cfg.PluginLockDir,
 				VNetCIDRs:    cidrs,
+				// The daemon sets the node up before it writes this file
+				// and repairs it (see datapath.go).
+				ManagedNode:   cfg.NodeSetup == config.NodeSetupIPAMD,
+				AllowMetadata: cfg.AllowPodMetadata,
 			}},
 			portmapEntry{Type: "portmap", Capabilities: map[string]bool{"portMappings": true}, SNAT: true},
 		},

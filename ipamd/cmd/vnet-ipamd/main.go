@@ -104,6 +104,10 @@ func run(args []string) error {
 		Logger:                  log,
 	}
 	connect := func(ctx context.Context) (daemon.Cloud, error) { return azure.New(ctx, azCfg) }
+	var datapath daemon.Datapath
+	if cfg.NodeSetup == config.NodeSetupIPAMD {
+		datapath = &bridgeDatapath{lockDir: cfg.PluginLockDir, allowMetadata: cfg.AllowPodMetadata}
+	}
 	d, err := daemon.New(st, connect, daemon.Options{
 		Targets:        cfg.PoolTargets(),
 		InitialBatch:   cfg.IPAddressCount,
@@ -115,7 +119,8 @@ func run(args []string) error {
 		ReleaseSpool:   cfg.ReleaseSpool,
 		Conflist: daemon.Conflist{Path: filepath.Join(cfg.CNIConfDir, cfg.CNIConfName),
 			Build: func(inst cloud.Instance) []byte { return conflist(cfg, inst.NetworkPrefixes) }},
-		Logger: log,
+		Datapath: datapath,
+		Logger:   log,
 	})
 	if err != nil {
 		return err
