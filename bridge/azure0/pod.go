@@ -105,7 +105,7 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res linux.PodResult, 
 		return res, fmt.Errorf("open pod netns %s: %w", cfg.NetNS, err)
 	}
 	defer podNS.Close()
-	pnl, err := netlink.NewHandleAt(podNS)
+	pnl, err := netlink.NewHandleAt(podNS, unix.NETLINK_ROUTE)
 	if err != nil {
 		return res, fmt.Errorf("netlink handle in pod netns: %w", err)
 	}

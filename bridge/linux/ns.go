@@ -63,7 +63,7 @@ func Open(nsPath, lockDir string) (*NS, error) {
 		return nil, errors.Join(fmt.Errorf("stat node netns: %w", err), n.Close())
 	}
 	n.lockKey = fmt.Sprintf("%d-%d", st.Dev, st.Ino)
-	if n.Netlink, err = netlink.NewHandleAt(h); err != nil {
+	if n.Netlink, err = netlink.NewHandleAt(h, unix.NETLINK_ROUTE); err != nil {
 		return nil, errors.Join(fmt.Errorf("netlink handle in node netns: %w", err), n.Close())
 	}
 	if n.NFT, err = nftables.New(nftables.WithNetNSFd(int(h)), nftables.AsLasting()); err != nil {

@@ -64,7 +64,7 @@ func InspectPodSide(nsPath, ifName string) (*PodIfState, error) {
 		return nil, fmt.Errorf("open pod netns %s: %w", nsPath, err)
 	}
 	defer h.Close()
-	pnl, err := netlink.NewHandleAt(h)
+	pnl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle in pod netns: %w", err)
 	}

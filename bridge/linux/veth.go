@@ -275,7 +275,7 @@ func PrepareVeth(nodeNS string, req VethRequest) (bool, error) {
 		return false, err
 	}
 	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
+	nl, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
 	if err != nil {
 		return false, fmt.Errorf("netlink handle in node netns: %w", err)
 	}
