@@ -192,7 +192,7 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.startServers(); err != nil {
 		return err
 	}
-	for _, show := range []func(context.Context){d.podToPod, d.podToNode, d.podToInternet, d.hostPort} {
+	for _, show := range []func(context.Context){d.podToPod, d.podToNode, d.podToInternet, d.hostPort, d.selfHeal} {
 		show(ctx)
 		if err := ctx.Err(); err != nil {
 			return err
