@@ -50,6 +50,7 @@ func printStatus(w io.Writer, st api.StatusResponse, list api.ListResponse, now 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "node\t%s\n", st.NodeName)
 	fmt.Fprintf(tw, "ready\t%s\n", ready)
+	fmt.Fprintf(tw, "interface\t%s\n", st.Interface)
 	fmt.Fprintf(tw, "primary IP\t%s\n", st.PrimaryIP)
 	fmt.Fprintf(tw, "subnet / gateway\t%s via %s\n", st.Subnet, st.Gateway)
 	cidrs := make([]string, len(st.VNetCIDRs))
