@@ -96,6 +96,11 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res linux.PodResult, 
 	if err != nil {
 		return res, fmt.Errorf("%w: bridge %s: %w", ErrNotReady, cfg.Bridge, err)
 	}
+	if br.Type() != "bridge" {
+		// Before any veth: a port of something that is not a bridge
+		// cannot be made, and EnsureNode says why.
+		return res, fmt.Errorf("%w: %s is a %s, not a bridge", ErrNotReady, cfg.Bridge, br.Type())
+	}
 	mtu := cfg.MTU
 	if mtu == 0 {
 		mtu = br.Attrs().MTU
@@ -215,17 +220,17 @@ func (n *Node) DelPod(ctx context.Context, ref linux.PodRef) error {
 	// The nftables entries go first: removing set elements leaves the
 	// kernel an RCU grace period of cleanup, which overlaps with the veth
 	// deletion here instead of being waited for when the plugin closes its
-	// nftables socket.
-	if err := n.delPodEntries(ctx, hostName, ip); err != nil {
-		return err
+	// nftables socket. The veth goes even when they fail (a lock wait cut
+	// by ctx): the error makes the runtime retry, and the guard set still
+	// names the address for the retry, while a failed ADD's rollback must
+	// not leave the veth.
+	entriesErr := n.delPodEntries(ctx, hostName, ip)
+	if l != nil {
+		if err := n.ns.Netlink.LinkDel(l); err != nil && !linux.IsNotFound(err) {
+			return errors.Join(entriesErr, fmt.Errorf("delete veth %s: %w", hostName, err))
+		}
 	}
-	if l == nil {
-		return nil
-	}
-	if err := n.ns.Netlink.LinkDel(l); err != nil && !linux.IsNotFound(err) {
-		return fmt.Errorf("delete veth %s: %w", hostName, err)
-	}
-	return nil
+	return entriesErr
 }
 
 // InspectPod reports what really exists of an attachment, for CHECK. The

@@ -13,7 +13,9 @@ import (
 
 // ConfigurePod sets the address (with its prefix length), link state and
 // default route via gw of the pod's interface, through a netlink handle in
-// the pod namespace.
+// the pod namespace. A pod with several attachments has a default route on
+// each, told apart by their metric (see defaultMetric), so that removing one
+// attachment leaves the others' routes.
 func ConfigurePod(pnl *netlink.Handle, pod netlink.Link, ip netip.Prefix, gw netip.Addr) error {
 	name := pod.Attrs().Name
 	addr := &netlink.Addr{IPNet: IPNet(ip)}
@@ -25,15 +27,57 @@ func ConfigurePod(pnl *netlink.Handle, pod netlink.Link, ip netip.Prefix, gw net
 			return fmt.Errorf("set pod %s up: %w", name, err)
 		}
 	}
+	metric, err := defaultMetric(pnl, pod.Attrs().Index)
+	if err != nil {
+		return err
+	}
 	def := &netlink.Route{
 		LinkIndex: pod.Attrs().Index,
 		Dst:       IPNet(netip.PrefixFrom(netip.IPv4Unspecified(), 0)),
 		Gw:        gw.AsSlice(),
+		Priority:  metric,
 	}
 	if err := pnl.RouteReplace(def); err != nil {
 		return fmt.Errorf("default route via %s in pod: %w", gw, err)
 	}
 	return nil
+}
+
+// defaultMetric is the metric of the default route of the pod interface
+// linkIndex: the one it has already (a repeated ADD), else the lowest that
+// no other interface's default route of the main table uses. A kernel route
+// is keyed by table, destination and metric, not by interface: with one
+// metric for every attachment, the second attachment's default route would
+// replace the first's, and deleting the second (its veth) would leave the
+// pod without any. The first attachment keeps metric 0 and stays the pod's
+// way out.
+func defaultMetric(pnl *netlink.Handle, linkIndex int) (int, error) {
+	routes, err := RetryDump(func() ([]netlink.Route, error) {
+		return pnl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("pod routes: %w", err)
+	}
+	used := map[int]bool{}
+	for _, r := range routes {
+		if r.Dst != nil && (!r.Dst.IP.IsUnspecified() || prefixLen(r.Dst) != 0) {
+			continue
+		}
+		if r.LinkIndex == linkIndex {
+			return r.Priority, nil
+		}
+		used[r.Priority] = true
+	}
+	m := 0
+	for used[m] {
+		m++
+	}
+	return m, nil
+}
+
+func prefixLen(n *net.IPNet) int {
+	ones, _ := n.Mask.Size()
+	return ones
 }
 
 // PodIfState is the pod end of the veth, inside the pod namespace.

@@ -289,6 +289,11 @@ func PrepareVeth(nodeNS string, req VethRequest) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("master %s: %w", req.Master, err)
 		}
+		if m.Type() != "bridge" {
+			// Not a port's master (a node whose set-up is broken): the
+			// completion reports it, with nothing to clean up.
+			return false, nil
+		}
 		masterIndex = m.Attrs().Index
 		if mtu == 0 {
 			mtu = m.Attrs().MTU
@@ -299,8 +304,20 @@ func PrepareVeth(nodeNS string, req VethRequest) (bool, error) {
 		return false, fmt.Errorf("open pod netns %s: %w", req.NetNS, err)
 	}
 	defer podNS.Close()
-	if err := nl.LinkAdd(Veth(HostVethName(req.ContainerID, req.IfName), req.IfName, masterIndex, mtu, podNS, nil)); err != nil {
-		// Whatever the reason, the completion will meet it again and say what it is.
+	name := HostVethName(req.ContainerID, req.IfName)
+	if err := nl.LinkAdd(Veth(name, req.IfName, masterIndex, mtu, podNS, nil)); err != nil {
+		// Whatever the reason, the completion will meet it again and say
+		// what it is. The pair may exist without its master (netlink sets
+		// the master in a second request): a pair this call created must
+		// not outlive the failure. A name that was taken (EEXIST) is not
+		// this call's to remove.
+		if !errors.Is(err, unix.EEXIST) {
+			if l, lerr := nl.LinkByName(name); lerr == nil {
+				if derr := nl.LinkDel(l); derr != nil && !IsNotFound(derr) {
+					return false, fmt.Errorf("remove the half-made veth %s: %w", name, derr)
+				}
+			}
+		}
 		return false, nil
 	}
 	return true, nil
