@@ -191,6 +191,15 @@ func TestBadInputPlugin(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// ipamdSocket paths that cannot be vnet-ipamd's socket.
+	sockFile := filepath.Join(t.TempDir(), "ipamd.sock")
+	if err := os.WriteFile(sockFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sockDir := t.TempDir()
+	sockLong := "/run/" + strings.Repeat("s", 120) + ".sock"
+	manyExclusions := manyCIDRs(3000)
+
 	nodeRoutes := routesOf(t, n.NSPath)
 	add := func(p *cluster.Pod) map[string]string {
 		return map[string]string{
@@ -280,6 +289,20 @@ func TestBadInputPlugin(t *testing.T) {
 			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "mode"},
 		{name: "relative ipamdSocket", call: badCall{env: add(fresh), stdin: conf(map[string]any{"ipamdSocket": "ipamd.sock"})},
 			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "ipamdSocket"},
+		{name: "ipamdSocket is a regular file", call: badCall{env: add(fresh), stdin: conf(map[string]any{"ipamdSocket": sockFile})},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "ipamdSocket"},
+		{name: "ipamdSocket is a directory", call: badCall{env: add(fresh), stdin: conf(map[string]any{"ipamdSocket": sockDir})},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "ipamdSocket"},
+		{name: "ipamdSocket under a regular file", call: badCall{env: add(fresh), stdin: conf(map[string]any{"ipamdSocket": sockFile + "/ipamd.sock"})},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "ipamdSocket"},
+		{name: "ipamdSocket too long for sun_path", call: badCall{env: add(fresh), stdin: conf(map[string]any{"ipamdSocket": sockLong})},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "ipamdSocket"},
+		{name: "DEL with ipamdSocket a regular file", call: badCall{env: with(add(fresh), "CNI_COMMAND", "DEL"), stdin: conf(map[string]any{"ipamdSocket": sockFile})},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "ipamdSocket"},
+		{name: "3,000 snatExclusions", call: badCall{env: add(fresh), stdin: conf(map[string]any{"snatExclusions": manyExclusions})},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "snatExclusions 3000 entries, at most 32"},
+		{name: "bridge equal to master", call: badCall{env: add(fresh), stdin: conf(map[string]any{"bridge": "eth0", "master": "eth0"})},
+			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "bridge"},
 		{name: "bad snatExclusions", call: badCall{env: add(fresh), stdin: conf(map[string]any{"snatExclusions": []string{"10.0.0.0/33"}})},
 			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "snatExclusions"},
 		{name: "bad logLevel", call: badCall{env: add(fresh), stdin: conf(map[string]any{"logLevel": "trace"})},
@@ -447,6 +470,8 @@ func TestBadInputDaemon(t *testing.T) {
 		{"arm endpoint over http", set("cloud.azure.resourceManagerEndpoint", "http://management.azure.com"), "cloud.azure.resourceManagerEndpoint"},
 		{"callTimeout too short", set("cloud.callTimeout", "10ms"), "cloud.callTimeout"},
 		{"null value", set("logLevel", nil), "logLevel: null is not allowed"},
+		{"snatExclusions not a CIDR", set("snatExclusions", []string{"10.0.0.0/33"}), `snatExclusions[0]: "10.0.0.0/33" is not an IPv4 CIDR`},
+		{"too many snatExclusions", set("snatExclusions", manyCIDRs(3000)), "snatExclusions: 3000 entries, at most 32"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -495,6 +520,15 @@ func routesOf(t *testing.T, nsPath string) []string {
 	out := make([]string, 0, len(routes))
 	for _, r := range routes {
 		out = append(out, r.String())
+	}
+	return out
+}
+
+// manyCIDRs returns n distinct IPv4 /24s.
+func manyCIDRs(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("172.%d.%d.0/24", 16+i/256, i%256)
 	}
 	return out
 }

@@ -5,9 +5,13 @@ package plugin
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
+	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -105,25 +109,27 @@ func (c *NetConf) validate() error {
 			return invalid("master", "%q: %v", c.Master, err)
 		}
 	}
-	if !strings.HasPrefix(c.IPAMDSocket, "/") {
-		return invalid("ipamdSocket", "%q is not an absolute path", c.IPAMDSocket)
+	if c.Master != "" && c.Master == c.Bridge {
+		return invalid("bridge", "%q is also the master; the bridge takes the master over and must have another name", c.Bridge)
+	}
+	if err := checkSocketPath(c.IPAMDSocket); err != nil {
+		return err
 	}
 	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 9000) {
 		return invalid("mtu", "%d out of range 576..9000", c.MTU)
 	}
-	for _, s := range c.SNATExclusions {
-		p, err := netip.ParsePrefix(s)
-		if err != nil || !p.Addr().Is4() {
-			return invalid("snatExclusions", "%q is not an IPv4 CIDR", s)
-		}
-		c.snatExclusions = append(c.snatExclusions, p.Masked())
+	var err error
+	if c.snatExclusions, err = cidrList("snatExclusions", c.SNATExclusions); err != nil {
+		return err
 	}
-	for _, s := range c.VNetCIDRs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil || !p.Addr().Is4() {
-			return invalid("vnetCIDRs", "%q is not an IPv4 CIDR", s)
-		}
-		c.vnetCIDRs = append(c.vnetCIDRs, p.Masked())
+	if c.vnetCIDRs, err = cidrList("vnetCIDRs", c.VNetCIDRs); err != nil {
+		return err
+	}
+	// Without snatExclusions the VNet's address space is excluded instead,
+	// so it has the same limit.
+	if len(c.snatExclusions) == 0 && len(c.vnetCIDRs) > api.MaxSNATExclusions {
+		return invalid("vnetCIDRs", "%d entries, at most %d without snatExclusions (the VNet's address space is then the SNAT exclusions); set snatExclusions in vnet-ipamd's configuration",
+			len(c.vnetCIDRs), api.MaxSNATExclusions)
 	}
 	c.ipamdTimeout = defaultIPAMDTimeout
 	if c.IPAMDTimeout != "" {
@@ -148,6 +154,52 @@ func (c *NetConf) validate() error {
 		}
 	}
 	return nil
+}
+
+// cidrList parses a list of IPv4 CIDRs, masked. snatExclusions holds at
+// most api.MaxSNATExclusions.
+func cidrList(field string, list []string) ([]netip.Prefix, error) {
+	if field == "snatExclusions" && len(list) > api.MaxSNATExclusions {
+		return nil, invalid(field, "%d entries, at most %d (each is two expressions of one nftables rule, which holds at most 128)",
+			len(list), api.MaxSNATExclusions)
+	}
+	var out []netip.Prefix
+	for _, s := range list {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || !p.Addr().Is4() {
+			return nil, invalid(field, "%q is not an IPv4 CIDR", s)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// checkSocketPath refuses an ipamdSocket that can never be vnet-ipamd's
+// socket: a relative path, one too long for a unix socket address, or one
+// that exists as (or under) something other than a socket. A path that does
+// not exist yet is fine: the daemon is not running, and ADD answers "try
+// again later" while DEL spools its release. A path the plugin may not look
+// at is left to the call, which reports the permission error.
+func checkSocketPath(path string) error {
+	if !strings.HasPrefix(path, "/") {
+		return invalid("ipamdSocket", "%q is not an absolute path", path)
+	}
+	if len(path) > api.MaxSocketPath {
+		return invalid("ipamdSocket", "%q is %d bytes long, at most %d fit in a unix socket address", path, len(path), api.MaxSocketPath)
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, syscall.ENOTDIR):
+		return invalid("ipamdSocket", "%q is not a unix socket: a part of the path is a file, not a directory", path)
+	case err != nil, fi.Mode().Type() == fs.ModeSocket:
+		return nil
+	case fi.IsDir():
+		return invalid("ipamdSocket", "%q is a directory, not a unix socket", path)
+	case fi.Mode().IsRegular():
+		return invalid("ipamdSocket", "%q is a regular file, not a unix socket", path)
+	default:
+		return invalid("ipamdSocket", "%q is not a unix socket (mode %s)", path, fi.Mode())
+	}
 }
 
 func validIfName(name string) error {

@@ -3,7 +3,12 @@ package plugin
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -168,5 +173,71 @@ func TestLoadNetConfBadPrevResult(t *testing.T) {
 	good := []byte(`{"cniVersion":"1.0.0","name":"n","type":"vnet-cni","prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.240.0.9/24"}]}}`)
 	if c, err := loadDelNetConf(good); err != nil || c.PrevResult == nil || c.prevResultErr != "" {
 		t.Errorf("a good prevResult: conf %+v, err %v", c, err)
+	}
+}
+
+// TestLoadNetConfSocketAndLimits: an ipamdSocket that can never be the
+// daemon's socket and lists longer than the datapath can carry are error 7
+// naming the field (and the limit), before anything is asked of the daemon.
+func TestLoadNetConfSocketAndLimits(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "ipamd.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cidrs := func(n int) string {
+		var b strings.Builder
+		for i := range n {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `"10.%d.0.0/16"`, i)
+		}
+		return "[" + b.String() + "]"
+	}
+	conf := func(kv string) []byte {
+		return []byte(`{"cniVersion":"1.1.0","type":"vnet-cni","name":"n",` + kv + `}`)
+	}
+	for _, tc := range []struct {
+		name string
+		kv   string
+		want string // "" accepted, else in the error's msg and details
+	}{
+		{"socket", `"ipamdSocket":"` + sock + `"`, ""},
+		{"socket not there yet", `"ipamdSocket":"` + filepath.Join(dir, "later.sock") + `"`, ""},
+		{"socket a regular file", `"ipamdSocket":"` + file + `"`, "ipamdSocket: " + strconv.Quote(file) + " is a regular file"},
+		{"socket a directory", `"ipamdSocket":"` + dir + `"`, "is a directory"},
+		{"socket under a file", `"ipamdSocket":"` + file + `/ipamd.sock"`, "a part of the path is a file"},
+		{"socket too long", `"ipamdSocket":"/` + strings.Repeat("s", 107) + `"`, "108 bytes long, at most 107"},
+		{"socket longest", `"ipamdSocket":"/` + strings.Repeat("s", 106) + `"`, ""},
+		{"exclusions at the limit", `"snatExclusions":` + cidrs(api.MaxSNATExclusions), ""},
+		{"exclusions over the limit", `"snatExclusions":` + cidrs(api.MaxSNATExclusions+1), fmt.Sprintf("snatExclusions: %d entries, at most %d", api.MaxSNATExclusions+1, api.MaxSNATExclusions)},
+		{"3,000 exclusions", `"snatExclusions":` + cidrs(3000), "snatExclusions: 3000 entries, at most 32"},
+		{"vnet over the limit", `"vnetCIDRs":` + cidrs(api.MaxSNATExclusions+1), "vnetCIDRs: 33 entries, at most 32 without snatExclusions"},
+		{"vnet over the limit with exclusions", `"vnetCIDRs":` + cidrs(api.MaxSNATExclusions+1) + `,"snatExclusions":["10.0.0.0/8"]`, ""},
+		{"bridge is the master", `"bridge":"eth0","master":"eth0"`, "bridge: \"eth0\" is also the master"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := loadNetConf(conf(tc.kv))
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			var e *types.Error
+			if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig {
+				t.Fatalf("error %v, want CNI error 7", err)
+			}
+			if got := e.Msg + ": " + e.Details; !strings.Contains(got, tc.want) {
+				t.Errorf("error %q does not say %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -22,6 +22,21 @@ const (
 	NetworkName = "vnet-cni"
 )
 
+// Limits of the plugin's configuration that the daemon's configuration
+// shares, so that the daemon refuses at start what every ADD would refuse.
+const (
+	// MaxSocketPath is the longest socket path, in bytes: what fits in
+	// sockaddr_un's sun_path (108 bytes) with its final NUL.
+	MaxSocketPath = 107
+	// MaxSNATExclusions bounds snatExclusions (and vnetCIDRs, the default
+	// exclusions). Each exclusion is two expressions (mask, compare) of one
+	// nftables rule in the bridge table and one in the ip table, and the
+	// kernel takes at most 128 expressions per rule (NFT_RULE_MAXEXPRS): the
+	// bridge table's SNAT rule fits 57 exclusions today. 32 leaves room for
+	// the rule to grow; in JSON 32 CIDRs are well under 1 KiB of the conflist.
+	MaxSNATExclusions = 32
+)
+
 // PluginConf holds vnet-cni's own keys of its conflist entry: the daemon
 // writes them, the plugin reads them (its NetConf embeds PluginConf next to
 // the CNI library's generic keys: cniVersion, name, type, prevResult...).
@@ -35,12 +50,14 @@ type PluginConf struct {
 	// Master is the node's uplink (default: the interface holding the node's
 	// primary IP, found on the bridge once it exists).
 	Master string `json:"master,omitempty"`
-	// IPAMDSocket is vnet-ipamd's socket (default DefaultSocketPath).
+	// IPAMDSocket is vnet-ipamd's socket (default DefaultSocketPath): an
+	// absolute path of at most MaxSocketPath bytes.
 	IPAMDSocket string `json:"ipamdSocket,omitempty"`
 	// MTU of the bridge and the veths (default: the master's).
 	MTU int `json:"mtu,omitempty"`
 	// SNATExclusions are destinations that pods reach without SNAT (default:
-	// the VNet address space from vnet-ipamd).
+	// the VNet address space from vnet-ipamd), IPv4 CIDRs, at most
+	// MaxSNATExclusions.
 	SNATExclusions []string `json:"snatExclusions,omitempty"`
 	// LogFile receives one JSON line per call (default: stderr, which the
 	// runtime records).

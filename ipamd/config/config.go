@@ -97,7 +97,7 @@ const (
 	// Azure NIC: 255 secondary addresses) caps the pool at run time.
 	MaxAddresses = 1024
 	// maxSocketPath is the room in sockaddr_un.sun_path without the final NUL.
-	maxSocketPath = 107
+	maxSocketPath = api.MaxSocketPath
 )
 
 // Config is the daemon's configuration. The JSON names are the camelCase field
@@ -182,6 +182,12 @@ type Config struct {
 	// host-network pods reach it either way. Set it per node (agent pool)
 	// only where workloads need the metadata and the identity is harmless.
 	AllowPodMetadata bool `json:"allowPodMetadata,omitempty"`
+	// SNATExclusions are the destinations pods reach with their own address,
+	// IPv4 CIDRs, at most 32 (api.MaxSNATExclusions: each is two expressions
+	// of one nftables rule); everything else leaving the node is translated
+	// to its primary address. Written into the conflist. Empty (the default)
+	// means the VNet's address space as the cloud reports it.
+	SNATExclusions []string `json:"snatExclusions,omitempty"`
 	// Cloud configures the cloud provider.
 	Cloud Cloud `json:"cloud"`
 }
@@ -291,6 +297,19 @@ func Parse(data []byte) (Config, error) {
 		return Config{}, err
 	}
 	return c, nil
+}
+
+// SNATPrefixes returns snatExclusions as masked prefixes, nil when there
+// are none (the VNet's address space is then excluded). Call it on a
+// validated configuration: entries that do not parse are skipped.
+func (c Config) SNATPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range c.SNATExclusions {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
 }
 
 // PoolTargets returns the pool maths' view of the configuration.

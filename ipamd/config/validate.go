@@ -3,10 +3,13 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // FieldError is a bad value of one field. Every error of Parse and Validate is
@@ -79,7 +82,23 @@ func (c Config) Validate() error {
 		add(oneOf("mode", c.Mode, ModeBridge))
 	}
 	add(oneOf("nodeSetup", c.NodeSetup, NodeSetupIPAMD, NodeSetupPlugin))
+	add(cidrList("snatExclusions", c.SNATExclusions, api.MaxSNATExclusions))
 	add(c.Cloud.validate())
+	return errors.Join(errs...)
+}
+
+// cidrList checks a list of at most limit IPv4 CIDRs; a bad entry is named
+// by its index.
+func cidrList(field string, list []string, limit int) error {
+	if len(list) > limit {
+		return fieldErr(field, fmt.Sprintf("%d entries, at most %d", len(list), limit))
+	}
+	var errs []error
+	for i, s := range list {
+		if p, err := netip.ParsePrefix(s); err != nil || !p.Addr().Is4() {
+			errs = append(errs, fieldErr(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("%q is not an IPv4 CIDR", s)))
+		}
+	}
 	return errors.Join(errs...)
 }
 

@@ -29,11 +29,12 @@ func conflist(cfg config.Config, vnet []netip.Prefix) []byte {
 		Name:       api.NetworkName,
 		Plugins: []any{
 			api.PluginEntry{Type: api.PluginType, PluginConf: api.PluginConf{
-				Mode:         cfg.Mode,
-				IPAMDSocket:  cfg.SocketPath,
-				ReleaseSpool: cfg.ReleaseSpool,
-				LockDir:      cfg.PluginLockDir,
-				VNetCIDRs:    cidrs,
+				Mode:           cfg.Mode,
+				IPAMDSocket:    cfg.SocketPath,
+				ReleaseSpool:   cfg.ReleaseSpool,
+				LockDir:        cfg.PluginLockDir,
+				VNetCIDRs:      cidrs,
+				SNATExclusions: cfg.SNATExclusions,
 				// The daemon sets the node up before it writes this file
 				// and repairs it (see datapath.go).
 				ManagedNode:   cfg.NodeSetup == config.NodeSetupIPAMD,

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net/netip"
 
 	"github.com/vnet-cni/vnet-cni/bridge/azure0"
 	"github.com/vnet-cni/vnet-cni/cloud"
@@ -17,6 +18,9 @@ import (
 type bridgeDatapath struct {
 	lockDir       string
 	allowMetadata bool
+	// snatExclusions are the configuration's (nil: the VNet's space), as
+	// the plugin gets them from the conflist.
+	snatExclusions []netip.Prefix
 	// node is opened on first use and again after an error; the daemon's
 	// keeper is its only user.
 	node *azure0.Node
@@ -44,7 +48,7 @@ func (b *bridgeDatapath) Ensure(ctx context.Context, inst cloud.Instance) (int, 
 		return 0, err
 	}
 	info, err := n.EnsureNode(ctx, azure0.NodeConfig{
-		VNetPrefixes: inst.NetworkPrefixes, AllowMetadata: b.allowMetadata,
+		VNetPrefixes: inst.NetworkPrefixes, SNATExclusions: b.snatExclusions, AllowMetadata: b.allowMetadata,
 	})
 	if err != nil {
 		// Sockets may be what broke: start afresh next time.

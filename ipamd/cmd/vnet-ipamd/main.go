@@ -106,7 +106,7 @@ func run(args []string) error {
 	connect := func(ctx context.Context) (daemon.Cloud, error) { return azure.New(ctx, azCfg) }
 	var datapath daemon.Datapath
 	if cfg.NodeSetup == config.NodeSetupIPAMD {
-		datapath = &bridgeDatapath{lockDir: cfg.PluginLockDir, allowMetadata: cfg.AllowPodMetadata}
+		datapath = &bridgeDatapath{lockDir: cfg.PluginLockDir, allowMetadata: cfg.AllowPodMetadata, snatExclusions: cfg.SNATPrefixes()}
 	}
 	d, err := daemon.New(st, connect, daemon.Options{
 		Targets:        cfg.PoolTargets(),
@@ -118,7 +118,13 @@ func run(args []string) error {
 		BootID:         bootID,
 		ReleaseSpool:   cfg.ReleaseSpool,
 		Conflist: daemon.Conflist{Path: filepath.Join(cfg.CNIConfDir, cfg.CNIConfName),
-			Build: func(inst cloud.Instance) []byte { return conflist(cfg, inst.NetworkPrefixes) }},
+			Build: func(inst cloud.Instance) []byte {
+				if len(cfg.SNATExclusions) == 0 && len(inst.NetworkPrefixes) > api.MaxSNATExclusions {
+					log.Error("the VNet has more address prefixes than the SNAT exclusions can hold; ADD fails until snatExclusions is set",
+						"prefixes", len(inst.NetworkPrefixes), "max", api.MaxSNATExclusions)
+				}
+				return conflist(cfg, inst.NetworkPrefixes)
+			}},
 		Datapath: datapath,
 		Logger:   log,
 	})
