@@ -881,34 +881,69 @@ func TestLockAndClose(t *testing.T) {
 	}
 }
 
-// TestBrokenAfterWriteFailure makes the journal write fail and checks that the
-// change is not applied and that the store refuses further changes.
-func TestBrokenAfterWriteFailure(t *testing.T) {
+// TestWriteFailureRepaired makes the journal's writes fail (its descriptor
+// is swapped for a read-only one) and checks that the change is neither
+// applied nor acknowledged, that the store refuses changes while the failed
+// record's space cannot be cleared, and that it takes changes again, without
+// a reopen, once writes succeed: the record's space is zeroed first, so the
+// journal holds nothing of the failed change.
+func TestWriteFailureRepaired(t *testing.T) {
 	dir := t.TempDir()
 	clk := &clock{now: t0}
 	s := openTest(t, dir, clk)
 	must(s.AddFree(nic0, ips(1, 2)...))(t)
-	// Pull the file out from under the store.
+	mustDo(t, s.Probe())
+	path := filepath.Join(dir, journalName)
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.mu.Lock()
-	_ = s.journal.Close()
+	rw := s.journal
+	s.journal = ro
 	s.mu.Unlock()
 
-	if _, err := s.Assign(owner("a")); !errors.Is(err, ErrBroken) {
-		t.Fatalf("Assign with a failing journal: error = %v, want ErrBroken", err)
+	if _, err := s.Assign(owner("a")); !errors.Is(err, ErrUnwritable) {
+		t.Fatalf("Assign with a failing journal: error = %v, want ErrUnwritable", err)
 	}
 	if _, ok := s.Get(att("a")); ok {
 		t.Errorf("a failed Assign was applied in memory")
 	}
-	if _, err := s.AddFree(nic0, ip(3)); !errors.Is(err, ErrBroken) {
-		t.Errorf("AddFree on a broken store: error = %v, want ErrBroken", err)
+	if _, err := s.AddFree(nic0, ip(3)); !errors.Is(err, ErrUnwritable) {
+		t.Errorf("AddFree while the failed record cannot be cleared: error = %v, want ErrUnwritable", err)
 	}
+	if err := s.Probe(); !errors.Is(err, ErrUnwritable) {
+		t.Errorf("Probe while writes fail: %v, want ErrUnwritable", err)
+	}
+
+	// Writes work again (the disk came back): the same store goes on.
 	s.mu.Lock()
-	s.journal = nil // already closed
+	s.journal = rw
 	s.mu.Unlock()
+	mustDo(t, ro.Close())
+	mustDo(t, s.Probe())
+	after, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Errorf("the journal changed although no change was acknowledged")
+	}
+	r := must(s.Assign(owner("a")))(t)
 	mustDo(t, s.Close())
 	s = openTest(t, dir, clk)
-	if diff := cmp.Diff(Counts{Free: 2}, s.Counts()); diff != "" {
+	if got, ok := s.Get(att("a")); !ok || got.IP != r.IP {
+		t.Errorf("after reopen a holds %v (%v), want %s", got.IP, ok, r.IP)
+	}
+	if diff := cmp.Diff(Counts{Free: 1, Assigned: 1}, s.Counts()); diff != "" {
 		t.Errorf("Counts after reopen mismatch (-want +got):\n%s", diff)
+	}
+	if n := s.Stats().Recovery.TruncatedBytes; n != 0 {
+		t.Errorf("reopen cleared %d bytes of a torn record", n)
 	}
 }
 

@@ -159,9 +159,10 @@ var (
 	ErrLocked = errors.New("store is locked by another process")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store is closed")
-	// ErrBroken: a write or sync of the store's files failed, so what is on
-	// disk is uncertain; the store refuses changes until it is reopened.
-	ErrBroken = errors.New("store is broken by a failed write, reopen it")
+	// ErrUnwritable: a write or sync of the store's files failed (a full
+	// disk, an I/O error). The change was not made and is not on disk; the
+	// store takes changes again once writes succeed (see Store.Probe).
+	ErrUnwritable = errors.New("the store cannot write its files")
 	// ErrCorrupt: the files on disk are damaged beyond a torn tail, or their
 	// content breaks the store's invariants. Open refuses them rather than
 	// risk handing out one address twice.
