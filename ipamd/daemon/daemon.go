@@ -7,6 +7,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/internal/atomicfile"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/pool"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
@@ -63,6 +65,10 @@ type Options struct {
 	ResyncInterval time.Duration
 	// MinWriteInterval merges bursts: cloud writes are at least this far apart.
 	MinWriteInterval time.Duration
+	// StoreProbeInterval is the period of the store's probe (store.Probe):
+	// the daemon is not ready while the store cannot write, and ready again
+	// at the first probe that succeeds.
+	StoreProbeInterval time.Duration
 	// NodeName is the Kubernetes node name (reported in status).
 	NodeName string
 	// MTU is the MTU pods get (Azure: 1500).
@@ -111,6 +117,9 @@ func (o *Options) setDefaults() {
 	if o.MinWriteInterval == 0 {
 		o.MinWriteInterval = 200 * time.Millisecond
 	}
+	if o.StoreProbeInterval == 0 {
+		o.StoreProbeInterval = time.Second
+	}
 	if o.MTU == 0 {
 		o.MTU = 1500
 	}
@@ -157,6 +166,9 @@ type Daemon struct {
 	// the outcome of the last one.
 	datapathDone bool
 	datapathErr  error
+	// storeErr is set while the store cannot write (a change or the probe
+	// failed with store.ErrUnwritable); the daemon is not ready meanwhile.
+	storeErr     error
 	limitReached bool
 	lastCloudErr error
 	// pending counts allocations waiting for a refill.
@@ -271,12 +283,13 @@ func (d *Daemon) signalFree() {
 	d.mu.Unlock()
 }
 
-// Run connects to the cloud and runs the pool worker and the datapath
-// keeper until ctx is done.
+// Run connects to the cloud and runs the pool worker, the datapath keeper
+// and the store's probe until ctx is done.
 func (d *Daemon) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { d.keepDatapath(ctx) })
+	wg.Go(func() { d.probeStore(ctx) })
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -324,4 +337,58 @@ func (d *Daemon) writeConflist() error {
 	}
 	d.log.Info("wrote cni network configuration", "path", c.Path)
 	return nil
+}
+
+// probeStore runs the store's probe every StoreProbeInterval until ctx is
+// done.
+func (d *Daemon) probeStore(ctx context.Context) {
+	t := time.NewTicker(d.opts.StoreProbeInterval)
+	defer t.Stop()
+	for {
+		d.setStoreErr(d.store.Probe())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// storeFailed records err when it says that the store cannot write, and
+// reports whether it does.
+func (d *Daemon) storeFailed(err error) bool {
+	if !errors.Is(err, store.ErrUnwritable) {
+		return false
+	}
+	d.setStoreErr(err)
+	return true
+}
+
+// setStoreErr records whether the store can write (err nil) and logs the
+// changes between the two.
+func (d *Daemon) setStoreErr(err error) {
+	if err != nil && !errors.Is(err, store.ErrUnwritable) {
+		// Closed at shutdown: nothing to report.
+		return
+	}
+	d.mu.Lock()
+	was := d.storeErr
+	d.storeErr = err
+	d.mu.Unlock()
+	switch {
+	case err != nil && was == nil:
+		d.metrics.storeFailures.Inc()
+		d.log.Error("the store cannot write: not ready until it can; nothing acknowledged is lost", "err", err)
+	case err == nil && was != nil:
+		d.log.Info("the store can write again", "after", was.Error())
+		// Spooled releases and the pool's changes waited for the store.
+		d.kick()
+	}
+}
+
+// unwritable is the error for a call the daemon cannot serve while its store
+// cannot write: NotReady, which the plugin turns into "try again later" (ADD)
+// or a spooled release (DEL).
+func unwritable(err error) error {
+	return api.Errorf(api.CodeNotReady, "vnet-ipamd cannot write its store, try again later: %v", err)
 }

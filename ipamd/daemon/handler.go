@@ -46,11 +46,31 @@ func assignment(base api.Assignment, r store.Record) api.Assignment {
 	return base
 }
 
+// storeWritable is the error for an allocation while the store cannot write.
+func (d *Daemon) storeWritable() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.storeErr != nil {
+		return unwritable(d.storeErr)
+	}
+	return nil
+}
+
+// readyLocked: ready after the first sync with a pool, while the node's
+// datapath is set up and while the store can write.
+func (d *Daemon) readyLocked() bool {
+	ok, _ := d.datapathReadyLocked()
+	return d.ready && ok && d.storeErr == nil
+}
+
 // Allocate hands out an address from the pool; it never calls the cloud.
 // When the pool is empty it waits up to AllocateWait for the refill.
 func (d *Daemon) Allocate(ctx context.Context, req api.AllocateRequest) (api.AllocateResponse, error) {
 	start := time.Now()
 	base, err := d.network()
+	if err == nil {
+		err = d.storeWritable()
+	}
 	if err != nil {
 		d.metrics.allocations.WithLabelValues("not_ready").Inc()
 		return api.AllocateResponse{}, err
@@ -79,6 +99,10 @@ func (d *Daemon) Allocate(ctx context.Context, req api.AllocateRequest) (api.All
 			d.metrics.allocateSeconds.Observe(time.Since(start).Seconds())
 			d.kickIfLow()
 			return api.AllocateResponse{Assignment: assignment(base, rec)}, nil
+		}
+		if d.storeFailed(err) {
+			d.metrics.allocations.WithLabelValues("not_ready").Inc()
+			return api.AllocateResponse{}, unwritable(err)
 		}
 		if !errors.Is(err, store.ErrNoFree) {
 			d.metrics.allocations.WithLabelValues("error").Inc()
@@ -136,6 +160,9 @@ func (d *Daemon) kickIfLow() {
 // are not an error.
 func (d *Daemon) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
 	rec, known, err := d.store.Release(store.Attachment{ContainerID: req.ContainerID, IfName: req.IfName})
+	if d.storeFailed(err) {
+		return api.ReleaseResponse{}, unwritable(err)
+	}
 	if err != nil {
 		return api.ReleaseResponse{}, fmt.Errorf("release %s/%s: %w", req.ContainerID, req.IfName, err)
 	}
@@ -186,7 +213,11 @@ func (d *Daemon) GC(_ context.Context, req api.GCRequest) (api.GCResponse, error
 		d.log.Info("gc released stale assignments", "count", len(resp.Released))
 		d.kick()
 	}
-	return resp, errors.Join(errs...)
+	err := errors.Join(errs...)
+	if d.storeFailed(err) {
+		return resp, unwritable(err)
+	}
+	return resp, err
 }
 
 // Status tells whether Allocate can succeed now, with the pool counts.
@@ -195,7 +226,7 @@ func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusRespo
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	resp := api.StatusResponse{
-		Ready:        d.ready,
+		Ready:        d.readyLocked(),
 		Reason:       d.notReadyReason,
 		NodeName:     d.opts.NodeName,
 		MTU:          d.opts.MTU,
@@ -205,11 +236,14 @@ func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusRespo
 			Total: c.Total(), Max: d.ceilingLocked(),
 		},
 	}
+	if ok, why := d.datapathReadyLocked(); d.ready && !ok {
+		resp.Reason = why
+	}
+	if d.storeErr != nil {
+		resp.Reason = d.storeErr.Error()
+	}
 	if d.lastCloudErr != nil {
 		resp.LastCloudError = d.lastCloudErr.Error()
-	}
-	if ok, why := d.datapathReadyLocked(); resp.Ready && !ok {
-		resp.Ready, resp.Reason = false, why
 	}
 	if d.synced {
 		resp.VNetCIDRs = d.inst.NetworkPrefixes

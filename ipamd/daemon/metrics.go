@@ -27,6 +27,7 @@ type Metrics struct {
 	datapathErrors     prometheus.Counter
 	datapathRepairs    prometheus.Counter
 	conflistRepairs    prometheus.Counter
+	storeFailures      prometheus.Counter
 }
 
 const namespace = "vnetcni_ipamd"
@@ -84,6 +85,10 @@ func newMetrics(d *Daemon) *Metrics {
 			Namespace: namespace, Name: "conflist_repairs_total",
 			Help: "Times the daemon wrote the CNI conflist again after it was deleted or changed.",
 		}),
+		storeFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "store_unwritable_total",
+			Help: "Times the store stopped being able to write its files (the daemon was not ready until it could).",
+		}),
 	}
 	addresses := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "addresses",
@@ -96,6 +101,10 @@ func newMetrics(d *Daemon) *Metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "ready", Help: "1 when the daemon is ready to serve pods.",
 		}, func() float64 { return boolGauge(d.isReady()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "store_writable", Help: "1 while the store can write its files (0: a full disk, an I/O error).",
+		}, func() float64 { return boolGauge(d.isStoreWritable()) }),
+		m.storeFailures,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "limit_reached", Help: "1 when the pool wants more addresses than its limits allow.",
 		}, func() float64 { return boolGauge(d.isLimitReached()) }),
@@ -152,8 +161,13 @@ func boolGauge(b bool) float64 {
 func (d *Daemon) isReady() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	ok, _ := d.datapathReadyLocked()
-	return d.ready && ok
+	return d.readyLocked()
+}
+
+func (d *Daemon) isStoreWritable() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.storeErr == nil
 }
 
 func (d *Daemon) isLimitReached() bool {

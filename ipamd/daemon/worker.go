@@ -34,7 +34,14 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		return until.Sub(now)
 	}
 	c, synced, resyncDue := d.cloud, d.synced, !now.Before(d.nextResync)
+	storeErr := d.storeErr
 	d.mu.Unlock()
+	if storeErr != nil {
+		// Every step records its outcome in the store: an address the
+		// cloud added now would be known to no one until a resync. The
+		// probe kicks the worker when the store can write again.
+		return d.opts.StoreProbeInterval
+	}
 	d.drainSpool()
 
 	if c == nil {
@@ -49,6 +56,7 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		}
 	}
 	if promoted, err := d.store.Promote(now, d.opts.Cooldown); err != nil {
+		d.storeFailed(err)
 		d.log.Error("promote cooled addresses", "err", err)
 	} else if len(promoted) > 0 {
 		d.log.Debug("addresses back in the pool after cooldown", "count", len(promoted))
@@ -128,6 +136,7 @@ func (d *Daemon) drainSpool() {
 		return err
 	})
 	if err != nil {
+		d.storeFailed(err)
 		d.log.Warn("release spool", "err", err)
 	}
 	if n > 0 {
@@ -318,7 +327,13 @@ func (d *Daemon) byInterface(records []store.Record, ips []netip.Addr) map[strin
 }
 
 // fail records a cloud error and returns the back-off before the next round.
+// A store that cannot write is not the cloud's fault: the round is retried
+// after the store's next probe.
 func (d *Daemon) fail(what string, err error) time.Duration {
+	if d.storeFailed(err) {
+		d.log.Warn("pool worker round cut short: the store cannot write", "step", what, "err", err)
+		return d.opts.StoreProbeInterval
+	}
 	kind := cloud.KindOf(err)
 	d.metrics.errors.WithLabelValues(kind.String()).Inc()
 	d.mu.Lock()
