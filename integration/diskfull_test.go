@@ -199,9 +199,11 @@ func TestStoreDiskFull(t *testing.T) {
 	if err := os.Remove(ballast); err != nil {
 		t.Fatal(err)
 	}
+	freed := time.Now()
 	if err := n.WaitReady(ctx); err != nil {
 		t.Fatalf("after space returned: %v", err)
 	}
+	t.Logf("ready %s after the ballast was removed", time.Since(freed).Round(time.Millisecond))
 	if got := n.PID(); got != pid {
 		t.Errorf("vnet-ipamd was restarted (pid %d, then %d)", pid, got)
 	}
