@@ -147,6 +147,7 @@ func TestBadNodeLeavesNothing(t *testing.T) {
 				if ce == nil {
 					t.Fatal("ADD succeeded on a bad node")
 				}
+				t.Logf("code %d: %s (%s)", ce.Code, ce.Msg, ce.Details)
 				if ce.Code != types.ErrInternal || !strings.Contains(ce.Msg+" "+ce.Details, "not a bridge") {
 					t.Errorf("ADD: code %d %q (%q), want %d naming \"not a bridge\"", ce.Code, ce.Msg, ce.Details, types.ErrInternal)
 				}
