@@ -105,6 +105,10 @@ const (
 	// Conflict means a concurrent writer changed the resource (ETag mismatch
 	// or another operation in progress); re-read and retry.
 	Conflict
+	// AddressInUse means that an address asked for by value is held by
+	// another interface (Azure's PrivateIPAddressIsAllocated); asking again
+	// helps only once that interface lets it go.
+	AddressInUse
 )
 
 func (k Kind) String() string {
@@ -121,10 +125,15 @@ func (k Kind) String() string {
 		return "nic_limit"
 	case Conflict:
 		return "conflict"
+	case AddressInUse:
+		return "address_in_use"
 	default:
 		return fmt.Sprintf("kind(%d)", int(k))
 	}
 }
+
+// MaxMessage bounds Error.Message.
+const MaxMessage = 1024
 
 // Error is a classified cloud error.
 type Error struct {
@@ -133,6 +142,10 @@ type Error struct {
 	Op string
 	// Code is the provider's error code, e.g. "SubnetIsFull".
 	Code string
+	// Message is the provider's own explanation, when it sent one (Azure:
+	// error.message, e.g. which resource holds an address); at most
+	// MaxMessage bytes.
+	Message string
 	// RetryAfter is the delay the API asked for (Throttled), or zero.
 	RetryAfter time.Duration
 	Err        error
@@ -153,6 +166,21 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// Reason is a one-line summary of err for people (status output): the
+// kind, the provider's code and message of a classified error, else the
+// error itself.
+func Reason(err error) string {
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Message == "" {
+		return err.Error()
+	}
+	msg := ce.Kind.String()
+	if ce.Code != "" {
+		msg += " (" + ce.Code + ")"
+	}
+	return msg + ": " + ce.Message
+}
 
 // KindOf returns the kind of a classified error anywhere in err's chain, and
 // Transient for an unclassified one.

@@ -398,6 +398,96 @@ func (p *Provider) AddAddresses(ctx context.Context, iface string, n int) ([]net
 	}
 }
 
+// RestoreAddresses puts ips back on the NIC whose resource ID is iface, each
+// in a new secondary ipConfiguration with that static address, in one NIC
+// update (If-Match on the NIC's ETag): the daemon owns them, and a pod still
+// uses them, but someone removed them outside vnet-ipamd. Addresses already
+// on the NIC are left as they are. The update is all or nothing: when
+// another interface holds one of the addresses, Azure refuses it with
+// PrivateIPAddressIsAllocated (a *cloud.Error of kind AddressInUse) and none
+// is added.
+func (p *Provider) RestoreAddresses(ctx context.Context, iface string, ips []netip.Addr) error {
+	const op = "NetworkInterfaces_CreateOrUpdate"
+	if err := p.checkInterface(op, iface); err != nil {
+		return err
+	}
+	if len(ips) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		nic, etag, err := p.get(ctx)
+		if err != nil {
+			return err
+		}
+		have := map[netip.Addr]bool{}
+		for _, c := range nic.Properties.IPConfigurations {
+			if c != nil && c.Properties != nil {
+				if ip, err := netip.ParseAddr(deref(c.Properties.PrivateIPAddress)); err == nil {
+					have[ip] = true
+				}
+			}
+		}
+		var add []netip.Addr
+		for _, ip := range ips {
+			if !have[ip] {
+				add = append(add, ip)
+				have[ip] = true
+			}
+		}
+		if len(add) == 0 {
+			return nil
+		}
+		if n := len(nic.Properties.IPConfigurations); n+len(add) > MaxIPConfigurations {
+			return &cloud.Error{Kind: cloud.NICLimit, Op: op,
+				Err: fmt.Errorf("nic %s holds %d of %d ipConfigurations, cannot put back %d", p.nic.name, n, MaxIPConfigurations, len(add))}
+		}
+		primary, err := primaryConfig(nic)
+		if err != nil {
+			return &cloud.Error{Kind: cloud.Fatal, Op: op, Err: err}
+		}
+		for _, ip := range add {
+			name, err := newConfigName()
+			if err != nil {
+				return err
+			}
+			nic.Properties.IPConfigurations = append(nic.Properties.IPConfigurations, &armnetwork.InterfaceIPConfiguration{
+				Name: to.Ptr(name),
+				Properties: &armnetwork.InterfaceIPConfigurationPropertiesFormat{
+					Primary:                   to.Ptr(false),
+					PrivateIPAllocationMethod: to.Ptr(armnetwork.IPAllocationMethodStatic),
+					PrivateIPAddress:          to.Ptr(ip.String()),
+					PrivateIPAddressVersion:   to.Ptr(armnetwork.IPVersionIPv4),
+					Subnet:                    &armnetwork.Subnet{ID: primary.Properties.Subnet.ID},
+				},
+			})
+		}
+		updated, err := p.put(ctx, nic, etag)
+		if err != nil {
+			if cloud.KindOf(err) == cloud.Conflict && attempt < maxConflictRetries {
+				p.log.Debug("nic changed concurrently, re-reading", "nic", p.nic.name, "attempt", attempt+1)
+				continue
+			}
+			return err
+		}
+		on := map[netip.Addr]bool{}
+		for _, c := range updated.Properties.IPConfigurations {
+			if c != nil && c.Properties != nil {
+				if ip, err := netip.ParseAddr(deref(c.Properties.PrivateIPAddress)); err == nil {
+					on[ip] = true
+				}
+			}
+		}
+		for _, ip := range add {
+			if !on[ip] {
+				return &cloud.Error{Kind: cloud.Transient, Op: op, Err: fmt.Errorf("put %s back, but the nic does not show it", ip)}
+			}
+		}
+		return nil
+	}
+}
+
 // RemoveAddresses removes the secondary ipConfigurations holding ips from
 // the NIC whose resource ID is iface, in one NIC update. Addresses not on the
 // NIC are ignored; the primary is never removed.

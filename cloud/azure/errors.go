@@ -2,12 +2,15 @@ package azure
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
 )
@@ -19,6 +22,9 @@ const (
 	codeRetryableDueToAnother = "RetryableErrorDueToAnotherOperation"
 	codeRetryable             = "RetryableError"
 	codePreconditionFailed    = "PreconditionFailed"
+	// codeAddressIsAllocated answers a static address that another
+	// ipConfiguration of the subnet holds (400).
+	codeAddressIsAllocated = "PrivateIPAddressIsAllocated"
 )
 
 // nicLimitCodes are the codes Azure uses when a NIC would exceed its
@@ -49,12 +55,15 @@ func classify(op string, err error) error {
 	e := &cloud.Error{Op: op, Code: re.ErrorCode, Err: err}
 	if re.RawResponse != nil {
 		e.RetryAfter = retryAfter(re.RawResponse.Header)
+		e.Message = errorMessage(re.RawResponse)
 	}
 	switch {
 	case re.ErrorCode == codeSubnetFull:
 		e.Kind = cloud.SubnetFull
 	case nicLimitCodes[re.ErrorCode]:
 		e.Kind = cloud.NICLimit
+	case re.ErrorCode == codeAddressIsAllocated:
+		e.Kind = cloud.AddressInUse
 	case re.StatusCode == http.StatusPreconditionFailed, re.ErrorCode == codePreconditionFailed,
 		re.ErrorCode == codeAnotherOperation, re.ErrorCode == codeRetryableDueToAnother, re.ErrorCode == codeRetryable,
 		re.StatusCode == http.StatusConflict:
@@ -109,4 +118,26 @@ func boundedDelay(n int64, unit time.Duration) time.Duration {
 		return maxRetryAfter
 	}
 	return time.Duration(n) * unit
+}
+
+// errorMessage returns error.message of an ARM error body (the SDK keeps the
+// body it read), one line of at most cloud.MaxMessage bytes, or "".
+func errorMessage(resp *http.Response) string {
+	body, err := runtime.Payload(resp)
+	if err != nil {
+		return ""
+	}
+	var doc struct {
+		Error *struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(body, &doc) != nil || doc.Error == nil {
+		return ""
+	}
+	msg := strings.Join(strings.Fields(doc.Error.Message), " ")
+	if len(msg) > cloud.MaxMessage {
+		msg = msg[:cloud.MaxMessage]
+	}
+	return strings.ToValidUTF8(msg, "")
 }

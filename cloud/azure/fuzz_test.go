@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 
@@ -101,6 +102,7 @@ func FuzzRetryAfter(f *testing.F) {
 func FuzzClassify(f *testing.F) {
 	f.Add(429, []byte(`{"error":{"code":"SubscriptionRequestsThrottled","message":"slow down"}}`), "3")
 	f.Add(400, []byte(`{"error":{"code":"SubnetIsFull","message":"full"}}`), "")
+	f.Add(400, []byte(`{"error":{"code":"PrivateIPAddressIsAllocated","message":"IP configuration x is using the private IP address 10.0.0.9 which is already allocated to resource y."}}`), "")
 	f.Add(400, []byte(`{"error":{"code":"NetworkInterfaceIpConfigurationCountExceedsLimit"}}`), "")
 	f.Add(412, []byte(`{"error":{"code":"PreconditionFailed"}}`), "")
 	f.Add(409, []byte(`{"error":{"code":"AnotherOperationInProgress"}}`), "")
@@ -122,7 +124,7 @@ func FuzzClassify(f *testing.F) {
 		if !errors.As(err, &ce) {
 			t.Fatalf("classify returned %T", err)
 		}
-		if ce.Kind < cloud.Fatal || ce.Kind > cloud.Conflict {
+		if ce.Kind < cloud.Fatal || ce.Kind > cloud.AddressInUse {
 			t.Fatalf("unknown kind %d", ce.Kind)
 		}
 		if ce.RetryAfter < 0 || ce.RetryAfter > maxRetryAfter {
@@ -133,6 +135,9 @@ func FuzzClassify(f *testing.F) {
 		}
 		if ce.Error() == "" {
 			t.Fatal("empty message")
+		}
+		if len(ce.Message) > cloud.MaxMessage || strings.ContainsAny(ce.Message, "\n\r") || !utf8.ValidString(ce.Message) {
+			t.Fatalf("message %q: longer than %d bytes, several lines or not UTF-8", ce.Message, cloud.MaxMessage)
 		}
 	})
 }

@@ -144,6 +144,9 @@ func TestOtherInterfaceRefused(t *testing.T) {
 	if err := p.RemoveAddresses(context.Background(), other, []netip.Addr{netip.MustParseAddr("10.0.0.9")}); cloud.KindOf(err) != cloud.Fatal {
 		t.Errorf("remove from another node's NIC: %v, want a fatal error", err)
 	}
+	if err := p.RestoreAddresses(context.Background(), other, []netip.Addr{netip.MustParseAddr("10.0.0.9")}); cloud.KindOf(err) != cloud.Fatal {
+		t.Errorf("restore on another node's NIC: %v, want a fatal error", err)
+	}
 	if got := e.calls("NetworkInterfaces_CreateOrUpdate") - puts; got != 0 {
 		t.Errorf("%d NIC writes for refused calls, want 0", got)
 	}
@@ -349,4 +352,87 @@ func TestErrorsAreClassified(t *testing.T) {
 			t.Fatalf("error = %v, want kind transient", err)
 		}
 	})
+}
+
+// TestRestoreAddresses puts addresses removed by someone else back on the
+// NIC as static ipConfigurations, in one update; an address that another
+// NIC holds is refused as AddressInUse and the update adds nothing.
+func TestRestoreAddresses(t *testing.T) {
+	e := newEnv(t, sim.Options{Nodes: 2})
+	p := e.provider(t)
+	ctx := context.Background()
+	added, err := p.AddAddresses(ctx, p.nic.id, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Someone removes two of them outside the daemon.
+	other := e.provider(t)
+	if err := other.RemoveAddresses(ctx, p.nic.id, added[:2]); err != nil {
+		t.Fatal(err)
+	}
+	puts := e.calls("NetworkInterfaces_CreateOrUpdate")
+	if err := p.RestoreAddresses(ctx, p.nic.id, added); err != nil {
+		t.Fatalf("RestoreAddresses: %v", err)
+	}
+	if got := e.calls("NetworkInterfaces_CreateOrUpdate") - puts; got != 1 {
+		t.Errorf("restoring 2 addresses made %d NIC updates, want 1", got)
+	}
+	nic, _, err := p.get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	method := map[netip.Addr]string{}
+	for _, c := range nic.Properties.IPConfigurations {
+		method[netip.MustParseAddr(*c.Properties.PrivateIPAddress)] = string(*c.Properties.PrivateIPAllocationMethod)
+	}
+	for i, ip := range added {
+		want := "Dynamic"
+		if i < 2 {
+			want = "Static"
+		}
+		if method[ip] != want {
+			t.Errorf("%s on the NIC with allocation %q, want %q", ip, method[ip], want)
+		}
+	}
+	puts = e.calls("NetworkInterfaces_CreateOrUpdate")
+	if err := p.RestoreAddresses(ctx, p.nic.id, added[:2]); err != nil {
+		t.Fatalf("RestoreAddresses of addresses on the NIC: %v", err)
+	}
+	if got := e.calls("NetworkInterfaces_CreateOrUpdate") - puts; got != 0 {
+		t.Errorf("restoring addresses already on the NIC made %d NIC updates, want 0", got)
+	}
+
+	// node1's NIC takes one of them meanwhile.
+	h1, _ := e.sim.IMDSHandler("node1")
+	imds1 := httptest.NewServer(h1)
+	t.Cleanup(imds1.Close)
+	cfg1 := e.cfg
+	cfg1.IMDSEndpoint = imds1.URL
+	p1, err := New(ctx, cfg1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.RemoveAddresses(ctx, p.nic.id, added[2:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := p1.RestoreAddresses(ctx, p1.nic.id, added[3:]); err != nil {
+		t.Fatalf("node1 takes %s: %v", added[3], err)
+	}
+	err = p.RestoreAddresses(ctx, p.nic.id, added[2:])
+	if cloud.KindOf(err) != cloud.AddressInUse || !strings.Contains(err.Error(), added[3].String()) {
+		t.Fatalf("restore of an address node1 holds: %v, want AddressInUse naming %s", err, added[3])
+	}
+	if r := cloud.Reason(err); !strings.Contains(r, "PrivateIPAddressIsAllocated") || !strings.Contains(r, e.desc.Nodes[1].NIC) || strings.Contains(r, "\n") {
+		t.Errorf("reason %q, want one line with the code and the NIC that holds the address", r)
+	}
+	ifc, err := readNIC(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ifc.Secondary) != 2 {
+		t.Errorf("after the refused update the NIC holds %v, want only %v", ifc.Secondary, added[:2])
+	}
+	if err := p.RestoreAddresses(ctx, p.nic.id, added[2:3]); err != nil {
+		t.Errorf("restore of the free one alone: %v", err)
+	}
 }
