@@ -562,7 +562,14 @@ func (s *Store) AddFree(iface string, ips ...netip.Addr) ([]netip.Addr, error) {
 // address is reused last. With no free address it returns an error wrapping
 // ErrNoFree; with an empty container ID or interface name one wrapping
 // ErrInvalidAttachment.
-func (s *Store) Assign(owner Owner) (Record, error) {
+func (s *Store) Assign(owner Owner) (Record, error) { return s.AssignAt(owner, Stamp{}) }
+
+// AssignAt is Assign for an allocation made at `at`, which the record keeps
+// as its Allocated stamp (the later one when the attachment already holds
+// the address, so that a repeated allocation is recorded too): a release
+// made before it cannot free the address (see ReleaseAt). A repeated
+// allocation with a stamp no later than the recorded one changes nothing.
+func (s *Store) AssignAt(owner Owner, at Stamp) (Record, error) {
 	a := owner.Attachment()
 	if err := a.validate(); err != nil {
 		return Record{}, fmt.Errorf("assign: %w", err)
@@ -576,9 +583,18 @@ func (s *Store) Assign(owner Owner) (Record, error) {
 	if ip, ok := s.byAttachment[a]; ok {
 		r := s.records[ip]
 		if r.State == StateAssigned {
+			if at.IsZero() || at.notAfter(allocatedStamp(r)) {
+				return r, nil
+			}
+			r.Allocated = at
+			if err := s.commitLocked(entry{Op: "allocate again", Put: []Record{r}}); err != nil {
+				return Record{}, fmt.Errorf("assign %s: %w", a, err)
+			}
 			return r, nil
 		}
-		r = Record{IP: ip, Interface: r.Interface, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now}
+		// A lost address stays lost: the cloud has not shown it again.
+		r = Record{IP: ip, Interface: r.Interface, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now,
+			Allocated: at, LostAt: r.LostAt}
 		if err := s.commitLocked(entry{Op: "assign", Put: []Record{r}}); err != nil {
 			return Record{}, fmt.Errorf("assign %s: %w", a, err)
 		}
@@ -597,7 +613,7 @@ func (s *Store) Assign(owner Owner) (Record, error) {
 	if !found {
 		return Record{}, fmt.Errorf("assign %s: %w", a, ErrNoFree)
 	}
-	r := Record{IP: best.IP, Interface: best.Interface, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now}
+	r := Record{IP: best.IP, Interface: best.Interface, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now, Allocated: at}
 	if err := s.commitLocked(entry{Op: "assign", Put: []Record{r}}); err != nil {
 		return Record{}, fmt.Errorf("assign %s: %w", a, err)
 	}
@@ -608,7 +624,15 @@ func (s *Store) Assign(owner Owner) (Record, error) {
 // its record and true. It is idempotent: an address already cooling is
 // returned unchanged. An attachment without an address is not an error: it
 // returns false (the daemon answers a repeated DEL with success).
-func (s *Store) Release(a Attachment) (Record, bool, error) {
+func (s *Store) Release(a Attachment) (Record, bool, error) { return s.ReleaseAt(a, Stamp{}) }
+
+// ReleaseAt is Release for a release made at `at`. A release made no later
+// than the attachment's latest allocation (the record's Allocated stamp, or
+// its AssignedAt for records without one) was meant for an earlier
+// assignment of the attachment, one that a later ADD replaced: it changes
+// nothing and returns the record, false and an error wrapping
+// ErrSuperseded. A zero stamp, or one whose order is unknown, releases.
+func (s *Store) ReleaseAt(a Attachment, at Stamp) (Record, bool, error) {
 	if err := a.validate(); err != nil {
 		return Record{}, false, fmt.Errorf("release: %w", err)
 	}
@@ -625,6 +649,9 @@ func (s *Store) Release(a Attachment) (Record, bool, error) {
 	if r.State == StateCooling {
 		return r, true, nil
 	}
+	if at.notAfter(allocatedStamp(r)) {
+		return r, false, fmt.Errorf("release %s of %s: %w", a, r.IP, ErrSuperseded)
+	}
 	now := s.timestamp()
 	r.State = StateCooling
 	r.Since = now
@@ -635,15 +662,26 @@ func (s *Store) Release(a Attachment) (Record, bool, error) {
 	return r, true, nil
 }
 
+// allocatedStamp is the stamp of the record's latest allocation; records
+// written before stamps existed have their assignment's wall-clock time.
+func allocatedStamp(r Record) Stamp {
+	if r.Allocated.IsZero() {
+		return Stamp{Wall: r.AssignedAt}
+	}
+	return r.Allocated
+}
+
 // Promote makes free every cooling address released at least cooldown before
 // now, in one change, and returns them sorted. The new free-since time is now.
+// Lost addresses are not promoted: they are not on the interface (see
+// ForgetLost).
 func (s *Store) Promote(now time.Time, cooldown time.Duration) ([]netip.Addr, error) {
 	now = now.UTC().Round(0)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var puts []Record
 	for _, r := range s.records {
-		if r.State == StateCooling && !r.Since.Add(cooldown).After(now) {
+		if r.State == StateCooling && !r.Lost() && !r.Since.Add(cooldown).After(now) {
 			puts = append(puts, Record{IP: r.IP, Interface: r.Interface, State: StateFree, Since: now})
 		}
 	}
@@ -659,6 +697,32 @@ func (s *Store) Promote(now time.Time, cooldown time.Duration) ([]netip.Addr, er
 		promoted[i] = r.IP
 	}
 	return promoted, nil
+}
+
+// ForgetLost removes the lost cooling addresses released at least cooldown
+// before now, in one change, and returns their records sorted by address:
+// their owner is done with them and the cloud no longer has them on the
+// interface, so there is nothing left to keep. Should the cloud give one
+// back later, it is a new free address.
+func (s *Store) ForgetLost(now time.Time, cooldown time.Duration) ([]Record, error) {
+	now = now.UTC().Round(0)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []Record
+	var dels []netip.Addr
+	for _, r := range s.listLocked() {
+		if r.State == StateCooling && r.Lost() && !r.Since.Add(cooldown).After(now) {
+			gone = append(gone, r)
+			dels = append(dels, r.IP)
+		}
+	}
+	if len(dels) == 0 {
+		return nil, s.writableLocked()
+	}
+	if err := s.commitLocked(entry{Op: "forget lost", Del: dels}); err != nil {
+		return nil, fmt.Errorf("forget lost: %w", err)
+	}
+	return gone, nil
 }
 
 // MarkReleasing moves free addresses to releasing before the daemon asks the
@@ -738,12 +802,17 @@ func (s *Store) Remove(ips ...netip.Addr) error {
 // Reconcile aligns the store with the secondary addresses the cloud reports
 // on the instance's interfaces (primary addresses excluded), given as address
 // → interface ID, in one change: addresses unknown to the store become free;
-// records whose address is no longer on any interface are dropped, whatever
-// their state, and returned for the daemon to log; records whose interface
-// differs from the cloud's (records written before the store knew
-// interfaces have none) take the cloud's and keep their state. Records still
-// on an interface keep their state, releasing ones included: the daemon
-// decides whether to retry their removal.
+// free and releasing records whose address is no longer on any interface are
+// dropped and returned for the daemon to log; assigned and cooling records
+// whose address is no longer on any interface keep their state, their owner
+// and their interface and are marked lost (LostAt), for the daemon to put
+// them back: a pod may still use the address, so it never becomes free
+// while the cloud does not show it. Lost records that are on an interface
+// again are no longer lost. Records whose interface differs from the cloud's
+// (records written before the store knew interfaces have none) take the
+// cloud's and keep their state. Records still on an interface keep their
+// state, releasing ones included: the daemon decides whether to retry their
+// removal.
 func (s *Store) Reconcile(onCloud map[netip.Addr]string) (ReconcileResult, error) {
 	ips := make([]netip.Addr, 0, len(onCloud))
 	for ip := range onCloud {
@@ -766,14 +835,29 @@ func (s *Store) Reconcile(onCloud map[netip.Addr]string) (ReconcileResult, error
 		case !ok:
 			res.Added = append(res.Added, ip)
 			e.Put = append(e.Put, Record{IP: ip, Interface: onCloud[ip], State: StateFree, Since: now})
-		case r.Interface != onCloud[ip]:
-			res.Moved = append(res.Moved, ip)
-			r.Interface = onCloud[ip]
+		case r.Interface != onCloud[ip] || r.Lost():
+			if r.Interface != onCloud[ip] {
+				res.Moved = append(res.Moved, ip)
+				r.Interface = onCloud[ip]
+			}
+			if r.Lost() {
+				res.Found = append(res.Found, ip)
+				r.LostAt = time.Time{}
+			}
 			e.Put = append(e.Put, r)
 		}
 	}
 	for _, r := range s.listLocked() {
-		if _, ok := onCloud[r.IP]; !ok {
+		if _, ok := onCloud[r.IP]; ok {
+			continue
+		}
+		switch {
+		case r.State.owned() && r.Lost():
+		case r.State.owned():
+			r.LostAt = now
+			res.Lost = append(res.Lost, r)
+			e.Put = append(e.Put, r)
+		default:
 			res.Dropped = append(res.Dropped, r)
 			e.Del = append(e.Del, r.IP)
 		}
@@ -875,7 +959,7 @@ func (s *Store) Stats() Stats {
 // Validate checks the store's invariants and returns every violation joined:
 // every address is valid and has exactly one known state; an owner is set
 // exactly for assigned and cooling addresses and has a container ID and an
-// interface name; no two records share an attachment (so no address is
+// interface name; only those can be lost; no two records share an attachment (so no address is
 // assigned twice and an attachment has at most one address); the attachment
 // index matches the records. Open refuses a store that fails it.
 func (s *Store) Validate() error {
@@ -901,6 +985,9 @@ func (s *Store) validateLocked() error {
 		if !r.State.owned() {
 			if r.Owner != (Owner{}) {
 				errs = append(errs, fmt.Errorf("address %s: %s but owned by %s", ip, r.State, r.Owner.Attachment()))
+			}
+			if r.Lost() {
+				errs = append(errs, fmt.Errorf("address %s: %s but lost (only assigned and cooling addresses are kept when the cloud loses them)", ip, r.State))
 			}
 			continue
 		}

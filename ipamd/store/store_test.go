@@ -333,12 +333,128 @@ func TestTransitions(t *testing.T) {
 			want:           baseRecords,
 		},
 		{
-			name: "reconcile adds unknown addresses as free and drops those that left the NIC",
+			name: "reconcile adds unknown addresses as free, drops free ones that left the NIC, keeps owned ones as lost",
 			op: func(s *Store, _ *clock) (any, error) {
 				return s.Reconcile(onNIC(nic0, ips(1, 3, 4, 6, 10, 11)...))
 			},
-			wantResult: ReconcileResult{Added: ips(10, 11), Dropped: []Record{free(2, t1), cooling(5, "b", t1, t2)}},
-			want:       append(remove(baseRecords, 2, 5), free(10, t3), free(11, t3)),
+			wantResult: ReconcileResult{Added: ips(10, 11), Dropped: []Record{free(2, t1)}, Lost: []Record{lost(cooling(5, "b", t1, t2), t3)}},
+			want:       append(replace(remove(baseRecords, 2), lost(cooling(5, "b", t1, t2), t3)), free(10, t3), free(11, t3)),
+		},
+		{
+			name: "reconcile finds a lost address again, on the interface the cloud names",
+			op: func(s *Store, clk *clock) (any, error) {
+				if _, err := s.Reconcile(onNIC(nic0, ips(1, 2, 3, 6)...)); err != nil {
+					return nil, err
+				}
+				clk.advance(time.Second)
+				m := onNIC(nic0, ips(1, 2, 3, 5, 6)...)
+				m[ip(4)] = nic1
+				return s.Reconcile(m)
+			},
+			wantResult: ReconcileResult{Moved: ips(4), Found: ips(4, 5)},
+			want:       replace(baseRecords, on(nic1, assigned(4, "a", t1))),
+		},
+		{
+			name: "reconcile leaves a lost address lost, from when it was first missed",
+			op: func(s *Store, clk *clock) (any, error) {
+				if _, err := s.Reconcile(onNIC(nic0, ips(1, 2, 3, 5, 6)...)); err != nil {
+					return nil, err
+				}
+				clk.advance(time.Second)
+				return s.Reconcile(onNIC(nic0, ips(1, 2, 3, 5, 6)...))
+			},
+			wantResult: ReconcileResult{},
+			want:       replace(baseRecords, lost(assigned(4, "a", t1), t3)),
+		},
+		{
+			name: "a lost cooling address is never promoted, and forgotten after its cooldown",
+			op: func(s *Store, clk *clock) (any, error) {
+				if _, err := s.Reconcile(onNIC(nic0, ips(1, 2, 3, 4, 6)...)); err != nil {
+					return nil, err
+				}
+				if p, err := s.Promote(t3.Add(time.Hour), 0); err != nil || len(p) != 0 {
+					return nil, fmt.Errorf("promote = %v, %w; want nothing", p, err)
+				}
+				if g, err := s.ForgetLost(t2.Add(time.Second-time.Nanosecond), time.Second); err != nil || len(g) != 0 {
+					return nil, fmt.Errorf("forget before the cooldown = %v, %w; want nothing", g, err)
+				}
+				return s.ForgetLost(t3, time.Second)
+			},
+			wantResult: []Record{lost(cooling(5, "b", t1, t2), t3)},
+			want:       remove(baseRecords, 5),
+		},
+		{
+			name: "a lost cooling address given back to its own attachment stays lost",
+			op: func(s *Store, _ *clock) (any, error) {
+				if _, err := s.Reconcile(onNIC(nic0, ips(1, 2, 3, 4, 6)...)); err != nil {
+					return nil, err
+				}
+				return s.Assign(owner("b"))
+			},
+			wantResult: lost(assigned(5, "b", t3), t3),
+			want:       replace(baseRecords, lost(assigned(5, "b", t3), t3)),
+		},
+		{
+			name: "allocation again with a later stamp records it, with an earlier one changes nothing",
+			op: func(s *Store, _ *clock) (any, error) {
+				if _, err := s.AssignAt(owner("a"), stamp(20)); err != nil {
+					return nil, err
+				}
+				return s.AssignAt(owner("a"), stamp(10))
+			},
+			wantResult: stamped(assigned(4, "a", t1), stamp(20)),
+			want:       replace(baseRecords, stamped(assigned(4, "a", t1), stamp(20))),
+		},
+		{
+			name: "a release made before the latest allocation is superseded",
+			op: func(s *Store, _ *clock) (any, error) {
+				if _, err := s.AssignAt(owner("a"), stamp(20)); err != nil {
+					return nil, err
+				}
+				return releaseAt(s, att("a"), stamp(20))
+			},
+			wantErr: ErrSuperseded,
+			want:    replace(baseRecords, stamped(assigned(4, "a", t1), stamp(20))),
+		},
+		{
+			name: "a release made after the latest allocation releases",
+			op: func(s *Store, _ *clock) (any, error) {
+				if _, err := s.AssignAt(owner("a"), stamp(20)); err != nil {
+					return nil, err
+				}
+				return releaseAt(s, att("a"), stamp(21))
+			},
+			wantResult: releaseResult{stamped(cooling(4, "a", t1, t3), stamp(20)), true},
+			want:       replace(baseRecords, stamped(cooling(4, "a", t1, t3), stamp(20))),
+		},
+		{
+			name: "a release of another boot, or without boot clock, is ordered by the wall clock",
+			op: func(s *Store, _ *clock) (any, error) {
+				if _, err := s.AssignAt(owner("a"), stamp(20)); err != nil {
+					return nil, err
+				}
+				other := Stamp{Boot: 1 << 40, BootID: "another-boot", Wall: t1}
+				if _, _, err := s.ReleaseAt(att("a"), other); !errors.Is(err, ErrSuperseded) {
+					return nil, fmt.Errorf("release of another boot stamped before the allocation: %w, want ErrSuperseded", err)
+				}
+				if _, _, err := s.ReleaseAt(att("a"), Stamp{Wall: t1}); !errors.Is(err, ErrSuperseded) {
+					return nil, fmt.Errorf("release without boot clock stamped before the allocation: %w, want ErrSuperseded", err)
+				}
+				return releaseAt(s, att("a"), Stamp{Wall: stamp(20).Wall.Add(time.Second)})
+			},
+			wantResult: releaseResult{stamped(cooling(4, "a", t1, t3), stamp(20)), true},
+			want:       replace(baseRecords, stamped(cooling(4, "a", t1, t3), stamp(20))),
+		},
+		{
+			name: "a record without stamp orders releases by its assignment time",
+			op: func(s *Store, _ *clock) (any, error) {
+				if _, _, err := s.ReleaseAt(att("a"), Stamp{Wall: t1}); !errors.Is(err, ErrSuperseded) {
+					return nil, fmt.Errorf("release stamped at the assignment: %w, want ErrSuperseded", err)
+				}
+				return releaseAt(s, att("a"), Stamp{Wall: t2})
+			},
+			wantResult: releaseResult{cooling(4, "a", t1, t3), true},
+			want:       replace(baseRecords, cooling(4, "a", t1, t3)),
 		},
 		{
 			name:       "reconcile with the same addresses changes nothing",
@@ -358,10 +474,13 @@ func TestTransitions(t *testing.T) {
 			want:       append(replace(baseRecords, on(nic1, assigned(4, "a", t1))), on(nic1, free(12, t3))),
 		},
 		{
-			name:       "reconcile with an empty NIC drops everything, assigned included",
-			op:         func(s *Store, _ *clock) (any, error) { return s.Reconcile(nil) },
-			wantResult: ReconcileResult{Dropped: baseRecords},
-			want:       []Record{},
+			name: "reconcile with an empty NIC drops every address no pod holds and keeps the others as lost",
+			op:   func(s *Store, _ *clock) (any, error) { return s.Reconcile(nil) },
+			wantResult: ReconcileResult{
+				Dropped: []Record{free(1, t1), free(2, t1), free(3, t1), releasing(6, t1)},
+				Lost:    []Record{lost(assigned(4, "a", t1), t3), lost(cooling(5, "b", t1, t2), t3)},
+			},
+			want: []Record{lost(assigned(4, "a", t1), t3), lost(cooling(5, "b", t1, t2), t3)},
 		},
 	}
 	for _, tc := range tests {
@@ -415,6 +534,28 @@ type releaseResult struct {
 func release(s *Store, a Attachment) (any, error) {
 	r, ok, err := s.Release(a)
 	return releaseResult{r, ok}, err
+}
+
+func releaseAt(s *Store, a Attachment, at Stamp) (any, error) {
+	r, ok, err := s.ReleaseAt(a, at)
+	return releaseResult{r, ok}, err
+}
+
+// stamp is a call at n seconds of the boot clock of one boot.
+func stamp(n int) Stamp {
+	return Stamp{Boot: int64(n) * int64(time.Second), BootID: "boot-1", Wall: t0.Add(time.Duration(n) * time.Second)}
+}
+
+// stamped returns r allocated at st.
+func stamped(r Record, st Stamp) Record {
+	r.Allocated = st
+	return r
+}
+
+// lost returns r lost since at.
+func lost(r Record, at time.Time) Record {
+	r.LostAt = at
+	return r
 }
 
 func cloneRecords(rs []Record) []Record { return append([]Record(nil), rs...) }

@@ -87,6 +87,45 @@ type Record struct {
 	AssignedAt time.Time `json:"assignedAt,omitzero"`
 	// ReleasedAt is when the owner released it (cooling only).
 	ReleasedAt time.Time `json:"releasedAt,omitzero"`
+	// Allocated is the stamp of the owner's latest allocation of the
+	// address (assigned and cooling): a release made before it belongs to
+	// an earlier assignment and is superseded (see ReleaseAt). Records
+	// written before stamps existed have none; their AssignedAt stands in.
+	Allocated Stamp `json:"allocated,omitzero"`
+	// LostAt is when the daemon found the address of this assigned or
+	// cooling record gone from its interface in the cloud (deleted outside
+	// vnet-ipamd, see Reconcile); zero while the cloud has it. A lost
+	// address keeps its owner and is never free.
+	LostAt time.Time `json:"lostAt,omitzero"`
+}
+
+// Lost reports whether the cloud no longer shows the address on its interface.
+func (r Record) Lost() bool { return !r.LostAt.IsZero() }
+
+// Stamp is when a call of the plugin was made, as ipamd/api.Stamp describes
+// it: Boot is the node's boot clock (CLOCK_BOOTTIME, nanoseconds), which
+// never goes back within the boot BootID names; Wall the wall-clock time.
+type Stamp struct {
+	Boot   int64     `json:"boot,omitempty"`
+	BootID string    `json:"bootID,omitempty"`
+	Wall   time.Time `json:"wall,omitzero"`
+}
+
+// IsZero reports whether s says nothing about the time of a call.
+func (s Stamp) IsZero() bool { return s.Boot == 0 && s.Wall.IsZero() }
+
+// notAfter reports whether s is known to be no later than t: by the boot
+// clock when both count in the same boot, else by the wall clock when both
+// have one (the wall clock can be stepped; only stamps without a boot clock,
+// or of different boots, fall back to it). Unknown order gives false.
+func (s Stamp) notAfter(t Stamp) bool {
+	if s.Boot != 0 && t.Boot != 0 && s.BootID == t.BootID {
+		return s.Boot <= t.Boot
+	}
+	if !s.Wall.IsZero() && !t.Wall.IsZero() {
+		return !s.Wall.After(t.Wall)
+	}
+	return false
 }
 
 // storeMeta describes what the store belongs to. Stores of earlier versions may
@@ -116,8 +155,15 @@ type ReconcileResult struct {
 	// reports them on (an old record without one, or an address moved).
 	Moved []netip.Addr
 	// Dropped are the records (as they were) whose address is no longer on
-	// the NIC; they have been removed from the store.
+	// the NIC; they have been removed from the store. Only free and
+	// releasing records are dropped: no pod holds them.
 	Dropped []Record
+	// Lost are the assigned and cooling records whose address is no longer
+	// on the NIC, newly marked lost (LostAt set) and kept with their owner.
+	Lost []Record
+	// Found are addresses of lost records that the cloud shows again; they
+	// are no longer lost.
+	Found []netip.Addr
 }
 
 // Stats describe the store's files. They are a copy.
@@ -163,6 +209,9 @@ var (
 	// disk, an I/O error). The change was not made and is not on disk; the
 	// store takes changes again once writes succeed (see Store.Probe).
 	ErrUnwritable = errors.New("the store cannot write its files")
+	// ErrSuperseded: a release was made before the attachment's latest
+	// allocation, so it belongs to an earlier assignment; nothing changed.
+	ErrSuperseded = errors.New("release made before the attachment's latest allocation")
 	// ErrCorrupt: the files on disk are damaged beyond a torn tail, or their
 	// content breaks the store's invariants. Open refuses them rather than
 	// risk handing out one address twice.
