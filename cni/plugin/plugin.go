@@ -210,6 +210,7 @@ func allocate(conf *NetConf, args *skel.CmdArgs, k8s k8sArgs) (api.Assignment, e
 	resp, err := api.NewClient(conf.IPAMDSocket).Allocate(ctx, api.AllocateRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
 		PodNamespace: string(k8s.K8S_POD_NAMESPACE), PodName: string(k8s.K8S_POD_NAME),
+		At: api.NewStamp(),
 	})
 	if err != nil {
 		return api.Assignment{}, err
@@ -230,8 +231,10 @@ func (p *Plugin) undoAdd(c *call, att attachment, allocated bool) {
 		return
 	}
 	args := c.args
-	if _, rerr := api.NewClient(c.conf.IPAMDSocket).Release(ctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName}); rerr != nil {
-		if serr := api.SpoolRelease(c.conf.ReleaseSpool, args.ContainerID, args.IfName, time.Now()); serr != nil {
+	// Stamped after the allocation it undoes: it releases that one.
+	at := api.NewStamp()
+	if _, rerr := api.NewClient(c.conf.IPAMDSocket).Release(ctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName, At: at}); rerr != nil {
+		if serr := api.SpoolRelease(c.conf.ReleaseSpool, args.ContainerID, args.IfName, at); serr != nil {
 			c.log.Error("cannot release the address of a failed ADD; GC will", "release", rerr.Error(), "spool", serr.Error())
 		}
 	}
@@ -280,8 +283,13 @@ func checkNetns(path, nodeNS string) error {
 
 // Del tears the datapath down and releases the address. It tolerates a
 // missing netns, link or assignment; when vnet-ipamd is unreachable the
-// release is spooled for the daemon and DEL still succeeds.
+// release is spooled for the daemon and DEL still succeeds. The release
+// carries the DEL's stamp, taken first: should the runtime ADD the same
+// attachment again before the daemon sees this release (it was spooled, or
+// waited in the socket's backlog), the daemon knows it is older than that
+// ADD's allocation and frees nothing.
 func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
+	at := api.NewStamp()
 	c, err := p.begin("DEL", args)
 	if err != nil {
 		return err
@@ -307,11 +315,11 @@ func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
 	}
 	c.attrs = append(c.attrs, "delPodMs", ms(time.Since(step)))
 	step = time.Now()
-	resp, err := api.NewClient(conf.IPAMDSocket).Release(ctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName})
+	resp, err := api.NewClient(conf.IPAMDSocket).Release(ctx, api.ReleaseRequest{ContainerID: args.ContainerID, IfName: args.IfName, At: at})
 	c.attrs = append(c.attrs, "releaseMs", ms(time.Since(step)))
 	if err != nil {
 		if api.IsUnreachable(err) || errors.Is(err, context.DeadlineExceeded) || api.IsNotReady(err) || api.IsTryAgain(err) {
-			if serr := api.SpoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName, time.Now()); serr != nil {
+			if serr := api.SpoolRelease(conf.ReleaseSpool, args.ContainerID, args.IfName, at); serr != nil {
 				return types.NewError(types.ErrInternal, "vnet-ipamd is unreachable and the release cannot be recorded", serr.Error())
 			}
 			c.attrs = append(c.attrs, "release", "spooled")
@@ -321,6 +329,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) (err error) {
 	}
 	if resp.Known {
 		c.attrs = append(c.attrs, "ip", resp.IP.String())
+	}
+	if resp.Superseded {
+		c.attrs = append(c.attrs, "release", "superseded")
 	}
 	if !ip.IsValid() && resp.Known && resp.IP.IsValid() {
 		// Without prevResult (cniVersion < 0.4.0, a lost cache) and with

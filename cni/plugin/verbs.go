@@ -147,6 +147,9 @@ func compare(st linux.PodState, w want, bridgeName string) error {
 // GC releases every assignment not in cni.dev/valid-attachments and removes
 // its datapath leftovers.
 func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
+	// The runtime made its list before it ran GC: an attachment allocated
+	// after this stamp is not in it but live, and the daemon keeps it.
+	at := api.NewStamp()
 	c, err := p.begin("GC", args)
 	if err != nil {
 		return err
@@ -159,7 +162,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), conf.ipamdTimeout)
 	defer cancel()
-	resp, err := api.NewClient(conf.IPAMDSocket).GC(ctx, api.GCRequest{Valid: valid})
+	resp, err := api.NewClient(conf.IPAMDSocket).GC(ctx, api.GCRequest{Valid: valid, At: at})
 	if err != nil {
 		return ipamdError("gc", err)
 	}

@@ -21,11 +21,20 @@ import (
 // one definition.
 
 // PendingRelease is one spooled release, the content of a spool file.
+// At, Boot and BootID are the stamp of the DEL (see Stamp), so that the
+// daemon can tell a release meant for an earlier assignment of the
+// attachment from one for its current assignment; files written before
+// stamps existed hold only At.
 type PendingRelease struct {
 	ContainerID string    `json:"containerID"`
 	IfName      string    `json:"ifName"`
 	At          time.Time `json:"at"`
+	Boot        int64     `json:"boot,omitempty"`
+	BootID      string    `json:"bootID,omitempty"`
 }
+
+// Stamp is the stamp of the spooled DEL.
+func (r PendingRelease) Stamp() Stamp { return Stamp{Boot: r.Boot, BootID: r.BootID, Wall: r.At} }
 
 const spoolSuffix = ".release.json"
 
@@ -35,15 +44,15 @@ func spoolFileName(containerID, ifName string) string {
 	return hex.EncodeToString(sum[:16]) + spoolSuffix
 }
 
-// SpoolRelease records the attachment's release in dir (created with mode
-// 0700 if needed; the file is written atomically, mode 0600), so that the
-// daemon finishes it when it is back. A second release of the same
-// attachment replaces the first.
-func SpoolRelease(dir, containerID, ifName string, at time.Time) error {
+// SpoolRelease records the attachment's release, made at `at` (NewStamp at
+// the start of the DEL), in dir (created with mode 0700 if needed; the file
+// is written atomically, mode 0600), so that the daemon finishes it when it
+// is back. A second release of the same attachment replaces the first.
+func SpoolRelease(dir, containerID, ifName string, at Stamp) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create release spool: %w", err)
 	}
-	data, err := json.Marshal(PendingRelease{ContainerID: containerID, IfName: ifName, At: at.UTC()})
+	data, err := json.Marshal(PendingRelease{ContainerID: containerID, IfName: ifName, At: at.Wall.UTC(), Boot: at.Boot, BootID: at.BootID})
 	if err != nil {
 		return err
 	}

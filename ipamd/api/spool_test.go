@@ -13,7 +13,7 @@ import (
 
 func write(t *testing.T, dir string, r PendingRelease) {
 	t.Helper()
-	if err := SpoolRelease(dir, r.ContainerID, r.IfName, r.At); err != nil {
+	if err := SpoolRelease(dir, r.ContainerID, r.IfName, r.Stamp()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -73,14 +73,14 @@ func TestSpoolFileNameDistinct(t *testing.T) {
 
 // TestSpoolRoundTrip writes a release the way the plugin does and drains it
 // the way the daemon does: the file is private, in a private directory, and
-// carries the attachment and the time of the DEL.
+// carries the attachment and the stamp of the DEL.
 func TestSpoolRoundTrip(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "spool")
 	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.FixedZone("x", 3600))
-	if err := SpoolRelease(dir, "c1", "eth0", at); err != nil {
+	if err := SpoolRelease(dir, "c1", "eth0", Stamp{Boot: 5, BootID: "b", Wall: at}); err != nil {
 		t.Fatal(err)
 	}
-	if err := SpoolRelease(dir, "c1", "eth0", at.Add(time.Second)); err != nil {
+	if err := SpoolRelease(dir, "c1", "eth0", Stamp{Boot: 6, BootID: "b", Wall: at.Add(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
 	for path, want := range map[string]os.FileMode{dir: 0o700, filepath.Join(dir, spoolFileName("c1", "eth0")): 0o600} {
@@ -100,8 +100,43 @@ func TestSpoolRoundTrip(t *testing.T) {
 	if err != nil || n != 1 {
 		t.Fatalf("DrainSpool = %d, %v; want 1, nil", n, err)
 	}
-	want := []PendingRelease{{ContainerID: "c1", IfName: "eth0", At: at.Add(time.Second).UTC()}}
+	want := []PendingRelease{{ContainerID: "c1", IfName: "eth0", At: at.Add(time.Second).UTC(), Boot: 6, BootID: "b"}}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("drained (-want +got):\n%s", d)
+	}
+}
+
+// TestSpoolOldFile drains a file written before releases carried a boot
+// clock stamp: it loads, and its stamp is its wall-clock time.
+func TestSpoolOldFile(t *testing.T) {
+	dir := t.TempDir()
+	old := `{"containerID":"c1","ifName":"eth0","at":"2026-11-30T08:00:00Z"}`
+	if err := os.WriteFile(filepath.Join(dir, spoolFileName("c1", "eth0")), []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var got []Stamp
+	if n, err := DrainSpool(dir, func(r PendingRelease) error {
+		got = append(got, r.Stamp())
+		return nil
+	}); n != 1 || err != nil {
+		t.Fatalf("DrainSpool = %d, %v; want 1, nil", n, err)
+	}
+	want := []Stamp{{Wall: time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)}}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("stamp of an old spool file (-want +got):\n%s", d)
+	}
+}
+
+// TestNewStampOrders reads the boot clock twice: it moves forward, and both
+// stamps name the same boot.
+func TestNewStampOrders(t *testing.T) {
+	a := NewStamp()
+	time.Sleep(time.Millisecond)
+	b := NewStamp()
+	if a.Boot == 0 || a.BootID == "" {
+		t.Skipf("no boot clock or boot id here: %+v", a)
+	}
+	if b.Boot <= a.Boot || a.BootID != b.BootID || b.Wall.Before(a.Wall) {
+		t.Errorf("stamps %+v then %+v, want the second later in the same boot", a, b)
 	}
 }

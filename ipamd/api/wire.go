@@ -11,12 +11,14 @@ import (
 )
 
 // Version is the protocol version this package speaks, "major.minor".
-// 1.1 added the interface of assignments, address records and the status.
-const Version = "1.1"
+// 1.1 added the interface of assignments, address records and the status;
+// 1.2 the stamps of allocate, release and gc requests, and the addresses the
+// cloud lost (status, address records).
+const Version = "1.2"
 
 const (
 	versionMajor = 1
-	versionMinor = 1
+	versionMinor = 2
 )
 
 // Operation names on the wire.
@@ -78,6 +80,11 @@ type AllocateRequest struct {
 	PodNamespace string `json:"podNamespace,omitempty"`
 	PodName      string `json:"podName,omitempty"`
 	Netns        string `json:"netns,omitempty"`
+	// At is when the plugin made the call (NewStamp). The daemon records
+	// it with the assignment, so that a release made before it cannot free
+	// the assignment; without it (a 1.1 client) the daemon stamps the call
+	// when it serves it.
+	At Stamp `json:"at,omitzero"`
 }
 
 // Assignment is an address held by an attachment, with what the plugin needs
@@ -111,12 +118,19 @@ type AllocateResponse struct {
 type ReleaseRequest struct {
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
+	// At is when the plugin made the call (NewStamp): a release made
+	// before the attachment's latest Allocate is superseded and frees
+	// nothing. Without it the daemon stamps the call when it serves it.
+	At Stamp `json:"at,omitzero"`
 }
 
 // ReleaseResponse tells whether the attachment was known, and its address.
+// A superseded release (made before the attachment's latest Allocate) frees
+// nothing and answers Known false with Superseded true.
 type ReleaseResponse struct {
-	Known bool       `json:"known"`
-	IP    netip.Addr `json:"ip,omitzero"`
+	Known      bool       `json:"known"`
+	IP         netip.Addr `json:"ip,omitzero"`
+	Superseded bool       `json:"superseded,omitempty"`
 }
 
 // CheckRequest asks for the current assignment of an attachment.
@@ -135,6 +149,9 @@ type CheckResponse struct {
 // everything, a missing list is refused.
 type GCRequest struct {
 	Valid []Attachment `json:"valid"`
+	// At is when the plugin made the call: assignments allocated after it
+	// (by an ADD the runtime's list could not know of) are kept.
+	At Stamp `json:"at,omitzero"`
 }
 
 // GCResponse lists the assignments that the collection released.
@@ -175,6 +192,28 @@ type StatusResponse struct {
 	// LastCloudError is the last cloud error the pool hit, empty after a
 	// successful cloud call.
 	LastCloudError string `json:"lastCloudError,omitempty"`
+	// Lost lists the addresses the daemon assigned that are gone from their
+	// interface in the cloud (deleted outside vnet-ipamd): they stay with
+	// their owner and out of the pool while the daemon puts them back.
+	Lost []LostAddress `json:"lost,omitempty"`
+}
+
+// LostAddress is an assigned or cooling address that the cloud no longer
+// shows on the node's interface.
+type LostAddress struct {
+	IP           netip.Addr `json:"ip"`
+	Interface    string     `json:"interface,omitempty"`
+	State        string     `json:"state"`
+	ContainerID  string     `json:"containerID"`
+	IfName       string     `json:"ifName"`
+	PodNamespace string     `json:"podNamespace,omitempty"`
+	PodName      string     `json:"podName,omitempty"`
+	// Since is when the daemon found it missing.
+	Since time.Time `json:"since"`
+	// RestoreError is why the last attempt to put it back failed (another
+	// interface holds it, the cloud refused); empty before the first
+	// attempt ended.
+	RestoreError string `json:"restoreError,omitempty"`
 }
 
 // ListRequest asks for every address the daemon holds.
@@ -193,6 +232,9 @@ type AddressRecord struct {
 	PodName      string `json:"podName,omitempty"`
 	// Since is when the address entered its state.
 	Since time.Time `json:"since"`
+	// LostSince is when the daemon found the address gone from its
+	// interface in the cloud; zero while the cloud has it (see LostAddress).
+	LostSince time.Time `json:"lostSince,omitzero"`
 }
 
 // ListResponse lists the addresses, sorted by IP.

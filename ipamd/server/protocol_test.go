@@ -460,7 +460,7 @@ func TestConcurrentClients(t *testing.T) {
 		release: func(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			key := api.Attachment(req)
+			key := api.Attachment{ContainerID: req.ContainerID, IfName: req.IfName}
 			a, ok := assigned[key]
 			delete(assigned, key)
 			return api.ReleaseResponse{Known: ok, IP: a.IP}, nil
