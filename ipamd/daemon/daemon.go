@@ -39,6 +39,12 @@ type Cloud interface {
 	// called to release excess and to finish a release a crash or an error
 	// cut. Addresses already gone are ignored.
 	RemoveAddresses(ctx context.Context, iface string, ips []netip.Addr) error
+	// RestoreAddresses puts ips, addresses the daemon assigned that left
+	// the interface iface outside vnet-ipamd, back on it by value, in one
+	// update; called after a resync found them missing. Addresses already
+	// on the interface are ignored. All or nothing: an address another
+	// interface holds fails it with a *cloud.Error of kind AddressInUse.
+	RestoreAddresses(ctx context.Context, iface string, ips []netip.Addr) error
 }
 
 // managedInterfaces is the number of interfaces the daemon fills: the
@@ -183,6 +189,11 @@ type Daemon struct {
 	firstFill    bool
 	// partialSince is when a release was first held back (see holdPartialRelease).
 	partialSince time.Time
+	// restoreDue is set by every resync and cleared by an attempt to put the
+	// lost addresses back (see restoreLost); restoreErr says why the last
+	// attempt for an address was refused.
+	restoreDue bool
+	restoreErr map[netip.Addr]string
 }
 
 // New returns a daemon over an open store. Start its worker with Run.
@@ -199,6 +210,7 @@ func New(st *store.Store, connect Connect, opts Options) (*Daemon, error) {
 		freed:          make(chan struct{}),
 		notReadyReason: "connecting to the cloud",
 		firstFill:      true,
+		restoreErr:     map[netip.Addr]string{},
 	}
 	d.metrics = newMetrics(d)
 	if err := opts.Targets.Validate(); err != nil {

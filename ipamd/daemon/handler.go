@@ -79,6 +79,7 @@ func (d *Daemon) Allocate(ctx context.Context, req api.AllocateRequest) (api.All
 		ContainerID: req.ContainerID, IfName: req.IfName,
 		PodNamespace: req.PodNamespace, PodName: req.PodName, Netns: req.Netns,
 	}
+	at := callStamp(req.At)
 	wait := time.NewTimer(d.opts.AllocateWait)
 	defer wait.Stop()
 	waiting := false
@@ -93,7 +94,7 @@ func (d *Daemon) Allocate(ctx context.Context, req api.AllocateRequest) (api.All
 		d.mu.Lock()
 		freed := d.freed
 		d.mu.Unlock()
-		rec, err := d.store.Assign(owner)
+		rec, err := d.store.AssignAt(owner, at)
 		if err == nil {
 			d.metrics.allocations.WithLabelValues("ok").Inc()
 			d.metrics.allocateSeconds.Observe(time.Since(start).Seconds())
@@ -156,10 +157,27 @@ func (d *Daemon) kickIfLow() {
 	}
 }
 
+// callStamp is the store's form of the stamp a request carries; a request
+// without one (a client of protocol 1.1) is stamped now.
+func callStamp(at api.Stamp) store.Stamp {
+	if at.IsZero() {
+		at = api.NewStamp()
+	}
+	return store.Stamp{Boot: at.Boot, BootID: at.BootID, Wall: at.Wall}
+}
+
 // Release puts the attachment's address into cooldown; unknown attachments
-// are not an error.
+// are not an error. A release made before the attachment's latest Allocate
+// (a DEL whose request waited while the daemon was stalled, then an ADD of
+// the same attachment) frees nothing: it answers Known false, so that the
+// plugin does not tear down the datapath of the newer assignment either.
 func (d *Daemon) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
-	rec, known, err := d.store.Release(store.Attachment{ContainerID: req.ContainerID, IfName: req.IfName})
+	a := store.Attachment{ContainerID: req.ContainerID, IfName: req.IfName}
+	rec, known, err := d.store.ReleaseAt(a, callStamp(req.At))
+	if errors.Is(err, store.ErrSuperseded) {
+		d.superseded("rpc", a, rec)
+		return api.ReleaseResponse{Superseded: true}, nil
+	}
 	if d.storeFailed(err) {
 		return api.ReleaseResponse{}, unwritable(err)
 	}
@@ -196,13 +214,19 @@ func (d *Daemon) GC(_ context.Context, req api.GCRequest) (api.GCResponse, error
 	d.mu.Lock()
 	base := d.baseLocked()
 	d.mu.Unlock()
+	at := callStamp(req.At)
 	var resp api.GCResponse
 	var errs []error
 	for _, r := range d.store.List() {
 		if r.State != store.StateAssigned || valid[r.Owner.Attachment()] {
 			continue
 		}
-		if _, _, err := d.store.Release(r.Owner.Attachment()); err != nil {
+		// An attachment allocated after the runtime made its list is not
+		// in it, but it is live.
+		if _, _, err := d.store.ReleaseAt(r.Owner.Attachment(), at); errors.Is(err, store.ErrSuperseded) {
+			d.superseded("gc", r.Owner.Attachment(), r)
+			continue
+		} else if err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -223,6 +247,7 @@ func (d *Daemon) GC(_ context.Context, req api.GCRequest) (api.GCResponse, error
 // Status tells whether Allocate can succeed now, with the pool counts.
 func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusResponse, error) {
 	c := d.store.Counts()
+	lost := lostRecords(d.store.List())
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	resp := api.StatusResponse{
@@ -244,6 +269,14 @@ func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusRespo
 	}
 	if d.lastCloudErr != nil {
 		resp.LastCloudError = d.lastCloudErr.Error()
+	}
+	for _, r := range lost {
+		resp.Lost = append(resp.Lost, api.LostAddress{
+			IP: r.IP, Interface: r.Interface, State: string(r.State),
+			ContainerID: r.Owner.ContainerID, IfName: r.Owner.IfName,
+			PodNamespace: r.Owner.PodNamespace, PodName: r.Owner.PodName,
+			Since: r.LostAt, RestoreError: d.restoreErr[r.IP],
+		})
 	}
 	if d.synced {
 		resp.VNetCIDRs = d.inst.NetworkPrefixes
@@ -267,7 +300,7 @@ func (d *Daemon) List(_ context.Context, _ api.ListRequest) (api.ListResponse, e
 			iface = primary
 		}
 		resp.Addresses = append(resp.Addresses, api.AddressRecord{
-			IP: r.IP, Interface: iface, State: string(r.State), Since: r.Since,
+			IP: r.IP, Interface: iface, State: string(r.State), Since: r.Since, LostSince: r.LostAt,
 			ContainerID: r.Owner.ContainerID, IfName: r.Owner.IfName,
 			PodNamespace: r.Owner.PodNamespace, PodName: r.Owner.PodName,
 		})

@@ -28,6 +28,8 @@ type Metrics struct {
 	datapathRepairs    prometheus.Counter
 	conflistRepairs    prometheus.Counter
 	storeFailures      prometheus.Counter
+	supersededReleases prometheus.Counter
+	restores           *prometheus.CounterVec
 }
 
 const namespace = "vnetcni_ipamd"
@@ -89,15 +91,28 @@ func newMetrics(d *Daemon) *Metrics {
 			Namespace: namespace, Name: "store_unwritable_total",
 			Help: "Times the store stopped being able to write its files (the daemon was not ready until it could).",
 		}),
+		supersededReleases: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "superseded_releases_total",
+			Help: "Releases (spooled, rpc or gc) made before the attachment's latest allocation, or spooled in an earlier boot, that freed nothing.",
+		}),
+		restores: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "address_restores_total",
+			Help: "Addresses removed outside vnet-ipamd that the daemon tried to put back on their interface, by result (ok or the cloud error kind of the refusal).",
+		}, []string{"result"}),
 	}
 	addresses := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "addresses",
 		Help: "Secondary addresses held by the daemon, by state.",
 	}, []string{"state"})
+	lost := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "lost_addresses",
+		Help: "Addresses the daemon assigned that are gone from their interface in the cloud (removed outside vnet-ipamd), kept with their owner and out of the pool, by state.",
+	}, []string{"state"})
 	m.registry.MustRegister(m.allocations, m.releases, m.allocatedFromCloud, m.releasedToCloud,
 		m.cloudCalls, m.cloudSeconds, m.allocateSeconds, m.errors,
 		m.datapathChecks, m.datapathErrors, m.datapathRepairs, m.conflistRepairs,
-		&stateCollector{d: d, desc: addresses},
+		m.supersededReleases, m.restores,
+		&stateCollector{d: d, desc: addresses}, &lostCollector{d: d, desc: lost},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "ready", Help: "1 when the daemon is ready to serve pods.",
 		}, func() float64 { return boolGauge(d.isReady()) }),
@@ -147,6 +162,26 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	} {
 		g := c.desc.WithLabelValues(string(st))
 		g.Set(float64(n))
+		g.Collect(ch)
+	}
+}
+
+// lostCollector counts the lost addresses by state at scrape time.
+type lostCollector struct {
+	d    *Daemon
+	desc *prometheus.GaugeVec
+}
+
+func (c *lostCollector) Describe(ch chan<- *prometheus.Desc) { c.desc.Describe(ch) }
+
+func (c *lostCollector) Collect(ch chan<- prometheus.Metric) {
+	n := map[store.State]int{store.StateAssigned: 0, store.StateCooling: 0}
+	for _, r := range lostRecords(c.d.store.List()) {
+		n[r.State]++
+	}
+	for st, v := range n {
+		g := c.desc.WithLabelValues(string(st))
+		g.Set(float64(v))
 		g.Collect(ch)
 	}
 }

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
@@ -62,8 +61,20 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		d.log.Debug("addresses back in the pool after cooldown", "count", len(promoted))
 		d.signalFree()
 	}
+	d.forgetLost(now)
 
 	records := d.store.List()
+	// Addresses the daemon assigned that left the interface outside
+	// vnet-ipamd go back on it before anything else changes the NIC.
+	if lost := lostRecords(records); len(lost) > 0 && d.isRestoreDue() {
+		if wait, ok := d.writeDelay(now); !ok {
+			return wait
+		}
+		if err := d.restoreLost(ctx, c, records, ipsOf(lost)); err != nil {
+			return d.fail("restore", err)
+		}
+		return 0
+	}
 	// A release that failed or was cut by a crash is finished first: its
 	// addresses may already be gone from the NIC, so they are never reused.
 	if releasing := ipsIn(records, store.StateReleasing); len(releasing) > 0 {
@@ -126,23 +137,179 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 }
 
 // drainSpool finishes the releases the plugin spooled while the daemon was
-// unreachable.
+// unreachable. Each carries the stamp of its DEL: one made before the
+// attachment's latest Allocate (the attachment was ADDed again after the
+// DEL) belongs to the earlier assignment and frees nothing, and one spooled
+// in an earlier boot of the node is dropped: every assignment of that boot
+// ended with it, and the boot clock of the two boots cannot be compared.
 func (d *Daemon) drainSpool() {
 	if d.opts.ReleaseSpool == "" {
 		return
 	}
-	n, err := api.DrainSpool(d.opts.ReleaseSpool, func(r api.PendingRelease) error {
-		_, _, err := d.store.Release(store.Attachment{ContainerID: r.ContainerID, IfName: r.IfName})
-		return err
+	released := 0
+	_, err := api.DrainSpool(d.opts.ReleaseSpool, func(r api.PendingRelease) error {
+		a := store.Attachment{ContainerID: r.ContainerID, IfName: r.IfName}
+		at := r.Stamp()
+		if boot := api.KernelBootID(); at.BootID != "" && boot != "" && at.BootID != boot {
+			d.metrics.supersededReleases.Inc()
+			d.log.Info("dropped a release spooled in an earlier boot of the node", "containerID", a.ContainerID, "ifName", a.IfName,
+				"spooledAt", r.At, "bootID", at.BootID)
+			return nil
+		}
+		rec, known, err := d.store.ReleaseAt(a, store.Stamp{Boot: at.Boot, BootID: at.BootID, Wall: at.Wall})
+		switch {
+		case errors.Is(err, store.ErrSuperseded):
+			d.superseded("spool", a, rec)
+			return nil
+		case err != nil:
+			return err
+		case known:
+			released++
+		}
+		return nil
 	})
 	if err != nil {
 		d.storeFailed(err)
 		d.log.Warn("release spool", "err", err)
 	}
-	if n > 0 {
-		d.metrics.releases.Add(float64(n))
-		d.log.Info("finished releases spooled by the plugin while the daemon was away", "count", n)
+	if released > 0 {
+		d.metrics.releases.Add(float64(released))
+		d.log.Info("finished releases spooled by the plugin while the daemon was away", "count", released)
+		d.kick()
 	}
+}
+
+// superseded reports a release that was made before the attachment's latest
+// allocation and therefore freed nothing.
+func (d *Daemon) superseded(via string, a store.Attachment, r store.Record) {
+	d.metrics.supersededReleases.Inc()
+	d.log.Warn("ignored a release made before the attachment's latest allocation: it belongs to an earlier assignment",
+		"via", via, "containerID", a.ContainerID, "ifName", a.IfName, "ip", r.IP.String())
+}
+
+// forgetLost drops the lost addresses whose owner released them at least a
+// cooldown ago: nothing holds them, and the cloud does not have them.
+func (d *Daemon) forgetLost(now time.Time) {
+	gone, err := d.store.ForgetLost(now, d.opts.Cooldown)
+	if err != nil {
+		d.storeFailed(err)
+		d.log.Error("forget lost addresses", "err", err)
+		return
+	}
+	d.mu.Lock()
+	for _, r := range gone {
+		delete(d.restoreErr, r.IP)
+	}
+	d.mu.Unlock()
+	for _, r := range gone {
+		d.log.Warn("forgot a lost address: its owner released it and the cloud never gave it back",
+			"ip", r.IP.String(), "containerID", r.Owner.ContainerID, "ifName", r.Owner.IfName, "lostSince", r.LostAt)
+	}
+}
+
+func (d *Daemon) isRestoreDue() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.restoreDue
+}
+
+// restoreLost puts the lost addresses back on their interfaces, one update
+// per interface. The update is all or nothing, so when the cloud refuses
+// one with several addresses (another interface holds one of them), each
+// is tried alone. A refused address stays lost, with its owner and out of
+// the pool, and is tried again after the next resync; a transient error is
+// returned for the worker's back-off.
+func (d *Daemon) restoreLost(ctx context.Context, c Cloud, records []store.Record, lost []netip.Addr) error {
+	restored := false
+	byIface := d.byInterface(records, lost)
+	for _, iface := range slices.Sorted(maps.Keys(byIface)) {
+		ips := byIface[iface]
+		err := d.restoreOn(ctx, c, iface, ips, len(ips) == 1)
+		if err == nil {
+			restored = true
+			continue
+		}
+		if !refused(err) {
+			return err
+		}
+		if len(ips) == 1 {
+			continue
+		}
+		for _, ip := range ips {
+			err := d.restoreOn(ctx, c, iface, []netip.Addr{ip}, true)
+			if err == nil {
+				restored = true
+			} else if !refused(err) {
+				return err
+			}
+		}
+	}
+	d.mu.Lock()
+	d.restoreDue = false
+	if restored {
+		// Read the interface again: the resync clears what is back.
+		d.nextResync = d.opts.Now()
+	}
+	d.mu.Unlock()
+	d.succeeded()
+	return nil
+}
+
+// restoreOn makes one update putting ips back on iface; report records a
+// refusal as the addresses' restore error.
+func (d *Daemon) restoreOn(ctx context.Context, c Cloud, iface string, ips []netip.Addr, report bool) error {
+	start := time.Now()
+	err := c.RestoreAddresses(ctx, iface, ips)
+	d.metrics.observeCloud("restore_ips", start, err)
+	d.mu.Lock()
+	d.lastWrite = d.opts.Now()
+	d.mu.Unlock()
+	strs := make([]string, len(ips))
+	for i, ip := range ips {
+		strs[i] = ip.String()
+	}
+	switch {
+	case err == nil:
+		d.mu.Lock()
+		for _, ip := range ips {
+			delete(d.restoreErr, ip)
+		}
+		d.mu.Unlock()
+		d.metrics.restores.WithLabelValues("ok").Add(float64(len(ips)))
+		d.log.Info("put addresses removed outside vnet-ipamd back on their interface", "interface", iface, "ips", strs)
+	case refused(err) && report:
+		d.mu.Lock()
+		for _, ip := range ips {
+			d.restoreErr[ip] = cloud.Reason(err)
+		}
+		d.mu.Unlock()
+		d.metrics.restores.WithLabelValues(cloud.KindOf(err).String()).Add(float64(len(ips)))
+		d.log.Error("cannot put back an address removed outside vnet-ipamd: it stays with its owner and out of the pool; trying again after the next resync",
+			"interface", iface, "ips", strs, "kind", cloud.KindOf(err).String(), "err", err)
+	}
+	return err
+}
+
+// refused reports a cloud error that asking again soon will not change for
+// these addresses: another interface holds one, the interface is full, or
+// the cloud refused the request.
+func refused(err error) bool {
+	switch cloud.KindOf(err) {
+	case cloud.AddressInUse, cloud.NICLimit, cloud.SubnetFull, cloud.Fatal:
+		return true
+	}
+	return false
+}
+
+// lostRecords are the records whose address the cloud lost.
+func lostRecords(records []store.Record) []store.Record {
+	var out []store.Record
+	for _, r := range records {
+		if r.Lost() {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // holdPartialRelease keeps a release back while part of the excess still
@@ -231,14 +398,26 @@ func (d *Daemon) sync(ctx context.Context, c Cloud) error {
 		d.log.Info("recorded the interface of addresses", "count", len(res.Moved))
 	}
 	for _, r := range res.Dropped {
-		lvl := slog.LevelInfo
-		if r.State == store.StateAssigned {
-			lvl = slog.LevelWarn
+		d.log.Info("address left the NIC outside vnet-ipamd; no pod held it, dropped from the store",
+			"ip", r.IP.String(), "state", string(r.State))
+	}
+	for _, r := range res.Lost {
+		d.log.Warn("an address vnet-ipamd assigned left its interface outside vnet-ipamd: it stays with its owner and out of the pool, and goes back on the interface",
+			"ip", r.IP.String(), "interface", r.Interface, "state", string(r.State), "containerID", r.Owner.ContainerID, "ifName", r.Owner.IfName,
+			"pod", r.Owner.PodNamespace+"/"+r.Owner.PodName)
+	}
+	if len(res.Found) > 0 {
+		strs := make([]string, len(res.Found))
+		for i, ip := range res.Found {
+			strs[i] = ip.String()
 		}
-		d.log.Log(ctx, lvl, "address left the NIC outside vnet-ipamd; dropped from the store",
-			"ip", r.IP.String(), "state", string(r.State), "containerID", r.Owner.ContainerID, "ifName", r.Owner.IfName)
+		d.log.Info("lost addresses are on their interface again", "ips", strs)
 	}
 	d.mu.Lock()
+	for _, ip := range res.Found {
+		delete(d.restoreErr, ip)
+	}
+	d.restoreDue = true
 	d.synced = true
 	d.nextResync = d.opts.Now().Add(d.opts.ResyncInterval)
 	d.mu.Unlock()
@@ -446,6 +625,14 @@ func (d *Daemon) nextWake(now time.Time, records []store.Record, dec pool.Decisi
 		next = dec.RecheckAt
 	}
 	return max(next.Sub(now), 10*time.Millisecond)
+}
+
+func ipsOf(records []store.Record) []netip.Addr {
+	ips := make([]netip.Addr, len(records))
+	for i, r := range records {
+		ips[i] = r.IP
+	}
+	return ips
 }
 
 func ipsIn(records []store.Record, st store.State) []netip.Addr {

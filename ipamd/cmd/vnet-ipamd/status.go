@@ -67,6 +67,14 @@ func printStatus(w io.Writer, st api.StatusResponse, list api.ListResponse, now 
 	if st.LastCloudError != "" {
 		fmt.Fprintf(tw, "last cloud error\t%s\n", st.LastCloudError)
 	}
+	for _, l := range st.Lost {
+		why := "being put back"
+		if l.RestoreError != "" {
+			why = "cannot be put back: " + l.RestoreError
+		}
+		fmt.Fprintf(tw, "lost\t%s (%s, %s/%s) gone from its interface for %s, kept out of the pool; %s\n",
+			l.IP, l.State, l.PodNamespace, l.PodName, now.Sub(l.Since).Round(time.Second), why)
+	}
 	_ = tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -79,7 +87,11 @@ func printStatus(w io.Writer, st api.StatusResponse, list api.ListResponse, now 
 		if len(cid) > 12 {
 			cid = cid[:12]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.IP, a.State, now.Sub(a.Since).Round(time.Second), pod, cid, a.IfName)
+		state := a.State
+		if !a.LostSince.IsZero() {
+			state += " (lost)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.IP, state, now.Sub(a.Since).Round(time.Second), pod, cid, a.IfName)
 	}
 	_ = tw.Flush()
 }
