@@ -25,11 +25,12 @@
 package store
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -52,6 +53,15 @@ type Options struct {
 	// CompactBytes is the journal size after which the store writes a
 	// snapshot and starts a new journal; zero means DefaultCompactBytes.
 	CompactBytes int64
+	// Salvage makes Open keep what is intact of damaged files instead of
+	// refusing them: it moves the damaged files aside (renamed with
+	// ".damaged-<time>", the three newest sets kept), writes the intact
+	// state (the snapshot if intact, and the journal's records before the
+	// damage) as a new snapshot, describes the damage in Stats().Recovery
+	// and leaves the store marked as recovering (see Recovering). Only an
+	// owner that can rebuild what was lost, from a witness outside the
+	// store, should set it.
+	Salvage bool
 }
 
 // Store is an open address store. Create it with Open and Close it when done.
@@ -59,6 +69,7 @@ type Store struct {
 	dir          string
 	now          func() time.Time
 	compactBytes int64
+	salvage      bool
 
 	// mu guards every field below. It is held across the journal write and
 	// its fdatasync, so changes reach the disk in the order they are applied.
@@ -90,9 +101,10 @@ type Store struct {
 // Open opens (or creates) the store in dir, creating dir with mode 0700 and
 // setting its mode to 0700. It takes an exclusive lock on the directory (an
 // error wrapping ErrLocked if another process or another Open holds it),
-// replays the journal over the snapshot, clears a torn journal tail, and
-// checks the invariants (Validate). Files that are damaged in any other way
-// give an error wrapping ErrCorrupt.
+// replays the journal over the snapshot, clears a torn journal tail (a
+// record a crash cut while writing it, see tailDamage), and checks the
+// invariants (Validate). Files that are damaged in any other way give an
+// error wrapping ErrCorrupt, or are salvaged with Options.Salvage.
 func Open(dir string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -108,10 +120,10 @@ func Open(dir string, opts Options) (*Store, error) {
 		dir:          dir,
 		now:          opts.Now,
 		compactBytes: opts.CompactBytes,
+		salvage:      opts.Salvage,
 		lock:         lock,
-		records:      map[netip.Addr]Record{},
-		byAttachment: map[Attachment]netip.Addr{},
 	}
+	s.reset()
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -122,6 +134,13 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, errors.Join(fmt.Errorf("open store %s: %w", dir, err), s.closeFiles())
 	}
 	return s, nil
+}
+
+// reset empties the in-memory state.
+func (s *Store) reset() {
+	s.seq = 0
+	s.records = map[netip.Addr]Record{}
+	s.byAttachment = map[Attachment]netip.Addr{}
 }
 
 // load reads the snapshot and the journal. It runs before s is shared.
@@ -137,34 +156,73 @@ func (s *Store) load() error {
 			return err
 		}
 	}
-	snap, err := loadSnapshot(filepath.Join(s.dir, snapshotName))
-	if err != nil {
+	var damage []error
+	snap, snapExists, err := loadSnapshot(filepath.Join(s.dir, snapshotName))
+	snapDamaged := errors.Is(err, ErrCorrupt)
+	switch {
+	case snapDamaged:
+		damage = append(damage, err)
+	case err != nil:
 		return err
-	}
-	s.seq = snap.Seq
-	s.meta = snap.Meta
-	for _, r := range snap.Records {
-		s.applyPut(r)
+	default:
+		s.seq = snap.Seq
+		s.meta = snap.Meta
+		for _, r := range snap.Records {
+			s.applyPut(r)
+		}
 	}
 
-	f, err := os.OpenFile(filepath.Join(s.dir, journalName), os.O_RDWR|os.O_CREATE, fileMode)
-	if err != nil {
+	jpath := filepath.Join(s.dir, journalName)
+	_, err = os.Lstat(jpath)
+	journalExists := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("open journal: %w", err)
 	}
-	s.journal = f
-	data, err := io.ReadAll(f)
-	if err != nil {
-		return fmt.Errorf("read journal: %w", err)
+	var data []byte
+	if journalExists || !snapExists {
+		// A journal missing beside a snapshot is damage, and a refused
+		// Open must not leave a new one in its place.
+		f, err := os.OpenFile(jpath, os.O_RDWR|os.O_CREATE, fileMode)
+		if err != nil {
+			return fmt.Errorf("open journal: %w", err)
+		}
+		s.journal = f
+		if data, err = io.ReadAll(f); err != nil {
+			return fmt.Errorf("read journal: %w", err)
+		}
 	}
-	off, err := s.replay(data)
+	off, err := s.replay(data, snapDamaged)
+	torn := 0
+	if err == nil {
+		torn, err = tailDamage(data, off)
+	}
 	if err != nil {
-		return err
+		damage = append(damage, err)
+	}
+	switch {
+	case snapExists && !journalExists:
+		damage = append(damage, fmt.Errorf("journal missing beside the snapshot: %w", ErrCorrupt))
+	case snapExists && len(data) == 0:
+		// A compaction starts a zero-filled journal.
+		damage = append(damage, fmt.Errorf("journal empty beside the snapshot: %w", ErrCorrupt))
+	}
+	if len(damage) == 0 {
+		if err := s.validateLocked(); err != nil {
+			damage = append(damage, fmt.Errorf("%w: %w", ErrCorrupt, err))
+		}
+	}
+	if len(damage) > 0 {
+		if !s.salvage {
+			return errors.Join(damage...)
+		}
+		return s.salvageLocked(errors.Join(damage...))
 	}
 	// Past the last intact record the journal holds zeros (space filled
 	// ahead of time) and, after a crash in the middle of a write, the torn
 	// record before them. The torn bytes were never acknowledged: they are
 	// zeroed, and the next record overwrites them.
-	if torn := len(bytes.TrimRight(data[off:], "\x00")); torn > 0 {
+	if torn > 0 {
+		f := s.journal
 		if _, err := f.WriteAt(make([]byte, torn), int64(off)); err != nil {
 			return fmt.Errorf("clear torn journal tail: %w", err)
 		}
@@ -173,42 +231,72 @@ func (s *Store) load() error {
 		}
 		s.recovery.TruncatedBytes = int64(torn)
 	}
+	s.recovery.Empty = !snapExists && s.seq == 0
 	s.journalBytes = int64(off)
 	s.journalSize = int64(len(data))
 	if err := syncDir(s.dir); err != nil {
 		return fmt.Errorf("sync store directory: %w", err)
 	}
-	if err := s.validateLocked(); err != nil {
-		return fmt.Errorf("%w: %w", ErrCorrupt, err)
+	return nil
+}
+
+// salvageLocked keeps what was read before the damage: it moves the damaged
+// files aside, writes the state as a new snapshot with a new journal, and
+// marks the store as recovering. A state that breaks the invariants is not
+// kept at all. It runs before s is shared.
+func (s *Store) salvageLocked(damage error) error {
+	now := s.timestamp()
+	moved, err := moveAside(s.dir, now.Format("20060102T150405.000000000Z"))
+	s.recovery.MovedAside = moved
+	if err != nil {
+		return errors.Join(damage, err)
 	}
+	if s.validateLocked() != nil {
+		seq := s.seq
+		s.reset()
+		s.seq = seq
+	}
+	s.recovery.Damage = damage.Error()
+	s.recovery.Salvaged = len(s.records)
+	s.meta.Recovery = &RecoveryMark{Kind: RecoveryDamaged, Reason: damage.Error(), Since: now}
+	// The renamed journal is still open: the compaction replaces it.
+	s.journalBytes, s.journalSize = 0, 0
+	if err := s.compactLocked(); err != nil {
+		return errors.Join(damage, fmt.Errorf("write the salvaged state: %w", err))
+	}
+	s.compactions = 0
 	return nil
 }
 
 // replay applies the journal frames in data and returns the offset of the
-// first byte after the last intact frame.
-func (s *Store) replay(data []byte) (int, error) {
+// first byte after the last intact frame. It stops at the first frame that
+// is not intact; an intact frame that cannot be applied (undecodable, out
+// of sequence) is an error wrapping ErrCorrupt, returned with the offset of
+// that frame. Without a snapshot to follow (anyStart), the first record may
+// have any sequence number.
+func (s *Store) replay(data []byte, anyStart bool) (int, error) {
 	off := 0
 	var last uint64
 	for off < len(data) {
 		payload, n, err := readFrame(data[off:])
 		if err != nil {
-			if intactFrameAfter(data[off+1:]) {
-				return 0, fmt.Errorf("journal damaged at offset %d with intact records after it: %w", off, ErrCorrupt)
-			}
 			break
 		}
 		var e entry
 		if err := json.Unmarshal(payload, &e); err != nil {
-			return 0, fmt.Errorf("journal record at offset %d: %w: %w", off, ErrCorrupt, err)
+			return off, fmt.Errorf("journal record at offset %d: %w: %w", off, ErrCorrupt, err)
+		}
+		if anyStart && last == 0 && e.Seq > 0 {
+			s.seq = e.Seq - 1
 		}
 		switch {
 		case last != 0 && e.Seq != last+1:
-			return 0, fmt.Errorf("journal record at offset %d: sequence %d after %d: %w", off, e.Seq, last, ErrCorrupt)
+			return off, fmt.Errorf("journal record at offset %d: sequence %d after %d: %w", off, e.Seq, last, ErrCorrupt)
 		case e.Seq <= s.seq:
 			// Already in the snapshot: a crash hit a compaction between
 			// the snapshot's rename and the new journal's.
 		case e.Seq != s.seq+1:
-			return 0, fmt.Errorf("journal record at offset %d: sequence %d does not follow the snapshot's %d: %w",
+			return off, fmt.Errorf("journal record at offset %d: sequence %d does not follow the snapshot's %d: %w",
 				off, e.Seq, s.seq, ErrCorrupt)
 		default:
 			s.apply(e)
@@ -455,7 +543,11 @@ func (s *Store) compactLocked() error {
 	s.journalSize = journalChunk
 	s.compactions++
 	s.compactErr = nil
-	cerr := old.Close()
+	var cerr error
+	if old != nil {
+		// A salvage renamed the old journal; a missing one was never opened.
+		cerr = old.Close()
+	}
 	if err := syncDir(s.dir); err != nil {
 		// The rename may not be durable: a record written into the new
 		// journal could vanish with it. The next write syncs first.
@@ -671,9 +763,10 @@ func allocatedStamp(r Record) Stamp {
 	return r.Allocated
 }
 
-// Promote makes free every cooling address released at least cooldown before
-// now, in one change, and returns them sorted. The new free-since time is now.
-// Lost addresses are not promoted: they are not on the interface (see
+// Promote makes free, in one change, every cooling address released at
+// least cooldown before now and every quarantined address whose quarantine
+// ends at or before now, and returns them sorted. The new free-since time is
+// now. Lost addresses are not promoted: they are not on the interface (see
 // ForgetLost).
 func (s *Store) Promote(now time.Time, cooldown time.Duration) ([]netip.Addr, error) {
 	now = now.UTC().Round(0)
@@ -681,7 +774,8 @@ func (s *Store) Promote(now time.Time, cooldown time.Duration) ([]netip.Addr, er
 	defer s.mu.Unlock()
 	var puts []Record
 	for _, r := range s.records {
-		if r.State == StateCooling && !r.Lost() && !r.Since.Add(cooldown).After(now) {
+		if r.State == StateCooling && !r.Lost() && !r.Since.Add(cooldown).After(now) ||
+			r.State == StateQuarantined && !r.Until.After(now) {
 			puts = append(puts, Record{IP: r.IP, Interface: r.Interface, State: StateFree, Since: now})
 		}
 	}
@@ -723,6 +817,155 @@ func (s *Store) ForgetLost(now time.Time, cooldown time.Duration) ([]Record, err
 		return nil, fmt.Errorf("forget lost: %w", err)
 	}
 	return gone, nil
+}
+
+// Quarantine keeps addresses out of the pool until until, in one change:
+// addresses unknown to the store are added (ips maps each to its
+// interface's ID) and free, cooling and quarantined ones become
+// quarantined until until at the latest (cooling ones lose their owner).
+// Assigned, releasing and lost addresses are left as they are (none of them
+// becomes free by itself). It returns the
+// addresses whose record changed, sorted.
+func (s *Store) Quarantine(until time.Time, ips map[netip.Addr]string) ([]netip.Addr, error) {
+	all := slices.Collect(maps.Keys(ips))
+	if err := validIPs(all); err != nil {
+		return nil, fmt.Errorf("quarantine: %w", err)
+	}
+	until = until.UTC().Round(0)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return nil, fmt.Errorf("quarantine: %w", err)
+	}
+	now := s.timestamp()
+	var puts []Record
+	for _, ip := range sortedUnique(all) {
+		r, ok := s.records[ip]
+		switch {
+		case !ok:
+			puts = append(puts, Record{IP: ip, Interface: ips[ip], State: StateQuarantined, Since: now, Until: until})
+		case r.State == StateFree || r.State == StateCooling && !r.Lost():
+			puts = append(puts, Record{IP: ip, Interface: r.Interface, State: StateQuarantined, Since: now, Until: until})
+		case r.State == StateQuarantined && r.Until.Before(until):
+			r.Until = until
+			puts = append(puts, r)
+		}
+	}
+	if len(puts) == 0 {
+		return nil, nil
+	}
+	if err := s.commitLocked(entry{Op: "quarantine", Put: puts}); err != nil {
+		return nil, fmt.Errorf("quarantine: %w", err)
+	}
+	out := make([]netip.Addr, len(puts))
+	for i, r := range puts {
+		out[i] = r.IP
+	}
+	return out, nil
+}
+
+// Claim rebuilds assignments from live attachments that a witness outside
+// the store reports, in one change. The rule is one-sided: an address a
+// live attachment holds is never left free. Claims are taken in address
+// order; each makes its address assigned to its owner, whatever state the
+// store has it in (unknown, free, cooling, quarantined or releasing),
+// unless the store has it assigned to another attachment, or an earlier
+// claim of this call named it: then the claim is a conflict and nothing
+// changes for that address (it is out of the pool already). Another address
+// that the claiming attachment held is quarantined until until (the store
+// keeps one address per attachment). An address assigned to the claim's own
+// owner is left as it is. Invalid claims give an error and change nothing.
+func (s *Store) Claim(until time.Time, claims ...Claim) (ClaimResult, error) {
+	for _, c := range claims {
+		if err := validIPs([]netip.Addr{c.IP}); err != nil {
+			return ClaimResult{}, fmt.Errorf("claim: %w", err)
+		}
+		if err := c.Owner.Attachment().validate(); err != nil {
+			return ClaimResult{}, fmt.Errorf("claim %s: %w", c.IP, err)
+		}
+	}
+	claims = slices.Clone(claims)
+	slices.SortStableFunc(claims, func(a, b Claim) int { return a.IP.Compare(b.IP) })
+	until = until.UTC().Round(0)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return ClaimResult{}, fmt.Errorf("claim: %w", err)
+	}
+	now := s.timestamp()
+	var res ClaimResult
+	puts := map[netip.Addr]Record{}
+	get := func(ip netip.Addr) (Record, bool) {
+		if r, ok := puts[ip]; ok {
+			return r, true
+		}
+		r, ok := s.records[ip]
+		return r, ok
+	}
+	// held is the attachment index as this change leaves it so far.
+	held := map[Attachment]netip.Addr{}
+	holder := func(a Attachment) (netip.Addr, bool) {
+		if ip, ok := held[a]; ok {
+			return ip, ip.IsValid()
+		}
+		ip, ok := s.byAttachment[a]
+		return ip, ok
+	}
+	claimed := map[netip.Addr]bool{}
+	for _, c := range claims {
+		a := c.Owner.Attachment()
+		r, known := get(c.IP)
+		switch {
+		case known && r.State == StateAssigned && r.Owner.Attachment() == a:
+			claimed[c.IP] = true
+			continue
+		case known && r.State == StateAssigned, claimed[c.IP]:
+			res.Conflicts = append(res.Conflicts, ClaimConflict{Claim: c, Holder: r.Owner})
+			continue
+		}
+		claimed[c.IP] = true
+		if other, ok := holder(a); ok && other != c.IP {
+			o, _ := get(other)
+			res.Displaced = append(res.Displaced, o)
+			puts[other] = Record{IP: other, Interface: o.Interface, State: StateQuarantined, Since: now, Until: until}
+			held[a] = netip.Addr{}
+		}
+		owner := c.Owner
+		var allocated Stamp
+		if known && r.State.owned() && r.Owner.Attachment() == a {
+			// A cooling address back to its owner keeps the pod details
+			// and the stamp of its allocation.
+			if owner.PodNamespace == "" && owner.PodName == "" {
+				owner.PodNamespace, owner.PodName, owner.Netns = r.Owner.PodNamespace, r.Owner.PodName, r.Owner.Netns
+			}
+			allocated = r.Allocated
+		} else if known && r.State.owned() {
+			held[r.Owner.Attachment()] = netip.Addr{}
+		}
+		iface := c.Interface
+		if iface == "" {
+			iface = r.Interface
+		}
+		prev := r
+		if !known {
+			prev = Record{IP: c.IP}
+		}
+		// An address the cloud lost stays lost: the claim does not put it back.
+		nr := Record{IP: c.IP, Interface: iface, State: StateAssigned, Owner: owner, Since: now, AssignedAt: now,
+			Allocated: allocated, LostAt: r.LostAt}
+		puts[c.IP] = nr
+		held[a] = c.IP
+		res.Rebuilt = append(res.Rebuilt, nr)
+		res.Previous = append(res.Previous, prev)
+	}
+	if len(puts) == 0 {
+		return res, nil
+	}
+	e := entry{Op: "claim", Put: slices.SortedFunc(maps.Values(puts), func(a, b Record) int { return a.IP.Compare(b.IP) })}
+	if err := s.commitLocked(e); err != nil {
+		return ClaimResult{}, fmt.Errorf("claim: %w", err)
+	}
+	return res, nil
 }
 
 // MarkReleasing moves free addresses to releasing before the daemon asks the
@@ -895,6 +1138,58 @@ func (s *Store) SetBootID(bootID string) (bool, error) {
 	return changed, nil
 }
 
+// BeginRecovery marks the store as recovering (see RecoveryMark), durably:
+// the owner found that the store lost state, for example an empty store on
+// a node whose datapath shows that it held addresses in this boot. A store
+// that is recovering already keeps its mark.
+func (s *Store) BeginRecovery(kind, reason string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return fmt.Errorf("begin recovery: %w", err)
+	}
+	if s.meta.Recovery != nil {
+		return nil
+	}
+	m := s.meta
+	m.Recovery = &RecoveryMark{Kind: kind, Reason: reason, Since: s.timestamp()}
+	if err := s.commitLocked(entry{Op: "recovery", Meta: &m}); err != nil {
+		return fmt.Errorf("begin recovery: %w", err)
+	}
+	return nil
+}
+
+// EndRecovery removes the recovery mark once the owner has rebuilt the
+// store; without a mark it does nothing.
+func (s *Store) EndRecovery() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.writableLocked(); err != nil {
+		return fmt.Errorf("end recovery: %w", err)
+	}
+	if s.meta.Recovery == nil {
+		return nil
+	}
+	m := s.meta
+	m.Recovery = nil
+	if err := s.commitLocked(entry{Op: "recovered", Meta: &m}); err != nil {
+		return fmt.Errorf("end recovery: %w", err)
+	}
+	return nil
+}
+
+// Recovering returns the recovery mark, if the store has one: Open salvaged
+// damaged files (Options.Salvage) or BeginRecovery was called, and
+// EndRecovery was not called since.
+func (s *Store) Recovering() (RecoveryMark, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.meta.Recovery == nil {
+		return RecoveryMark{}, false
+	}
+	return *s.meta.Recovery, true
+}
+
 // Get returns the record of the address held (assigned or cooling) by the
 // attachment.
 func (s *Store) Get(a Attachment) (Record, bool) {
@@ -938,6 +1233,8 @@ func (s *Store) Counts() Counts {
 			c.Cooling++
 		case StateReleasing:
 			c.Releasing++
+		case StateQuarantined:
+			c.Quarantined++
 		}
 	}
 	return c
@@ -981,6 +1278,9 @@ func (s *Store) validateLocked() error {
 		}
 		if r.Since.IsZero() {
 			errs = append(errs, fmt.Errorf("address %s: no state timestamp", ip))
+		}
+		if (r.State == StateQuarantined) != !r.Until.IsZero() {
+			errs = append(errs, fmt.Errorf("address %s: %s with end of quarantine %q", ip, r.State, r.Until))
 		}
 		if !r.State.owned() {
 			if r.Owner != (Owner{}) {

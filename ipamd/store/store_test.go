@@ -681,25 +681,24 @@ func TestBootID(t *testing.T) {
 	}
 }
 
-// TestTornTail writes every kind of torn or garbage tail where the journal's
-// next record would go, as a crash in the middle of a write leaves it, and
-// checks that Open clears it, keeps every acknowledged record, and that the
-// store keeps working and reopening afterwards.
+// TestTornTail writes every kind of torn tail where the journal's next
+// record would go, as a crash in the middle of a write leaves it (a prefix
+// of the record over the zero fill), and checks that Open clears it, keeps
+// every acknowledged record, and that the store keeps working and reopening
+// afterwards. Tails that a crash cannot leave are damage (TestJournalDamage).
 func TestTornTail(t *testing.T) {
 	// A valid frame to cut: what the next change would have written.
 	next := appendFrame(nil, []byte(`{"seq":99,"op":"add","put":[{"ip":"10.1.0.50","state":"free","since":"2025-01-01T12:00:00Z"}]}`))
-	badCRC := append([]byte(nil), next...)
-	badCRC[len(badCRC)-2] ^= 0xff
 	tails := map[string][]byte{
+		"first byte of the magic": frameMagic[:1],
 		"magic only":              frameMagic[:],
 		"header cut":              next[:7],
+		"header without checksum": next[:9],
+		"header only":             next[:headerSize],
 		"payload cut":             next[:len(next)-5],
-		"complete with bad crc":   badCRC,
+		"all but the last byte":   next[:len(next)-1],
 		"zeros":                   make([]byte, 4096),
-		"text garbage":            []byte("this is not a frame at all\n"),
-		"huge length":             append(frameMagic[:4:4], 0xff, 0xff, 0xff, 0x7f, 1, 2, 3, 4),
 		"frame of length zero":    append(frameMagic[:4:4], 0, 0, 0, 0, 0, 0, 0, 0),
-		"bad crc then zeros":      append(append([]byte(nil), badCRC...), make([]byte, 100)...),
 		"frame header then noise": append(append([]byte(nil), next[:headerSize]...), []byte("{\"seq\":")...),
 	}
 	for name, tail := range tails {

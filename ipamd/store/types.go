@@ -23,11 +23,17 @@ const (
 	// StateReleasing: chosen to be removed from the NIC; the cloud call is in
 	// flight or its outcome is not known yet.
 	StateReleasing State = "releasing"
+	// StateQuarantined: on the NIC but kept out of the pool until
+	// Record.Until (see Store.Quarantine and Store.Promote), because a pod
+	// may hold it that the store does not know: after the store was
+	// damaged or lost, an ADD in flight has its address before its veth
+	// records it. It has no owner.
+	StateQuarantined State = "quarantined"
 )
 
 func (s State) valid() bool {
 	switch s {
-	case StateFree, StateAssigned, StateCooling, StateReleasing:
+	case StateFree, StateAssigned, StateCooling, StateReleasing, StateQuarantined:
 		return true
 	}
 	return false
@@ -97,6 +103,8 @@ type Record struct {
 	// vnet-ipamd, see Reconcile); zero while the cloud has it. A lost
 	// address keeps its owner and is never free.
 	LostAt time.Time `json:"lostAt,omitzero"`
+	// Until is when a quarantined address may become free (quarantined only).
+	Until time.Time `json:"until,omitzero"`
 }
 
 // Lost reports whether the cloud no longer shows the address on its interface.
@@ -133,19 +141,46 @@ func (s Stamp) notAfter(t Stamp) bool {
 type storeMeta struct {
 	// BootID is the kernel boot id recorded by SetBootID.
 	BootID string `json:"bootID,omitempty"`
+	// Recovery is set while a recovery is unfinished (see BeginRecovery).
+	Recovery *RecoveryMark `json:"recovery,omitempty"`
+}
+
+// The kinds of a RecoveryMark.
+const (
+	// RecoveryDamaged: Open found the files damaged and salvaged what was
+	// intact (Options.Salvage).
+	RecoveryDamaged = "damaged"
+	// RecoveryLost: the store opened empty, but the node shows that it
+	// held state in this boot (the daemon's judgement, see BeginRecovery).
+	RecoveryLost = "lost"
+)
+
+// RecoveryMark records that the store lost changes, or may have, and that
+// its owner has not finished rebuilding it. It is durable: an owner that
+// dies during the recovery finds it again at the next Open.
+type RecoveryMark struct {
+	// Kind is RecoveryDamaged or RecoveryLost.
+	Kind string `json:"kind"`
+	// Reason says what was found, for people.
+	Reason string `json:"reason"`
+	// Since is when the recovery began.
+	Since time.Time `json:"since"`
 }
 
 // Counts are the number of addresses per state.
 type Counts struct {
-	Free      int
-	Assigned  int
-	Cooling   int
-	Releasing int
+	Free        int
+	Assigned    int
+	Cooling     int
+	Releasing   int
+	Quarantined int
 }
 
 // Total is the number of addresses in the store, all states together: the
 // secondary addresses the store believes are on the NIC.
-func (c Counts) Total() int { return c.Free + c.Assigned + c.Cooling + c.Releasing }
+func (c Counts) Total() int {
+	return c.Free + c.Assigned + c.Cooling + c.Releasing + c.Quarantined
+}
 
 // ReconcileResult is what Reconcile changed.
 type ReconcileResult struct {
@@ -166,6 +201,39 @@ type ReconcileResult struct {
 	Found []netip.Addr
 }
 
+// Claim is a live attachment's hold on an address, as a witness outside the
+// store records it (the pod's host veth).
+type Claim struct {
+	IP netip.Addr
+	// Interface is the cloud's ID of the interface the address is on; empty
+	// keeps the record's.
+	Interface string
+	Owner     Owner
+}
+
+// ClaimConflict is a claim that Claim refused: the store has the address
+// assigned to another attachment, or another claim of the same call named
+// it first.
+type ClaimConflict struct {
+	Claim Claim
+	// Holder is the attachment that keeps the address.
+	Holder Owner
+}
+
+// ClaimResult is what Claim changed.
+type ClaimResult struct {
+	// Rebuilt are the records the claims created or changed, as they are now.
+	Rebuilt []Record
+	// Previous are the records of Rebuilt as they were (State empty for an
+	// address the store did not know), in the same order.
+	Previous []Record
+	// Displaced are addresses a claiming attachment held in the store
+	// besides the one it claimed (as they were); they are quarantined now.
+	Displaced []Record
+	// Conflicts are the claims refused; their addresses stay as they were.
+	Conflicts []ClaimConflict
+}
+
 // Stats describe the store's files. They are a copy.
 type Stats struct {
 	// Seq is the sequence number of the last durable change.
@@ -181,7 +249,7 @@ type Stats struct {
 	Recovery Recovery
 }
 
-// Recovery describes what Open had to repair.
+// Recovery describes what Open found and had to repair.
 type Recovery struct {
 	// Replayed is the number of journal records applied on top of the snapshot.
 	Replayed int
@@ -189,6 +257,19 @@ type Recovery struct {
 	// (up to its last non-zero byte): a record that a crash interrupted and
 	// that was therefore never acknowledged.
 	TruncatedBytes int64
+	// Empty reports that the files held no state at all: no snapshot and
+	// no journal record. A new store looks like this, and so does one whose
+	// directory was deleted or whose journal was emptied or zeroed; only
+	// the world outside the store can tell them apart.
+	Empty bool
+	// Damage says what was damaged, empty when nothing was. Open refuses a
+	// damaged store unless Options.Salvage is set.
+	Damage string
+	// MovedAside are the damaged files, renamed next to the store's files
+	// and kept for forensics (Options.Salvage).
+	MovedAside []string
+	// Salvaged is the number of records kept from the damaged files.
+	Salvaged int
 }
 
 // Errors returned by the store. Check them with errors.Is.
