@@ -171,7 +171,8 @@ func (a *Attachment) Complete(ctx context.Context, addr linux.Address) (linux.Po
 	start := time.Now()
 	pod := PodConfig{
 		ContainerID: a.req.ContainerID, IfName: a.req.IfName, NetNS: a.req.NetNS,
-		IP: addr.IP, Subnet: addr.Subnet, Gateway: addr.Gateway, MTU: a.req.Bridge.MTU, Bridge: e.info.Bridge.Name,
+		IP: addr.IP, Subnet: addr.Subnet, Gateway: addr.Gateway, Interface: addr.Interface,
+		MTU: a.req.Bridge.MTU, Bridge: e.info.Bridge.Name,
 		Strict: a.req.Managed,
 	}
 	res, err := a.node.AddPod(ctx, pod)

@@ -34,6 +34,9 @@ type PodConfig struct {
 	IP      netip.Addr
 	Subnet  netip.Prefix
 	Gateway netip.Addr
+	// Interface is the cloud's ID of the interface that holds IP, recorded
+	// on the host veth with the attachment (linux.PodRecord); optional.
+	Interface string
 	// MTU of both veth ends; 0 means the bridge's.
 	MTU int
 	// Bridge is the bridge's name; default DefaultBridgeName.
@@ -116,7 +119,10 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res linux.PodResult, 
 	}
 	defer pnl.Close()
 
-	host, pod, created, err := n.ns.EnsureVeth(linux.VethSpec{HostName: hostName, IfName: cfg.IfName, MasterIndex: br.Attrs().Index, MTU: mtu, IP: cfg.IP}, podNS, pnl)
+	host, pod, created, err := n.ns.EnsureVeth(linux.VethSpec{
+		HostName: hostName, IfName: cfg.IfName, MasterIndex: br.Attrs().Index, MTU: mtu, IP: cfg.IP,
+		ContainerID: cfg.ContainerID, Interface: cfg.Interface,
+	}, podNS, pnl)
 	if err != nil {
 		return res, err
 	}

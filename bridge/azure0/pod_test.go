@@ -259,3 +259,53 @@ func TestDelPodKeepsReassignedIP(t *testing.T) {
 		t.Errorf("after the owner's DEL: mac %s snat %v, want none", st.RegisteredMAC, st.SNATRegistered)
 	}
 }
+
+// TestAddPodRecordsAttachment: the host veth records the whole attachment
+// (linux.PodRecord), and a re-added pod whose veth an earlier plugin made
+// (address and MAC only) gets the complete record.
+func TestAddPodRecordsAttachment(t *testing.T) {
+	podA := netip.MustParseAddr("10.240.0.10")
+	f := newFabric(t, map[string][]netip.Addr{"node0": {podA}})
+	ctx := context.Background()
+	nodeNS := f.NodeNSPath("node0")
+	n := openNode(t, nodeNS, t.TempDir())
+	if _, err := n.EnsureNode(ctx, nodeConfig()); err != nil {
+		t.Fatal(err)
+	}
+	const nic = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces/node0-nic"
+	cfg := PodConfig{
+		ContainerID: f.prefix + "-pa", IfName: "eth0", NetNS: nstest.NewNS(t, f.prefix+"-pa"),
+		IP: podA, Subnet: subnet, Gateway: gatewayIP, Interface: nic,
+	}
+	res, err := n.AddPod(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := linux.WitnessPod{HostVeth: res.HostVeth.Name, Record: linux.PodRecord{
+		IP: podA, MAC: res.PodIf.MAC, ContainerID: cfg.ContainerID, IfName: "eth0", Interface: linux.InterfaceTag(nic),
+	}}
+	check := func(when string) {
+		t.Helper()
+		w, err := linux.ReadWitness(nodeNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := cmp.Diff([]linux.WitnessPod{want}, w.Pods, cmpAddrs...); d != "" {
+			t.Errorf("witness %s (-want +got):\n%s", when, d)
+		}
+	}
+	check("after ADD")
+
+	nl := nstest.Netlink(t, nodeNS)
+	host, err := nl.LinkByName(res.HostVeth.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.LinkSetAlias(host, linux.PodAlias(podA, res.PodIf.MAC)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.AddPod(ctx, cfg); err != nil {
+		t.Fatalf("re-add over an earlier plugin's veth: %v", err)
+	}
+	check("after re-adding over an earlier plugin's veth")
+}

@@ -57,6 +57,9 @@ type Address struct {
 	IP      netip.Addr
 	Subnet  netip.Prefix
 	Gateway netip.Addr
+	// Interface is the cloud's ID of the interface that holds IP; the pod's
+	// host veth records it.
+	Interface string
 	// VNetPrefixes is the VNet's address space as the address manager
 	// knows it: the truth when it differs from the request's.
 	VNetPrefixes []netip.Prefix

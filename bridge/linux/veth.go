@@ -20,14 +20,23 @@ import (
 var ErrConflict = errors.New("conflicting interface")
 
 // VethSpec is a pod's veth pair: the host end's name, the pod's interface
-// name, the host end's master (0: none), the MTU of both ends, and the
-// pod's address (which gives the pod end its MAC and the host end its alias).
+// name, the host end's master (0: none), the MTU of both ends, the pod's
+// address (which gives the pod end its MAC), and what the host end's alias
+// records besides (see PodRecord): the container ID and the cloud's ID of
+// the interface the address is on.
 type VethSpec struct {
 	HostName    string
 	IfName      string
 	MasterIndex int
 	MTU         int
 	IP          netip.Addr
+	ContainerID string
+	Interface   string
+}
+
+// record is what the host end's alias records for a pod end with mac.
+func (v VethSpec) record(mac net.HardwareAddr) PodRecord {
+	return PodRecord{IP: v.IP, MAC: mac, ContainerID: v.ContainerID, IfName: v.IfName, Interface: InterfaceTag(v.Interface)}
 }
 
 // HostVethPrefix starts the name of every pod veth vnet-cni creates; a
@@ -133,9 +142,10 @@ type Pod struct {
 }
 
 // EnsureVeth creates the pod's veth pair (Veth with the pod's derived MAC)
-// and records the pod on the host end, or accepts this attachment's own
-// existing pair and corrects what an interrupted ADD or PrepareVeth left
-// (master, MTU, MAC, state, alias). created says whether this call made
+// and records the pod on the host end (its alias, a PodRecord), or accepts
+// this attachment's own existing pair and corrects what an interrupted ADD
+// or PrepareVeth left (master, MTU, MAC, state, alias; an alias of an
+// earlier version becomes a complete record). created says whether this call made
 // the pair. An interface of the name that is not this pair is ErrConflict.
 func (n *NS) EnsureVeth(v VethSpec, podNS netns.NsHandle, pnl *netlink.Handle) (host, pod netlink.Link, created bool, err error) {
 	hostName, bridgeIndex, mtu := v.HostName, v.MasterIndex, v.MTU
@@ -155,7 +165,7 @@ func (n *NS) EnsureVeth(v VethSpec, podNS netns.NsHandle, pnl *netlink.Handle) (
 			return host, nil, true, errors.Join(fmt.Errorf("read back veth %s/%s", hostName, v.IfName), herr, perr)
 		}
 		// The kernel ignores IFLA_IFALIAS when creating a link.
-		if err := n.Netlink.LinkSetAlias(host, PodAlias(v.IP, pod.Attrs().HardwareAddr)); err != nil {
+		if err := n.Netlink.LinkSetAlias(host, v.record(pod.Attrs().HardwareAddr).Alias()); err != nil {
 			return host, nil, true, fmt.Errorf("record pod on %s: %w", hostName, err)
 		}
 		return host, pod, true, nil
@@ -196,7 +206,7 @@ func (n *NS) EnsureVeth(v VethSpec, podNS netns.NsHandle, pnl *netlink.Handle) (
 			return nil, nil, false, fmt.Errorf("set %s up: %w", hostName, err)
 		}
 	}
-	if want := PodAlias(v.IP, pod.Attrs().HardwareAddr); ha.Alias != want {
+	if want := v.record(pod.Attrs().HardwareAddr).Alias(); ha.Alias != want {
 		if err := n.Netlink.LinkSetAlias(host, want); err != nil {
 			return nil, nil, false, fmt.Errorf("record pod on %s: %w", hostName, err)
 		}

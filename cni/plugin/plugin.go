@@ -170,7 +170,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 
 	cctx, ccancel := context.WithTimeout(context.Background(), datapathTimeout)
 	defer ccancel()
-	pod, err := att.Complete(cctx, linux.Address{IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, VNetPrefixes: a.VNetCIDRs})
+	pod, err := att.Complete(cctx, linux.Address{IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, Interface: a.Interface, VNetPrefixes: a.VNetCIDRs})
 	s := att.Steps()
 	if errors.Is(err, linux.ErrNodeSetup) {
 		return types.NewError(types.ErrInternal, "set up the node's bridge", err.Error())
