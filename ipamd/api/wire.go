@@ -168,8 +168,11 @@ type PoolCounts struct {
 	Assigned  int `json:"assigned"`
 	Cooling   int `json:"cooling"`
 	Releasing int `json:"releasing"`
-	Total     int `json:"total"`
-	Max       int `json:"max"`
+	// Quarantined addresses are kept out of the pool for a while after the
+	// daemon's store was damaged or lost.
+	Quarantined int `json:"quarantined,omitempty"`
+	Total       int `json:"total"`
+	Max         int `json:"max"`
 }
 
 // StatusResponse tells whether Allocate can currently succeed, and describes

@@ -33,6 +33,7 @@ const (
 	DefaultReleaseDelay   = 60 * time.Second
 	DefaultAllocateWait   = 5 * time.Second
 	DefaultResyncInterval = 60 * time.Second
+	DefaultRecoveryGrace  = 30 * time.Second
 	DefaultSocketPath     = api.DefaultSocketPath
 	DefaultStoreDir       = "/run/vnet-cni/store"
 	DefaultCNIConfDir     = "/etc/cni/net.d"
@@ -90,6 +91,8 @@ const (
 	MaxReleaseDelay = 24 * time.Hour
 	MinResync       = time.Second
 	MaxResync       = 24 * time.Hour
+	MinGrace        = time.Second
+	MaxGrace        = 10 * time.Minute
 	MinCallTimeout  = time.Second
 	MaxCallTimeout  = 10 * time.Minute
 	// MaxAddresses bounds maxIPs, batchSize and the targets: a sanity bound
@@ -137,6 +140,12 @@ type Config struct {
 	// ResyncInterval is the period of the safety-net resync with the cloud,
 	// 1s..24h.
 	ResyncInterval Duration `json:"resyncInterval"`
+	// RecoveryGrace is how long addresses stay quarantined after the
+	// store was found damaged or lost, 1s..10m: an ADD that had its address
+	// before the damage records its pod on its veth within the plugin's
+	// datapath timeout (10 s), so keep it well above that. The daemon is
+	// not ready meanwhile.
+	RecoveryGrace Duration `json:"recoveryGrace"`
 	// SocketPath is the unix socket the plugin talks to: an absolute path of
 	// at most 107 bytes.
 	SocketPath string `json:"socketPath"`
@@ -240,6 +249,7 @@ func Default() Config {
 		ReleaseDelay:   Duration(DefaultReleaseDelay),
 		AllocateWait:   Duration(DefaultAllocateWait),
 		ResyncInterval: Duration(DefaultResyncInterval),
+		RecoveryGrace:  Duration(DefaultRecoveryGrace),
 		SocketPath:     DefaultSocketPath,
 		StoreDir:       DefaultStoreDir,
 		CNIConfDir:     DefaultCNIConfDir,

@@ -55,6 +55,7 @@ func (c Config) Validate() error {
 	add(durRange("releaseDelay", c.ReleaseDelay, 0, MaxReleaseDelay))
 	add(durRange("allocateWait", c.AllocateWait, 0, MaxAllocateWait))
 	add(durRange("resyncInterval", c.ResyncInterval, MinResync, MaxResync))
+	add(durRange("recoveryGrace", c.RecoveryGrace, MinGrace, MaxGrace))
 
 	add(absPath("socketPath", c.SocketPath, true))
 	if len(c.SocketPath) > maxSocketPath {

@@ -85,6 +85,15 @@ type Options struct {
 	// ReleaseSpool is the directory where the plugin records releases it
 	// could not hand over (see package spool); drained on every round.
 	ReleaseSpool string
+	// Witness is the datapath's record of the live attachments (see
+	// Witness); nil runs without one, trusting the store alone.
+	Witness Witness
+	// RecoveryGrace is how long addresses are quarantined after the store
+	// was found damaged or lost (and what a live veth holds without naming
+	// its attachment stays held after it is gone): longer than the
+	// plugin's datapath timeout, within which an ADD that had its address
+	// records its pod on its veth.
+	RecoveryGrace time.Duration
 	// Conflist is written atomically once the daemon is ready, and again
 	// whenever it is deleted or changed.
 	Conflist Conflist
@@ -131,6 +140,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.DatapathInterval == 0 {
 		o.DatapathInterval = defaultDatapathInterval
+	}
+	if o.RecoveryGrace == 0 {
+		o.RecoveryGrace = 30 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -194,6 +206,14 @@ type Daemon struct {
 	// attempt for an address was refused.
 	restoreDue bool
 	restoreErr map[netip.Addr]string
+	// recovery is the store's recovery in progress, nil when none.
+	recovery *recovery
+	// witnessConflicts are the live attachments the witness could not
+	// give their address to at its last read (see reportWitness).
+	witnessConflicts map[string]string
+	// promoteAfter holds promotions back after a failed read of the
+	// witness (see guardPromotion).
+	promoteAfter time.Time
 }
 
 // New returns a daemon over an open store. Start its worker with Run.
@@ -215,6 +235,9 @@ func New(st *store.Store, connect Connect, opts Options) (*Daemon, error) {
 	d.metrics = newMetrics(d)
 	if err := opts.Targets.Validate(); err != nil {
 		return nil, fmt.Errorf("pool targets: %w", err)
+	}
+	if err := d.openRecovery(); err != nil {
+		return nil, err
 	}
 	if err := d.handleReboot(); err != nil {
 		return nil, err

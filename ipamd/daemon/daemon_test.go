@@ -70,6 +70,9 @@ func newHarness(t *testing.T, simOpts sim.Options, opts Options) *harness {
 		IMDSEndpoint: imds.URL, Credential: cred, CallTimeout: 10 * time.Second,
 		PollFrequency: 20 * time.Millisecond, MaxRetries: 1,
 	}}
+	if w, ok := opts.Witness.(*fakeWitness); ok {
+		w.setNIC(d.Nodes[0].MAC)
+	}
 	hs.start(t.TempDir())
 	return hs
 }
@@ -77,7 +80,7 @@ func newHarness(t *testing.T, simOpts sim.Options, opts Options) *harness {
 // start opens the store in dir and starts the daemon and its socket.
 func (h *harness) start(storeDir string) {
 	t := h.t
-	st, err := store.Open(storeDir, store.Options{})
+	st, err := store.Open(storeDir, store.Options{Salvage: true})
 	if err != nil {
 		t.Fatal(err)
 	}

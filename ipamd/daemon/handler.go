@@ -60,7 +60,8 @@ func (d *Daemon) storeWritable() error {
 // datapath is set up and while the store can write.
 func (d *Daemon) readyLocked() bool {
 	ok, _ := d.datapathReadyLocked()
-	return d.ready && ok && d.storeErr == nil
+	_, recovering := d.recoveryHoldLocked(d.opts.Now(), 0)
+	return d.ready && ok && d.storeErr == nil && !recovering
 }
 
 // Allocate hands out an address from the pool; it never calls the cloud.
@@ -257,12 +258,15 @@ func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusRespo
 		MTU:          d.opts.MTU,
 		LimitReached: d.limitReached,
 		Pool: api.PoolCounts{
-			Free: c.Free, Assigned: c.Assigned, Cooling: c.Cooling, Releasing: c.Releasing,
+			Free: c.Free, Assigned: c.Assigned, Cooling: c.Cooling, Releasing: c.Releasing, Quarantined: c.Quarantined,
 			Total: c.Total(), Max: d.ceilingLocked(),
 		},
 	}
 	if ok, why := d.datapathReadyLocked(); d.ready && !ok {
 		resp.Reason = why
+	}
+	if reason, hold := d.recoveryHoldLocked(d.opts.Now(), c.Quarantined); hold {
+		resp.Reason = reason
 	}
 	if d.storeErr != nil {
 		resp.Reason = d.storeErr.Error()

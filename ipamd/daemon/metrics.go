@@ -30,6 +30,8 @@ type Metrics struct {
 	storeFailures      prometheus.Counter
 	supersededReleases prometheus.Counter
 	restores           *prometheus.CounterVec
+	recoveries         *prometheus.CounterVec
+	witnessRebuilt     prometheus.Counter
 }
 
 const namespace = "vnetcni_ipamd"
@@ -99,6 +101,14 @@ func newMetrics(d *Daemon) *Metrics {
 			Namespace: namespace, Name: "address_restores_total",
 			Help: "Addresses removed outside vnet-ipamd that the daemon tried to put back on their interface, by result (ok or the cloud error kind of the refusal).",
 		}, []string{"result"}),
+		recoveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "store_recoveries_total",
+			Help: "Recoveries of the address store from the pods' veths and the cloud, by reason (damaged: the files were damaged; lost: the store was empty on a node with vnet-cni's datapath).",
+		}, []string{"reason"}),
+		witnessRebuilt: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "witness_rebuilt_total",
+			Help: "Assignments rebuilt from a live pod's veth that the store did not have.",
+		}),
 	}
 	addresses := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "addresses",
@@ -111,7 +121,11 @@ func newMetrics(d *Daemon) *Metrics {
 	m.registry.MustRegister(m.allocations, m.releases, m.allocatedFromCloud, m.releasedToCloud,
 		m.cloudCalls, m.cloudSeconds, m.allocateSeconds, m.errors,
 		m.datapathChecks, m.datapathErrors, m.datapathRepairs, m.conflistRepairs,
-		m.supersededReleases, m.restores,
+		m.supersededReleases, m.restores, m.recoveries, m.witnessRebuilt,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "witness_conflicts",
+			Help: "Live pods whose address the store holds for another attachment, or nowhere (kept out of the pool; see the log).",
+		}, func() float64 { return float64(d.witnessConflictCount()) }),
 		&stateCollector{d: d, desc: addresses}, &lostCollector{d: d, desc: lost},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "ready", Help: "1 when the daemon is ready to serve pods.",
@@ -159,6 +173,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for st, n := range map[store.State]int{
 		store.StateFree: counts.Free, store.StateAssigned: counts.Assigned,
 		store.StateCooling: counts.Cooling, store.StateReleasing: counts.Releasing,
+		store.StateQuarantined: counts.Quarantined,
 	} {
 		g := c.desc.WithLabelValues(string(st))
 		g.Set(float64(n))
@@ -203,6 +218,12 @@ func (d *Daemon) isStoreWritable() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.storeErr == nil
+}
+
+func (d *Daemon) witnessConflictCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.witnessConflicts)
 }
 
 func (d *Daemon) isLimitReached() bool {

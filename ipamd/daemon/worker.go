@@ -54,14 +54,16 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 			return d.fail("resync", err)
 		}
 	}
-	if promoted, err := d.store.Promote(now, d.opts.Cooldown); err != nil {
-		d.storeFailed(err)
-		d.log.Error("promote cooled addresses", "err", err)
-	} else if len(promoted) > 0 {
-		d.log.Debug("addresses back in the pool after cooldown", "count", len(promoted))
-		d.signalFree()
+	switch ok, err := d.guardPromotion(ctx, now, d.store.List()); {
+	case d.storeFailed(err):
+	case err != nil:
+		// Nothing becomes free that a live pod may hold.
+		d.log.Warn("cannot check the datapath before freeing addresses: none freed for now", "retryIn", witnessRetry.String(), "err", err)
+	case ok:
+		d.promote(now)
 	}
 	d.forgetLost(now)
+	d.endRecovery(now)
 
 	records := d.store.List()
 	// Addresses the daemon assigned that left the interface outside
@@ -134,6 +136,20 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		d.log.Debug("pool limit reached", "reason", dec.Reason)
 	}
 	return d.nextWake(now, records, dec)
+}
+
+// promote frees the addresses whose cooldown or quarantine is over.
+func (d *Daemon) promote(now time.Time) {
+	promoted, err := d.store.Promote(now, d.opts.Cooldown)
+	if err != nil {
+		d.storeFailed(err)
+		d.log.Error("promote cooled addresses", "err", err)
+		return
+	}
+	if len(promoted) > 0 {
+		d.log.Debug("addresses back in the pool after cooldown or quarantine", "count", len(promoted))
+		d.signalFree()
+	}
 }
 
 // drainSpool finishes the releases the plugin spooled while the daemon was
@@ -376,6 +392,13 @@ func (d *Daemon) sync(ctx context.Context, c Cloud) error {
 			onCloud[ip] = ifc.ID
 		}
 	}
+	if d.opts.Witness != nil {
+		// Before Reconcile makes unknown addresses free: a live pod's
+		// address is claimed first.
+		if err := d.applyWitness(ctx, inst, onCloud); err != nil {
+			return err
+		}
+	}
 	res, err := d.store.Reconcile(onCloud)
 	if err != nil {
 		return err
@@ -442,7 +465,7 @@ func (d *Daemon) allocate(ctx context.Context, c Cloud, n int) error {
 	d.mu.Unlock()
 	if len(ips) > 0 {
 		// Whatever the cloud confirmed is kept, even with an error.
-		if _, serr := d.store.AddFree(iface, ips...); serr != nil {
+		if serr := d.addFromCloud(ctx, iface, ips); serr != nil {
 			return errors.Join(err, serr)
 		}
 		d.mu.Lock()
@@ -594,7 +617,8 @@ func (d *Daemon) planInput(now time.Time, records []store.Record) pool.Input {
 			in.Free = append(in.Free, pool.FreeIP{IP: r.IP, Since: r.Since})
 		case store.StateAssigned:
 			in.Assigned++
-		case store.StateCooling:
+		case store.StateCooling, store.StateQuarantined:
+			// Quarantined ones come back on their own, like cooling ones.
 			in.Cooling++
 		case store.StateReleasing:
 			in.Releasing++
@@ -613,12 +637,22 @@ func (d *Daemon) planInput(now time.Time, records []store.Record) pool.Input {
 func (d *Daemon) nextWake(now time.Time, records []store.Record, dec pool.Decision) time.Duration {
 	d.mu.Lock()
 	next := d.nextResync
+	if rec := d.recovery; rec != nil && !rec.until.IsZero() && rec.until.Before(next) {
+		next = rec.until
+	}
+	// Addresses waiting to be freed wait for the datapath check too.
+	promoteAfter := d.promoteAfter
 	d.mu.Unlock()
 	for _, r := range records {
-		if r.State == store.StateCooling {
-			if t := r.ReleasedAt.Add(d.opts.Cooldown); t.Before(next) {
-				next = t
-			}
+		t := next
+		switch r.State {
+		case store.StateCooling:
+			t = r.ReleasedAt.Add(d.opts.Cooldown)
+		case store.StateQuarantined:
+			t = r.Until
+		}
+		if t = later(t, promoteAfter); t.Before(next) {
+			next = t
 		}
 	}
 	if !dec.RecheckAt.IsZero() && dec.RecheckAt.Before(next) {
@@ -633,6 +667,13 @@ func ipsOf(records []store.Record) []netip.Addr {
 		ips[i] = r.IP
 	}
 	return ips
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func ipsIn(records []store.Record, st store.State) []netip.Addr {

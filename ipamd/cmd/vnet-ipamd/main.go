@@ -79,16 +79,23 @@ func run(args []string) error {
 		return err
 	}
 
-	st, err := store.Open(cfg.StoreDir, store.Options{})
+	// A damaged store is salvaged, not refused: the daemon rebuilds what
+	// was lost from the pods' veths (the witness; New refuses to start when
+	// it cannot read them) and quarantines what it cannot vouch for.
+	st, err := store.Open(cfg.StoreDir, store.Options{Salvage: true})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	if rec := st.Stats().Recovery; rec.TruncatedBytes > 0 {
+	switch rec := st.Stats().Recovery; {
+	case rec.Damage != "":
+		log.Warn("the address store was damaged: opened with what was intact, the damaged files are kept",
+			"store", cfg.StoreDir, "damage", rec.Damage, "movedAside", rec.MovedAside, "salvaged", rec.Salvaged)
+	case rec.TruncatedBytes > 0:
 		log.Warn("the store's journal ended in a record a crash interrupted; it was never acknowledged and is cleared",
 			"store", cfg.StoreDir, "clearedBytes", rec.TruncatedBytes, "replayed", rec.Replayed)
-	} else {
-		log.Info("opened the address store", "store", cfg.StoreDir, "replayed", rec.Replayed)
+	default:
+		log.Info("opened the address store", "store", cfg.StoreDir, "replayed", rec.Replayed, "empty", rec.Empty)
 	}
 	cred, err := credential(cfg.Cloud.Azure)
 	if err != nil {
@@ -117,6 +124,8 @@ func run(args []string) error {
 		NodeName:       *nodeName,
 		BootID:         bootID,
 		ReleaseSpool:   cfg.ReleaseSpool,
+		Witness:        nodeWitness{},
+		RecoveryGrace:  cfg.RecoveryGrace.D(),
 		Conflist: daemon.Conflist{Path: filepath.Join(cfg.CNIConfDir, cfg.CNIConfName),
 			Build: func(inst cloud.Instance) []byte {
 				if len(cfg.SNATExclusions) == 0 && len(inst.NetworkPrefixes) > api.MaxSNATExclusions {

@@ -59,8 +59,12 @@ func printStatus(w io.Writer, st api.StatusResponse, list api.ListResponse, now 
 	}
 	fmt.Fprintf(tw, "vnet\t%s\n", strings.Join(cidrs, ", "))
 	p := st.Pool
-	fmt.Fprintf(tw, "pool\t%d free, %d assigned, %d cooling, %d releasing; %d of max %d\n",
-		p.Free, p.Assigned, p.Cooling, p.Releasing, p.Total, p.Max)
+	quarantined := ""
+	if p.Quarantined > 0 {
+		quarantined = fmt.Sprintf(", %d quarantined", p.Quarantined)
+	}
+	fmt.Fprintf(tw, "pool\t%d free, %d assigned, %d cooling, %d releasing%s; %d of max %d\n",
+		p.Free, p.Assigned, p.Cooling, p.Releasing, quarantined, p.Total, p.Max)
 	if st.LimitReached {
 		fmt.Fprintf(tw, "limit\treached\n")
 	}
