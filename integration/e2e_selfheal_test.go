@@ -116,12 +116,37 @@ func TestE2ESelfHeal(t *testing.T) {
 		healed(c.name)
 		t.Logf("repaired after %s in %v", c.name, time.Since(start).Round(time.Millisecond))
 	}
+	// The bridge: the NIC taken out of it (the node is cut off from the
+	// fabric until the daemon puts it back).
+	nl := nodeLinks(t, n0)
+	bridgeCases := []struct {
+		name string
+		do   func() error
+	}{
+		{"eth0 taken out of azure0", func() error {
+			eth0, err := nl.LinkByName("eth0")
+			if err != nil {
+				return err
+			}
+			return nl.LinkSetNoMaster(eth0)
+		}},
+	}
+	for _, c := range bridgeCases {
+		if err := c.do(); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		start := time.Now()
+		if err := reachAll(pods, internet, 10*time.Second); err != nil {
+			t.Fatalf("after %s: %v", c.name, err)
+		}
+		t.Logf("repaired after %s in %v", c.name, time.Since(start).Round(time.Millisecond))
+	}
 	log, err := os.ReadFile(n0.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Count(string(log), "repaired the node's datapath"); got < len(cases) {
-		t.Errorf("node0's log reports %d repairs, want at least %d", got, len(cases))
+	if got := strings.Count(string(log), "repaired the node's datapath"); got < len(cases)+len(bridgeCases) {
+		t.Errorf("node0's log reports %d repairs, want at least %d", got, len(cases)+len(bridgeCases))
 	}
 
 	// The conflist: deleted, then edited; written again each time.
