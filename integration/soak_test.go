@@ -27,8 +27,12 @@ func TestSoak(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d adds, %d dels, %d failed calls, %d live pods, %s", res.Adds, res.Dels, res.Failed, res.LivePods, res.Elapsed)
+	t.Log(res.FaultLine())
 	t.Log(res.Line())
 	if res.Adds == 0 || res.Dels == 0 || res.Restarts == 0 || res.Faults == 0 {
 		t.Errorf("the soak did not exercise churn, faults and restarts: %+v", res)
+	}
+	if res.Damages.Total() == 0 || res.Drifts == 0 {
+		t.Errorf("the soak did not exercise store damage and cloud drift: %+v", res)
 	}
 }

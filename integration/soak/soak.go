@@ -1,9 +1,12 @@
 // Package soak is vnet-cni's churn soak: pods are added and deleted at a high
 // rate on a simulated cluster while the cloud injects errors, throttling
-// storms and latency and vnet-ipamd is killed with SIGKILL at random
-// moments. At the end the kernel, the daemons' stores and the cloud are
-// compared: no address may be held twice, none may leak, every live pod must
-// reach the network, and every store must be valid.
+// storms and latency, vnet-ipamd is killed with SIGKILL at random moments
+// (and its store damaged while it is down: a journal cut inside a record,
+// zeroed, or every file deleted), and an operator deletes ipConfigurations
+// of the nodes' NICs outside vnet-ipamd (cloud drift). At the end the
+// kernel, the daemons' stores and the cloud are compared: no address may be
+// held twice, none may leak, every live pod must reach the network, and
+// every store must be valid.
 //
 // Run it with `make soak` (cmd/vnet-soak) or, in a short profile, as
 // TestSoak in package integration.
@@ -17,6 +20,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -46,6 +50,16 @@ type Profile struct {
 	ErrorRate               float64
 	Latency                 time.Duration
 	StormEvery, StormLength time.Duration
+	// DamageRate is the probability that the killer damages the store of
+	// the daemon it killed before restarting it (one of Damage's kinds,
+	// chosen at random).
+	DamageRate float64
+	// DriftMin and DriftMax bound the pause between two ipConfigurations
+	// deleted out of band (zero DriftMax: no drift); DriftLive is the
+	// probability that the drifter picks a live pod's address rather than
+	// any address of the NIC.
+	DriftMin, DriftMax time.Duration
+	DriftLive          float64
 	// Seed makes the random choices repeatable (0: random).
 	Seed uint64
 }
@@ -58,6 +72,8 @@ func Full() Profile {
 		KillMin: 4 * time.Second, KillMax: 12 * time.Second, DownMax: 1500 * time.Millisecond,
 		ErrorRate: 0.10, Latency: 2 * time.Second,
 		StormEvery: 20 * time.Second, StormLength: 4 * time.Second,
+		DamageRate: 0.35,
+		DriftMin:   4 * time.Second, DriftMax: 12 * time.Second, DriftLive: 0.6,
 	}
 }
 
@@ -68,6 +84,8 @@ func Short() Profile {
 	p.MaxOps = 5000
 	p.KillMin, p.KillMax = 4*time.Second, 8*time.Second
 	p.StormEvery, p.StormLength = 8*time.Second, 3*time.Second
+	p.DamageRate = 0.5
+	p.DriftMin, p.DriftMax = 2*time.Second, 5*time.Second
 	return p
 }
 
@@ -94,6 +112,13 @@ type Result struct {
 	Faults int
 	// Restarts are the SIGKILLs of vnet-ipamd followed by a restart.
 	Restarts int
+	// Damages are the stores damaged while their daemon was down, by kind.
+	Damages Damages
+	// Drifts are the ipConfigurations the operator deleted out of band,
+	// DriftLive those of them that held a live pod's address, and
+	// DriftTaken the drift victims whose address the cloud gave to another
+	// node's NIC before their daemon could put it back (see drift.go).
+	Drifts, DriftLive, DriftTaken int
 	// Violations lists every broken guarantee found.
 	Violations []string
 	// LivePods at the end, and the duration of the whole run.
@@ -101,10 +126,18 @@ type Result struct {
 	Elapsed  time.Duration
 }
 
-// Line is the one-line summary that ends a soak.
+// Line is the one-line summary that ends a soak. Tools parse it: keep its
+// format.
 func (r Result) Line() string {
 	return fmt.Sprintf("soak: %d operations, %d faults, %d restarts, %d violations",
 		r.Operations, r.Faults, r.Restarts, len(r.Violations))
+}
+
+// FaultLine counts the faults of the store and of the cloud's state that
+// Line does not: the damaged stores by kind and the cloud drift.
+func (r Result) FaultLine() string {
+	return fmt.Sprintf("soak faults: %d stores damaged (%d truncated, %d zeroed, %d deleted), %d ipConfigurations deleted out of band (%d of live pods, %d of them taken by another NIC)",
+		r.Damages.Total(), r.Damages.Truncated, r.Damages.Zeroed, r.Damages.Deleted, r.Drifts, r.DriftLive, r.DriftTaken)
 }
 
 // slot is one pod slot of a node. mu is held for the whole of an operation.
@@ -126,11 +159,20 @@ type runner struct {
 
 	ops, adds, dels, failed, restarts atomic.Int64
 
-	mu sync.Mutex // guards held and violations
-	// held maps every address of a live pod to its pod, across nodes:
-	// the online duplicate check.
-	held       map[netip.Addr]*cluster.Pod
+	mu sync.Mutex // guards the fields below
+	// holders maps every address of a live pod to its pods, across nodes:
+	// the online duplicate check (addHeld). More than one only after the
+	// cloud gave a drift victim's address to another node.
+	holders    map[netip.Addr][]*cluster.Pod
 	violations []string
+	damages    Damages
+	// driftOff holds the addresses the drifter removed from a node's NIC
+	// that have not been seen on it since; victims the live pods whose
+	// address is such an address of their node; taken the victims whose
+	// address another node's pod or NIC got (counted once).
+	driftOff          map[netip.Addr]*cluster.Node
+	victims, taken    map[*cluster.Pod]bool
+	drifts, driftLive int
 }
 
 // Run runs a soak. The error reports a failure of the harness (the sim or a
@@ -143,7 +185,10 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 	if prof.Seed == 0 {
 		prof.Seed = rand.Uint64()
 	}
-	r := &runner{prof: prof, opts: opts, log: opts.Logger, held: map[netip.Addr]*cluster.Pod{}}
+	r := &runner{
+		prof: prof, opts: opts, log: opts.Logger, holders: map[netip.Addr][]*cluster.Pod{},
+		driftOff: map[netip.Addr]*cluster.Node{}, victims: map[*cluster.Pod]bool{}, taken: map[*cluster.Pod]bool{},
+	}
 	r.log.Info("soak starting", "nodes", prof.Nodes, "slots", prof.Slots, "duration", prof.Duration, "seed", prof.Seed)
 
 	r.sim, err = sim.Start(ctx, sim.Options{
@@ -194,6 +239,8 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 	}
 	r.mu.Lock()
 	res.Violations = append(res.Violations, r.violations...)
+	res.Damages = r.damages
+	res.Drifts, res.DriftLive, res.DriftTaken = r.drifts, r.driftLive, len(r.taken)
 	r.mu.Unlock()
 	for _, ss := range r.slots {
 		for _, s := range ss {
@@ -207,11 +254,15 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 }
 
 func (r *runner) violation(format string, args ...any) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.violationLocked(format, args...)
+}
+
+func (r *runner) violationLocked(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	r.log.Error("violation", "what", msg)
-	r.mu.Lock()
 	r.violations = append(r.violations, msg)
-	r.mu.Unlock()
 }
 
 // churn runs the ADD/DEL workers, the fault injector and the killer until
@@ -228,6 +279,10 @@ func (r *runner) churn(ctx context.Context) {
 	}
 	wg.Go(func() { r.faults(ctx) })
 	wg.Go(func() { r.killer(ctx, rand.New(rand.NewPCG(r.prof.Seed, 999))) })
+	if r.prof.DriftMax > 0 {
+		wg.Go(func() { r.drifter(ctx, rand.New(rand.NewPCG(r.prof.Seed, 998))) })
+		wg.Go(func() { r.watchDrift(ctx) })
+	}
 	wg.Wait()
 }
 
@@ -281,15 +336,52 @@ func (r *runner) step(ctx context.Context, n *cluster.Node, s *slot, name string
 	}
 	r.adds.Add(1)
 	s.live = true
+	r.addHeld(p)
+}
+
+// addHeld records that the ADD of p succeeded, after checking that no
+// other live pod holds its address. On the same node that is always a
+// violation. Across nodes it is one unless either pod is a drift victim:
+// the cloud moved the address, and the victim's daemon must keep it out of
+// its pool and report it (checked after the churn, see settleDrift).
+func (r *runner) addHeld(p *cluster.Pod) {
 	r.mu.Lock()
-	if other, ok := r.held[p.IP]; ok {
-		r.mu.Unlock()
-		r.violation("%s given to %s/%s (%s) while %s/%s (%s) holds it",
-			p.IP, n.Name, p.Name, p.ContainerID[:12], other.Node.Name, other.Name, other.ContainerID[:12])
-		return
+	defer r.mu.Unlock()
+	n := p.Node
+	if r.driftOff[p.IP] == n {
+		// n handed out an address the drifter took off its NIC before
+		// its daemon noticed: p holds an address its NIC lacks.
+		r.victims[p] = true
 	}
-	r.held[p.IP] = p
-	r.mu.Unlock()
+	for _, other := range r.holders[p.IP] {
+		switch {
+		case other.Node != n && (r.victims[other] || r.victims[p]):
+			victim := other
+			if !r.victims[other] {
+				victim = p
+			}
+			r.taken[victim] = true
+			r.log.Warn("drift: the cloud gave a drift victim's address to another node, which handed it out",
+				"ip", p.IP, "victim", victim.Node.Name+"/"+victim.Name, "pods", []string{other.Node.Name + "/" + other.Name, n.Name + "/" + p.Name})
+		default:
+			r.violationLocked("%s given to %s/%s (%s) while %s/%s (%s) holds it",
+				p.IP, n.Name, p.Name, short(p.ContainerID), other.Node.Name, other.Name, short(other.ContainerID))
+		}
+	}
+	r.holders[p.IP] = append(r.holders[p.IP], p)
+}
+
+// dropHeld forgets p as a holder of its address (after its DEL).
+func (r *runner) dropHeld(p *cluster.Pod) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	hs := slices.DeleteFunc(r.holders[p.IP], func(h *cluster.Pod) bool { return h == p })
+	if len(hs) == 0 {
+		delete(r.holders, p.IP)
+	} else {
+		r.holders[p.IP] = hs
+	}
+	delete(r.victims, p)
 }
 
 // del runs DEL for the slot's pod; on success the pod's namespace is
@@ -307,11 +399,7 @@ func (r *runner) del(ctx context.Context, n *cluster.Node, s *slot) bool {
 	// The address is released (or spooled) only now; forget it afterwards
 	// so that a reuse before this point would be caught.
 	if s.live {
-		r.mu.Lock()
-		if r.held[p.IP] == p {
-			delete(r.held, p.IP)
-		}
-		r.mu.Unlock()
+		r.dropHeld(p)
 	}
 	if err := p.Remove(); err != nil {
 		r.violation("remove the netns of %s/%s: %v", n.Name, p.Name, err)
@@ -347,8 +435,8 @@ func (r *runner) faults(ctx context.Context) {
 	}
 }
 
-// killer SIGKILLs a random node's daemon at random moments and restarts it
-// after a random pause.
+// killer SIGKILLs a random node's daemon at random moments, damages its
+// store with probability DamageRate, and restarts it after a random pause.
 func (r *runner) killer(ctx context.Context, rng *rand.Rand) {
 	for {
 		wait := r.prof.KillMin + time.Duration(rng.Int64N(int64(r.prof.KillMax-r.prof.KillMin)+1))
@@ -361,6 +449,9 @@ func (r *runner) killer(ctx context.Context, rng *rand.Rand) {
 		if err := n.StopIPAMD(syscall.SIGKILL); err != nil {
 			r.violation("kill vnet-ipamd on %s: %v", n.Name, err)
 		}
+		if rng.Float64() < r.prof.DamageRate {
+			r.damage(n, Damage(rng.IntN(int(numDamages))), rng)
+		}
 		time.Sleep(time.Duration(rng.Int64N(int64(r.prof.DownMax) + 1)))
 		if err := n.StartIPAMD(); err != nil {
 			r.violation("restart vnet-ipamd on %s: %v", n.Name, err)
@@ -369,6 +460,26 @@ func (r *runner) killer(ctx context.Context, rng *rand.Rand) {
 		r.restarts.Add(1)
 		r.log.Info("vnet-ipamd killed and restarted", "node", n.Name)
 	}
+}
+
+// damage inflicts kind on the store of n, whose daemon is down, and counts it.
+func (r *runner) damage(n *cluster.Node, kind Damage, rng *rand.Rand) {
+	got, what, err := damageStore(n.Config.StoreDir, kind, rng)
+	if err != nil {
+		r.violation("damage the store of %s (%s): %v", n.Name, kind, err)
+		return
+	}
+	r.mu.Lock()
+	switch got {
+	case DamageTruncate:
+		r.damages.Truncated++
+	case DamageZero:
+		r.damages.Zeroed++
+	case DamageDelete:
+		r.damages.Deleted++
+	}
+	r.mu.Unlock()
+	r.log.Info("store damaged while vnet-ipamd is down", "node", n.Name, "damage", got, "what", what)
 }
 
 // settle ends the faults, makes sure every daemon runs and is ready,
@@ -386,6 +497,7 @@ func (r *runner) settle(ctx context.Context) {
 			r.violation("vnet-ipamd on %s not ready after the churn: %v", n.Name, err)
 		}
 	}
+	r.settleDrift(ctx)
 	for ni, n := range r.c.Nodes {
 		for _, s := range r.slots[ni] {
 			if s.pod == nil || !s.dirty {

@@ -1,6 +1,8 @@
 // Command vnet-soak runs vnet-cni's churn soak (package soak) on a simulated
-// cluster and ends with one line:
+// cluster and ends with two lines, the faults of the store and of the
+// cloud's state, then the summary that tools parse:
 //
+//	soak faults: D stores damaged (T truncated, Z zeroed, X deleted), C ipConfigurations deleted out of band (L of live pods, K of them taken by another NIC)
 //	soak: N operations, F faults, R restarts, V violations
 //
 // It exits with status 1 when V > 0 or the soak could not run. It needs
@@ -32,9 +34,17 @@ func run() int {
 	ops := flag.Int("ops", 0, "bound on the CNI operations (default: the profile's)")
 	seed := flag.Uint64("seed", 0, "random seed (0: random)")
 	verbose := flag.Bool("v", false, "log progress and failed calls")
+	noDamage := flag.Bool("no-damage", false, "never damage a store (to tell its faults from the others')")
+	noDrift := flag.Bool("no-drift", false, "never delete ipConfigurations out of band")
 	flag.Parse()
 	if *short {
 		prof = soak.Short()
+	}
+	if *noDamage {
+		prof.DamageRate = 0
+	}
+	if *noDrift {
+		prof.DriftMax = 0
 	}
 	if *duration > 0 {
 		prof.Duration = min(*duration, 4*time.Minute)
@@ -70,6 +80,7 @@ func run() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vnet-soak:", err)
 	}
+	fmt.Println(res.FaultLine())
 	fmt.Println(res.Line())
 	if err != nil || len(res.Violations) > 0 {
 		return 1
