@@ -10,8 +10,9 @@ import (
 
 // TestSoak runs the churn soak's short profile: 2 nodes, 100 pod slots
 // each, random ADD/DEL for 20 s with 10 % 5xx, 429 storms, 2 s of ARM
-// latency and vnet-ipamd SIGKILLed at random; then kernel, stores and cloud
-// must agree (see package soak). `make soak` runs the long profile.
+// latency, vnet-ipamd SIGKILLed at random (the first kill damages its
+// store) and ipConfigurations deleted out of band; then kernel, stores and
+// cloud must agree (see package soak). `make soak` runs the long profile.
 func TestSoak(t *testing.T) {
 	nstest.RequireRoot(t)
 	if testing.Short() {

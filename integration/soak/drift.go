@@ -23,6 +23,8 @@ import (
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/cabundle"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // Cloud drift: an operator deletes ipConfigurations of the nodes' NICs
@@ -35,14 +37,14 @@ import (
 // NIC that asks for a dynamic one (Azure, like the simulator, takes the
 // lowest free address), and when that is the other node's, that node may
 // hand it to one of its pods before the owner's daemon puts it back. The
-// soak tells these apart from duplicates vnet-ipamd made (see
-// addHeld): a duplicate across nodes is the cloud's when the first
-// holder is a drift victim, a live pod whose address the drifter took off
-// its node's NIC and that has not been on it since. Such a pair is counted
-// (Result.DriftTaken), the newer holder is tracked from then on, and the
-// victim is deleted after the churn, as an operator who reads the daemon's
-// report does, once the daemon reported the address lost and why it cannot
-// put it back.
+// soak tells these apart from duplicates vnet-ipamd made (see addHeld): a
+// duplicate on one node is always a violation; across nodes it is the
+// cloud's when one of the two pods is a drift victim, a live pod whose
+// address the drifter took off its node's NIC and that has not been on it
+// since. Such a victim is counted (Result.DriftTaken) and, after the churn,
+// deleted as an operator who reads the daemon's report deletes it, once its
+// daemon reports the address lost, with the cloud's refusal to put it back
+// (settleDrift); its daemon must then forget the address.
 
 // operator changes NICs through ARM with the SDK.
 type operator struct {
@@ -82,8 +84,9 @@ func newOperator(desc sim.Description, a *arm.Server) (*operator, error) {
 
 // removeAddress deletes the ipConfiguration holding ip from the NIC: GET,
 // then PUT without it, with If-Match, until one PUT succeeds or ip is no
-// longer on the NIC. put tells whether the operator sent a PUT without ip
-// (whose outcome it may not have seen).
+// longer on the NIC. put tells whether ARM accepted a PUT without ip, or
+// may have (the operator did not see the answer); a PUT that ARM refused
+// (412, 409, an injected 5xx or 429) changed nothing.
 func (o *operator) removeAddress(ctx context.Context, name string, ip netip.Addr) (put bool, err error) {
 	var last error
 	for ctx.Err() == nil {
@@ -109,9 +112,13 @@ func (o *operator) removeAddress(ctx context.Context, name string, ip netip.Addr
 			return put, nil
 		}
 		nic.Properties.IPConfigurations = keep
-		put = true
 		putCtx := policy.WithHTTPHeader(ctx, http.Header{"If-Match": []string{*resp.Etag}})
 		poller, err := o.nics.BeginCreateOrUpdate(putCtx, o.rg, name, nic, nil)
+		var refused *azcore.ResponseError
+		if !errors.As(err, &refused) {
+			// Accepted, or an outcome the operator did not see.
+			put = true
+		}
 		if err == nil {
 			_, err = poller.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: 100 * time.Millisecond})
 		}
@@ -129,6 +136,12 @@ func (o *operator) removeAddress(ctx context.Context, name string, ip netip.Addr
 // DriftMin..DriftMax; with probability DriftLive it picks a live pod's. A
 // deletion takes several ARM calls under the injected latency, so up to
 // three run at once.
+//
+// A pod lives about two seconds in the churn, less than a deletion takes,
+// so the drifter holds the slot of the pod it picked (the workers skip a
+// held slot): the pod stays live while its ipConfiguration is deleted and
+// then for up to three resync intervals, while its daemon notices the loss
+// and puts the address back, or the pod's DEL comes first.
 func (r *runner) drifter(ctx context.Context, rng *rand.Rand) {
 	op, err := newOperator(r.sim.Description(), r.sim.ARM())
 	if err != nil {
@@ -145,9 +158,11 @@ func (r *runner) drifter(ctx context.Context, rng *rand.Rand) {
 			return
 		case <-time.After(wait):
 		}
-		n := r.c.Nodes[rng.IntN(len(r.c.Nodes))]
-		ip, ok := r.driftTarget(n, rng)
-		if !ok {
+		ni := rng.IntN(len(r.c.Nodes))
+		n := r.c.Nodes[ni]
+		resync := time.Duration(n.Config.ResyncInterval)
+		hold := time.Duration(rng.Int64N(int64(3 * resync)))
+		if !beforeEnd(ctx, resync) {
 			continue
 		}
 		select {
@@ -155,49 +170,71 @@ func (r *runner) drifter(ctx context.Context, rng *rand.Rand) {
 		default:
 			continue
 		}
+		ip, pinned, ok := r.driftTarget(ni, rng)
+		if !ok {
+			<-busy
+			continue
+		}
 		wg.Go(func() {
 			defer func() { <-busy }()
-			// A deletion begun finishes after the churn (the churn waits
-			// for it), so that none is still under way when the checks
-			// begin.
-			opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			if pinned != nil {
+				defer pinned.mu.Unlock()
+			}
+			// The end of the churn cuts a deletion short (the churn waits
+			// for it); a PUT already sent may still be committed.
+			opCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			put, err := op.removeAddress(opCtx, n.NIC, ip)
 			cancel()
-			if err != nil {
+			if err != nil && ctx.Err() == nil {
 				// Not a violation: the operator gave up under the faults.
 				r.log.Warn("drift: remove an address", "node", n.Name, "ip", ip, "err", err)
 			}
-			if on, _ := r.nic(n.NIC); put && !on[ip] {
-				victim := r.drifted(n, ip)
-				r.log.Info("drift: ipConfiguration deleted out of band", "node", n.Name, "ip", ip, "livePod", victim)
+			if put && err != nil {
+				time.Sleep(time.Second) // the sim commits a NIC update within 200 ms
+			}
+			on, _ := r.nic(n.NIC)
+			if !put || on[ip] {
+				return
+			}
+			victim := r.drifted(n, ip)
+			r.log.Info("drift: ipConfiguration deleted out of band", "node", n.Name, "ip", ip, "livePod", victim)
+			if pinned != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(hold):
+				}
 			}
 		})
 	}
 }
 
-// driftTarget picks the address to delete from n's NIC: with probability
-// DriftLive one of n's live pods' (if any is on the NIC), else any
-// secondary address of the NIC.
-func (r *runner) driftTarget(n *cluster.Node, rng *rand.Rand) (netip.Addr, bool) {
-	nic, ok := r.nic(n.NIC)
+// driftTarget picks the address to delete from the NIC of node ni: with
+// probability DriftLive the address of one of its live pods, whose slot it
+// returns locked, else any secondary address of the NIC.
+func (r *runner) driftTarget(ni int, rng *rand.Rand) (netip.Addr, *slot, bool) {
+	nic, ok := r.nic(r.c.Nodes[ni].NIC)
 	if !ok || len(nic) == 0 {
-		return netip.Addr{}, false
+		return netip.Addr{}, nil, false
 	}
-	var live, all []netip.Addr
-	r.mu.Lock()
-	for ip, ps := range r.holders {
-		if nic[ip] && slices.ContainsFunc(ps, func(p *cluster.Pod) bool { return p.Node == n }) {
-			live = append(live, ip)
+	if rng.Float64() < r.prof.DriftLive {
+		ss := r.slots[ni]
+		for _, i := range rng.Perm(len(ss)) {
+			s := ss[i]
+			if !s.mu.TryLock() {
+				continue
+			}
+			if s.live && nic[s.pod.IP] {
+				return s.pod.IP, s, true
+			}
+			s.mu.Unlock()
 		}
 	}
-	r.mu.Unlock()
+	all := make([]netip.Addr, 0, len(nic))
 	for ip := range nic {
 		all = append(all, ip)
 	}
-	if len(live) > 0 && rng.Float64() < r.prof.DriftLive {
-		return live[rng.IntN(len(live))], true
-	}
-	return all[rng.IntN(len(all))], true
+	slices.SortFunc(all, netip.Addr.Compare)
+	return all[rng.IntN(len(all))], nil, true
 }
 
 // drifted records that the drifter removed ip from n's NIC: a live pod of
@@ -304,7 +341,9 @@ func (r *runner) settleDrift(ctx context.Context) {
 			r.mu.Lock()
 			r.taken[p] = true
 			r.mu.Unlock()
-			r.delPod(ctx, p)
+			if r.delPod(ctx, p) {
+				r.forgotten(ctx, p)
+			}
 		}
 		if late {
 			return
@@ -343,7 +382,7 @@ func (r *runner) forgetVictim(p *cluster.Pod) {
 }
 
 // delPod deletes a live pod after the churn (DEL, retried).
-func (r *runner) delPod(ctx context.Context, p *cluster.Pod) {
+func (r *runner) delPod(ctx context.Context, p *cluster.Pod) bool {
 	for _, ss := range r.slots {
 		for _, s := range ss {
 			if s.pod != p {
@@ -351,14 +390,40 @@ func (r *runner) delPod(ctx context.Context, p *cluster.Pod) {
 			}
 			for range 5 {
 				if r.del(ctx, p.Node, s) {
-					return
+					return true
 				}
 				time.Sleep(500 * time.Millisecond)
 			}
 			r.violation("DEL of %s/%s never succeeded", p.Node.Name, p.Name)
 			r.forgetVictim(p)
-			return
+			return false
 		}
 	}
 	r.forgetVictim(p)
+	return false
+}
+
+// forgotten waits until the daemon of a deleted victim forgets its lost
+// address: released, cooled down, and not on the node's NIC, nothing is
+// left to keep.
+func (r *runner) forgotten(ctx context.Context, p *cluster.Pod) {
+	var last string
+	err := nsnet.Eventually(time.Duration(p.Node.Config.Cooldown)+10*time.Second, func() error {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		list, err := p.Node.Client().List(cctx, api.ListRequest{})
+		if err != nil {
+			return err
+		}
+		for _, a := range list.Addresses {
+			if a.IP == p.IP {
+				last = fmt.Sprintf("%s (%s, %s)", a.IP, a.State, short(a.ContainerID))
+				return errors.New(last)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		r.violation("%s: the daemon keeps %s, the lost address of deleted victim %s: %v", p.Node.Name, last, p.Name, err)
+	}
 }

@@ -45,6 +45,8 @@ type Profile struct {
 	// KillMin and KillMax bound the pause between two SIGKILLs of a
 	// random node's vnet-ipamd; DownMax bounds how long it stays down.
 	KillMin, KillMax, DownMax time.Duration
+	// FirstKill, when set, is the pause before the first SIGKILL.
+	FirstKill time.Duration
 	// ErrorRate of ARM requests answered with 5xx; Latency added to every
 	// ARM request; a 429 storm of StormLength every StormEvery.
 	ErrorRate               float64
@@ -52,12 +54,14 @@ type Profile struct {
 	StormEvery, StormLength time.Duration
 	// DamageRate is the probability that the killer damages the store of
 	// the daemon it killed before restarting it (one of Damage's kinds,
-	// chosen at random).
+	// chosen at random); never in the last recoveryGrace of the churn, so
+	// that every recovery is over when the checks begin.
 	DamageRate float64
 	// DriftMin and DriftMax bound the pause between two ipConfigurations
-	// deleted out of band (zero DriftMax: no drift); DriftLive is the
-	// probability that the drifter picks a live pod's address rather than
-	// any address of the NIC.
+	// deleted out of band (zero DriftMax: no drift), none begun in the last
+	// resync interval of the churn, so that the daemons have seen every
+	// deletion when it ends; DriftLive is the probability that the drifter
+	// picks a live pod's address rather than any address of the NIC.
 	DriftMin, DriftMax time.Duration
 	DriftLive          float64
 	// Seed makes the random choices repeatable (0: random).
@@ -72,8 +76,8 @@ func Full() Profile {
 		KillMin: 4 * time.Second, KillMax: 12 * time.Second, DownMax: 1500 * time.Millisecond,
 		ErrorRate: 0.10, Latency: 2 * time.Second,
 		StormEvery: 20 * time.Second, StormLength: 4 * time.Second,
-		DamageRate: 0.35,
-		DriftMin:   4 * time.Second, DriftMax: 12 * time.Second, DriftLive: 0.6,
+		DamageRate: 0.25,
+		DriftMin:   4 * time.Second, DriftMax: 12 * time.Second, DriftLive: 0.75,
 	}
 }
 
@@ -84,10 +88,20 @@ func Short() Profile {
 	p.MaxOps = 5000
 	p.KillMin, p.KillMax = 4*time.Second, 8*time.Second
 	p.StormEvery, p.StormLength = 8*time.Second, 3*time.Second
-	p.DamageRate = 0.5
+	// The first kill, 2 s into the churn, always damages the store, early
+	// enough for the recovery (the first sync under the faults, then the
+	// quarantine) to end about when the churn does; the later kills come
+	// too late to damage it.
+	p.FirstKill = 2 * time.Second
+	p.DamageRate = 1
 	p.DriftMin, p.DriftMax = 2*time.Second, 5*time.Second
 	return p
 }
+
+// recoveryGrace is the daemons' quarantine after a damaged or lost store:
+// above the plugin's 10 s datapath timeout, as it must be (see
+// config.RecoveryGrace), and short enough for the short profile.
+const recoveryGrace = 12 * time.Second
 
 // Options are what the soak needs besides the profile.
 type Options struct {
@@ -212,6 +226,9 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 			c.IPAddressCount = 60
 			c.BatchSize = 20
 			c.AllocateWait = config.Duration(3 * time.Second)
+			c.RecoveryGrace = config.Duration(recoveryGrace)
+			// A deleted ipConfiguration is seen at the next resync.
+			c.ResyncInterval = config.Duration(5 * time.Second)
 		},
 	})
 	if err != nil {
@@ -437,20 +454,38 @@ func (r *runner) faults(ctx context.Context) {
 
 // killer SIGKILLs a random node's daemon at random moments, damages its
 // store with probability DamageRate, and restarts it after a random pause.
+//
+// A daemon killed while it recovers from a damaged store starts the
+// recovery again, with a new quarantine; near the end of the churn the
+// killer spares such a node, so that every recovery is over soon after the
+// churn.
 func (r *runner) killer(ctx context.Context, rng *rand.Rand) {
-	for {
+	// A recovery lasts the restart, the first cloud sync under the faults
+	// (a few seconds) and the quarantine.
+	const recovery = recoveryGrace + 10*time.Second
+	damaged := map[*cluster.Node]time.Time{}
+	for first := true; ; first = false {
 		wait := r.prof.KillMin + time.Duration(rng.Int64N(int64(r.prof.KillMax-r.prof.KillMin)+1))
+		if first && r.prof.FirstKill > 0 {
+			wait = r.prof.FirstKill
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
 		}
 		n := r.c.Nodes[rng.IntN(len(r.c.Nodes))]
+		harm := rng.Float64() < r.prof.DamageRate
+		kind := Damage(rng.IntN(int(numDamages)))
+		if time.Since(damaged[n]) < recovery && !beforeEnd(ctx, recovery) {
+			continue
+		}
 		if err := n.StopIPAMD(syscall.SIGKILL); err != nil {
 			r.violation("kill vnet-ipamd on %s: %v", n.Name, err)
 		}
-		if rng.Float64() < r.prof.DamageRate {
-			r.damage(n, Damage(rng.IntN(int(numDamages))), rng)
+		if harm && beforeEnd(ctx, recoveryGrace) {
+			r.damage(n, kind, rng)
+			damaged[n] = time.Now()
 		}
 		time.Sleep(time.Duration(rng.Int64N(int64(r.prof.DownMax) + 1)))
 		if err := n.StartIPAMD(); err != nil {
@@ -460,6 +495,12 @@ func (r *runner) killer(ctx context.Context, rng *rand.Rand) {
 		r.restarts.Add(1)
 		r.log.Info("vnet-ipamd killed and restarted", "node", n.Name)
 	}
+}
+
+// beforeEnd tells whether ctx ends more than d from now.
+func beforeEnd(ctx context.Context, d time.Duration) bool {
+	end, ok := ctx.Deadline()
+	return !ok || time.Until(end) > d
 }
 
 // damage inflicts kind on the store of n, whose daemon is down, and counts it.
@@ -497,6 +538,7 @@ func (r *runner) settle(ctx context.Context) {
 			r.violation("vnet-ipamd on %s not ready after the churn: %v", n.Name, err)
 		}
 	}
+	r.log.Info("churn over, every daemon ready")
 	r.settleDrift(ctx)
 	for ni, n := range r.c.Nodes {
 		for _, s := range r.slots[ni] {

@@ -368,12 +368,17 @@ func (r *runner) checkConnectivity(ctx context.Context, live []map[string]*clust
 		wg.Go(func() {
 			for j := range jobs {
 				var last error
+				start, tries := time.Now(), 0
 				err := nsnet.Eventually(10*time.Second, func() error {
+					tries++
 					last = probe(ctx, j.p, j.dst)
 					return last
 				})
 				if err != nil {
 					r.violation("%s: pod %s (%s) has no connectivity to %s: %v", j.node, j.p.Name, j.p.IP, j.dst, last)
+				} else if tries > 1 {
+					r.log.Info("connected only after retries", "node", j.node, "pod", j.p.Name, "ip", j.p.IP,
+						"tries", tries, "after", time.Since(start).Round(time.Millisecond), "lastError", last)
 				}
 			}
 		})
@@ -386,6 +391,7 @@ func (r *runner) checkConnectivity(ctx context.Context, live []map[string]*clust
 	}
 	close(jobs)
 	wg.Wait()
+	r.log.Info("connectivity checked")
 }
 
 // probe dials dst from the pod and checks the source address the peer saw.

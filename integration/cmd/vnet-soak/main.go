@@ -36,6 +36,7 @@ func run() int {
 	verbose := flag.Bool("v", false, "log progress and failed calls")
 	noDamage := flag.Bool("no-damage", false, "never damage a store (to tell its faults from the others')")
 	noDrift := flag.Bool("no-drift", false, "never delete ipConfigurations out of band")
+	keep := flag.Bool("keep", false, "keep the nodes' files (daemon logs, stores) and print where")
 	flag.Parse()
 	if *short {
 		prof = soak.Short()
@@ -67,7 +68,11 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "vnet-soak:", err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
+	if *keep {
+		defer fmt.Fprintln(os.Stderr, "vnet-soak: the nodes' files are kept in", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
 	// SIGINT/SIGTERM end the churn early; the checks and the clean-up run.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
