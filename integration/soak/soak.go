@@ -55,7 +55,7 @@ type Profile struct {
 	// DamageRate is the probability that the killer damages the store of
 	// the daemon it killed before restarting it (one of Damage's kinds,
 	// chosen at random); never in the last recoveryGrace of the churn, so
-	// that every recovery is over when the checks begin.
+	// that its recovery ends soon after the churn.
 	DamageRate float64
 	// DriftMin and DriftMax bound the pause between two ipConfigurations
 	// deleted out of band (zero DriftMax: no drift), none begun in the last
@@ -122,7 +122,8 @@ type Result struct {
 	// themselves).
 	Adds, Dels, Failed int
 	// Faults are the ARM requests answered with an error (injected 5xx,
-	// 429 during storms and throttling, conflicts).
+	// 429 during storms and throttling, conflicts), the drift operator's
+	// included.
 	Faults int
 	// Restarts are the SIGKILLs of vnet-ipamd followed by a restart.
 	Restarts int
