@@ -139,6 +139,9 @@ type Result struct {
 	// LivePods at the end, and the duration of the whole run.
 	LivePods int
 	Elapsed  time.Duration
+	// Seed is the seed of the run's random choices (the timing is not
+	// repeatable).
+	Seed uint64
 }
 
 // Line is the one-line summary that ends a soak. Tools parse it: keep its
@@ -206,6 +209,7 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 	}
 	r.log.Info("soak starting", "nodes", prof.Nodes, "slots", prof.Slots, "duration", prof.Duration, "seed", prof.Seed)
 
+	res.Seed = prof.Seed
 	r.sim, err = sim.Start(ctx, sim.Options{
 		Nodes: prof.Nodes, Prefix: opts.Prefix, Dir: filepath.Join(opts.Dir, "sim"),
 		OperationDuration: 200 * time.Millisecond, PollInterval: 100 * time.Millisecond,
@@ -268,6 +272,7 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 		}
 	}
 	res.Elapsed = time.Since(start)
+	res.Seed = prof.Seed
 	return res, nil
 }
 

@@ -80,8 +80,8 @@ func run() int {
 	for _, v := range res.Violations {
 		fmt.Fprintln(os.Stderr, "violation:", v)
 	}
-	fmt.Fprintf(os.Stderr, "soak details: %d adds, %d dels, %d failed calls (expected under faults), %d live pods at the end, %s\n",
-		res.Adds, res.Dels, res.Failed, res.LivePods, res.Elapsed.Round(time.Second))
+	fmt.Fprintf(os.Stderr, "soak details: %d adds, %d dels, %d failed calls (expected under faults), %d live pods at the end, %s, seed %d\n",
+		res.Adds, res.Dels, res.Failed, res.LivePods, res.Elapsed.Round(time.Second), res.Seed)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vnet-soak:", err)
 	}
