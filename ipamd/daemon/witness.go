@@ -124,7 +124,8 @@ type witnessPlan struct {
 	hold map[netip.Addr]string
 	// foreign are live attachments whose address the store has assigned,
 	// or releasing, for another attachment than the veth's; unplaced ones
-	// hold an address that neither the store nor the cloud knows.
+	// hold, without naming their attachment, an address that neither the
+	// store nor the cloud knows.
 	foreign, unplaced []Witnessed
 }
 
@@ -157,9 +158,13 @@ func (d *Daemon) plan(dp WitnessState, records []store.Record, known map[netip.A
 		}
 		named := a.ContainerID != "" && a.IfName != "" && w.Key(a.ContainerID, a.IfName) == a.Key
 		switch {
-		case !inStore && !isKnown:
+		case !inStore && !isKnown && !named:
 			p.unplaced = append(p.unplaced, a)
 		case named:
+			// Also when neither the store nor the cloud has the address
+			// (it left the NIC while the store was lost): the assignment
+			// is rebuilt, and the next resync finds it missing from the
+			// NIC and puts it back or reports it lost, as for any drift.
 			p.claims = append(p.claims, store.Claim{IP: a.IP, Interface: iface, Owner: store.Owner{ContainerID: a.ContainerID, IfName: a.IfName}})
 		case inStore && (r.State == store.StateAssigned || r.State == store.StateReleasing):
 			p.foreign = append(p.foreign, a)
