@@ -67,8 +67,12 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 
 	records := d.store.List()
 	// Addresses the daemon assigned that left the interface outside
-	// vnet-ipamd go back on it before anything else changes the NIC.
-	if lost := lostRecords(records); len(lost) > 0 && d.isRestoreDue() {
+	// vnet-ipamd go back on it before anything else changes the NIC. Only
+	// those a pod still holds: a released (cooling) one has no pod to
+	// keep, and putting it back could take it from the NIC the subnet gave
+	// it to since, whose pod may hold it now. It is forgotten after its
+	// cooldown instead (forgetLost).
+	if lost := restorable(records); len(lost) > 0 && d.isRestoreDue() {
 		if wait, ok := d.writeDelay(now); !ok {
 			return wait
 		}
@@ -315,6 +319,17 @@ func refused(err error) bool {
 		return true
 	}
 	return false
+}
+
+// restorable are the lost records whose address a pod still holds.
+func restorable(records []store.Record) []store.Record {
+	var out []store.Record
+	for _, r := range lostRecords(records) {
+		if r.State == store.StateAssigned {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // lostRecords are the records whose address the cloud lost.
