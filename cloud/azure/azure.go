@@ -361,15 +361,8 @@ func (p *Provider) AddAddresses(ctx context.Context, iface string, n int) ([]net
 				return nil, err
 			}
 			names[name] = true
-			nic.Properties.IPConfigurations = append(nic.Properties.IPConfigurations, &armnetwork.InterfaceIPConfiguration{
-				Name: to.Ptr(name),
-				Properties: &armnetwork.InterfaceIPConfigurationPropertiesFormat{
-					Primary:                   to.Ptr(false),
-					PrivateIPAllocationMethod: to.Ptr(armnetwork.IPAllocationMethodDynamic),
-					PrivateIPAddressVersion:   to.Ptr(armnetwork.IPVersionIPv4),
-					Subnet:                    &armnetwork.Subnet{ID: primary.Properties.Subnet.ID},
-				},
-			})
+			nic.Properties.IPConfigurations = append(nic.Properties.IPConfigurations,
+				secondaryConfig(name, primary.Properties.Subnet.ID, netip.Addr{}))
 		}
 		updated, err := p.put(ctx, nic, etag)
 		if err != nil {
@@ -452,16 +445,8 @@ func (p *Provider) RestoreAddresses(ctx context.Context, iface string, ips []net
 			if err != nil {
 				return err
 			}
-			nic.Properties.IPConfigurations = append(nic.Properties.IPConfigurations, &armnetwork.InterfaceIPConfiguration{
-				Name: to.Ptr(name),
-				Properties: &armnetwork.InterfaceIPConfigurationPropertiesFormat{
-					Primary:                   to.Ptr(false),
-					PrivateIPAllocationMethod: to.Ptr(armnetwork.IPAllocationMethodStatic),
-					PrivateIPAddress:          to.Ptr(ip.String()),
-					PrivateIPAddressVersion:   to.Ptr(armnetwork.IPVersionIPv4),
-					Subnet:                    &armnetwork.Subnet{ID: primary.Properties.Subnet.ID},
-				},
-			})
+			nic.Properties.IPConfigurations = append(nic.Properties.IPConfigurations,
+				secondaryConfig(name, primary.Properties.Subnet.ID, ip))
 		}
 		updated, err := p.put(ctx, nic, etag)
 		if err != nil {
@@ -566,4 +551,21 @@ func deref[T any](p *T) T {
 		return zero
 	}
 	return *p
+}
+
+// secondaryConfig is a new secondary IPv4 ipConfiguration in the subnet
+// subnetID: with the address ip, static (an address put back), or, when ip
+// is not valid, one the subnet chooses (dynamic).
+func secondaryConfig(name string, subnetID *string, ip netip.Addr) *armnetwork.InterfaceIPConfiguration {
+	props := &armnetwork.InterfaceIPConfigurationPropertiesFormat{
+		Primary:                   to.Ptr(false),
+		PrivateIPAllocationMethod: to.Ptr(armnetwork.IPAllocationMethodDynamic),
+		PrivateIPAddressVersion:   to.Ptr(armnetwork.IPVersionIPv4),
+		Subnet:                    &armnetwork.Subnet{ID: subnetID},
+	}
+	if ip.IsValid() {
+		props.PrivateIPAllocationMethod = to.Ptr(armnetwork.IPAllocationMethodStatic)
+		props.PrivateIPAddress = to.Ptr(ip.String())
+	}
+	return &armnetwork.InterfaceIPConfiguration{Name: to.Ptr(name), Properties: props}
 }
