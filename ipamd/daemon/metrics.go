@@ -32,6 +32,7 @@ type Metrics struct {
 	restores           *prometheus.CounterVec
 	recoveries         *prometheus.CounterVec
 	witnessRebuilt     prometheus.Counter
+	recoveryReleased   prometheus.Counter
 }
 
 const namespace = "vnetcni_ipamd"
@@ -109,6 +110,10 @@ func newMetrics(d *Daemon) *Metrics {
 			Namespace: namespace, Name: "witness_rebuilt_total",
 			Help: "Assignments rebuilt from a live pod's veth that the store did not have.",
 		}),
+		recoveryReleased: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "recovery_released_total",
+			Help: "Assignments of a damaged store that no pod's veth held, at the start of its recovery or at its end, released by the recovery.",
+		}),
 	}
 	addresses := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "addresses",
@@ -121,7 +126,7 @@ func newMetrics(d *Daemon) *Metrics {
 	m.registry.MustRegister(m.allocations, m.releases, m.allocatedFromCloud, m.releasedToCloud,
 		m.cloudCalls, m.cloudSeconds, m.allocateSeconds, m.errors,
 		m.datapathChecks, m.datapathErrors, m.datapathRepairs, m.conflistRepairs,
-		m.supersededReleases, m.restores, m.recoveries, m.witnessRebuilt,
+		m.supersededReleases, m.restores, m.recoveries, m.witnessRebuilt, m.recoveryReleased,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "witness_conflicts",
 			Help: "Live pods whose address the store holds for another attachment, or nowhere (kept out of the pool; see the log).",

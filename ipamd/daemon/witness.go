@@ -22,7 +22,9 @@ import (
 // The rule is one-sided: an address that a live attachment holds is never
 // free, whatever the store says. What the store lacks is rebuilt from the
 // witness; what the witness lacks (an ADD in flight has its address before
-// its veth records it) is released only by the runtime's DEL and GC.
+// its veth records it) is released only by the runtime's DEL and GC, or,
+// in the recovery of a damaged store, whose assignments may be older than
+// the pods that replaced them, at the end of the recovery's grace.
 type Witness interface {
 	// Read lists the live attachments. interfaces are the cloud's IDs of
 	// the instance's interfaces (nil when not known yet), which
@@ -76,6 +78,10 @@ type recovery struct {
 	stats store.Recovery
 	// until is the end of the quarantine, zero before the first sync.
 	until time.Time
+	// stale are the assignments that the damaged store had at the first
+	// sync for attachments without a veth, none of which holds their
+	// address: released at the end of the recovery if still so.
+	stale []store.Record
 }
 
 // openRecovery reads the witness when the daemon starts and decides with
@@ -208,15 +214,31 @@ func (d *Daemon) applyWitness(ctx context.Context, inst cloud.Instance, onCloud 
 	}
 	now := d.opts.Now()
 	until := now.Add(d.opts.RecoveryGrace)
-	p := d.plan(dp, d.store.List(), onCloud)
-	res, err := d.store.Claim(until, p.claims...)
-	if err != nil {
-		return err
-	}
 	d.mu.Lock()
 	rec := d.recovery
 	recovering := rec != nil && rec.until.IsZero() && onCloud != nil
 	d.mu.Unlock()
+	p := d.plan(dp, d.store.List(), onCloud)
+	live := witnessed(dp)
+	if recovering {
+		// The damaged store's assignments may be older than the pods on
+		// the node: an address assigned in it to an attachment that has
+		// no veth, while a live veth holds the address, was released and
+		// handed to that pod in changes the damage took.
+		byIP := map[netip.Addr]store.Record{}
+		for _, r := range d.store.List() {
+			byIP[r.IP] = r
+		}
+		for i, c := range p.claims {
+			if r, ok := byIP[c.IP]; ok && r.State == store.StateAssigned && !live.has(w, r.Owner) {
+				p.claims[i].Supersede = true
+			}
+		}
+	}
+	res, err := d.store.Claim(until, p.claims...)
+	if err != nil {
+		return err
+	}
 	quarantine := maps.Clone(p.hold)
 	if recovering {
 		// The damaged store cannot vouch for what it says is free or
@@ -244,17 +266,57 @@ func (d *Daemon) applyWitness(ctx context.Context, inst cloud.Instance, onCloud 
 	d.metrics.witnessRebuilt.Add(float64(len(res.Rebuilt)))
 	d.reportWitness(ctx, p, res, recovering, true)
 	if recovering {
+		stale := live.stale(w, d.store.List())
 		d.mu.Lock()
 		rec.until = until
+		rec.stale = stale
 		d.mu.Unlock()
+		for _, r := range res.Superseded {
+			d.log.Warn("the damaged store had a live pod's address assigned to an attachment without a veth: the pod's veth wins",
+				"ip", r.IP.String(), "storeOwner", r.Owner.Attachment().String(), "storeAssignedAt", r.AssignedAt)
+		}
+		d.metrics.recoveryReleased.Add(float64(len(res.Superseded)))
 		d.metrics.recoveries.WithLabelValues(rec.mark.Kind).Inc()
 		d.log.Warn("recovered the address store from the pods' veths and the cloud",
 			"kind", rec.mark.Kind, "reason", rec.mark.Reason, "movedAside", rec.stats.MovedAside, "salvaged", rec.stats.Salvaged,
 			"livePods", len(dp.Attachments), "rebuilt", len(res.Rebuilt), "displaced", len(res.Displaced),
 			"conflicts", len(res.Conflicts)+len(p.foreign), "heldWithoutOwner", len(p.hold), "unplaced", len(p.unplaced),
+			"superseded", len(res.Superseded), "withoutVeth", len(stale),
 			"quarantined", len(quarantined), "quarantinedUntil", until.UTC().Format(time.RFC3339))
 	}
 	return nil
+}
+
+// liveSet is what a witness read found, by veth name and by address.
+type liveSet struct {
+	keys map[string]bool
+	ips  map[netip.Addr]bool
+}
+
+func witnessed(dp WitnessState) liveSet {
+	l := liveSet{keys: map[string]bool{}, ips: map[netip.Addr]bool{}}
+	for _, a := range dp.Attachments {
+		l.keys[a.Key] = true
+		l.ips[a.IP] = true
+	}
+	return l
+}
+
+// has reports whether the owner's attachment has a veth.
+func (l liveSet) has(w Witness, o store.Owner) bool {
+	return l.keys[w.Key(o.ContainerID, o.IfName)]
+}
+
+// stale returns the assigned records whose attachment has no veth and
+// whose address no veth holds.
+func (l liveSet) stale(w Witness, records []store.Record) []store.Record {
+	var out []store.Record
+	for _, r := range records {
+		if r.State == store.StateAssigned && !l.has(w, r.Owner) && !l.ips[r.IP] {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // reportWitness logs what the witness changed or could not change: every
@@ -374,13 +436,27 @@ func (d *Daemon) addFromCloud(ctx context.Context, iface string, ips []netip.Add
 	return err
 }
 
-// endRecovery ends a recovery whose quarantine is over.
-func (d *Daemon) endRecovery(now time.Time) {
+// endRecovery ends a recovery whose quarantine is over. The assignments
+// the damaged store had for attachments without a veth, whose address no
+// veth holds, are released if that is still so: the grace was long enough
+// for an ADD in flight to make its veth, so their pods are gone (their
+// DELs may be among what the damage took). A release cools the address,
+// and the witness is read again before it becomes free.
+func (d *Daemon) endRecovery(ctx context.Context, now time.Time) {
 	d.mu.Lock()
 	rec := d.recovery
 	d.mu.Unlock()
 	if rec == nil || rec.until.IsZero() || now.Before(rec.until) {
 		return
+	}
+	if len(rec.stale) > 0 {
+		if err := d.releaseStale(ctx, rec.stale); err != nil {
+			if d.storeFailed(err) {
+				return
+			}
+			d.log.Warn("cannot release the damaged store's assignments that no pod holds: they wait for the runtime's DEL or GC",
+				"count", len(rec.stale), "err", err)
+		}
 	}
 	if err := d.store.EndRecovery(); err != nil {
 		d.log.Error("end the store's recovery", "err", err)
@@ -406,4 +482,35 @@ func (d *Daemon) recoveryHoldLocked(now time.Time, quarantined int) (string, boo
 			rec.mark.Kind, quarantined, rec.until.UTC().Format(time.RFC3339)), true
 	}
 	return "", false
+}
+
+// releaseStale releases the stale assignments of a recovery that are
+// unchanged and still have no veth.
+func (d *Daemon) releaseStale(ctx context.Context, stale []store.Record) error {
+	w := d.opts.Witness
+	rctx, cancel := context.WithTimeout(ctx, witnessTimeout)
+	dp, err := w.Read(rctx, nil)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("read the datapath witness: %w", err)
+	}
+	live := witnessed(dp)
+	var released []string
+	for _, r := range stale {
+		cur, ok := d.store.Get(r.Owner.Attachment())
+		if !ok || cur.IP != r.IP || cur.State != store.StateAssigned || !cur.AssignedAt.Equal(r.AssignedAt) ||
+			live.has(w, r.Owner) || live.ips[r.IP] {
+			continue
+		}
+		if _, _, err := d.store.Release(r.Owner.Attachment()); err != nil {
+			return err
+		}
+		released = append(released, r.IP.String())
+	}
+	if len(released) > 0 {
+		d.metrics.recoveryReleased.Add(float64(len(released)))
+		d.log.Warn("released the damaged store's assignments whose pods have no veth after the recovery's grace",
+			"count", len(released), "ips", released)
+	}
+	return nil
 }

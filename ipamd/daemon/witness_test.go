@@ -180,6 +180,108 @@ func TestRecoveryAfterStoreLoss(t *testing.T) {
 	}
 }
 
+// TestRecoveryOfStaleAssignments: a damaged store salvaged to an older
+// state has assignments that later changes, lost with the damage, undid:
+// p1 and p2 were deleted and p1's address went to pod c. The recovery gives
+// the live veth the address (no conflict), keeps p2's address out of the
+// pool for the grace while its veth may still appear (as q's does, an ADD
+// that was in flight), and releases it after the grace, while q keeps its
+// address.
+func TestRecoveryOfStaleAssignments(t *testing.T) {
+	w := newFakeWitness()
+	h := newHarness(t, sim.Options{}, witnessOpts(w))
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
+	ip := map[string]netip.Addr{}
+	for _, id := range []string{"p1", "p2", "p3", "q"} {
+		a, err := h.allocate(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip[id] = a.IP
+	}
+	for _, id := range []string{"p1", "p2", "p3"} {
+		w.pod(ip[id], id)
+	}
+	h.stop()
+	journal := filepath.Join(h.storeDir, "journal")
+	before, err := os.ReadFile(journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The changes the damage takes: p1 and p2 deleted.
+	st, err := store.Open(h.storeDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"p1", "p2"} {
+		if _, _, err := st.Release(store.Attachment{ContainerID: id, IfName: "eth0"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile(journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := 0
+	for first < min(len(before), len(after)) && before[first] == after[first] {
+		first++
+	}
+	if first+40 >= len(after) {
+		t.Fatalf("no new journal record after offset %d of %d", first, len(after))
+	}
+	after[first+40] ^= 0xff // inside the first release's record
+	if err := os.WriteFile(journal, after, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.gone(ip["p1"])
+	w.gone(ip["p2"])
+	w.pod(ip["p1"], "c")
+
+	h.start(h.storeDir)
+	if m, ok := h.st.Recovering(); !ok || m.Kind != store.RecoveryDamaged {
+		t.Fatalf("Recovering() = %+v, %v; want damaged", m, ok)
+	}
+	h.waitFor("synced", 10*time.Second, synced)
+	if r := h.storeRecord(ip["p1"]); r.State != store.StateAssigned || r.Owner.ContainerID != "c" {
+		t.Errorf("%s, held by c's veth: %+v, want assigned to c", ip["p1"], r)
+	}
+	if n := h.d.witnessConflictCount(); n != 0 {
+		t.Errorf("%d witness conflicts, want 0 (the damaged store's assignment is superseded)", n)
+	}
+	if r := h.storeRecord(ip["p2"]); r.State != store.StateAssigned || r.Owner.ContainerID != "p2" {
+		t.Errorf("%s during the grace: %+v, want still assigned to p2", ip["p2"], r)
+	}
+	w.pod(ip["q"], "q") // the ADD in flight makes its veth
+	h.waitFor("ready after the grace", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
+	if err := waitUntil(5*time.Second, func() bool { return h.storeRecord(ip["p2"]).State != store.StateAssigned }); err != nil {
+		t.Errorf("%s of p2, which has no veth, not released after the grace: %+v", ip["p2"], h.storeRecord(ip["p2"]))
+	}
+	time.Sleep(2 * h.opts.Cooldown)
+	freed := false
+	for _, got := range h.drain("after") {
+		switch got {
+		case ip["p1"], ip["p3"], ip["q"]:
+			t.Errorf("%s of a live pod handed out", got)
+		case ip["p2"]:
+			freed = true
+		}
+	}
+	if !freed {
+		t.Errorf("%s of p2 never back in the pool", ip["p2"])
+	}
+	for _, id := range []string{"p3", "q"} {
+		if r := h.storeRecord(ip[id]); r.State != store.StateAssigned || r.Owner.ContainerID != id {
+			t.Errorf("%s of %s: %+v, want assigned to it", ip[id], id, r)
+		}
+	}
+	if got := testutil.ToFloat64(h.d.metrics.recoveryReleased); got != 2 {
+		t.Errorf("recovery_released_total = %v, want 2 (p1 superseded, p2 released)", got)
+	}
+}
+
 // TestFreshBootIsQuiet: an empty store on a node without vnet-cni's
 // datapath is a new node or boot; the NIC's addresses are free at once and
 // nothing is recovered. With the datapath there (even without a pod), the

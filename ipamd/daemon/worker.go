@@ -63,7 +63,7 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		d.promote(now)
 	}
 	d.forgetLost(now)
-	d.endRecovery(now)
+	d.endRecovery(ctx, now)
 
 	records := d.store.List()
 	// Addresses the daemon assigned that left the interface outside
@@ -71,8 +71,9 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 	// those a pod still holds: a released (cooling) one has no pod to
 	// keep, and putting it back could take it from the NIC the subnet gave
 	// it to since, whose pod may hold it now. It is forgotten after its
-	// cooldown instead (forgetLost).
-	if lost := restorable(records); len(lost) > 0 && d.isRestoreDue() {
+	// cooldown instead (forgetLost). Nor those a recovery holds for
+	// attachments without a veth, until it has decided about them.
+	if lost := d.restorable(records); len(lost) > 0 && d.isRestoreDue() {
 		if wait, ok := d.writeDelay(now); !ok {
 			return wait
 		}
@@ -322,10 +323,18 @@ func refused(err error) bool {
 }
 
 // restorable are the lost records whose address a pod still holds.
-func restorable(records []store.Record) []store.Record {
+func (d *Daemon) restorable(records []store.Record) []store.Record {
+	d.mu.Lock()
+	var stale []store.Record
+	if d.recovery != nil {
+		stale = d.recovery.stale
+	}
+	d.mu.Unlock()
 	var out []store.Record
 	for _, r := range lostRecords(records) {
-		if r.State == store.StateAssigned {
+		if r.State == store.StateAssigned && !slices.ContainsFunc(stale, func(s store.Record) bool {
+			return s.IP == r.IP && s.Owner.Attachment() == r.Owner.Attachment()
+		}) {
 			out = append(out, r)
 		}
 	}

@@ -98,6 +98,10 @@ func TestClaim(t *testing.T) {
 	t1 := t0.Add(time.Minute)
 	until := t1.Add(30 * time.Second)
 	claim := func(n int, id string) Claim { return Claim{IP: ip(n), Owner: Owner{ContainerID: id, IfName: "eth0"}} }
+	supersede := func(c Claim) Claim {
+		c.Supersede = true
+		return c
+	}
 	rebuilt := func(n int, id string) Record {
 		return Record{IP: ip(n), Interface: nic0, State: StateAssigned, Owner: Owner{ContainerID: id, IfName: "eth0"}, Since: t1, AssignedAt: t1}
 	}
@@ -116,6 +120,7 @@ func TestClaim(t *testing.T) {
 		rebuilt       int
 		conflicts     []string // claimed IP/holder
 		displacedIPs  []netip.Addr
+		superseded    []string // IP/former holder
 		previousState []State
 	}{
 		{
@@ -158,6 +163,27 @@ func TestClaim(t *testing.T) {
 		{
 			name: "assigned to another attachment", before: []Record{assigned(1, "b", t0)}, claims: []Claim{claim(1, "a")},
 			after: []Record{assigned(1, "b", t0)}, conflicts: []string{"10.1.0.1/b"},
+		},
+		{
+			name:   "a superseding claim takes an address assigned to another attachment",
+			before: []Record{assigned(1, "b", t0)}, claims: []Claim{supersede(claim(1, "a"))},
+			after: []Record{rebuilt(1, "a")}, rebuilt: 1, superseded: []string{"10.1.0.1/b"}, previousState: []State{StateAssigned},
+		},
+		{
+			name:   "a superseding claim keeps a lost address lost",
+			before: []Record{lost(assigned(1, "b", t0))}, claims: []Claim{supersede(claim(1, "a"))},
+			after: []Record{lost(rebuilt(1, "a"))}, rebuilt: 1, superseded: []string{"10.1.0.1/b"}, previousState: []State{StateAssigned},
+		},
+		{
+			name:   "a superseding claim leaves its former holder free to claim another address",
+			before: []Record{assigned(1, "b", t0), free(2, t0)}, claims: []Claim{supersede(claim(1, "a")), claim(2, "b")},
+			after: []Record{rebuilt(1, "a"), rebuilt(2, "b")}, rebuilt: 2, superseded: []string{"10.1.0.1/b"},
+			previousState: []State{StateAssigned, StateFree},
+		},
+		{
+			name:   "a superseding claim loses to an earlier claim of the same address",
+			before: []Record{free(1, t0)}, claims: []Claim{claim(1, "a"), supersede(claim(1, "b"))},
+			after: []Record{rebuilt(1, "a")}, rebuilt: 1, conflicts: []string{"10.1.0.1/a"}, previousState: []State{StateFree},
 		},
 		{
 			name:   "the attachment held another address",
@@ -215,6 +241,13 @@ func TestClaim(t *testing.T) {
 			}
 			if !cmp.Equal(tc.displacedIPs, displaced, cmpAddr) {
 				t.Errorf("displaced %v, want %v", displaced, tc.displacedIPs)
+			}
+			var superseded []string
+			for _, r := range res.Superseded {
+				superseded = append(superseded, r.IP.String()+"/"+r.Owner.ContainerID)
+			}
+			if !cmp.Equal(tc.superseded, superseded) {
+				t.Errorf("superseded %v, want %v", superseded, tc.superseded)
 			}
 			mustDo(t, s.Validate())
 			want := s.List()

@@ -874,7 +874,9 @@ func (s *Store) Quarantine(until time.Time, ips map[netip.Addr]string) ([]netip.
 // changes for that address (it is out of the pool already). Another address
 // that the claiming attachment held is quarantined until until (the store
 // keeps one address per attachment). An address assigned to the claim's own
-// owner is left as it is. Invalid claims give an error and change nothing.
+// owner is left as it is. A superseding claim (Claim.Supersede) takes its
+// address from another attachment too. Invalid claims give an error and
+// change nothing.
 func (s *Store) Claim(until time.Time, claims ...Claim) (ClaimResult, error) {
 	for _, c := range claims {
 		if err := validIPs([]netip.Addr{c.IP}); err != nil {
@@ -919,9 +921,11 @@ func (s *Store) Claim(until time.Time, claims ...Claim) (ClaimResult, error) {
 		case known && r.State == StateAssigned && r.Owner.Attachment() == a:
 			claimed[c.IP] = true
 			continue
-		case known && r.State == StateAssigned, claimed[c.IP]:
+		case claimed[c.IP], known && r.State == StateAssigned && !c.Supersede:
 			res.Conflicts = append(res.Conflicts, ClaimConflict{Claim: c, Holder: r.Owner})
 			continue
+		case known && r.State == StateAssigned:
+			res.Superseded = append(res.Superseded, r)
 		}
 		claimed[c.IP] = true
 		if other, ok := holder(a); ok && other != c.IP {

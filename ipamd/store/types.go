@@ -209,6 +209,11 @@ type Claim struct {
 	// keeps the record's.
 	Interface string
 	Owner     Owner
+	// Supersede lets the claim take the address from another attachment the
+	// store has it assigned to (a record the daemon knows to be stale: a
+	// damaged store's, whose owner has no veth while the claimant's veth
+	// holds the address). That attachment is left without an address.
+	Supersede bool
 }
 
 // ClaimConflict is a claim that Claim refused: the store has the address
@@ -232,6 +237,9 @@ type ClaimResult struct {
 	Displaced []Record
 	// Conflicts are the claims refused; their addresses stay as they were.
 	Conflicts []ClaimConflict
+	// Superseded are the assignments that superseding claims took their
+	// address from (as they were).
+	Superseded []Record
 }
 
 // Stats describe the store's files. They are a copy.
