@@ -88,10 +88,18 @@ func (r *runner) checkAddresses(ctx context.Context, live []map[string]*cluster.
 		assigned := map[string]netip.Addr{}
 		for _, a := range list.Addresses {
 			who := fmt.Sprintf("%s store (%s)", n.Name, a.State)
-			if a.ContainerID != "" {
+			switch {
+			case a.State == string(store.StateAssigned):
 				who = fmt.Sprintf("%s/%s/%s", n.Name, short(a.ContainerID), a.IfName)
+			case a.ContainerID != "":
+				who = fmt.Sprintf("%s store (%s, released by %s/%s)", n.Name, a.State, short(a.ContainerID), a.IfName)
 			}
-			claim(a.IP, who)
+			// A released address the cloud took off the node's NIC is a
+			// tombstone kept until its cooldown ends (never free, never
+			// put back): the subnet may have given it to the other node.
+			if a.LostSince.IsZero() || a.State == string(store.StateAssigned) {
+				claim(a.IP, who)
+			}
 			if a.State != string(store.StateAssigned) {
 				continue
 			}
