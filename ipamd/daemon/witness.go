@@ -137,8 +137,8 @@ type witnessPlan struct {
 
 // plan compares the witness with the records. known are the addresses that
 // may get a record (the cloud's, or those just added); nil means only those
-// the store has.
-func (d *Daemon) plan(dp WitnessState, records []store.Record, known map[netip.Addr]string) witnessPlan {
+// the store has. seen is the store's Seq before the witness was read.
+func (d *Daemon) plan(dp WitnessState, records []store.Record, known map[netip.Addr]string, seen uint64) witnessPlan {
 	w := d.opts.Witness
 	byIP := make(map[netip.Addr]store.Record, len(records))
 	for _, r := range records {
@@ -158,7 +158,7 @@ func (d *Daemon) plan(dp WitnessState, records []store.Record, known map[netip.A
 		owned := r.State == store.StateAssigned || r.State == store.StateCooling
 		if inStore && owned && w.Key(r.Owner.ContainerID, r.Owner.IfName) == a.Key {
 			if r.State == store.StateCooling {
-				p.claims = append(p.claims, store.Claim{IP: a.IP, Interface: iface, Owner: r.Owner})
+				p.claims = append(p.claims, store.Claim{IP: a.IP, Interface: iface, Owner: r.Owner, Seen: seen})
 			}
 			continue
 		}
@@ -171,7 +171,7 @@ func (d *Daemon) plan(dp WitnessState, records []store.Record, known map[netip.A
 			// (it left the NIC while the store was lost): the assignment
 			// is rebuilt, and the next resync finds it missing from the
 			// NIC and puts it back or reports it lost, as for any drift.
-			p.claims = append(p.claims, store.Claim{IP: a.IP, Interface: iface, Owner: store.Owner{ContainerID: a.ContainerID, IfName: a.IfName}})
+			p.claims = append(p.claims, store.Claim{IP: a.IP, Interface: iface, Owner: store.Owner{ContainerID: a.ContainerID, IfName: a.IfName}, Seen: seen})
 		case inStore && (r.State == store.StateAssigned || r.State == store.StateReleasing):
 			p.foreign = append(p.foreign, a)
 		default:
@@ -205,6 +205,7 @@ func (d *Daemon) applyWitness(ctx context.Context, inst cloud.Instance, onCloud 
 	}
 	rctx, cancel := context.WithTimeout(ctx, witnessTimeout)
 	defer cancel()
+	seen := d.store.Seq()
 	dp, err := w.Read(rctx, ids)
 	if err != nil {
 		return fmt.Errorf("read the datapath witness: %w", err)
@@ -218,7 +219,7 @@ func (d *Daemon) applyWitness(ctx context.Context, inst cloud.Instance, onCloud 
 	rec := d.recovery
 	recovering := rec != nil && rec.until.IsZero() && onCloud != nil
 	d.mu.Unlock()
-	p := d.plan(dp, d.store.List(), onCloud)
+	p := d.plan(dp, d.store.List(), onCloud, seen)
 	live := witnessed(dp)
 	if recovering {
 		// The damaged store's assignments may be older than the pods on
@@ -409,6 +410,7 @@ func (d *Daemon) addFromCloud(ctx context.Context, iface string, ips []netip.Add
 			added[ip] = iface
 		}
 		rctx, cancel := context.WithTimeout(ctx, witnessTimeout)
+		seen := d.store.Seq()
 		dp, err := d.opts.Witness.Read(rctx, []string{iface})
 		cancel()
 		if err != nil {
@@ -418,7 +420,7 @@ func (d *Daemon) addFromCloud(ctx context.Context, iface string, ips []netip.Add
 			}
 			return nil
 		}
-		p := d.plan(dp, d.store.List(), added)
+		p := d.plan(dp, d.store.List(), added, seen)
 		if len(p.claims) > 0 || len(p.hold) > 0 {
 			until := d.opts.Now().Add(d.opts.RecoveryGrace)
 			res, err := d.store.Claim(until, p.claims...)

@@ -31,6 +31,9 @@ type fakeWitness struct {
 	present bool
 	pods    map[netip.Addr]Witnessed
 	err     error
+	// afterRead, when set, runs once after a read has taken its state and
+	// before it returns: what changes while the daemon acts on the read.
+	afterRead func()
 }
 
 func newFakeWitness() *fakeWitness { return &fakeWitness{pods: map[netip.Addr]Witnessed{}} }
@@ -48,7 +51,15 @@ func (f *fakeWitness) Read(ctx context.Context, _ []string) (WitnessState, error
 		return WitnessState{}, f.err
 	}
 	pods := slices.SortedFunc(maps.Values(f.pods), func(a, b Witnessed) int { return a.IP.Compare(b.IP) })
-	return WitnessState{Attachments: pods, Present: f.present || len(pods) > 0, MACs: []string{"000000000000", f.nic}}, ctx.Err()
+	st := WitnessState{Attachments: pods, Present: f.present || len(pods) > 0, MACs: []string{"000000000000", f.nic}}
+	after := f.afterRead
+	f.afterRead = nil
+	f.mu.Unlock()
+	if after != nil {
+		after()
+	}
+	f.mu.Lock()
+	return st, ctx.Err()
 }
 
 func (f *fakeWitness) Key(containerID, ifName string) string {
@@ -279,6 +290,44 @@ func TestRecoveryOfStaleAssignments(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(h.d.metrics.recoveryReleased); got != 2 {
 		t.Errorf("recovery_released_total = %v, want 2 (p1 superseded, p2 released)", got)
+	}
+}
+
+// TestWitnessReadBeforeDEL: a pod deleted while the daemon reads the
+// witness (its veth in the read, its release right after) is not given its
+// address back by that read.
+func TestWitnessReadBeforeDEL(t *testing.T) {
+	w := newFakeWitness()
+	h := newHarness(t, sim.Options{}, witnessOpts(w))
+	h.waitFor("ready", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
+	a, err := h.allocate("p1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.pod(a.IP, "p1")
+	done := make(chan error, 1)
+	w.mu.Lock()
+	w.afterRead = func() {
+		w.gone(a.IP) // the DEL: the veth goes, then the address
+		_, err := h.client.Release(context.Background(), api.ReleaseRequest{ContainerID: "p1", IfName: "eth0"})
+		done <- err
+	}
+	w.mu.Unlock()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the daemon never read the witness")
+	}
+	// Two more resyncs: the claim of the stale read would be made by now.
+	time.Sleep(2 * h.opts.ResyncInterval)
+	if r := h.storeRecord(a.IP); r.State == store.StateAssigned {
+		t.Errorf("%s of the deleted pod: %+v, want released", a.IP, r)
+	}
+	if got := testutil.ToFloat64(h.d.metrics.witnessRebuilt); got != 0 {
+		t.Errorf("witness_rebuilt_total = %v, want 0", got)
 	}
 }
 

@@ -275,3 +275,39 @@ func TestClaimRefusesInvalid(t *testing.T) {
 		t.Errorf("a refused Claim changed %s to %s", ip(1), r.State)
 	}
 }
+
+// TestClaimSeen: a claim made from a witness read before the address last
+// changed (the attachment's DEL released it after the read) is stale and
+// changes nothing; one read after the change is made.
+func TestClaimSeen(t *testing.T) {
+	s := openTest(t, t.TempDir(), &clock{now: t0})
+	must(s.AddFree(nic0, ips(1, 2)...))(t)
+	r := must(s.Assign(owner("a")))(t)
+	seen := s.Seq()
+	_, _, err := s.Release(att("a"))
+	mustDo(t, err)
+	res := must(s.Claim(t0, Claim{IP: r.IP, Owner: owner("a"), Seen: seen}))(t)
+	if len(res.Stale) != 1 || len(res.Rebuilt) != 0 || len(res.Conflicts) != 0 {
+		t.Errorf("claim read before the release: %+v, want stale", res)
+	}
+	if got, _ := lookup(s, r.IP); got.State != StateCooling {
+		t.Errorf("%s after a stale claim: %s, want cooling", r.IP, got.State)
+	}
+	res = must(s.Claim(t0, Claim{IP: r.IP, Owner: owner("a"), Seen: s.Seq()}))(t)
+	if len(res.Rebuilt) != 1 || len(res.Stale) != 0 {
+		t.Errorf("claim read after the release: %+v, want rebuilt", res)
+	}
+	if got, _ := lookup(s, r.IP); got.State != StateAssigned {
+		t.Errorf("%s after the claim: %s, want assigned", r.IP, got.State)
+	}
+	// A stale claim of an address another attachment holds is still a conflict.
+	seen = s.Seq()
+	_, _, err = s.Release(att("a"))
+	mustDo(t, err)
+	must(s.Promote(t0.Add(time.Hour), 0))(t)
+	b := must(s.Assign(owner("b")))(t)
+	res = must(s.Claim(t0, Claim{IP: b.IP, Owner: owner("c"), Seen: seen}))(t)
+	if len(res.Conflicts) != 1 {
+		t.Errorf("stale claim of %s, assigned to b: %+v, want a conflict", b.IP, res)
+	}
+}

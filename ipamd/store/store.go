@@ -93,9 +93,12 @@ type Store struct {
 	meta         storeMeta
 	records      map[netip.Addr]Record
 	byAttachment map[Attachment]netip.Addr
-	compactions  int
-	compactErr   error
-	recovery     Recovery
+	// changed is the sequence number of each address's last change made
+	// since the store was opened (in memory only; see Claim.Seen).
+	changed     map[netip.Addr]uint64
+	compactions int
+	compactErr  error
+	recovery    Recovery
 }
 
 // Open opens (or creates) the store in dir, creating dir with mode 0700 and
@@ -141,6 +144,7 @@ func (s *Store) reset() {
 	s.seq = 0
 	s.records = map[netip.Addr]Record{}
 	s.byAttachment = map[Attachment]netip.Addr{}
+	s.changed = map[netip.Addr]uint64{}
 }
 
 // load reads the snapshot and the journal. It runs before s is shared.
@@ -405,6 +409,12 @@ func (s *Store) commitLocked(e entry) error {
 	s.seq = e.Seq
 	s.journalBytes = end
 	s.apply(e)
+	for _, ip := range e.Del {
+		s.changed[ip] = e.Seq
+	}
+	for _, r := range e.Put {
+		s.changed[r.IP] = e.Seq
+	}
 	if s.journalBytes >= s.compactBytes {
 		// The change is durable whatever happens here.
 		if err := s.compactLocked(); err != nil {
@@ -875,8 +885,10 @@ func (s *Store) Quarantine(until time.Time, ips map[netip.Addr]string) ([]netip.
 // that the claiming attachment held is quarantined until until (the store
 // keeps one address per attachment). An address assigned to the claim's own
 // owner is left as it is. A superseding claim (Claim.Supersede) takes its
-// address from another attachment too. Invalid claims give an error and
-// change nothing.
+// address from another attachment too. A claim whose address changed after
+// the witness was read (Claim.Seen) changes nothing either (Stale): the
+// change may be the attachment's own release. Invalid claims give an error
+// and change nothing.
 func (s *Store) Claim(until time.Time, claims ...Claim) (ClaimResult, error) {
 	for _, c := range claims {
 		if err := validIPs([]netip.Addr{c.IP}); err != nil {
@@ -923,6 +935,9 @@ func (s *Store) Claim(until time.Time, claims ...Claim) (ClaimResult, error) {
 			continue
 		case claimed[c.IP], known && r.State == StateAssigned && !c.Supersede:
 			res.Conflicts = append(res.Conflicts, ClaimConflict{Claim: c, Holder: r.Owner})
+			continue
+		case c.Seen > 0 && s.changed[c.IP] > c.Seen:
+			res.Stale = append(res.Stale, c)
 			continue
 		case known && r.State == StateAssigned:
 			res.Superseded = append(res.Superseded, r)
@@ -1192,6 +1207,14 @@ func (s *Store) Recovering() (RecoveryMark, bool) {
 		return RecoveryMark{}, false
 	}
 	return *s.meta.Recovery, true
+}
+
+// Seq returns the sequence number of the last change: a Claim with it as
+// Seen is not made for an address changed after this call.
+func (s *Store) Seq() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq
 }
 
 // Get returns the record of the address held (assigned or cooling) by the

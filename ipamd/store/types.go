@@ -214,6 +214,10 @@ type Claim struct {
 	// damaged store's, whose owner has no veth while the claimant's veth
 	// holds the address). That attachment is left without an address.
 	Supersede bool
+	// Seen is the store's Seq when the witness behind the claim was read;
+	// an address changed since (a DEL's release while the witness still
+	// showed the pod's veth) is not claimed. Zero: no such check.
+	Seen uint64
 }
 
 // ClaimConflict is a claim that Claim refused: the store has the address
@@ -240,6 +244,9 @@ type ClaimResult struct {
 	// Superseded are the assignments that superseding claims took their
 	// address from (as they were).
 	Superseded []Record
+	// Stale are the claims not made because their address changed after
+	// the witness was read (see Claim.Seen).
+	Stale []Claim
 }
 
 // Stats describe the store's files. They are a copy.
