@@ -29,7 +29,10 @@ import (
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
+	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
 
 // Profile sets the size and the bounds of a soak.
@@ -191,6 +194,9 @@ type runner struct {
 	driftOff          map[netip.Addr]*cluster.Node
 	victims, taken    map[*cluster.Pod]bool
 	drifts, driftLive int
+	// deleted are the container IDs of the pods whose DEL succeeded: none
+	// may hold an address again, before GC too (checkDeleted).
+	deleted map[string]bool
 }
 
 // Run runs a soak. The error reports a failure of the harness (the sim or a
@@ -206,6 +212,7 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 	r := &runner{
 		prof: prof, opts: opts, log: opts.Logger, holders: map[netip.Addr][]*cluster.Pod{},
 		driftOff: map[netip.Addr]*cluster.Node{}, victims: map[*cluster.Pod]bool{}, taken: map[*cluster.Pod]bool{},
+		deleted: map[string]bool{},
 	}
 	r.log.Info("soak starting", "nodes", prof.Nodes, "slots", prof.Slots, "duration", prof.Duration, "seed", prof.Seed)
 
@@ -419,6 +426,9 @@ func (r *runner) del(ctx context.Context, n *cluster.Node, s *slot) bool {
 		return false
 	}
 	r.dels.Add(1)
+	r.mu.Lock()
+	r.deleted[p.ContainerID] = true
+	r.mu.Unlock()
 	// The address is released (or spooled) only now; forget it afterwards
 	// so that a reuse before this point would be caught.
 	if s.live {
@@ -562,6 +572,7 @@ func (r *runner) settle(ctx context.Context) {
 				r.violation("DEL of %s/%s never succeeded", n.Name, s.pod.Name)
 			}
 		}
+		r.checkDeleted(ctx, n)
 		var live []*cluster.Pod
 		for _, s := range r.slots[ni] {
 			if s.live {
@@ -572,5 +583,36 @@ func (r *runner) settle(ctx context.Context) {
 		if err := n.GC(ctx, live); err != nil {
 			r.violation("GC on %s: %v", n.Name, err)
 		}
+	}
+}
+
+// checkDeleted runs before GC, which would hide it: no address is assigned
+// to a pod whose DEL succeeded. A daemon may take a few seconds after it is
+// ready to release what a damaged store resurrected (the end of its
+// recovery), so this is awaited.
+func (r *runner) checkDeleted(ctx context.Context, n *cluster.Node) {
+	var last []string
+	err := nsnet.Eventually(10*time.Second, func() error {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		list, err := n.Client().List(cctx, api.ListRequest{})
+		if err != nil {
+			return err
+		}
+		last = last[:0]
+		r.mu.Lock()
+		for _, a := range list.Addresses {
+			if a.State == string(store.StateAssigned) && r.deleted[a.ContainerID] {
+				last = append(last, fmt.Sprintf("%s to %s/%s", a.IP, short(a.ContainerID), a.IfName))
+			}
+		}
+		r.mu.Unlock()
+		if len(last) > 0 {
+			return fmt.Errorf("%d assigned", len(last))
+		}
+		return nil
+	})
+	if err != nil {
+		r.violation("%s: addresses assigned to pods whose DEL succeeded, before GC: %v (%v)", n.Name, last, err)
 	}
 }
