@@ -57,6 +57,15 @@ fuzz-short:
 soak: build
 	$(GO) run ./integration/cmd/vnet-soak -bin $(BIN)
 
+# The Kubernetes binaries integration/k8s runs (kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl),
+# built from k8s.io/kubernetes through the module proxy into
+# $$VNET_K8S_BIN_DIR (default $$XDG_CACHE_HOME/vnet-cni-k8s/<version>);
+# nothing to do when they are there. Cold: see docs/kubernetes.md.
+.PHONY: k8s-bins
+k8s-bins:
+	$(GO) run ./integration/cmd/vnet-k8s-bins
+
 lint:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }

@@ -81,6 +81,7 @@ func TestProductDependencies(t *testing.T) {
 		{"./integration/cmd/vnet-demo", toolRule},
 		{"./integration/cmd/vnet-bench", toolRule},
 		{"./integration/cmd/vnet-soak", toolRule},
+		{"./integration/cmd/vnet-k8s-bins", toolRule},
 	} {
 		t.Run(tc.main, func(t *testing.T) {
 			deps := goListDeps(t, tc.main)
