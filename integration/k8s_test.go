@@ -3,8 +3,11 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -13,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,9 +52,11 @@ func k8sBinaries(t *testing.T) binaries.Set {
 }
 
 // TestK8sControlPlane brings up etcd, kube-apiserver, kube-controller-manager
-// and kube-scheduler on loopback, uses the API through client-go and
-// kubectl, checks that both controllers hold their leader leases, and that
-// Stop leaves no process and no file behind.
+// and kube-scheduler in a network namespace of their own, listening on a
+// non-loopback address as on a VM (kube-apiserver's kubernetes Service endpoints
+// refuse a loopback address); uses the API through client-go and kubectl,
+// checks RBAC, /readyz, the controllers' leader leases and their work, and
+// that Stop leaves no process and no file behind.
 func TestK8sControlPlane(t *testing.T) {
 	nstest.RequireRoot(t)
 	etcd, err := exec.LookPath("etcd")
@@ -61,13 +67,19 @@ func TestK8sControlPlane(t *testing.T) {
 
 	// Ctrl-C ends the context: the control plane stops itself, the test
 	// fails on the cancelled calls and its cleanup finds nothing to do.
+	// Cleanups, not defers: they run after the control plane's cleanup
+	// below, which tells a Ctrl-C by the context.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	t.Cleanup(stop)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 
+	nsPath, addr := controlPlaneNS(t)
 	start := time.Now()
-	cp, err := controlplane.Start(ctx, controlplane.Config{Bin: set, Etcd: etcd, Log: slog.New(slog.NewTextHandler(os.Stderr, nil))})
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		Bin: set, Etcd: etcd, NetNS: nsPath, Addr: addr,
+		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	})
 	if err != nil {
 		t.Fatalf("start control plane: %v", err)
 	}
@@ -79,7 +91,9 @@ func TestK8sControlPlane(t *testing.T) {
 		if stopped {
 			return
 		}
-		if t.Failed() {
+		// After a Ctrl-C the control plane has stopped itself and
+		// removed its logs.
+		if t.Failed() && ctx.Err() == nil {
 			for _, c := range []string{controlplane.Etcd, controlplane.APIServer, controlplane.ControllerManager, controlplane.Scheduler} {
 				t.Logf("%s log ends:\n%s", c, cp.LogTail(c, 30))
 			}
@@ -154,9 +168,28 @@ func TestK8sControlPlane(t *testing.T) {
 	if err := cp.WriteKubeconfig(schedCfg, "system:kube-scheduler", sched); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.CommandContext(ctx, set.Path("kubectl"), "--kubeconfig", schedCfg, "auth", "can-i", "create", "configmaps", "-n", ns).CombinedOutput()
+	out, err := cp.Command(ctx, set.Path("kubectl"), "--kubeconfig", schedCfg, "auth", "can-i", "create", "configmaps", "-n", ns).CombinedOutput()
 	if got := strings.TrimSpace(string(out)); err == nil || got != "no" {
 		t.Errorf("kubectl auth can-i as the scheduler: %q, %v; want no", got, err)
+	}
+
+	// The apiserver advertises itself in the kubernetes Service.
+	waitFor(ctx, t, "the kubernetes Service's endpoints", func() (bool, string) {
+		ep, err := cs.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		if len(ep.Endpoints) != 1 || len(ep.Endpoints[0].Addresses) != 1 || ep.Endpoints[0].Addresses[0] != addr.String() {
+			return false, fmt.Sprintf("endpoints %+v", ep.Endpoints)
+		}
+		return true, ""
+	})
+	svc, err := cs.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svc.Spec.ClusterIP != "10.96.0.1" {
+		t.Errorf("kubernetes Service ClusterIP %s, want 10.96.0.1", svc.Spec.ClusterIP)
 	}
 
 	// The controllers' leader leases, and the controllers at work: the
@@ -193,13 +226,13 @@ func TestK8sControlPlane(t *testing.T) {
 	})
 
 	// kubectl built with the version ldflags parses its version.
-	out, err = exec.CommandContext(ctx, set.Path("kubectl"), "--kubeconfig", cp.AdminKubeconfig, "version", "-o", "json").CombinedOutput()
+	out, err = cp.Command(ctx, set.Path("kubectl"), "--kubeconfig", cp.AdminKubeconfig, "version", "-o", "json").CombinedOutput()
 	if err != nil {
 		t.Errorf("kubectl version: %v\n%s", err, out)
 	} else if n := strings.Count(string(out), `"gitVersion": "`+set.Version+`"`); n != 2 {
 		t.Errorf("kubectl version reports %s %d times, want client and server:\n%s", set.Version, n, out)
 	}
-	out, err = exec.CommandContext(ctx, set.Path("kubectl"), "--kubeconfig", cp.AdminKubeconfig, "get", "configmap", "probe", "-n", ns, "-o", "jsonpath={.data.vnet}").CombinedOutput()
+	out, err = cp.Command(ctx, set.Path("kubectl"), "--kubeconfig", cp.AdminKubeconfig, "get", "configmap", "probe", "-n", ns, "-o", "jsonpath={.data.vnet}").CombinedOutput()
 	if err != nil || string(out) != "cni" {
 		t.Errorf("kubectl get configmap: %q, %v", out, err)
 	}
@@ -218,6 +251,28 @@ func TestK8sControlPlane(t *testing.T) {
 	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("control plane dir %s still there after Stop: %v", dir, err)
 	}
+}
+
+// controlPlaneNS makes a network namespace for the control plane, with
+// loopback up and holding a non-loopback address it listens on (this
+// kernel has no dummy links; the cluster harness will give the control
+// plane a NIC of the simulated VNet instead).
+func controlPlaneNS(t *testing.T) (string, netip.Addr) {
+	t.Helper()
+	nsPath := nstest.NewNS(t, nstest.Prefix(t)+"-cp")
+	nl := nstest.Netlink(t, nsPath)
+	lo, err := nl.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddr("10.240.0.10")
+	if err := nl.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	return nsPath, addr
 }
 
 // waitFor polls cond every 200 ms until it holds, failing the test when ctx

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -33,6 +34,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/pki"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 )
 
 // Config says where the binaries are and how the control plane is laid out.
@@ -44,7 +46,13 @@ type Config struct {
 	// TempDir is where the control plane's directory is made; the
 	// system's temporary directory if empty.
 	TempDir string
+	// NetNS is the path of a network namespace the components run and
+	// listen in, and the harness talks to them in; the caller's if empty.
+	NetNS string
 	// Addr is the address every component listens on; 127.0.0.1 if unset.
+	// kube-apiserver advertises it in the kubernetes Service's endpoints,
+	// which refuse a loopback address: give a non-loopback address in
+	// NetNS for a control plane that pods and kubelets reach.
 	Addr netip.Addr
 	// ServiceCIDR is the ClusterIP range; 10.96.0.0/16 if unset.
 	ServiceCIDR netip.Prefix
@@ -77,6 +85,7 @@ type ControlPlane struct {
 	// ServiceCIDR is the ClusterIP range.
 	ServiceCIDR netip.Prefix
 
+	netns    string
 	log      *slog.Logger
 	cluster  *pki.CA
 	adminTLS *tls.Config
@@ -114,7 +123,7 @@ func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("control plane dir: %w", err)
 	}
-	cp := &ControlPlane{Dir: dir, ServiceCIDR: cfg.ServiceCIDR, log: cfg.Log, ports: map[string]int{}}
+	cp := &ControlPlane{Dir: dir, ServiceCIDR: cfg.ServiceCIDR, netns: cfg.NetNS, log: cfg.Log, ports: map[string]int{}}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, cp.Stop())
@@ -130,7 +139,7 @@ func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 		}
 	}
 	for _, c := range []string{Etcd, "etcd-peer", APIServer, ControllerManager, Scheduler} {
-		p, err := freePort(cfg.Addr)
+		p, err := freePort(cfg.NetNS, cfg.Addr)
 		if err != nil {
 			return nil, err
 		}
@@ -168,6 +177,8 @@ type files struct {
 	apiCert, apiKey         string
 	kubeletCli, kubeletCliK string
 	saPub, saKey            string
+	frontCA                 string
+	frontCert, frontKey     string
 	kcmKubeconfig           string
 	schedKubeconfig         string
 }
@@ -185,6 +196,7 @@ func (cp *ControlPlane) writePKI(cfg Config) (files, error) {
 		apiCert: p("apiserver.crt"), apiKey: p("apiserver.key"),
 		kubeletCli: p("apiserver-kubelet-client.crt"), kubeletCliK: p("apiserver-kubelet-client.key"),
 		saPub: p("sa.pub"), saKey: p("sa.key"),
+		frontCA: p("front-proxy-ca.crt"), frontCert: p("front-proxy-client.crt"), frontKey: p("front-proxy-client.key"),
 		kcmKubeconfig:   filepath.Join(cp.Dir, "controller-manager.kubeconfig"),
 		schedKubeconfig: filepath.Join(cp.Dir, "scheduler.kubeconfig"),
 	}
@@ -195,6 +207,16 @@ func (cp *ControlPlane) writePKI(cfg Config) (files, error) {
 	ca, err := pki.NewCA("vnet-cni test cluster CA")
 	if err != nil {
 		return f, err
+	}
+	// The aggregation layer's: kube-apiserver proxies to extension API
+	// servers with a client certificate of this CA, and the components
+	// read it from the extension-apiserver-authentication ConfigMap.
+	frontCA, err := pki.NewCA("vnet-cni test front-proxy CA")
+	if err != nil {
+		return f, err
+	}
+	if err := os.WriteFile(f.frontCA, frontCA.CertPEM(), 0o644); err != nil {
+		return f, fmt.Errorf("write front-proxy ca: %w", err)
 	}
 	cp.cluster = ca
 	cp.CAPEM = ca.CertPEM()
@@ -223,6 +245,7 @@ func (cp *ControlPlane) writePKI(cfg Config) (files, error) {
 			IPs:      []netip.Addr{cfg.Addr, kubernetesIP},
 		}, cert: f.apiCert, key: f.apiKey},
 		{ca: ca, l: pki.Leaf{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}, Client: true}, cert: f.kubeletCli, key: f.kubeletCliK},
+		{ca: frontCA, l: pki.Leaf{CommonName: "front-proxy-client", Client: true}, cert: f.frontCert, key: f.frontKey},
 		{ca: ca, l: pki.Leaf{CommonName: "system:kube-controller-manager", Client: true}, kubeconfig: f.kcmKubeconfig},
 		{ca: ca, l: pki.Leaf{CommonName: "system:kube-scheduler", Client: true}, kubeconfig: f.schedKubeconfig},
 		{ca: ca, l: pki.Leaf{CommonName: "vnet-cni-admin", Organization: []string{"system:masters"}, Client: true}, kubeconfig: filepath.Join(cp.Dir, "admin.kubeconfig")},
@@ -303,6 +326,9 @@ func (cp *ControlPlane) RESTConfig() (*rest.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin kubeconfig: %w", err)
 	}
+	if cp.netns != "" {
+		c.Dial = nsnet.DialContextIn(cp.netns)
+	}
 	return c, nil
 }
 
@@ -363,6 +389,13 @@ func (cp *ControlPlane) startAPIServer(ctx context.Context, cfg Config, f files)
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + f.saPub,
 		"--service-account-signing-key-file=" + f.saKey,
+		"--requestheader-client-ca-file=" + f.frontCA,
+		"--requestheader-allowed-names=front-proxy-client",
+		"--requestheader-username-headers=X-Remote-User",
+		"--requestheader-group-headers=X-Remote-Group",
+		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
+		"--proxy-client-cert-file=" + f.frontCert,
+		"--proxy-client-key-file=" + f.frontKey,
 		"--profiling=false",
 	}
 	return cp.startAndWait(ctx, cfg, APIServer, cfg.Bin.Path(APIServer), args, cp.Server+"/readyz", cp.adminTLS, func(body string) bool {
@@ -422,7 +455,7 @@ func (cp *ControlPlane) startAndWait(ctx context.Context, cfg Config, name, path
 		cp.mu.Unlock()
 		return errors.New("control plane stopped")
 	}
-	p, err := startProc(name, path, args, filepath.Join(cp.Dir, "logs", name+".log"))
+	p, err := startProc(cp.netns, name, path, args, filepath.Join(cp.Dir, "logs", name+".log"))
 	if err == nil {
 		cp.procs = append(cp.procs, p)
 	}
@@ -431,7 +464,7 @@ func (cp *ControlPlane) startAndWait(ctx context.Context, cfg Config, name, path
 		return err
 	}
 	start := time.Now()
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}, Timeout: 5 * time.Second}
+	hc := cp.httpClient(tc, 5*time.Second)
 	defer hc.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
 	defer cancel()
@@ -483,9 +516,48 @@ func get(ctx context.Context, hc *http.Client, url string) (string, error) {
 // Get returns the body of a 200 answer of kube-apiserver to path (say
 // "/readyz?verbose"), as the admin user.
 func (cp *ControlPlane) Get(ctx context.Context, path string) (string, error) {
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cp.adminTLS}, Timeout: 10 * time.Second}
+	hc := cp.httpClient(cp.adminTLS, 10*time.Second)
 	defer hc.CloseIdleConnections()
 	return get(ctx, hc, cp.Server+path)
+}
+
+// httpClient returns a client that connects from the control plane's
+// network namespace.
+func (cp *ControlPlane) httpClient(tc *tls.Config, timeout time.Duration) *http.Client {
+	tr := &http.Transport{TLSClientConfig: tc}
+	if cp.netns != "" {
+		tr.DialContext = nsnet.DialContextIn(cp.netns)
+	}
+	return &http.Client{Transport: tr, Timeout: timeout}
+}
+
+// Command returns a command whose Run and CombinedOutput (not Start) run
+// it inside the control plane's network namespace: kubectl against
+// Server, say.
+func (cp *ControlPlane) Command(ctx context.Context, path string, args ...string) *Cmd {
+	return &Cmd{Cmd: exec.CommandContext(ctx, path, args...), netns: cp.netns}
+}
+
+// Cmd is an exec.Cmd whose Run and CombinedOutput fork in a network
+// namespace.
+type Cmd struct {
+	*exec.Cmd
+	netns string
+}
+
+// Run runs the command in the namespace.
+func (c *Cmd) Run() error { return inNetNS(c.netns, c.Cmd.Run) }
+
+// CombinedOutput runs the command in the namespace and returns its
+// standard output and standard error.
+func (c *Cmd) CombinedOutput() ([]byte, error) {
+	var out []byte
+	err := inNetNS(c.netns, func() error {
+		var err error
+		out, err = c.Cmd.CombinedOutput()
+		return err
+	})
+	return out, err
 }
 
 // Running returns the components still running, in start order.
@@ -546,13 +618,21 @@ func (cp *ControlPlane) Stop() error {
 	return cp.stopErr
 }
 
-func freePort(addr netip.Addr) (int, error) {
-	l, err := net.Listen("tcp", hostPort(addr, 0))
+// freePort returns a TCP port free on addr at the time of the call.
+func freePort(netns string, addr netip.Addr) (int, error) {
+	var port int
+	err := inNetNS(netns, func() error {
+		l, err := net.Listen("tcp", hostPort(addr, 0))
+		if err != nil {
+			return err
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		return l.Close()
+	})
 	if err != nil {
 		return 0, fmt.Errorf("free port on %s: %w", addr, err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return port, nil
 }
 
 func hostPort(addr netip.Addr, port int) string {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 )
 
 // proc is one running component: its command, its log file and a channel
@@ -21,11 +23,12 @@ type proc struct {
 	err     error // the exit status, once done is closed
 }
 
-// startProc starts path with args, its output appended to logPath. The
-// child gets its own process group, so a Ctrl-C on the terminal reaches
-// the harness (which stops the components in order) and not the
-// components themselves; and it is killed if the harness dies first.
-func startProc(name, path string, args []string, logPath string) (*proc, error) {
+// startProc starts path with args, its output appended to logPath, inside
+// the network namespace at netns (the caller's if empty). The child gets
+// its own process group, so a Ctrl-C on the terminal reaches the harness
+// (which stops the components in order) and not the components
+// themselves; and it is killed if the harness dies first.
+func startProc(netns, name, path string, args []string, logPath string) (*proc, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("%s log: %w", name, err)
@@ -34,7 +37,7 @@ func startProc(name, path string, args []string, logPath string) (*proc, error) 
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := inNetNS(netns, cmd.Start); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -45,6 +48,15 @@ func startProc(name, path string, args []string, logPath string) (*proc, error) 
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// inNetNS runs fn inside the network namespace at netns, or right here if
+// netns is empty. A process started by fn lives in that namespace.
+func inNetNS(netns string, fn func() error) error {
+	if netns == "" {
+		return fn()
+	}
+	return nsnet.Do(netns, fn)
 }
 
 // exited reports whether the process has ended, and how.
