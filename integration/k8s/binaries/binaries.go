@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -128,6 +129,16 @@ func Ensure(ctx context.Context, opts Options) (Set, error) {
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return set, fmt.Errorf("k8s binaries dir: %w", err)
 	}
+	// One build at a time per directory (make k8s-bins and a test, say);
+	// whoever waited finds the other's result.
+	unlock, err := lockDir(opts.Dir)
+	if err != nil {
+		return set, err
+	}
+	defer unlock()
+	if set, ok := Find(opts); ok {
+		return set, nil
+	}
 	if err := os.Remove(filepath.Join(opts.Dir, stampName)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return set, fmt.Errorf("remove stale stamp: %w", err)
 	}
@@ -161,6 +172,19 @@ func Ensure(ctx context.Context, opts Options) (Set, error) {
 	}
 	opts.Log.Info("built kubernetes", "version", opts.Version, "dir", opts.Dir, "took", time.Since(start).Round(time.Second))
 	return set, nil
+}
+
+// lockDir takes an exclusive lock on dir's lock file, waiting for it.
+func lockDir(dir string) (unlock func(), err error) {
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 func packages() []string {

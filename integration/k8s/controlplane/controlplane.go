@@ -531,15 +531,15 @@ func (cp *ControlPlane) httpClient(tc *tls.Config, timeout time.Duration) *http.
 	return &http.Client{Transport: tr, Timeout: timeout}
 }
 
-// Command returns a command whose Run and CombinedOutput (not Start) run
-// it inside the control plane's network namespace: kubectl against
-// Server, say.
+// Command returns a command whose Run, Output and CombinedOutput (not
+// Start) run it inside the control plane's network namespace: kubectl
+// against Server, say.
 func (cp *ControlPlane) Command(ctx context.Context, path string, args ...string) *Cmd {
 	return &Cmd{Cmd: exec.CommandContext(ctx, path, args...), netns: cp.netns}
 }
 
-// Cmd is an exec.Cmd whose Run and CombinedOutput fork in a network
-// namespace.
+// Cmd is an exec.Cmd whose Run, Output and CombinedOutput fork in a
+// network namespace.
 type Cmd struct {
 	*exec.Cmd
 	netns string
@@ -547,6 +547,18 @@ type Cmd struct {
 
 // Run runs the command in the namespace.
 func (c *Cmd) Run() error { return inNetNS(c.netns, c.Cmd.Run) }
+
+// Output runs the command in the namespace and returns its standard
+// output.
+func (c *Cmd) Output() ([]byte, error) {
+	var out []byte
+	err := inNetNS(c.netns, func() error {
+		var err error
+		out, err = c.Cmd.Output()
+		return err
+	})
+	return out, err
+}
 
 // CombinedOutput runs the command in the namespace and returns its
 // standard output and standard error.
