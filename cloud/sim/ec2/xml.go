@@ -10,17 +10,20 @@ const APIVersion = "2016-11-15"
 
 // response is implemented by every answer body: the writer sets the root
 // element (<Action>Response in EC2's namespace) and the request id.
-type response interface{ header() *respHeader }
+type response interface{ header() *ResponseHeader }
 
-type respHeader struct {
+// ResponseHeader is the root element and request id of an answer. It is
+// exported only because encoding/xml cannot marshal an embedded unexported
+// struct.
+type ResponseHeader struct {
 	XMLName   xml.Name
 	RequestID string `xml:"requestId"`
 }
 
-func (h *respHeader) header() *respHeader { return h }
+func (h *ResponseHeader) header() *ResponseHeader { return h }
 
 type returnResponse struct {
-	respHeader
+	ResponseHeader
 	Return bool `xml:"return"`
 }
 
@@ -105,7 +108,7 @@ type xmlReservation struct {
 }
 
 type describeInstancesResponse struct {
-	respHeader
+	ResponseHeader
 	Reservations []xmlReservation `xml:"reservationSet>item"`
 	NextToken    string           `xml:"nextToken,omitempty"`
 }
@@ -132,7 +135,7 @@ type xmlInstanceType struct {
 }
 
 type describeInstanceTypesResponse struct {
-	respHeader
+	ResponseHeader
 	InstanceTypes []xmlInstanceType `xml:"instanceTypeSet>item"`
 }
 
@@ -151,23 +154,23 @@ type xmlSubnet struct {
 }
 
 type describeSubnetsResponse struct {
-	respHeader
+	ResponseHeader
 	Subnets []xmlSubnet `xml:"subnetSet>item"`
 }
 
 type describeENIsResponse struct {
-	respHeader
+	ResponseHeader
 	ENIs      []xmlENI `xml:"networkInterfaceSet>item"`
 	NextToken string   `xml:"nextToken,omitempty"`
 }
 
 type createENIResponse struct {
-	respHeader
+	ResponseHeader
 	ENI xmlENI `xml:"networkInterface"`
 }
 
 type attachENIResponse struct {
-	respHeader
+	ResponseHeader
 	AttachmentID     string `xml:"attachmentId"`
 	NetworkCardIndex int    `xml:"networkCardIndex"`
 }
@@ -177,7 +180,7 @@ type xmlAssigned struct {
 }
 
 type assignResponse struct {
-	respHeader
+	ResponseHeader
 	NetworkInterfaceID string        `xml:"networkInterfaceId"`
 	Assigned           []xmlAssigned `xml:"assignedPrivateIpAddressesSet>item"`
 }
