@@ -8,6 +8,7 @@ package ec2
 
 import (
 	"context"
+	"encoding/xml"
 	"errors"
 	"io"
 	"log/slog"
@@ -313,10 +314,8 @@ func (s *Server) serveEC2(w http.ResponseWriter, r *http.Request) {
 		fail(e)
 		return
 	}
-	h := resp.header()
-	h.XMLName.Space, h.XMLName.Local = Namespace, name+"Response"
-	h.RequestID = reqID
-	writeXML(rec, http.StatusOK, resp)
+	resp.header().RequestID = reqID
+	writeXMLElement(rec, xml.Name{Space: Namespace, Local: name + "Response"}, resp)
 }
 
 // injectFaults applies the active faults: a storm, then latency, then

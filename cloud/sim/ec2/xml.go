@@ -1,22 +1,18 @@
 package ec2
 
-import "encoding/xml"
-
 // Namespace is the XML namespace of EC2's 2016-11-15 API version.
 const Namespace = "http://ec2.amazonaws.com/doc/2016-11-15/"
 
 // APIVersion is the only Version the simulator answers.
 const APIVersion = "2016-11-15"
 
-// response is implemented by every answer body: the writer sets the root
-// element (<Action>Response in EC2's namespace) and the request id.
+// response is implemented by every answer body: the writer sets the
+// request id and encodes it as <Action>Response in EC2's namespace.
 type response interface{ header() *ResponseHeader }
 
-// ResponseHeader is the root element and request id of an answer. It is
-// exported only because encoding/xml cannot marshal an embedded unexported
-// struct.
+// ResponseHeader is the request id of an answer. It is exported only
+// because encoding/xml cannot marshal an embedded unexported struct.
 type ResponseHeader struct {
-	XMLName   xml.Name
 	RequestID string `xml:"requestId"`
 }
 
