@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"testing"
@@ -152,5 +151,3 @@ func noErr(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
-
-var _ = http.StatusOK
