@@ -122,9 +122,9 @@ func TestDeadline(t *testing.T) {
 		return api.AllocateResponse{}, ctx.Err()
 	}}
 	ts := startServer(t, h)
+	start := time.Now() // before the deadline is set: it is timeout after this or later
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	start := time.Now()
 	_, err := ts.client.Allocate(ctx, api.AllocateRequest{ContainerID: "c1", IfName: "eth0"})
 	elapsed := time.Since(start)
 	if !errors.Is(err, context.DeadlineExceeded) {
