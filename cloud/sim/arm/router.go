@@ -163,7 +163,7 @@ func (s *Server) serveARM(w http.ResponseWriter, r *http.Request) {
 		if rec.status == 0 {
 			rec.status = statusClientClosed
 		}
-		s.stats.add(t.op, rec.status)
+		s.stats.Add(t.op, rec.status, rec.status == http.StatusTooManyRequests)
 		s.log.Debug("arm request", "op", t.op, "method", r.Method, "path", r.URL.Path,
 			"status", rec.status, "duration", time.Since(start))
 	}()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/simadmin"
 )
 
 // Server is the simulated ARM network API of one subscription.
@@ -19,7 +20,7 @@ type Server struct {
 	log     *slog.Logger
 	tokens  *tokenStore
 	limiter *limiter
-	stats   counters
+	stats   simadmin.Counters
 	changed chan struct{}
 
 	faultsMu sync.Mutex
@@ -112,10 +113,10 @@ func (s *Server) Faults() Faults {
 }
 
 // Stats returns a copy of the request counters.
-func (s *Server) Stats() Stats { return s.stats.snapshot() }
+func (s *Server) Stats() Stats { return s.stats.Snapshot() }
 
 // ResetStats zeroes the request counters.
-func (s *Server) ResetStats() { s.stats.reset() }
+func (s *Server) ResetStats() { s.stats.Reset() }
 
 // Close stops the operation timers. Pending operations are abandoned: they
 // never complete.

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/simadmin"
 )
 
 // action describes one API action.
@@ -53,7 +54,7 @@ type Server struct {
 	log     *slog.Logger
 	creds   *credStore
 	limiter *limiter
-	stats   counters
+	stats   simadmin.Counters
 	changed chan struct{}
 
 	faultsMu sync.Mutex
@@ -176,10 +177,10 @@ func (s *Server) Faults() Faults {
 }
 
 // Stats returns a copy of the request counters.
-func (s *Server) Stats() Stats { return s.stats.snapshot() }
+func (s *Server) Stats() Stats { return s.stats.Snapshot() }
 
 // ResetStats zeroes the request counters.
-func (s *Server) ResetStats() { s.stats.reset() }
+func (s *Server) ResetStats() { s.stats.Reset() }
 
 // Close stops the attachment timers; attachments in progress stay where
 // they are until the state is read again.
@@ -254,7 +255,7 @@ func (s *Server) serveEC2(w http.ResponseWriter, r *http.Request) {
 		if rec.status == 0 {
 			rec.status = statusClientClosed
 		}
-		s.stats.add(name, rec.status, rec.throttled)
+		s.stats.Add(name, rec.status, rec.throttled)
 		s.log.Debug("ec2 request", "action", name, "status", rec.status, "duration", time.Since(start))
 	}()
 	fail := func(e *apiError) {
