@@ -220,8 +220,9 @@ func (d *Daemon) applyWitness(ctx context.Context, inst cloud.Instance, onCloud 
 	recovering := rec != nil && rec.until.IsZero() && onCloud != nil
 	d.mu.Unlock()
 	p := d.plan(dp, d.store.List(), onCloud, seen)
-	live := witnessed(dp)
+	var live liveSet // read only in a recovery
 	if recovering {
+		live = witnessed(dp)
 		// The damaged store's assignments may be older than the pods on
 		// the node: an address assigned in it to an attachment that has
 		// no veth, while a live veth holds the address, was released and

@@ -1,10 +1,12 @@
 package arm
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim/simadmin"
 )
 
 // AllOperations is the Faults key that applies to every operation.
@@ -53,27 +55,8 @@ type OperationFailure struct {
 	Message string  `json:"message,omitempty"`
 }
 
-// Duration is a time.Duration that is a Go duration string in JSON ("250ms").
-type Duration time.Duration
-
-// MarshalJSON writes the duration as a string like "1.5s".
-func (d Duration) MarshalJSON() ([]byte, error) {
-	return json.Marshal(time.Duration(d).String())
-}
-
-// UnmarshalJSON accepts a duration string like "250ms".
-func (d *Duration) UnmarshalJSON(b []byte) error {
-	var s string
-	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string like \"250ms\": %w", err)
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("parse duration: %w", err)
-	}
-	*d = Duration(v)
-	return nil
-}
+// Duration is a duration in the faults document (see simadmin.Duration).
+type Duration = simadmin.Duration
 
 func (f Faults) validate() error {
 	var errs []error
@@ -104,19 +87,7 @@ func (f Faults) validate() error {
 
 // clone returns a deep copy with a storm Duration turned into Until.
 func (f Faults) clone(now time.Time) Faults {
-	out := Faults{}
-	if f.Latency != nil {
-		out.Latency = make(map[string]Duration, len(f.Latency))
-		for k, v := range f.Latency {
-			out.Latency[k] = v
-		}
-	}
-	if f.Errors != nil {
-		out.Errors = make(map[string]ErrorFault, len(f.Errors))
-		for k, v := range f.Errors {
-			out.Errors[k] = v
-		}
-	}
+	out := Faults{Latency: maps.Clone(f.Latency), Errors: maps.Clone(f.Errors)}
 	if f.Storm != nil {
 		s := *f.Storm
 		if s.Until.IsZero() {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/simadmin"
 )
 
 // resourceKind is what a request path addresses.
@@ -129,43 +130,19 @@ func classOf(method string) requestClass {
 	}
 }
 
-// statusRecorder remembers the status written, for the stats.
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-// statusClientClosed is counted when the client went away during injected
-// latency.
-const statusClientClosed = 499
-
 // serveARM runs every ARM request through authentication, api-version check,
 // faults and throttling, then the API, and counts it.
 func (s *Server) serveARM(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := &simadmin.StatusRecorder{ResponseWriter: w}
 	t := parseTarget(r.Method, r.URL.Path)
 	defer func() {
-		if rec.status == 0 {
-			rec.status = statusClientClosed
+		if rec.Status == 0 {
+			rec.Status = simadmin.StatusClientClosed
 		}
-		s.stats.Add(t.op, rec.status, rec.status == http.StatusTooManyRequests)
+		s.stats.Add(t.op, rec.Status, rec.Status == http.StatusTooManyRequests)
 		s.log.Debug("arm request", "op", t.op, "method", r.Method, "path", r.URL.Path,
-			"status", rec.status, "duration", time.Since(start))
+			"status", rec.Status, "duration", time.Since(start))
 	}()
 	h := rec.Header()
 	h.Set("x-ms-request-id", uuid.NewString())

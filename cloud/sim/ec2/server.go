@@ -217,49 +217,24 @@ func (s *Server) wakeAfterLocked(d time.Duration) {
 	s.timers[t] = true
 }
 
-// statusRecorder remembers the status written, for the stats.
-type statusRecorder struct {
-	http.ResponseWriter
-	status    int
-	throttled bool
-}
-
-func (r *statusRecorder) WriteHeader(code int) {
-	if r.status == 0 {
-		r.status = code
-	}
-	r.ResponseWriter.WriteHeader(code)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return r.ResponseWriter.Write(b)
-}
-
-// statusClientClosed is counted when the client went away during injected
-// latency.
-const statusClientClosed = 499
-
 const maxBody = 1 << 20
 
 // serveEC2 runs a request through parsing, SigV4, the Version check,
 // faults and the action's token bucket, then the action, and counts it.
 func (s *Server) serveEC2(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w}
+	rec := &simadmin.StatusRecorder{ResponseWriter: w}
 	reqID := uuid.NewString()
 	name := "Unknown"
 	defer func() {
-		if rec.status == 0 {
-			rec.status = statusClientClosed
+		if rec.Status == 0 {
+			rec.Status = simadmin.StatusClientClosed
 		}
-		s.stats.Add(name, rec.status, rec.throttled)
-		s.log.Debug("ec2 request", "action", name, "status", rec.status, "duration", time.Since(start))
+		s.stats.Add(name, rec.Status, rec.Throttled)
+		s.log.Debug("ec2 request", "action", name, "status", rec.Status, "duration", time.Since(start))
 	}()
 	fail := func(e *apiError) {
-		rec.throttled = e.code == CodeRequestLimitExceeded
+		rec.Throttled = e.code == CodeRequestLimitExceeded
 		e.write(rec, reqID)
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))

@@ -5,11 +5,13 @@ package simadmin
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Stats counts the requests that reached an API, refused, throttled and
@@ -141,4 +143,56 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
+}
+
+// Duration is a time.Duration that is a Go duration string in JSON
+// ("250ms"), as the faults documents write latencies and storms.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a string like "1.5s".
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON accepts a duration string like "250ms".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"250ms\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("parse duration: %w", err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// StatusClientClosed is counted when the client went away before an
+// answer (during injected latency).
+const StatusClientClosed = 499
+
+// StatusRecorder remembers the status written, for the counters.
+type StatusRecorder struct {
+	http.ResponseWriter
+	// Status is the first status written, 0 before any.
+	Status int
+	// Throttled is set by the control plane when it answers a throttle.
+	Throttled bool
+}
+
+// WriteHeader records the first status.
+func (r *StatusRecorder) WriteHeader(code int) {
+	if r.Status == 0 {
+		r.Status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// Write records 200 when nothing was written before.
+func (r *StatusRecorder) Write(b []byte) (int, error) {
+	if r.Status == 0 {
+		r.Status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
 }
