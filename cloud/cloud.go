@@ -109,6 +109,10 @@ const (
 	// another interface (Azure's PrivateIPAddressIsAllocated); asking again
 	// helps only once that interface lets it go.
 	AddressInUse
+	// Denied means that the identity may not make the call (Azure RBAC's
+	// 403 AuthorizationFailed, EC2's UnauthorizedOperation): asking again
+	// helps only once an operator grants the permission.
+	Denied
 )
 
 func (k Kind) String() string {
@@ -127,6 +131,8 @@ func (k Kind) String() string {
 		return "conflict"
 	case AddressInUse:
 		return "address_in_use"
+	case Denied:
+		return "denied"
 	default:
 		return fmt.Sprintf("kind(%d)", int(k))
 	}

@@ -68,6 +68,10 @@ func classify(op string, err error) error {
 		re.ErrorCode == codeAnotherOperation, re.ErrorCode == codeRetryableDueToAnother, re.ErrorCode == codeRetryable,
 		re.StatusCode == http.StatusConflict:
 		e.Kind = cloud.Conflict
+	case re.StatusCode == http.StatusForbidden:
+		// AuthorizationFailed, LinkedAuthorizationFailed: the identity's
+		// roles do not allow the action.
+		e.Kind = cloud.Denied
 	case re.StatusCode == http.StatusTooManyRequests:
 		e.Kind = cloud.Throttled
 		if e.RetryAfter == 0 {

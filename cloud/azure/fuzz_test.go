@@ -124,7 +124,7 @@ func FuzzClassify(f *testing.F) {
 		if !errors.As(err, &ce) {
 			t.Fatalf("classify returned %T", err)
 		}
-		if ce.Kind < cloud.Fatal || ce.Kind > cloud.AddressInUse {
+		if ce.Kind < cloud.Fatal || ce.Kind > cloud.Denied {
 			t.Fatalf("unknown kind %d", ce.Kind)
 		}
 		if ce.RetryAfter < 0 || ce.RetryAfter > maxRetryAfter {

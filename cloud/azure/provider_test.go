@@ -335,6 +335,35 @@ func TestErrorsAreClassified(t *testing.T) {
 			t.Fatalf("error = %v, want kind fatal", err)
 		}
 	})
+	t.Run("read-only identity is denied", func(t *testing.T) {
+		e := newEnv(t, sim.Options{Nodes: 1, TemplateIPs: 2})
+		tok, _ := e.sim.ARM().IssueReadOnlyToken(sim.Audience)
+		ro := filepath.Join(t.TempDir(), "ro")
+		if err := os.WriteFile(ro, []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cred, err := NewTokenFileCredential(ro)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.cfg.Credential = cred
+		p := e.provider(t)
+		inst, err := p.Instance(context.Background())
+		if err != nil {
+			t.Fatalf("a read-only identity reads: %v", err)
+		}
+		if got := len(inst.Interfaces[0].Secondary); got != 2 {
+			t.Errorf("%d secondaries, want the template's 2", got)
+		}
+		_, err = p.AddAddresses(context.Background(), p.nic.id, 1)
+		var ce *cloud.Error
+		if !errors.As(err, &ce) || ce.Kind != cloud.Denied || ce.Code != "AuthorizationFailed" || !strings.Contains(ce.Message, "networkInterfaces/write") {
+			t.Fatalf("error = %v, want kind denied, code AuthorizationFailed, naming the action", err)
+		}
+		if got := e.sim.ARM().Stats().Calls["NetworkInterfaces_CreateOrUpdate"]["403"]; got != 1 {
+			t.Errorf("the write was answered 403 %d times, want 1 (not retried)", got)
+		}
+	})
 	t.Run("untrusted CA", func(t *testing.T) {
 		e := newEnv(t, sim.Options{Nodes: 1})
 		e.cfg.CAFile = ""

@@ -49,7 +49,11 @@ func (s *Sim) imdsHandler(n nodeInfo) *imds.Handler {
 			}}},
 		}
 	}
-	return imds.NewHandler(instance, s.arm.IssueToken, "")
+	issue := s.arm.IssueToken
+	if s.opts.ReadOnlyIdentity {
+		issue = s.arm.IssueReadOnlyToken
+	}
+	return imds.NewHandler(instance, issue, "")
 }
 
 // listenIn opens a TCP listener inside the network namespace at nsPath. A

@@ -53,6 +53,14 @@ type Options struct {
 	StaticToken string
 	// Faults are the initial injected faults.
 	Faults arm.Faults
+	// TemplateIPs is the number of secondary ipConfigurations every NIC is
+	// created with, as a cluster template's ipAddressCount pre-creates
+	// them (0-255).
+	TemplateIPs int
+	// ReadOnlyIdentity gives every node's managed identity read access
+	// only (Azure's Reader role): ARM refuses its writes with 403
+	// AuthorizationFailed. The static token may still write.
+	ReadOnlyIdentity bool
 	// NoFabric runs the control plane alone (no namespaces, no root needed).
 	NoFabric bool
 	Logger   *slog.Logger
@@ -281,7 +289,7 @@ func (s *Sim) armConfig() arm.Config {
 		Logger:            s.log,
 	}
 	for _, n := range s.nodes {
-		cfg.NICs = append(cfg.NICs, arm.NICSpec{Name: n.nic, VMName: n.name, MAC: n.mac, Primary: n.primary})
+		cfg.NICs = append(cfg.NICs, arm.NICSpec{Name: n.nic, VMName: n.name, MAC: n.mac, Primary: n.primary, TemplateIPs: s.opts.TemplateIPs})
 	}
 	return cfg
 }

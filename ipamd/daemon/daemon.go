@@ -194,11 +194,12 @@ type Daemon struct {
 	// freed is closed (and replaced) whenever addresses become free.
 	freed chan struct{}
 	// Scheduling of the worker.
-	backoffUntil time.Time
-	backoff      time.Duration
-	nextResync   time.Time
-	lastWrite    time.Time
-	firstFill    bool
+	backoffUntil  time.Time
+	backoff       time.Duration
+	deniedBackoff time.Duration
+	nextResync    time.Time
+	lastWrite     time.Time
+	firstFill     bool
 	// partialSince is when a release was first held back (see holdPartialRelease).
 	partialSince time.Time
 	// restoreDue is set by every resync and cleared by an attempt to put the

@@ -40,6 +40,14 @@ type harness struct {
 
 func newHarness(t *testing.T, simOpts sim.Options, opts Options) *harness {
 	t.Helper()
+	return newHarnessAs(t, simOpts, opts, nil)
+}
+
+// newHarnessAs is newHarness with the daemon's identity: tokenFor returns
+// the bearer token it uses (nil: the sim's static token, which may do
+// everything).
+func newHarnessAs(t *testing.T, simOpts sim.Options, opts Options, tokenFor func(*sim.Sim) string) *harness {
+	t.Helper()
 	simOpts.Dir = t.TempDir()
 	simOpts.NoFabric = true
 	simOpts.StaticToken = token
@@ -56,8 +64,12 @@ func newHarness(t *testing.T, simOpts sim.Options, opts Options) *harness {
 	h, _ := s.IMDSHandler("node0")
 	imds := httptest.NewServer(h)
 	t.Cleanup(imds.Close)
+	tok := token
+	if tokenFor != nil {
+		tok = tokenFor(s)
+	}
 	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cred, err := azure.NewTokenFileCredential(tokenFile)

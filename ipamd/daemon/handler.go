@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/server"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
@@ -135,6 +136,10 @@ func (d *Daemon) poolSituation() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	switch {
+	case cloud.KindOf(d.lastCloudErr) == cloud.Denied && d.lastCloudErr != nil:
+		return fmt.Sprintf("the pool is exhausted: this node's cloud identity may not add addresses to its interface, so the pool holds only "+
+			"the %d addresses it has (%s); grant it write access to its network interface, or create more addresses with the node (the template's ipAddressCount)",
+			d.store.Counts().Total(), cloud.Reason(d.lastCloudErr))
 	case d.limitReached && d.lastCloudErr != nil:
 		return "the pool is at its limit: " + d.lastCloudErr.Error()
 	case d.limitReached:

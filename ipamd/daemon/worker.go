@@ -19,6 +19,10 @@ const (
 	minBackoff      = time.Second
 	maxBackoff      = 30 * time.Second
 	conflictBackoff = 200 * time.Millisecond
+	// A refused permission is asked again after minDeniedBackoff, then
+	// twice as long each time, up to maxDeniedBackoff.
+	minDeniedBackoff = 5 * time.Minute
+	maxDeniedBackoff = time.Hour
 )
 
 // step does one round of the pool worker: connect, resync, promote cooled
@@ -28,10 +32,7 @@ const (
 func (d *Daemon) step(ctx context.Context) time.Duration {
 	now := d.opts.Now()
 	d.mu.Lock()
-	if until := d.backoffUntil; now.Before(until) {
-		d.mu.Unlock()
-		return until.Sub(now)
-	}
+	until := d.backoffUntil
 	c, synced, resyncDue := d.cloud, d.synced, !now.Before(d.nextResync)
 	storeErr := d.storeErr
 	d.mu.Unlock()
@@ -42,6 +43,15 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		return d.opts.StoreProbeInterval
 	}
 	d.drainSpool()
+	if now.Before(until) {
+		// No cloud call before the back-off ends, but what needs none
+		// goes on: cooled addresses return to the pool meanwhile.
+		if !synced {
+			return until.Sub(now)
+		}
+		d.tend(ctx, now)
+		return d.nextLocalWake(now, until, d.store.List())
+	}
 
 	if c == nil {
 		var err error
@@ -54,16 +64,7 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 			return d.fail("resync", err)
 		}
 	}
-	switch ok, err := d.guardPromotion(ctx, now, d.store.List()); {
-	case d.storeFailed(err):
-	case err != nil:
-		// Nothing becomes free that a live pod may hold.
-		d.log.Warn("cannot check the datapath before freeing addresses: none freed for now", "retryIn", witnessRetry.String(), "err", err)
-	case ok:
-		d.promote(now)
-	}
-	d.forgetLost(now)
-	d.endRecovery(ctx, now)
+	d.tend(ctx, now)
 
 	records := d.store.List()
 	// Addresses the daemon assigned that left the interface outside
@@ -141,6 +142,22 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		d.log.Debug("pool limit reached", "reason", dec.Reason)
 	}
 	return d.nextWake(now, records, dec)
+}
+
+// tend does the part of a round that needs no cloud call: it frees the
+// addresses whose cooldown is over (after the datapath check), forgets lost
+// addresses released long ago and ends a recovery whose grace is over.
+func (d *Daemon) tend(ctx context.Context, now time.Time) {
+	switch ok, err := d.guardPromotion(ctx, now, d.store.List()); {
+	case d.storeFailed(err):
+	case err != nil:
+		// Nothing becomes free that a live pod may hold.
+		d.log.Warn("cannot check the datapath before freeing addresses: none freed for now", "retryIn", witnessRetry.String(), "err", err)
+	case ok:
+		d.promote(now)
+	}
+	d.forgetLost(now)
+	d.endRecovery(ctx, now)
 }
 
 // promote frees the addresses whose cooldown or quarantine is over.
@@ -316,7 +333,7 @@ func (d *Daemon) restoreOn(ctx context.Context, c Cloud, iface string, ips []net
 // the cloud refused the request.
 func refused(err error) bool {
 	switch cloud.KindOf(err) {
-	case cloud.AddressInUse, cloud.NICLimit, cloud.SubnetFull, cloud.Fatal:
+	case cloud.AddressInUse, cloud.NICLimit, cloud.SubnetFull, cloud.Fatal, cloud.Denied:
 		return true
 	}
 	return false
@@ -576,6 +593,16 @@ func (d *Daemon) fail(what string, err error) time.Duration {
 		// address (kick) brings the worker back.
 		d.limitReached = true
 		wait = d.opts.ResyncInterval
+	case cloud.Denied:
+		// Only an operator can change this (a role assignment): no writes
+		// in a loop. The pool serves what the interfaces hold meanwhile.
+		d.limitReached = true
+		if d.deniedBackoff == 0 {
+			d.deniedBackoff = minDeniedBackoff
+		} else {
+			d.deniedBackoff = min(2*d.deniedBackoff, maxDeniedBackoff)
+		}
+		wait = d.deniedBackoff
 	default:
 		if d.backoff == 0 {
 			d.backoff = minBackoff
@@ -595,6 +622,7 @@ func (d *Daemon) fail(what string, err error) time.Duration {
 func (d *Daemon) succeeded() {
 	d.mu.Lock()
 	d.backoff = 0
+	d.deniedBackoff = 0
 	d.lastCloudErr = nil
 	d.mu.Unlock()
 }
@@ -681,6 +709,35 @@ func (d *Daemon) nextWake(now time.Time, records []store.Record, dec pool.Decisi
 	}
 	if !dec.RecheckAt.IsZero() && dec.RecheckAt.Before(next) {
 		next = dec.RecheckAt
+	}
+	return max(next.Sub(now), 10*time.Millisecond)
+}
+
+// nextLocalWake is the sleep during a back-off that ends at until: until
+// then, or until the next cooldown, quarantine or recovery ends, whichever
+// comes first; a moment already past does not count (it was handled, or is
+// held back by promoteAfter, which counts instead).
+func (d *Daemon) nextLocalWake(now, until time.Time, records []store.Record) time.Duration {
+	next := until
+	d.mu.Lock()
+	if rec := d.recovery; rec != nil && rec.until.After(now) && rec.until.Before(next) {
+		next = rec.until
+	}
+	promoteAfter := d.promoteAfter
+	d.mu.Unlock()
+	for _, r := range records {
+		var t time.Time
+		switch r.State {
+		case store.StateCooling:
+			t = r.ReleasedAt.Add(d.opts.Cooldown)
+		case store.StateQuarantined:
+			t = r.Until
+		default:
+			continue
+		}
+		if t = later(t, promoteAfter); t.After(now) && t.Before(next) {
+			next = t
+		}
 	}
 	return max(next.Sub(now), 10*time.Millisecond)
 }

@@ -14,7 +14,7 @@ func TestAuth(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.StaticToken = "static-secret" })
 	// Issued a lifetime and a minute ago: expired, without a sleep that a
 	// loaded machine could stretch past a short lifetime of the valid token.
-	expired, _ := e.s.tokens.issue("https://management.azure.com/", time.Now().Add(-DefaultTokenLifetime-time.Minute))
+	expired, _ := e.s.tokens.issue("https://management.azure.com/", false, time.Now().Add(-DefaultTokenLifetime-time.Minute))
 	graph, _ := e.s.IssueToken("https://graph.microsoft.com/")
 	tests := []struct {
 		name   string

@@ -9,6 +9,7 @@ const (
 	CodeAuthenticationFailed    = "AuthenticationFailed"
 	CodeInvalidToken            = "InvalidAuthenticationToken"
 	CodeExpiredToken            = "ExpiredAuthenticationToken"
+	CodeAuthorizationFailed     = "AuthorizationFailed"
 	CodeInvalidTokenAudience    = "InvalidAuthenticationTokenAudience"
 	CodeSubscriptionNotFound    = "SubscriptionNotFound"
 	CodeResourceGroupNotFound   = "ResourceGroupNotFound"

@@ -63,6 +63,11 @@ type NICSpec struct {
 	Name, VMName string
 	MAC          net.HardwareAddr
 	Primary      netip.Addr
+	// TemplateIPs is the number of secondary ipConfigurations the NIC is
+	// created with, dynamic ones named ipconfig2, ipconfig3, …, as a
+	// cluster template's ipAddressCount creates them (acs-engine's ARM
+	// template); they take the lowest free addresses of the subnet.
+	TemplateIPs int
 }
 
 // Throttle holds the sizes and refill rates (tokens per second) of the
@@ -180,6 +185,7 @@ func (cfg Config) validateNICs() []error {
 	names := map[string]bool{}
 	addrs := map[netip.Addr]bool{}
 	macs := map[string]bool{}
+	template := 0
 	for _, n := range cfg.NICs {
 		key := strings.ToLower(n.Name)
 		switch {
@@ -201,6 +207,17 @@ func (cfg Config) validateNICs() []error {
 			errs = append(errs, fmt.Errorf("nic %s: primary %s is used twice", n.Name, n.Primary))
 		}
 		addrs[n.Primary] = true
+		if n.TemplateIPs < 0 || n.TemplateIPs > MaxIPConfigsPerNIC-1 {
+			errs = append(errs, fmt.Errorf("nic %s: %d template ipConfigurations is outside 0-%d", n.Name, n.TemplateIPs, MaxIPConfigsPerNIC-1))
+		}
+		template += max(n.TemplateIPs, 0)
+	}
+	// Five addresses of a subnet are Azure's; the primaries take one each.
+	if room := cfg.Subnet.Masked().Addr().BitLen() - cfg.Subnet.Bits(); room < 30 && template > 0 {
+		if usableCount := 1<<room - 5 - len(cfg.NICs); template > usableCount {
+			errs = append(errs, fmt.Errorf("%d template ipConfigurations do not fit in subnet %s (%d addresses left after the primaries)",
+				template, cfg.Subnet, usableCount))
+		}
 	}
 	return errs
 }

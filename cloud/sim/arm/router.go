@@ -62,6 +62,12 @@ var kindNames = map[resourceKind]string{
 	kindRoute: "Routes", kindOperation: "AsyncOperations", kindOperationResult: "OperationResults",
 }
 
+// kindActions name the resource types in Azure RBAC actions
+// (Microsoft.Network/<type>/write).
+var kindActions = map[resourceKind]string{
+	kindNIC: "networkInterfaces", kindRouteTable: "routeTables", kindRoute: "routeTables/routes",
+}
+
 // parseTarget maps method and path to a target. Literal path segments match
 // case-insensitively, as in ARM.
 func parseTarget(method, path string) target {
@@ -155,12 +161,21 @@ func (s *Server) serveARM(w http.ResponseWriter, r *http.Request) {
 		h.Set("x-ms-client-request-id", id)
 	}
 
-	if err := s.tokens.check(r, start); err != nil {
+	identity, err := s.tokens.check(r, start)
+	if err != nil {
 		err.write(rec)
 		return
 	}
 	if err := s.checkScope(r, t); err != nil {
 		err.write(rec)
+		return
+	}
+	if class := classOf(r.Method); identity.readOnly && class != classRead {
+		verb := "write"
+		if class == classDelete {
+			verb = "delete"
+		}
+		denied(identity, "Microsoft.Network/"+kindActions[t.kind]+"/"+verb, r.URL.Path).write(rec)
 		return
 	}
 	if err := s.injectFaults(r.Context(), t.op); err != nil {

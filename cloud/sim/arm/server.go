@@ -1,6 +1,7 @@
 package arm
 
 import (
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -69,6 +70,15 @@ func New(cfg Config) (*Server, error) {
 			}}},
 		}
 	}
+	// The template's addresses come after every primary: a primary is
+	// static and may sit anywhere in the subnet.
+	for _, spec := range cfg.NICs {
+		n := s.nics[strings.ToLower(spec.Name)]
+		taken := s.takenLocked(nil)
+		for i, a := range lowestFree(cfg.Subnet, spec.TemplateIPs, func(a netip.Addr) bool { _, ok := taken[a]; return ok }) {
+			n.state.ipConfigs = append(n.state.ipConfigs, ipConfig{name: fmt.Sprintf("ipconfig%d", i+2), addr: a})
+		}
+	}
 	s.tables[strings.ToLower(cfg.RouteTableName)] = &routeTable{
 		name:     cfg.RouteTableName,
 		location: cfg.Location,
@@ -89,7 +99,14 @@ func (s *Server) Changed() <-chan struct{} { return s.changed }
 // IssueToken creates a bearer token for resource (an audience such as
 // "https://management.azure.com/") that ARM accepts until expiresOn.
 func (s *Server) IssueToken(resource string) (token string, expiresOn time.Time) {
-	return s.tokens.issue(resource, time.Now())
+	return s.tokens.issue(resource, false, time.Now())
+}
+
+// IssueReadOnlyToken creates a token like IssueToken for an identity that
+// may only read (Azure's Reader role): ARM refuses its writes and deletes
+// with 403 AuthorizationFailed.
+func (s *Server) IssueReadOnlyToken(resource string) (token string, expiresOn time.Time) {
+	return s.tokens.issue(resource, true, time.Now())
 }
 
 // SetFaults replaces the active faults. A storm's Duration starts now.

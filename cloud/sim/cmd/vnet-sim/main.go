@@ -68,6 +68,8 @@ func up(args []string) error {
 	poll := fs.Duration("poll", time.Second, "poll interval the API advertises for long-running operations")
 	token := fs.String("static-token", "", "a bearer token the control plane accepts besides IMDS-issued ones")
 	noFabric := fs.Bool("no-fabric", false, "run the control plane only (no namespaces)")
+	templateIPs := fs.Int("ip-address-count", 0, "secondary ipConfigurations every NIC is created with, as a cluster template's ipAddressCount")
+	readOnly := fs.Bool("read-only-identity", false, "nodes' managed identities may only read (ARM answers their writes 403 AuthorizationFailed)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -91,6 +93,7 @@ func up(args []string) error {
 		Nodes: *nodes, Prefix: *prefix, Dir: *dir,
 		OperationDuration: *lro, PollInterval: *poll,
 		StaticToken: *token, NoFabric: *noFabric, Logger: logger,
+		TemplateIPs: *templateIPs, ReadOnlyIdentity: *readOnly,
 	})
 	if err != nil {
 		if ownDir {
