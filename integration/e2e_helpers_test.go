@@ -38,11 +38,19 @@ type e2eEnv struct {
 // start) their daemons; hook adjusts each daemon's configuration.
 func newE2EEnv(t *testing.T, nodes int, hook func(node string, c *config.Config)) *e2eEnv {
 	t.Helper()
+	return newE2EEnvOn(t, sim.Options{Nodes: nodes}, hook)
+}
+
+// newE2EEnvOn is newE2EEnv on a cloud made with opts (Prefix, Dir and the
+// operation timings are set here).
+func newE2EEnvOn(t *testing.T, opts sim.Options, hook func(node string, c *config.Config)) *e2eEnv {
+	t.Helper()
 	nstest.RequireRoot(t)
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := sim.Start(ctx, sim.Options{Nodes: nodes, Prefix: nstest.Prefix(t), Dir: filepath.Join(dir, "sim"),
-		OperationDuration: 100 * time.Millisecond, PollInterval: 50 * time.Millisecond})
+	opts.Prefix, opts.Dir = nstest.Prefix(t), filepath.Join(dir, "sim")
+	opts.OperationDuration, opts.PollInterval = 100*time.Millisecond, 50*time.Millisecond
+	s, err := sim.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,61 @@
+package integration
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim"
+	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
+)
+
+// TestTemplateNodeWithReadOnlyIdentity: a node made by a cluster template
+// with ipAddressCount 30 pre-created on its NIC, whose managed identity may
+// only read, runs 30 pods through libcni with no cloud write; the 31st ADD
+// fails with CNI error 11 saying that the pool is exhausted and why, and
+// the refused write is not repeated.
+func TestTemplateNodeWithReadOnlyIdentity(t *testing.T) {
+	const template = 30
+	e := newE2EEnvOn(t, sim.Options{Nodes: 1, TemplateIPs: template, ReadOnlyIdentity: true}, func(_ string, c *config.Config) {
+		// The pool is what the template made: no warm target beyond it.
+		c.WarmIPTarget, c.MinIPTarget, c.IPAddressCount, c.MaxIPs = 0, template, 0, template+10
+		c.AllocateWait = config.Duration(time.Second)
+	})
+	e.start(t)
+	n := e.c.Nodes[0]
+	pods := make([]*cluster.Pod, 0, template)
+	for i := range template {
+		pods = append(pods, e2eAddPod(t, n, fmt.Sprintf("tpl-%d", i)))
+	}
+	writes := func() map[string]int { return e.sim.ARM().Stats().Calls["NetworkInterfaces_CreateOrUpdate"] }
+	if w := writes(); len(w) != 0 {
+		t.Errorf("NIC writes while the template's %d addresses lasted: %v, want none", template, w)
+	}
+	onNIC := map[string]bool{}
+	for _, ip := range e.nicIPs(n) {
+		onNIC[ip.String()] = true
+	}
+	for _, p := range pods {
+		if a := e2eAssigned(t, p); !onNIC[a.IP.String()] {
+			t.Errorf("pod %s got %s, not one of the template's addresses", p.Name, a.IP)
+		}
+	}
+
+	extra, err := n.NewPod("default", "tpl-extra")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = n.Add(t.Context(), extra)
+	if code := e2eCode(err); code != 11 || !strings.Contains(err.Error(), "exhausted") || !strings.Contains(err.Error(), "AuthorizationFailed") {
+		t.Fatalf("ADD beyond the template: %v (code %d), want CNI error 11 saying the pool is exhausted (AuthorizationFailed)", err, code)
+	}
+	time.Sleep(2 * time.Second)
+	if w := writes(); w["403"] != 1 || len(w) != 1 {
+		t.Errorf("NIC writes = %v, want exactly the one refused with 403", w)
+	}
+	if err := n.Del(t.Context(), extra); err != nil {
+		t.Errorf("DEL of the failed pod: %v", err)
+	}
+}
