@@ -786,14 +786,17 @@ func TestARPSenderMAC(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := sendARPRequest(f.NodeNSPath("node0"), "eth0", tt.ether, tt.sha, tt.spa, f.Gateway()); err != nil {
-				t.Fatalf("send arp: %v", err)
-			}
 			timeout := okTimeout
 			if !tt.learn {
 				timeout = dropTimeout
 			}
 			err := nsnet.Eventually(timeout, func() error {
+				// Sent on every try: one frame can be lost on a loaded
+				// machine (a link that is not up yet), and more frames
+				// give a wrong rule more chances to let one through.
+				if err := sendARPRequest(f.NodeNSPath("node0"), "eth0", tt.ether, tt.sha, tt.spa, f.Gateway()); err != nil {
+					return fmt.Errorf("send arp: %w", err)
+				}
 				neighs, err := vh.NeighList(f.ifindex["n0"], netlink.FAMILY_V4)
 				if err != nil {
 					return err
