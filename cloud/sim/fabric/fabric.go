@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -28,9 +29,10 @@ var ErrDestroyed = errors.New("fabric destroyed")
 // Fabric is a running data plane: the vnet, internet and node namespaces and
 // the links between them. Its methods are safe for concurrent use.
 type Fabric struct {
-	topo     Topology
-	gateway  netip.Addr
-	inetHost netip.Addr
+	topo       Topology
+	gateway    netip.Addr
+	gatewayMAC net.HardwareAddr
+	inetHost   netip.Addr
 
 	// mu serialises reconciles and Destroy; it guards the fields below.
 	mu        sync.Mutex
@@ -41,6 +43,11 @@ type Fabric struct {
 	ifindex   map[string]int // link name -> index in the vnet namespace
 	destroyed bool
 	changes   uint64
+	// nftStale is set when an interface link was (re)created, so that the
+	// table is rewritten: kernels before 6.10 unbind a netdev chain from a
+	// device that goes away and do not bind it to a new one of the same
+	// name, and the chains as listed do not show their device.
+	nftStale bool
 }
 
 // Create builds the namespaces and links of topo and applies an empty State
@@ -50,11 +57,15 @@ func Create(ctx context.Context, topo Topology) (f *Fabric, err error) {
 		return nil, fmt.Errorf("invalid topology: %w", err)
 	}
 	f = &Fabric{
-		topo:     topo,
-		gateway:  gatewayOf(topo),
-		inetHost: internetHostOf(topo),
-		vnetNS:   netns.None(),
-		ifindex:  make(map[string]int),
+		topo:       topo,
+		gateway:    gatewayOf(topo),
+		gatewayMAC: VirtualMAC,
+		inetHost:   internetHostOf(topo),
+		vnetNS:     netns.None(),
+		ifindex:    make(map[string]int),
+	}
+	if topo.GatewayMAC != nil {
+		f.gatewayMAC = topo.GatewayMAC
 	}
 	defer func() {
 		if err != nil {
@@ -86,6 +97,9 @@ func validate(topo Topology) error {
 		if !p.IsValid() || !p.Addr().Is4() {
 			errs = append(errs, fmt.Errorf("vnet prefix %s: want ipv4", p))
 		}
+	}
+	if m := topo.GatewayMAC; m != nil && (len(m) != 6 || m[0]&1 != 0) {
+		errs = append(errs, fmt.Errorf("gateway mac %s is not a unicast ethernet address", m))
 	}
 	names := make(map[string]bool)
 	for i, n := range topo.Nodes {
@@ -140,6 +154,9 @@ func (f *Fabric) InternetHost() netip.Addr { return f.inetHost }
 
 // Gateway is the first address of the subnet; it answers ARP and ping.
 func (f *Fabric) Gateway() netip.Addr { return f.gateway }
+
+// GatewayMAC is the MAC with which the fabric answers ARP requests.
+func (f *Fabric) GatewayMAC() net.HardwareAddr { return f.gatewayMAC }
 
 // Changes is the number of kernel changes that reconciles have made so far.
 func (f *Fabric) Changes() uint64 {
@@ -206,17 +223,25 @@ func (f *Fabric) build() error {
 		if err := f.buildNode(i, n); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
-		dev := nodeLink(i)
-		perLink["net/ipv4/conf/"+dev+"/proxy_arp"] = "1"
-		perLink["net/ipv4/conf/"+dev+"/proxy_arp_pvlan"] = "1"
-		perLink["net/ipv4/conf/"+dev+"/rp_filter"] = "0"
-		perLink["net/ipv4/conf/"+dev+"/send_redirects"] = "0"
-		perLink["net/ipv4/neigh/"+dev+"/proxy_delay"] = "0"
+		maps.Copy(perLink, peerSysctls(nodeLink(i)))
 	}
 	if err := writeSysctls(f.VNetNSPath(), perLink); err != nil {
 		return fmt.Errorf("vnet link sysctls: %w", err)
 	}
 	return nil
+}
+
+// peerSysctls are the settings of a node's or interface's peer in the vnet
+// namespace: answer every ARP request (even for an address behind the same
+// link) at once with the gateway MAC, no reverse-path filter, no redirects.
+func peerSysctls(dev string) map[string]string {
+	return map[string]string{
+		"net/ipv4/conf/" + dev + "/proxy_arp":       "1",
+		"net/ipv4/conf/" + dev + "/proxy_arp_pvlan": "1",
+		"net/ipv4/conf/" + dev + "/rp_filter":       "0",
+		"net/ipv4/conf/" + dev + "/send_redirects":  "0",
+		"net/ipv4/neigh/" + dev + "/proxy_delay":    "0",
+	}
 }
 
 // buildVNet creates the sink link with the gateway address. The kernel of
@@ -335,7 +360,7 @@ func (f *Fabric) buildNode(i int, n Node) error {
 	veth := &netlink.Veth{
 		LinkAttrs:        attrs,
 		PeerName:         dev,
-		PeerHardwareAddr: VirtualMAC,
+		PeerHardwareAddr: f.gatewayMAC,
 		PeerNamespace:    netlink.NsFd(f.vnetNS),
 	}
 	if err := h.LinkAdd(veth); err != nil {
@@ -363,6 +388,69 @@ func (f *Fabric) buildNode(i int, n Node) error {
 		return fmt.Errorf("set %s up: %w", dev, err)
 	}
 	f.ifindex[dev] = peer.Attrs().Index
+	return nil
+}
+
+// linkAlias marks an interface link in the vnet namespace with what its
+// node side is, so that a reconcile sees when another interface (a new MAC)
+// took the device index.
+func linkAlias(w linkSpec) string { return "fabric " + w.Name + " " + w.MAC.String() }
+
+// addInterfaceLinkLocked creates w: eth<N> in the node with the
+// interface's MAC, up, and its peer in the vnet namespace with the gateway
+// MAC, the peer sysctls, its alias, up. On error it removes what it made.
+func (f *Fabric) addInterfaceLinkLocked(w linkSpec) (err error) {
+	nodeNS, err := netns.GetFromPath(f.NodeNSPath(w.Node))
+	if err != nil {
+		return fmt.Errorf("open netns of %s: %w", w.Node, err)
+	}
+	defer nodeNS.Close()
+	h, err := netlink.NewHandleAt(nodeNS)
+	if err != nil {
+		return fmt.Errorf("netlink handle in %s: %w", w.Node, err)
+	}
+	defer h.Close()
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = w.Name
+	attrs.MTU = 1500
+	attrs.HardwareAddr = w.MAC
+	veth := &netlink.Veth{
+		LinkAttrs:        attrs,
+		PeerName:         w.Dev,
+		PeerHardwareAddr: f.gatewayMAC,
+		PeerNamespace:    netlink.NsFd(f.vnetNS),
+	}
+	if err := h.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth %s/%s in %s: %w", w.Name, w.Dev, w.Node, err)
+	}
+	defer func() {
+		if err != nil {
+			if l, lerr := f.vnet.LinkByName(w.Dev); lerr == nil {
+				err = errors.Join(err, f.vnet.LinkDel(l))
+			}
+		}
+	}()
+	l, err := h.LinkByName(w.Name)
+	if err != nil {
+		return fmt.Errorf("link %s in %s: %w", w.Name, w.Node, err)
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set %s up in %s: %w", w.Name, w.Node, err)
+	}
+	peer, err := f.vnet.LinkByName(w.Dev)
+	if err != nil {
+		return fmt.Errorf("link %s: %w", w.Dev, err)
+	}
+	if err := f.vnet.LinkSetAlias(peer, linkAlias(w)); err != nil {
+		return fmt.Errorf("alias of %s: %w", w.Dev, err)
+	}
+	if err := writeSysctls(f.VNetNSPath(), peerSysctls(w.Dev)); err != nil {
+		return fmt.Errorf("sysctls of %s: %w", w.Dev, err)
+	}
+	if err := f.vnet.LinkSetUp(peer); err != nil {
+		return fmt.Errorf("set %s up: %w", w.Dev, err)
+	}
+	f.ifindex[w.Dev] = peer.Attrs().Index
 	return nil
 }
 

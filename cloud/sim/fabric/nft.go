@@ -144,19 +144,27 @@ func ruleKey(exprs []expr.Any, ud []byte) (string, error) {
 // reconcileNFTLocked makes the table match spec. When chains, rules or sets
 // differ it replaces the whole table in one transaction; when only set
 // elements differ it adds and deletes those, again in one transaction.
+//
+// Chains of links that do not exist (an interface link that could not be
+// created) are left out: one of them would fail the whole transaction.
 func (f *Fabric) reconcileNFTLocked(spec nftSpec, dryRun bool) (int, error) {
+	spec.Nodes = slices.DeleteFunc(slices.Clone(spec.Nodes), func(n nftNode) bool {
+		_, ok := f.ifindex[n.Dev]
+		return !ok
+	})
 	w := buildNFT(spec)
 	same, haveElems, err := f.nftStructureMatches(w)
 	if err != nil {
 		return 0, err
 	}
-	if !same {
+	if !same || f.nftStale {
 		if dryRun {
 			return 1, nil
 		}
 		if err := f.rebuildNFT(w); err != nil {
 			return 1, fmt.Errorf("rewrite nftables table %s: %w", nftTable, err)
 		}
+		f.nftStale = false
 		return 1, nil
 	}
 	changes := 0

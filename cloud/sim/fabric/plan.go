@@ -15,14 +15,35 @@ const (
 	inetLink = "inet" // towards the internet namespace
 )
 
-// nodeLink is the name of node i's link in the vnet namespace.
+// nodeLink is the name of node i's eth0 peer in the vnet namespace.
 func nodeLink(i int) string { return fmt.Sprintf("n%d", i) }
+
+// interfaceLink is the name of the peer of node i's eth<device>.
+func interfaceLink(i, device int) string { return fmt.Sprintf("n%de%d", i, device) }
+
+// isInterfaceLink reports whether name is an interfaceLink.
+func isInterfaceLink(name string) bool {
+	var i, d int
+	n, err := fmt.Sscanf(name, "n%de%d", &i, &d)
+	return err == nil && n == 2 && name == interfaceLink(i, d)
+}
 
 // plan is everything the fabric wants in the vnet namespace for one State.
 type plan struct {
+	// Links are the interfaces beyond eth0, in topology and device order.
+	Links  []linkSpec
 	Routes []routeSpec // sorted by Dst
 	Neighs []neighSpec
 	NFT    nftSpec
+}
+
+// linkSpec is one interface beyond eth0: a veth from the node's eth<N>
+// (with the interface's MAC) to Dev in the vnet namespace.
+type linkSpec struct {
+	Dev  string // in the vnet namespace
+	Node string // node name
+	Name string // in the node: eth<N>
+	MAC  net.HardwareAddr
 }
 
 // routeSpec is one route of the main table, tagged with routeProtocol.
@@ -49,7 +70,7 @@ type nftSpec struct {
 	Outbound []netip.Addr
 }
 
-// nftNode is the ingress policy of one node link.
+// nftNode is the ingress policy of one node or interface link.
 type nftNode struct {
 	Dev          string
 	MAC          net.HardwareAddr
@@ -85,45 +106,83 @@ func vnetPrefixes(topo Topology) []netip.Prefix {
 	return out
 }
 
+// nic is one interface of a node as a plan sees it: eth0 from the
+// topology, or an Interface of the State.
+type nic struct {
+	node    string
+	dev     string // link in the vnet namespace
+	device  int
+	mac     net.HardwareAddr
+	primary netip.Addr
+	ips     []netip.Addr // primary included
+	fwd     bool
+}
+
+// name is the interface's name in the node.
+func (c *nic) name() string { return fmt.Sprintf("eth%d", c.device) }
+
 // desired computes the plan for st. Inconsistencies of st (unknown nodes,
-// an address claimed by two NICs, a non-IPv4 entry) are returned as an error
-// while the rest of the plan stays usable: the first claim wins, bad entries
-// are skipped.
+// an address claimed twice, a non-IPv4 entry, a bad interface) are
+// returned as an error while the rest of the plan stays usable: the first
+// claim wins, bad entries are skipped.
 func desired(topo Topology, st State) (plan, error) {
 	var errs []error
-	type nodeInfo struct {
-		idx int
-		ips []netip.Addr
-		fwd bool
-	}
-	nodes := make(map[string]*nodeInfo, len(topo.Nodes))
-	owner := make(map[netip.Addr]int) // address -> node index
+	nics := make(map[string][]*nic, len(topo.Nodes)) // node name -> eth0 first
+	index := make(map[string]int, len(topo.Nodes))
+	owner := make(map[netip.Addr]*nic)
+	macs := make(map[string]bool)
 	for i, n := range topo.Nodes {
-		nodes[n.Name] = &nodeInfo{idx: i, ips: []netip.Addr{n.Primary}}
-		owner[n.Primary] = i
+		eth0 := &nic{node: n.Name, dev: nodeLink(i), mac: n.MAC, primary: n.Primary, ips: []netip.Addr{n.Primary}}
+		nics[n.Name] = []*nic{eth0}
+		index[n.Name] = i
+		owner[n.Primary] = eth0
+		macs[n.MAC.String()] = true
+	}
+	claim := func(node string, c *nic, ip netip.Addr) bool {
+		ip = ip.Unmap()
+		if !ip.Is4() {
+			errs = append(errs, fmt.Errorf("node %s: address %s is not ipv4", node, ip))
+			return false
+		}
+		if o, ok := owner[ip]; ok {
+			if o != c {
+				errs = append(errs, fmt.Errorf("node %s: address %s already belongs to %s of node %s", node, ip, o.name(), o.node))
+			}
+			return false
+		}
+		owner[ip] = c
+		c.ips = append(c.ips, ip)
+		return true
 	}
 	for _, ns := range st.Nodes {
-		ni, ok := nodes[ns.Name]
+		list, ok := nics[ns.Name]
 		if !ok {
 			errs = append(errs, fmt.Errorf("state names unknown node %q", ns.Name))
 			continue
 		}
-		ni.fwd = ni.fwd || ns.IPForwarding
+		eth0 := list[0]
+		eth0.fwd = eth0.fwd || ns.IPForwarding
 		for _, ip := range ns.IPs {
-			ip = ip.Unmap()
-			if !ip.Is4() {
-				errs = append(errs, fmt.Errorf("node %s: address %s is not ipv4", ns.Name, ip))
-				continue
-			}
-			if o, ok := owner[ip]; ok {
-				if o != ni.idx {
-					errs = append(errs, fmt.Errorf("node %s: address %s already belongs to node %s", ns.Name, ip, topo.Nodes[o].Name))
-				}
-				continue
-			}
-			owner[ip] = ni.idx
-			ni.ips = append(ni.ips, ip)
+			claim(ns.Name, eth0, ip)
 		}
+		for _, ifc := range ns.Interfaces {
+			c, err := newInterface(index[ns.Name], ifc, list, macs)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("node %s: %w", ns.Name, err))
+				continue
+			}
+			if !claim(ns.Name, c, ifc.IPs[0]) {
+				errs = append(errs, fmt.Errorf("node %s: eth%d skipped: its primary address is not usable", ns.Name, ifc.Device))
+				continue
+			}
+			c.primary = c.ips[0]
+			macs[c.mac.String()] = true
+			for _, ip := range ifc.IPs[1:] {
+				claim(ns.Name, c, ip)
+			}
+			list = append(list, c)
+		}
+		nics[ns.Name] = list
 	}
 
 	routes := make(map[netip.Prefix]routeSpec)
@@ -134,20 +193,27 @@ func desired(topo Topology, st State) (plan, error) {
 		Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Dev: inetLink, Via: internetHostOf(topo),
 	}
 	var p plan
-	for i, n := range topo.Nodes {
-		ni := nodes[n.Name]
-		dev := nodeLink(i)
-		slices.SortFunc(ni.ips, netip.Addr.Compare)
-		for _, ip := range ni.ips {
-			dst := netip.PrefixFrom(ip, 32)
-			if ip == n.Primary {
-				routes[dst] = routeSpec{Dst: dst, Dev: dev}
-				continue
+	for _, n := range topo.Nodes {
+		list := nics[n.Name]
+		slices.SortFunc(list, func(a, b *nic) int { return cmp.Compare(a.device, b.device) })
+		for _, c := range list {
+			if c.device > 0 {
+				p.Links = append(p.Links, linkSpec{Dev: c.dev, Node: n.Name, Name: c.name(), MAC: c.mac})
 			}
-			routes[dst] = routeSpec{Dst: dst, Dev: dev, Via: n.Primary, Onlink: true}
+			slices.SortFunc(c.ips, netip.Addr.Compare)
+			for _, ip := range c.ips {
+				dst := netip.PrefixFrom(ip, 32)
+				if ip == c.primary {
+					routes[dst] = routeSpec{Dst: dst, Dev: c.dev}
+					continue
+				}
+				routes[dst] = routeSpec{Dst: dst, Dev: c.dev, Via: c.primary, Onlink: true}
+			}
+			p.Neighs = append(p.Neighs, neighSpec{Dev: c.dev, IP: c.primary, MAC: c.mac})
+			p.NFT.Nodes = append(p.NFT.Nodes, nftNode{Dev: c.dev, MAC: c.mac, IPs: c.ips, IPForwarding: c.fwd})
 		}
-		p.Neighs = append(p.Neighs, neighSpec{Dev: dev, IP: n.Primary, MAC: n.MAC})
-		p.NFT.Nodes = append(p.NFT.Nodes, nftNode{Dev: dev, MAC: n.MAC, IPs: ni.ips, IPForwarding: ni.fwd})
+		// Only the node's primary address has outbound access (Azure's
+		// default outbound access, EC2's public IP of the primary ENI).
 		p.NFT.Outbound = append(p.NFT.Outbound, n.Primary)
 	}
 	p.NFT.Outbound = append(p.NFT.Outbound, inetVNetAddr(topo))
@@ -161,19 +227,42 @@ func desired(topo Topology, st State) (plan, error) {
 			continue
 		}
 		o, ok := owner[r.NextHop.Unmap()]
-		if !ok || !nodes[topo.Nodes[o].Name].fwd {
+		if !ok || !o.fwd {
 			// Azure drops traffic to a virtual appliance whose NIC does
 			// not forward, or to a next hop that is no NIC at all.
 			routes[dst] = routeSpec{Dst: dst, Blackhole: true}
 			continue
 		}
-		routes[dst] = routeSpec{Dst: dst, Dev: nodeLink(o), Via: topo.Nodes[o].Primary, Onlink: true}
+		routes[dst] = routeSpec{Dst: dst, Dev: o.dev, Via: o.primary, Onlink: true}
 	}
 	for _, r := range routes {
 		p.Routes = append(p.Routes, r)
 	}
 	sortRoutes(p.Routes)
 	return p, errors.Join(errs...)
+}
+
+// newInterface checks an Interface of node i against the node's interfaces
+// so far and the MACs in use.
+func newInterface(i int, ifc Interface, have []*nic, macs map[string]bool) (*nic, error) {
+	if ifc.Device < 1 || ifc.Device > MaxDevice {
+		return nil, fmt.Errorf("interface device index %d out of range 1..%d", ifc.Device, MaxDevice)
+	}
+	for _, c := range have {
+		if c.device == ifc.Device {
+			return nil, fmt.Errorf("eth%d: device index used twice", ifc.Device)
+		}
+	}
+	if len(ifc.MAC) != 6 || ifc.MAC[0]&1 != 0 {
+		return nil, fmt.Errorf("eth%d: mac %s is not a unicast ethernet address", ifc.Device, ifc.MAC)
+	}
+	if macs[ifc.MAC.String()] {
+		return nil, fmt.Errorf("eth%d: mac %s is already in use", ifc.Device, ifc.MAC)
+	}
+	if len(ifc.IPs) == 0 {
+		return nil, fmt.Errorf("eth%d: no addresses", ifc.Device)
+	}
+	return &nic{node: have[0].node, dev: interfaceLink(i, ifc.Device), device: ifc.Device, mac: slices.Clone(ifc.MAC), fwd: ifc.IPForwarding}, nil
 }
 
 func sortRoutes(rs []routeSpec) {

@@ -146,6 +146,109 @@ func TestDesired(t *testing.T) {
 		},
 		wantErr: true,
 	}}
+	mac2 := net.HardwareAddr{0x0e, 0, 0, 0, 0, 0x02}
+	mac3 := net.HardwareAddr{0x0e, 0, 0, 0, 0, 0x03}
+	eniNFT := func(eth1, eth2 nftNode) nftSpec {
+		return nftSpec{
+			Nodes: []nftNode{
+				{Dev: "n0", MAC: mac0, IPs: []netip.Addr{ip("10.240.0.4")}},
+				eth1, eth2,
+				{Dev: "n1", MAC: mac1, IPs: []netip.Addr{ip("10.240.0.5")}},
+			},
+			Outbound: outbound,
+		}
+	}
+	tests = append(tests, []struct {
+		name    string
+		st      State
+		want    plan
+		wantErr bool
+	}{{
+		name: "interfaces: a link each, delivery via their own primary, own policy, no outbound",
+		st: State{Nodes: []NodeState{{Name: "node0", Interfaces: []Interface{
+			{Device: 2, MAC: mac3, IPs: []netip.Addr{ip("10.240.0.40")}, IPForwarding: true},
+			{Device: 1, MAC: mac2, IPs: []netip.Addr{ip("10.240.0.30"), ip("10.240.0.32"), ip("10.240.0.31")}},
+		}}}},
+		want: plan{
+			Links: []linkSpec{
+				{Dev: "n0e1", Node: "node0", Name: "eth1", MAC: mac2},
+				{Dev: "n0e2", Node: "node0", Name: "eth2", MAC: mac3},
+			},
+			Routes: with(
+				routeSpec{Dst: pfx("10.240.0.30/32"), Dev: "n0e1"},
+				routeSpec{Dst: pfx("10.240.0.31/32"), Dev: "n0e1", Via: ip("10.240.0.30"), Onlink: true},
+				routeSpec{Dst: pfx("10.240.0.32/32"), Dev: "n0e1", Via: ip("10.240.0.30"), Onlink: true},
+				routeSpec{Dst: pfx("10.240.0.40/32"), Dev: "n0e2"},
+			),
+			Neighs: []neighSpec{
+				{Dev: "n0", IP: ip("10.240.0.4"), MAC: mac0},
+				{Dev: "n0e1", IP: ip("10.240.0.30"), MAC: mac2},
+				{Dev: "n0e2", IP: ip("10.240.0.40"), MAC: mac3},
+				{Dev: "n1", IP: ip("10.240.0.5"), MAC: mac1},
+			},
+			NFT: eniNFT(
+				nftNode{Dev: "n0e1", MAC: mac2, IPs: []netip.Addr{ip("10.240.0.30"), ip("10.240.0.31"), ip("10.240.0.32")}},
+				nftNode{Dev: "n0e2", MAC: mac3, IPs: []netip.Addr{ip("10.240.0.40")}, IPForwarding: true},
+			),
+		},
+	}, {
+		name: "bad interfaces are skipped: device 0, device twice, mac in use, no address, primary taken",
+		st: State{Nodes: []NodeState{{Name: "node0", Interfaces: []Interface{
+			{Device: 0, MAC: mac2, IPs: []netip.Addr{ip("10.240.0.30")}},
+			{Device: 1, MAC: mac2, IPs: []netip.Addr{ip("10.240.0.30")}},
+			{Device: 1, MAC: mac3, IPs: []netip.Addr{ip("10.240.0.31")}},
+			{Device: 2, MAC: mac1, IPs: []netip.Addr{ip("10.240.0.32")}},
+			{Device: 3, MAC: mac3},
+			{Device: 4, MAC: mac3, IPs: []netip.Addr{ip("10.240.0.5")}},
+			{Device: MaxDevice + 1, MAC: mac3, IPs: []netip.Addr{ip("10.240.0.33")}},
+		}}}},
+		want: plan{
+			Links:  []linkSpec{{Dev: "n0e1", Node: "node0", Name: "eth1", MAC: mac2}},
+			Routes: with(routeSpec{Dst: pfx("10.240.0.30/32"), Dev: "n0e1"}),
+			Neighs: []neighSpec{
+				{Dev: "n0", IP: ip("10.240.0.4"), MAC: mac0},
+				{Dev: "n0e1", IP: ip("10.240.0.30"), MAC: mac2},
+				{Dev: "n1", IP: ip("10.240.0.5"), MAC: mac1},
+			},
+			NFT: nftSpec{
+				Nodes: []nftNode{
+					{Dev: "n0", MAC: mac0, IPs: []netip.Addr{ip("10.240.0.4")}},
+					{Dev: "n0e1", MAC: mac2, IPs: []netip.Addr{ip("10.240.0.30")}},
+					{Dev: "n1", MAC: mac1, IPs: []netip.Addr{ip("10.240.0.5")}},
+				},
+				Outbound: outbound,
+			},
+		},
+		wantErr: true,
+	}, {
+		name: "a route via an interface's address goes to that interface when it forwards",
+		st: State{
+			Nodes: []NodeState{{Name: "node1", Interfaces: []Interface{
+				{Device: 1, MAC: mac2, IPs: []netip.Addr{ip("10.240.0.30")}, IPForwarding: true},
+			}}},
+			Routes: []Route{{Prefix: pfx("10.244.1.0/24"), NextHop: ip("10.240.0.30")}},
+		},
+		want: plan{
+			Links: []linkSpec{{Dev: "n1e1", Node: "node1", Name: "eth1", MAC: mac2}},
+			Routes: with(
+				routeSpec{Dst: pfx("10.240.0.30/32"), Dev: "n1e1"},
+				routeSpec{Dst: pfx("10.244.1.0/24"), Dev: "n1e1", Via: ip("10.240.0.30"), Onlink: true},
+			),
+			Neighs: []neighSpec{
+				{Dev: "n0", IP: ip("10.240.0.4"), MAC: mac0},
+				{Dev: "n1", IP: ip("10.240.0.5"), MAC: mac1},
+				{Dev: "n1e1", IP: ip("10.240.0.30"), MAC: mac2},
+			},
+			NFT: nftSpec{
+				Nodes: []nftNode{
+					{Dev: "n0", MAC: mac0, IPs: []netip.Addr{ip("10.240.0.4")}},
+					{Dev: "n1", MAC: mac1, IPs: []netip.Addr{ip("10.240.0.5")}},
+					{Dev: "n1e1", MAC: mac2, IPs: []netip.Addr{ip("10.240.0.30")}, IPForwarding: true},
+				},
+				Outbound: outbound,
+			},
+		},
+	}}...)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := desired(topo, tt.st)
@@ -157,6 +260,16 @@ func TestDesired(t *testing.T) {
 				t.Errorf("desired() mismatch (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestIsInterfaceLink(t *testing.T) {
+	for name, want := range map[string]bool{
+		"n0e1": true, "n199e63": true, "n0": false, "n0e": false, "n01e1": false, "n0e1x": false, "sink": false, "inet": false,
+	} {
+		if got := isInterfaceLink(name); got != want {
+			t.Errorf("isInterfaceLink(%q) = %v, want %v", name, got, want)
+		}
 	}
 }
 
@@ -181,6 +294,8 @@ func TestValidate(t *testing.T) {
 		{"primary outside subnet", func(t *Topology) { t.Nodes[0].Primary = ip("10.1.0.4") }, false},
 		{"primary is gateway", func(t *Topology) { t.Nodes[0].Primary = ip("10.240.0.1") }, false},
 		{"ipv6 subnet", func(t *Topology) { t.Subnet = pfx("fd00::/64") }, false},
+		{"gateway mac", func(t *Topology) { t.GatewayMAC = VPCRouterMAC }, true},
+		{"multicast gateway mac", func(t *Topology) { t.GatewayMAC = net.HardwareAddr{1, 0, 0, 0, 0, 1} }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

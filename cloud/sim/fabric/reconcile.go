@@ -54,12 +54,90 @@ func (f *Fabric) inSync(st State) (bool, error) {
 }
 
 // reconcileLocked brings the kernel to p and returns the number of changes
-// made (or, with dryRun, that would be made).
+// made (or, with dryRun, that would be made). New interface links come
+// first, the links no longer wanted go last.
 func (f *Fabric) reconcileLocked(p plan, dryRun bool) (int, error) {
+	nl, stale, lerr := f.reconcileLinksLocked(p.Links, dryRun)
 	nr, rerr := f.reconcileRoutesLocked(p.Routes, dryRun)
 	nn, nerr := f.reconcileNeighsLocked(p.Neighs, dryRun)
 	nf, ferr := f.reconcileNFTLocked(p.NFT, dryRun)
-	return nr + nn + nf, errors.Join(rerr, nerr, ferr)
+	nd, derr := f.removeLinksLocked(stale, dryRun)
+	return nl + nr + nn + nf + nd, errors.Join(lerr, rerr, nerr, ferr, derr)
+}
+
+// reconcileLinksLocked creates the interface links of want that are
+// missing or belong to another interface, sets down ones up, and returns
+// the interface links that are not wanted.
+func (f *Fabric) reconcileLinksLocked(want []linkSpec, dryRun bool) (int, []netlink.Link, error) {
+	var cur []netlink.Link
+	err := retryDump(func() (err error) {
+		cur, err = f.vnet.LinkList()
+		return err
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("list links: %w", err)
+	}
+	have := make(map[string]netlink.Link)
+	for _, l := range cur {
+		if isInterfaceLink(l.Attrs().Name) {
+			have[l.Attrs().Name] = l
+		}
+	}
+	var errs []error
+	changes := 0
+	for _, w := range want {
+		h, ok := have[w.Dev]
+		delete(have, w.Dev)
+		if ok && h.Attrs().Alias == linkAlias(w) {
+			f.ifindex[w.Dev] = h.Attrs().Index
+			if h.Attrs().Flags&net.FlagUp != 0 {
+				continue
+			}
+			changes++
+			if !dryRun {
+				if err := f.vnet.LinkSetUp(h); err != nil {
+					errs = append(errs, fmt.Errorf("set %s up: %w", w.Dev, err))
+				}
+			}
+			continue
+		}
+		changes++
+		if dryRun {
+			continue
+		}
+		f.nftStale = true
+		if ok {
+			// Another interface at this device index: replace the pair.
+			if err := f.vnet.LinkDel(h); err != nil && !errors.Is(err, unix.ENODEV) {
+				errs = append(errs, fmt.Errorf("delete link %s: %w", w.Dev, err))
+				continue
+			}
+		}
+		delete(f.ifindex, w.Dev)
+		if err := f.addInterfaceLinkLocked(w); err != nil {
+			errs = append(errs, fmt.Errorf("%s of node %s: %w", w.Name, w.Node, err))
+		}
+	}
+	stale := make([]netlink.Link, 0, len(have))
+	for _, l := range have {
+		stale = append(stale, l)
+	}
+	return changes, stale, errors.Join(errs...)
+}
+
+// removeLinksLocked deletes interface links (with their node side).
+func (f *Fabric) removeLinksLocked(links []netlink.Link, dryRun bool) (int, error) {
+	if dryRun {
+		return len(links), nil
+	}
+	var errs []error
+	for _, l := range links {
+		delete(f.ifindex, l.Attrs().Name)
+		if err := f.vnet.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+			errs = append(errs, fmt.Errorf("delete link %s: %w", l.Attrs().Name, err))
+		}
+	}
+	return len(links), errors.Join(errs...)
 }
 
 // Run reconciles with desired() on every signal of changed and at least
@@ -118,6 +196,10 @@ func (f *Fabric) reconcileRoutesLocked(want []routeSpec, dryRun bool) (int, erro
 		wanted[w.Dst] = true
 		nr, err := f.route(w)
 		if err != nil {
+			if dryRun && isInterfaceLink(w.Dev) {
+				changes++ // the link is still to be created
+				continue
+			}
 			errs = append(errs, err)
 			continue
 		}
@@ -214,6 +296,10 @@ func (f *Fabric) reconcileNeighsLocked(want []neighSpec, dryRun bool) (int, erro
 	for _, w := range want {
 		idx, ok := f.ifindex[w.Dev]
 		if !ok {
+			if dryRun && isInterfaceLink(w.Dev) {
+				changes++ // the link is still to be created
+				continue
+			}
 			errs = append(errs, fmt.Errorf("neighbour %s: unknown link %s", w.IP, w.Dev))
 			continue
 		}
@@ -237,10 +323,13 @@ func (f *Fabric) reconcileNeighsLocked(want []neighSpec, dryRun bool) (int, erro
 			errs = append(errs, fmt.Errorf("set neighbour %s on %s: %w", w.IP, w.Dev, err))
 		}
 	}
-	// Permanent entries on node links that nobody wants (added by hand).
+	// Permanent entries on node and interface links that nobody wants
+	// (added by hand).
 	nodeLinks := make(map[int]bool)
-	for i := range f.topo.Nodes {
-		nodeLinks[f.ifindex[nodeLink(i)]] = true
+	for name, idx := range f.ifindex {
+		if name != sinkLink && name != inetLink {
+			nodeLinks[idx] = true
+		}
 	}
 	for k, n := range have {
 		if wanted[k] || !nodeLinks[k.link] {
