@@ -44,7 +44,7 @@ type Fabric struct {
 	destroyed bool
 	changes   uint64
 	// nftStale is set when an interface link was (re)created, so that the
-	// table is rewritten: kernels before 6.10 unbind a netdev chain from a
+	// table is rewritten: older kernels unbind a netdev chain from a
 	// device that goes away and do not bind it to a new one of the same
 	// name, and the chains as listed do not show their device.
 	nftStale bool
