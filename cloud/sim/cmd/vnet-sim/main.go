@@ -1,7 +1,8 @@
-// Command vnet-sim runs the simulated Azure cloud: `vnet-sim up` starts the
-// control plane, IMDS and the fabric and serves until interrupted; `down`
-// removes what a crashed run left; `faults` and `stats` talk to the admin
-// endpoint of a running simulation.
+// Command vnet-sim runs the simulated cloud, Azure or (with --cloud aws)
+// AWS: `vnet-sim up` starts the control plane, the metadata services and
+// the fabric and serves until interrupted; `down` removes what a crashed
+// run left; `faults` and `stats` talk to the admin endpoint of a running
+// simulation.
 package main
 
 import (
@@ -25,7 +26,9 @@ import (
 )
 
 const usage = `usage:
-  vnet-sim up     [--nodes N] [--dir DIR] [--prefix P] [--lro D] [--poll D] [--static-token T] [--no-fabric] [--log-level L]
+  vnet-sim up     [--cloud azure|aws] [--nodes N] [--dir DIR] [--prefix P] [--lro D] [--poll D] [--no-fabric] [--log-level L]
+                  azure: [--static-token T] [--ip-address-count N] [--read-only-identity]
+                  aws:   [--instance-type T] [--region R] [--metadata-delay D]
   vnet-sim down   --dir DIR | --prefix P
   vnet-sim faults --dir DIR [--set JSON]
   vnet-sim stats  --dir DIR
@@ -61,18 +64,31 @@ func main() {
 
 func up(args []string) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	cloud := fs.String("cloud", string(sim.CloudAzure), "the cloud to simulate: azure or aws")
 	nodes := fs.Int("nodes", 2, "number of VMs")
 	dir := fs.String("dir", "", "directory for ca.pem and sim.json (default /run/vnet-sim/PREFIX)")
 	prefix := fs.String("prefix", "", "name prefix of this run's namespaces (default random)")
-	lro := fs.Duration("lro", time.Second, "how long a long-running operation stays InProgress")
+	lro := fs.Duration("lro", time.Second, "how long a long-running operation stays InProgress (aws: an attachment attaching or detaching)")
 	poll := fs.Duration("poll", time.Second, "poll interval the API advertises for long-running operations")
-	token := fs.String("static-token", "", "a bearer token the control plane accepts besides IMDS-issued ones")
+	token := fs.String("static-token", "", "azure: a bearer token the control plane accepts besides IMDS-issued ones")
+	instanceType := fs.String("instance-type", "m5.large", "aws: the type of every instance")
+	region := fs.String("region", "us-east-1", "aws: the region")
+	metadataDelay := fs.Duration("metadata-delay", 500*time.Millisecond, "aws: how long a new address takes to appear in IMDS")
 	noFabric := fs.Bool("no-fabric", false, "run the control plane only (no namespaces)")
-	templateIPs := fs.Int("ip-address-count", 0, "secondary ipConfigurations every NIC is created with, as a cluster template's ipAddressCount")
-	readOnly := fs.Bool("read-only-identity", false, "nodes' managed identities may only read (ARM answers their writes 403 AuthorizationFailed)")
+	templateIPs := fs.Int("ip-address-count", 0, "azure: secondary ipConfigurations every NIC is created with, as a cluster template's ipAddressCount")
+	readOnly := fs.Bool("read-only-identity", false, "azure: nodes' managed identities may only read (ARM answers their writes 403 AuthorizationFailed)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	switch c := sim.Cloud(*cloud); {
+	case c != sim.CloudAzure && c != sim.CloudAWS:
+		return fmt.Errorf("--cloud %q: want azure or aws", *cloud)
+	case c == sim.CloudAWS && *token != "":
+		return errors.New("--static-token is for azure; aws writes static credentials to sim.json")
+	}
+	if *metadataDelay == 0 {
+		*metadataDelay = -1 // at once; 0 would mean the default
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
@@ -90,10 +106,11 @@ func up(args []string) error {
 	defer stop()
 
 	s, err := sim.Start(ctx, sim.Options{
-		Nodes: *nodes, Prefix: *prefix, Dir: *dir,
+		Cloud: sim.Cloud(*cloud), Nodes: *nodes, Prefix: *prefix, Dir: *dir,
 		OperationDuration: *lro, PollInterval: *poll,
 		StaticToken: *token, NoFabric: *noFabric, Logger: logger,
 		TemplateIPs: *templateIPs, ReadOnlyIdentity: *readOnly,
+		InstanceType: *instanceType, Region: *region, MetadataDelay: *metadataDelay,
 	})
 	if err != nil {
 		if ownDir {
@@ -102,7 +119,11 @@ func up(args []string) error {
 		return err
 	}
 	d := s.Description()
-	logger.Info("vnet-sim up", "prefix", d.Prefix, "nodes", len(d.Nodes), "arm", d.ARMEndpoint, "admin", d.AdminEndpoint)
+	if d.Cloud == sim.CloudAWS {
+		logger.Info("vnet-sim up", "cloud", d.Cloud, "prefix", d.Prefix, "nodes", len(d.Nodes), "ec2", d.EC2Endpoint, "region", d.Region, "admin", d.AdminEndpoint)
+	} else {
+		logger.Info("vnet-sim up", "cloud", d.Cloud, "prefix", d.Prefix, "nodes", len(d.Nodes), "arm", d.ARMEndpoint, "admin", d.AdminEndpoint)
+	}
 	// The one line on stdout: where the description is. Scripts wait for it.
 	fmt.Println(filepath.Join(*dir, "sim.json"))
 	<-ctx.Done()
