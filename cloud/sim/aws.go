@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim/ec2"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/fabric"
@@ -41,7 +42,7 @@ func (s *Sim) newEC2Config() (ec2.Config, error) {
 		vpcID:    "vpc-" + ids[0],
 		subnetID: "subnet-" + ids[1],
 		az:       s.opts.Region + "a",
-		static:   StaticCredentials{AccessKeyID: "AKIASIM" + ids[2], SecretAccessKey: ids[3]},
+		static:   StaticCredentials{AccessKeyID: "AKIASIM" + strings.ToUpper(ids[2]), SecretAccessKey: ids[3]},
 	}
 	cfg := ec2.Config{
 		Region:   s.opts.Region,

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -131,6 +132,58 @@ func TestAWSDescription(t *testing.T) {
 		if err != nil || eth0.Attrs().HardwareAddr.String() != n.MAC {
 			t.Errorf("node %s: eth0 %v (%v), want mac %s", n.Name, eth0, err, n.MAC)
 		}
+	}
+}
+
+func TestAWSOptions(t *testing.T) {
+	tests := []struct {
+		name string
+		opts Options
+		ok   bool
+	}{
+		{"unknown cloud", Options{Cloud: "gcp"}, false},
+		{"vpc larger than /16", Options{Cloud: CloudAWS, VNet: netip.MustParsePrefix("10.240.0.0/12")}, false},
+		{"subnet smaller than /28", Options{Cloud: CloudAWS, Subnet: netip.MustParsePrefix("10.240.0.0/29")}, false},
+		{"unknown instance type", Options{Cloud: CloudAWS, InstanceType: "m9.huge"}, false},
+		{"control plane only", Options{Cloud: CloudAWS, InstanceType: "t3.small", Nodes: 3}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.opts.Dir, tt.opts.NoFabric = t.TempDir(), true
+			s, err := Start(context.Background(), tt.opts)
+			if (err == nil) != tt.ok {
+				t.Fatalf("Start: %v, want ok %v", err, tt.ok)
+			}
+			if err != nil {
+				return
+			}
+			defer func() {
+				if err := s.Close(); err != nil {
+					t.Error(err)
+				}
+			}()
+			d := s.Description()
+			if s.ARM() != nil || s.EC2() == nil || len(d.Nodes) != 3 || d.Nodes[2].Netns != "" || d.VNetNetns != "" {
+				t.Errorf("description %+v", d)
+			}
+			// Without the fabric, the metadata service is there for tests
+			// to serve on loopback.
+			h, ok := s.IMDSHandler("node2")
+			if !ok {
+				t.Fatal("no IMDS handler for node2")
+			}
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			md := imds.New(imds.Options{Endpoint: srv.URL, EnableFallback: aws.FalseTernary})
+			out, err := md.GetMetadata(ctxT(t), &imds.GetMetadataInput{Path: "instance-type"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer out.Content.Close()
+			if b, _ := io.ReadAll(out.Content); string(b) != "t3.small" {
+				t.Errorf("instance-type %q, want t3.small", b)
+			}
+		})
 	}
 }
 
@@ -315,8 +368,9 @@ func TestAWSInsideNode(t *testing.T) {
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = append(env, "VNETSIM_CHILD=1", "VNETSIM_DESC="+string(desc),
+	env = append(env, "VNETSIM_CHILD=1", "VNETSIM_DESC="+string(desc),
 		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null")
+	cmd.Env = env
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("child in %s: %v\n%s", n.Netns, err, out)
