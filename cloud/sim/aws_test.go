@@ -242,6 +242,7 @@ func TestAWSENIFabric(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	attached := time.Now()
 	var eth1 netlink.Link
 	if err := nsnet.Eventually(5*time.Second, func() error {
 		l, err := h0.LinkByName("eth1")
@@ -256,6 +257,8 @@ func TestAWSENIFabric(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("eth1 after the attachment: %v", err)
 	}
+	t.Logf("eth1 appeared %v after AttachNetworkInterface returned (attach delay %v)",
+		time.Since(attached).Round(time.Millisecond), s.opts.OperationDuration)
 	desc, err := client.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{eniID}})
 	if err != nil {
 		t.Fatal(err)
