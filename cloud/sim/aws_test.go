@@ -145,6 +145,7 @@ func TestAWSOptions(t *testing.T) {
 		{"vpc larger than /16", Options{Cloud: CloudAWS, VNet: netip.MustParsePrefix("10.240.0.0/12")}, false},
 		{"subnet smaller than /28", Options{Cloud: CloudAWS, Subnet: netip.MustParsePrefix("10.240.0.0/29")}, false},
 		{"unknown instance type", Options{Cloud: CloudAWS, InstanceType: "m9.huge"}, false},
+		{"an azure option", Options{Cloud: CloudAWS, TemplateIPs: 3}, false},
 		{"control plane only", Options{Cloud: CloudAWS, InstanceType: "t3.small", Nodes: 3}, true},
 	}
 	for _, tt := range tests {
