@@ -1,6 +1,7 @@
-// Command vnet-k8s-bins builds the Kubernetes binaries the integration
-// harness runs (see package integration/k8s/binaries) unless they are
-// already in the cache directory, and prints that directory.
+// Command vnet-k8s-bins builds the Kubernetes binaries, containerd and the
+// CNI plugins chained with vnet-cni that the integration harness runs (see package integration/k8s/binaries) unless
+// they are already in their cache directories, and prints those
+// directories.
 package main
 
 import (
@@ -42,5 +43,16 @@ func run(opts binaries.Options) error {
 	}
 	opts.Log.Info("kubernetes binaries ready", "version", set.Version, "dir", set.Dir, "took", time.Since(start).Round(time.Second))
 	fmt.Println(set.Dir)
+	// containerd and the CNI plugins chained with vnet-cni, each in its
+	// default directory next to kubernetes'.
+	for _, m := range []binaries.Module{binaries.Containerd(binaries.ContainerdVersion), binaries.CNIPlugins(binaries.CNIPluginsVersion)} {
+		start = time.Now()
+		mset, err := binaries.EnsureModule(ctx, binaries.Options{Log: opts.Log, Output: opts.Output}, m)
+		if err != nil {
+			return err
+		}
+		opts.Log.Info("binaries ready", "module", m.Path, "version", mset.Version, "dir", mset.Dir, "took", time.Since(start).Round(time.Second))
+		fmt.Println(mset.Dir)
+	}
 	return nil
 }

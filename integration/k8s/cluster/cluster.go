@@ -1,0 +1,389 @@
+// Package cluster runs a Kubernetes cluster on the simulated Azure VNet,
+// offline: the simulated cloud with one VM more than there are workers;
+// on that last VM the control plane (etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler) listening on its primary
+// address, so that kubelets reach it through the VNet's fabric; on every
+// other VM a worker (package node: containerd, kubelet, kube-proxy in the
+// VM's network namespace and a private mount namespace) and vnet-ipamd
+// (package integration/cluster), whose conflist is what containerd loads.
+// Pods get their addresses from vnet-cni, exactly as on a real node.
+//
+// What kubelet changes on the host is put back by Close: the kernel
+// sysctls it sets (vm.overcommit_memory, kernel.panic, ...), its cgroups
+// (every node's cgroup root, processes in it killed first), the mount
+// points the nodes' bind mounts needed. Close runs when Start's context
+// ends too (a test's Ctrl-C).
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim"
+	vnet "github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
+	"github.com/vnet-cni/vnet-cni/integration/k8s/controlplane"
+	"github.com/vnet-cni/vnet-cni/integration/k8s/images"
+	"github.com/vnet-cni/vnet-cni/integration/k8s/node"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
+)
+
+// Options configure a cluster.
+type Options struct {
+	// Workers is the number of worker VMs (default 2).
+	Workers int
+	// Prefix names the run's namespaces and cgroup roots (required,
+	// unique per run).
+	Prefix string
+	// Dir receives everything (required); the caller removes it.
+	Dir string
+	// BinDir holds vnet-ipamd and vnet-cni (make build).
+	BinDir string
+	// Kubernetes, Containerd and CNIPlugins are the built binaries
+	// (package binaries): kube-*, kubelet, kubectl; containerd, its shim
+	// and ctr; portmap and loopback.
+	Kubernetes, Containerd, CNIPlugins binaries.Set
+	// Etcd is the etcd binary; "etcd" from $PATH if empty.
+	Etcd string
+	// IPAMD adjusts each worker's vnet-ipamd configuration.
+	IPAMD func(node string, c *config.Config)
+	// DeferIPAMD leaves vnet-ipamd stopped; StartIPAMD starts it.
+	DeferIPAMD bool
+	// Log receives progress; slog.Default() if nil.
+	Log *slog.Logger
+}
+
+// Cluster is a running cluster.
+type Cluster struct {
+	Sim   *sim.Sim
+	Desc  sim.Description
+	CP    *controlplane.ControlPlane
+	IPAMD *vnet.Cluster
+	Nodes []*node.Node
+	// Client is an admin client of the cluster.
+	Client kubernetes.Interface
+	// Timings of Start.
+	Timings Timings
+
+	opts     Options
+	log      *slog.Logger
+	sysctls  []sysctl
+	created  []string // mount points made on the host, in creation order
+	roots    []string // cgroup roots made
+	closeMu  sync.Mutex
+	closed   bool
+	closeErr error
+	unwatch  func() bool
+}
+
+// Timings say how long the parts of Start took.
+type Timings struct {
+	Sim, ControlPlane, Images, Nodes time.Duration
+}
+
+// Start brings the cluster up: sim, control plane, images, workers (with
+// vnet-ipamd unless DeferIPAMD). It returns once every kubelet runs; the
+// caller waits for the nodes it needs Ready. On an error everything
+// started is stopped again.
+func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
+	if opts.Workers == 0 {
+		opts.Workers = 2
+	}
+	if opts.Prefix == "" || opts.Dir == "" {
+		return nil, errors.New("k8s cluster: Prefix and Dir are required")
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	c := &Cluster{opts: opts, log: opts.Log}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, c.Close())
+		}
+	}()
+	// A cancelled context (Ctrl-C) tears the cluster down at once, even
+	// while Start or a test is waiting.
+	c.unwatch = context.AfterFunc(ctx, func() { _ = c.Close() })
+
+	t := time.Now()
+	c.Sim, err = sim.Start(ctx, sim.Options{Nodes: opts.Workers + 1, Prefix: opts.Prefix, Dir: filepath.Join(opts.Dir, "sim"),
+		OperationDuration: 100 * time.Millisecond, PollInterval: 50 * time.Millisecond, Logger: discard()})
+	if err != nil {
+		return nil, fmt.Errorf("start sim: %w", err)
+	}
+	c.Desc = c.Sim.Description()
+	c.Timings.Sim = time.Since(t)
+
+	t = time.Now()
+	cpNode := c.Desc.Nodes[len(c.Desc.Nodes)-1]
+	addr, err := netip.ParseAddr(cpNode.PrimaryIP)
+	if err != nil {
+		return nil, fmt.Errorf("control plane address: %w", err)
+	}
+	c.CP, err = controlplane.Start(ctx, controlplane.Config{
+		Bin: opts.Kubernetes, Etcd: opts.Etcd, TempDir: opts.Dir, NetNS: cpNode.Netns, Addr: addr, Log: opts.Log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	c.Timings.ControlPlane = time.Since(t)
+	rc, err := c.CP.RESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	if c.Client, err = kubernetes.NewForConfig(rc); err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+
+	t = time.Now()
+	imgs, err := images.Build(ctx, filepath.Join(opts.Dir, "images"), images.Harness)
+	if err != nil {
+		return nil, err
+	}
+	mountns := filepath.Join(opts.Dir, "vnet-k8s-mountns")
+	if err := goBuild(ctx, mountns, "github.com/vnet-cni/vnet-cni/integration/cmd/vnet-k8s-mountns"); err != nil {
+		return nil, err
+	}
+	c.Timings.Images = time.Since(t)
+
+	t = time.Now()
+	workers := c.Desc
+	workers.Nodes = c.Desc.Nodes[:opts.Workers]
+	c.IPAMD, err = vnet.New(workers, vnet.Options{Dir: filepath.Join(opts.Dir, "ipamd"), BinDir: opts.BinDir,
+		IPAMD: func(name string, cfg *config.Config) {
+			// The conflist at 1.1.0: containerd v2 calls STATUS, and
+			// the chained portmap is one that speaks 1.1.0.
+			cfg.CNIVersion = config.DefaultCNIVersion
+			if opts.IPAMD != nil {
+				opts.IPAMD(name, cfg)
+			}
+		}})
+	if err != nil {
+		return nil, fmt.Errorf("vnet-ipamd: %w", err)
+	}
+	if err := c.prepareHost(); err != nil {
+		return nil, err
+	}
+	caFile := filepath.Join(opts.Dir, "cluster-ca.pem")
+	if err := os.WriteFile(caFile, c.CP.CAPEM, 0o644); err != nil {
+		return nil, err
+	}
+	proxyCfg := filepath.Join(opts.Dir, "kube-proxy.kubeconfig")
+	if err := c.writeKubeconfig(proxyCfg, "system:kube-proxy"); err != nil {
+		return nil, err
+	}
+	vnetPrefix, err := netip.ParsePrefix(c.Desc.VNetPrefixes[0])
+	if err != nil {
+		return nil, fmt.Errorf("vnet prefix: %w", err)
+	}
+	binDir, err := filepath.Abs(opts.BinDir)
+	if err != nil {
+		return nil, err
+	}
+	for i, nd := range workers.Nodes {
+		ip, err := netip.ParseAddr(nd.PrimaryIP)
+		if err != nil {
+			return nil, fmt.Errorf("node %s address: %w", nd.Name, err)
+		}
+		kubeconfig := filepath.Join(opts.Dir, nd.Name+".kubeconfig")
+		if err := c.writeKubeconfig(kubeconfig, "system:node:"+nd.Name, "system:nodes"); err != nil {
+			return nil, err
+		}
+		root := "/vnetk8s-" + opts.Prefix + "-" + nd.Name
+		if err := node.CreateCgroupRoot(root); err != nil {
+			c.roots = append(c.roots, root)
+			return nil, err
+		}
+		c.roots = append(c.roots, root)
+		n, err := node.New(node.Config{
+			Name: nd.Name, NetNS: nd.Netns, IP: ip, Dir: filepath.Join(opts.Dir, "nodes", nd.Name),
+			Kubernetes: opts.Kubernetes, Containerd: opts.Containerd, MountNS: mountns,
+			CNIConfDir: c.IPAMD.Nodes[i].Config.CNIConfDir,
+			CNIPlugins: map[string]string{
+				"vnet-cni": filepath.Join(binDir, "vnet-cni"),
+				"portmap":  opts.CNIPlugins.Path("portmap"), "loopback": opts.CNIPlugins.Path("loopback"),
+			},
+			CgroupRoot: root, Server: c.CP.Server, CAFile: caFile,
+			Kubeconfig: kubeconfig, ProxyKubeconfig: proxyCfg, ClusterCIDR: vnetPrefix,
+			Images: []string{imgs[images.Pause], imgs[images.TestServer]}, SandboxImage: images.Pause,
+			Log: opts.Log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		c.Nodes = append(c.Nodes, n)
+	}
+	for _, n := range c.Nodes {
+		if err := n.Start(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if !opts.DeferIPAMD {
+		if err := c.StartIPAMD(ctx); err != nil {
+			return nil, err
+		}
+	}
+	c.Timings.Nodes = time.Since(t)
+	return c, nil
+}
+
+// StartIPAMD starts every worker's vnet-ipamd and waits until each has
+// written its conflist.
+func (c *Cluster) StartIPAMD(ctx context.Context) error {
+	return c.IPAMD.Start(ctx)
+}
+
+func (c *Cluster) writeKubeconfig(path, user string, groups ...string) error {
+	kp, err := c.CP.SignClient(user, groups...)
+	if err != nil {
+		return err
+	}
+	return c.CP.WriteKubeconfig(path, user, kp)
+}
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// goBuild builds a static program of this module.
+func goBuild(ctx context.Context, out, pkg string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %w: %s", pkg, err, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// hostSysctls are the kernel settings kubelet writes at start (its
+// protectKernelDefaults off); none is per network namespace, so Close
+// writes back what they were.
+var hostSysctls = []string{
+	"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
+}
+
+type sysctl struct{ key, value string }
+
+// prepareHost records the sysctls kubelet will change and makes the
+// mount points the nodes bind over where the host lacks them.
+func (c *Cluster) prepareHost() error {
+	for _, k := range hostSysctls {
+		v, err := os.ReadFile("/proc/sys/" + k)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("read sysctl %s: %w", k, err)
+		}
+		c.sysctls = append(c.sysctls, sysctl{k, strings.TrimSpace(string(v))})
+	}
+	for _, t := range node.Targets {
+		var missing []string
+		for d := t; d != "/"; d = filepath.Dir(d) {
+			if _, err := os.Stat(d); err == nil {
+				break
+			}
+			missing = append(missing, d)
+		}
+		for i := len(missing) - 1; i >= 0; i-- {
+			if err := os.Mkdir(missing[i], 0o755); err != nil {
+				return fmt.Errorf("mount point %s: %w", missing[i], err)
+			}
+			c.created = append(c.created, missing[i])
+		}
+	}
+	return nil
+}
+
+// restoreHost writes the recorded sysctls back and removes the mount
+// points made, deepest first (one still in use by another run stays).
+func (c *Cluster) restoreHost() error {
+	var errs []error
+	for _, s := range c.sysctls {
+		cur, err := os.ReadFile("/proc/sys/" + s.key)
+		if err == nil && strings.TrimSpace(string(cur)) == s.value {
+			continue
+		}
+		if err := os.WriteFile("/proc/sys/"+s.key, []byte(s.value), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("restore sysctl %s: %w", s.key, err))
+		}
+	}
+	for i := len(c.created) - 1; i >= 0; i-- {
+		if err := syscall.Rmdir(c.created[i]); err != nil && !errors.Is(err, syscall.ENOENT) &&
+			!errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EBUSY) {
+			errs = append(errs, fmt.Errorf("remove mount point %s: %w", c.created[i], err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Sysctls returns the recorded host sysctls (key → value before the run).
+func (c *Cluster) Sysctls() map[string]string {
+	m := map[string]string{}
+	for _, s := range c.sysctls {
+		m[s.key] = s.value
+	}
+	return m
+}
+
+// CgroupRoots returns the nodes' cgroup roots.
+func (c *Cluster) CgroupRoots() []string { return slices.Clone(c.roots) }
+
+// CreatedMountPoints returns the mount points made on the host.
+func (c *Cluster) CreatedMountPoints() []string { return slices.Clone(c.created) }
+
+// Close stops everything in order: every kubelet, every kube-proxy, every
+// containerd (and what they left: shims, containers, cgroups, the mount
+// namespaces), every vnet-ipamd, the control plane (kube-apiserver before
+// etcd), the sim; then puts the host's sysctls back and removes the mount
+// points it made. Safe to call more than once; later calls return the
+// first's result.
+func (c *Cluster) Close() error {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	if c.closed {
+		return c.closeErr
+	}
+	c.closed = true
+	if c.unwatch != nil {
+		c.unwatch()
+	}
+	var errs []error
+	for _, comp := range []string{node.Kubelet, node.KubeProxy, node.Containerd} {
+		for _, n := range c.Nodes {
+			errs = append(errs, n.Stop(comp, syscall.SIGTERM))
+		}
+	}
+	for _, n := range c.Nodes {
+		errs = append(errs, n.Close())
+	}
+	for _, r := range c.roots {
+		errs = append(errs, node.RemoveCgroupRoot(r))
+	}
+	if c.IPAMD != nil {
+		errs = append(errs, c.IPAMD.Close())
+	}
+	if c.CP != nil {
+		errs = append(errs, c.CP.Stop())
+	}
+	if c.Sim != nil {
+		errs = append(errs, c.Sim.Close())
+	}
+	errs = append(errs, c.restoreHost())
+	c.closeErr = errors.Join(errs...)
+	c.log.Info("k8s cluster closed", "err", c.closeErr)
+	return c.closeErr
+}
