@@ -37,6 +37,9 @@ func main() {
 	addr := flag.String("listen", ":8080", "address to listen on")
 	flag.Parse()
 	host, _ := os.Hostname()
+	// A new connection per request, so that each request through a
+	// Service is balanced afresh by kube-proxy.
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		client, _, _ := net.SplitHostPort(r.RemoteAddr)
@@ -51,7 +54,7 @@ func main() {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return

@@ -179,7 +179,7 @@ func Tarball(img Image, prog []byte) ([]byte, error) {
 	manDesc.Platform = &Platform{Architecture: runtime.GOARCH, OS: "linux"}
 	_, tag, _ := strings.Cut(img.Ref[strings.LastIndex(img.Ref, "/")+1:], ":")
 	manDesc.Annotations = map[string]string{
-		"io.containerd.image.name":         img.Ref,
+		"io.containerd.image.name":          img.Ref,
 		"org.opencontainers.image.ref.name": tag,
 	}
 	idx, err := json.Marshal(index{SchemaVersion: 2, MediaType: mediaIndex, Manifests: []Descriptor{manDesc}})
