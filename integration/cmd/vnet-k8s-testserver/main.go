@@ -81,7 +81,8 @@ func main() {
 		_ = srv.Shutdown(sctx)
 	}()
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Fatal(err)
+		stop()
+		log.Fatal(err) //nolint:gocritic // stop ran above
 	}
 }
 

@@ -108,3 +108,59 @@ func TestDefaultDir(t *testing.T) {
 		t.Errorf("DefaultDir = %q", got)
 	}
 }
+
+func TestModuleBuildArgs(t *testing.T) {
+	m := Containerd("v2.4.2")
+	if got, want := m.Names(), []string{"containerd", "containerd-shim-runc-v2", "ctr"}; !slices.Equal(got, want) {
+		t.Errorf("names %q, want %q", got, want)
+	}
+	joined := strings.Join(m.BuildArgs("/out/"), " ")
+	for _, want := range []string{
+		"-mod=mod", "-trimpath", "-o /out/", "-tags no_btrfs,no_devmapper,no_zfs",
+		"github.com/containerd/containerd/v2/version.Version=v2.4.2",
+		" github.com/containerd/containerd/v2/cmd/containerd ",
+		" github.com/containerd/containerd/v2/cmd/ctr",
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("build args %q lack %q", joined, want)
+		}
+	}
+	if got := CNIPlugins("v1.9.1").BuildArgs("/o/"); slices.Contains(got, "-tags") {
+		t.Errorf("cni plugins built with tags: %q", got)
+	}
+}
+
+func TestDefaultModuleDir(t *testing.T) {
+	t.Setenv(EnvDir, "/cache/k8s")
+	for m, want := range map[string]string{
+		"github.com/containerd/containerd/v2":    "/cache/k8s/containerd-v2.4.2",
+		"github.com/containernetworking/plugins": "/cache/k8s/plugins-v2.4.2",
+	} {
+		if got := DefaultModuleDir(Module{Path: m, Version: "v2.4.2"}); got != want {
+			t.Errorf("DefaultModuleDir(%s) = %s, want %s", m, got, want)
+		}
+	}
+}
+
+func TestFindModuleNeedsStamp(t *testing.T) {
+	dir := t.TempDir()
+	m := CNIPlugins("v1.9.1")
+	opts := Options{Dir: dir}
+	for _, n := range m.Names() {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("#!/bin/true\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := FindModule(opts, m); ok {
+		t.Fatal("found a build without a stamp")
+	}
+	if err := os.WriteFile(filepath.Join(dir, stampName), []byte(m.stamp()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := FindModule(opts, m); !ok {
+		t.Fatal("complete build not found")
+	}
+	if _, ok := FindModule(opts, CNIPlugins("v1.9.0")); ok {
+		t.Fatal("found another version's build")
+	}
+}

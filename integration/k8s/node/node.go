@@ -335,7 +335,7 @@ func (n *Node) StartContainerd(ctx context.Context) error {
 	var last error
 	for {
 		if done, err := n.exited(Containerd); done {
-			return fmt.Errorf("node %s: containerd exited: %v; its log ends:\n%s", n.cfg.Name, err, n.LogTail(Containerd, 30))
+			return fmt.Errorf("node %s: containerd exited: %w; its log ends:\n%s", n.cfg.Name, err, n.LogTail(Containerd, 30))
 		}
 		out, err := n.Ctr(ctx, "version")
 		if err == nil {
