@@ -60,8 +60,11 @@ soak: build
 # The Kubernetes binaries integration/k8s runs (kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl),
 # built from k8s.io/kubernetes through the module proxy into
-# $$VNET_K8S_BIN_DIR (default $$XDG_CACHE_HOME/vnet-cni-k8s/<version>);
-# nothing to do when they are there. Cold: see docs/kubernetes.md.
+# $$VNET_K8S_BIN_DIR (default $$XDG_CACHE_HOME/vnet-cni-k8s/<version>),
+# then containerd v2 (containerd, its runc shim, ctr) and the CNI plugins
+# portmap and loopback from their modules into containerd-<version> and
+# plugins-<version> next to it; nothing to do when they are there. Cold:
+# see docs/kubernetes.md.
 .PHONY: k8s-bins
 k8s-bins:
 	$(GO) run ./integration/cmd/vnet-k8s-bins

@@ -335,6 +335,9 @@ func (n *Node) StartContainerd(ctx context.Context) error {
 	var last error
 	for {
 		if done, err := n.exited(Containerd); done {
+			if err == nil {
+				err = errors.New("exit status 0")
+			}
 			return fmt.Errorf("node %s: containerd exited: %w; its log ends:\n%s", n.cfg.Name, err, n.LogTail(Containerd, 30))
 		}
 		out, err := n.Ctr(ctx, "version")
