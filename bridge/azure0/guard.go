@@ -49,7 +49,7 @@ const GuardTableName = "vnet-cni-guard"
 
 // MetadataAddr is the instance metadata service's address on Azure and AWS
 // alike.
-var MetadataAddr = netip.AddrFrom4([4]byte{169, 254, 169, 254})
+var MetadataAddr = linux.MetadataAddr
 
 const guardSetName = "ports"
 
@@ -114,11 +114,7 @@ func buildGuard(allowMetadata bool) linux.Chain {
 		Name: chainPrerouting, Table: guardTable(), Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-350), Policy: &accept,
 	}}
-	// iifname "vnc*": the comparison covers the prefix's bytes only.
-	fromPod := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(linux.HostVethPrefix)},
-	}
+	fromPod := linux.FromPod()
 	notOwn := func(macLoad, addrLoad *expr.Payload) []expr.Any {
 		macLoad.DestRegister, addrLoad.DestRegister = regMAC, regAddr
 		return []expr.Any{
@@ -132,15 +128,15 @@ func buildGuard(allowMetadata bool) linux.Chain {
 		return &expr.Payload{Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6}
 	}
 	c.Add("from a pod: ipv4 only with the pod's own mac and address",
-		fromPod, etherTypeIs(etherTypeIP), notOwn(etherSrc(), loadNet(ipSrc, 4)))
+		fromPod, etherTypeIs(etherTypeIP), notOwn(etherSrc(), linux.LoadNet(ipSrc, 4)))
 	c.Add("from a pod: only ethernet/ipv4 arp",
 		fromPod, etherTypeIs(etherTypeARP),
-		loadNet(0, uint32(len(arpEthIPv4))), &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: arpEthIPv4},
+		linux.LoadNet(0, uint32(len(arpEthIPv4))), &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: arpEthIPv4},
 		&expr.Verdict{Kind: expr.VerdictDrop})
 	c.Add("from a pod: arp only from the pod's own mac and address",
-		fromPod, etherTypeIs(etherTypeARP), notOwn(etherSrc(), loadNet(arpSPA, 4)))
+		fromPod, etherTypeIs(etherTypeARP), notOwn(etherSrc(), linux.LoadNet(arpSPA, 4)))
 	c.Add("from a pod: arp only announcing the pod's own mac and address",
-		fromPod, etherTypeIs(etherTypeARP), notOwn(loadNet(arpSHA, 6), loadNet(arpSPA, 4)))
+		fromPod, etherTypeIs(etherTypeARP), notOwn(linux.LoadNet(arpSHA, 6), linux.LoadNet(arpSPA, 4)))
 	c.Add("from a pod: nothing but ipv4 and arp",
 		fromPod,
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
@@ -150,7 +146,7 @@ func buildGuard(allowMetadata bool) linux.Chain {
 	if !allowMetadata {
 		c.Add("from a pod: nothing to the instance metadata service",
 			fromPod, etherTypeIs(etherTypeIP),
-			loadNet(ipDst, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: MetadataAddr.AsSlice()},
+			linux.LoadNet(ipDst, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: MetadataAddr.AsSlice()},
 			&expr.Verdict{Kind: expr.VerdictDrop})
 	}
 	return c

@@ -14,10 +14,11 @@ import (
 	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
 
-// ownedTables are the names of the nftables tables bridge mode owns: a
-// table with one of them that is not wanted (the ip table with SNAT off) is
+// ownedTables are the names of the nftables tables vnet-cni owns, bridge
+// mode's and the other modes': a table with one of them that is not wanted
+// (the ip table with SNAT off, a drained node's routed-mode table) is
 // deleted.
-var ownedTables = []string{TableName, GuardTableName}
+var ownedTables = linux.OwnedTables()
 
 // reconcileTables brings the three tables to the wanted state with the
 // shared reconciler. The pods are added to the registered ones, or are the

@@ -308,7 +308,7 @@ func TestNormalPrefixes(t *testing.T) {
 		netip.MustParsePrefix("10.240.0.0/16"), netip.MustParsePrefix("fd00::/8"), {},
 	}
 	want := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.240.0.0/16")}
-	if d := cmp.Diff(want, normalPrefixes(in), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); d != "" {
+	if d := cmp.Diff(want, linux.NormalPrefixes(in), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); d != "" {
 		t.Errorf("normalPrefixes (-want +got):\n%s", d)
 	}
 }

@@ -3,7 +3,6 @@ package azure0
 import (
 	"net"
 	"net/netip"
-	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -73,8 +72,8 @@ const (
 	arpTHA = 18
 	arpTPA = 24
 
-	ipSrc = 12
-	ipDst = 16
+	ipSrc = linux.IPSrc
+	ipDst = linux.IPDst
 )
 
 // arpEthIPv4 is the fixed start of an Ethernet/IPv4 ARP packet: hardware
@@ -113,8 +112,8 @@ var arpEthIPv4 = []byte{0x00, 0x01, 0x08, 0x00, 0x06, 0x04}
 func buildTables(s nftSpec) []linux.Table {
 	accept := nftables.ChainPolicyAccept
 	bt, it := mainTables()
-	fromMaster := ifnameIs(expr.MetaKeyIIFNAME, s.master, true)
-	toMaster := ifnameIs(expr.MetaKeyOIFNAME, s.master, true)
+	fromMaster := linux.IfnameIs(expr.MetaKeyIIFNAME, s.master, true)
+	toMaster := linux.IfnameIs(expr.MetaKeyOIFNAME, s.master, true)
 
 	pre := linux.Chain{Chain: &nftables.Chain{
 		Name: chainPrerouting, Table: bt, Type: nftables.ChainTypeFilter,
@@ -122,21 +121,21 @@ func buildTables(s nftSpec) []linux.Table {
 	}}
 	pre.Add("fabric to pod: destination mac of the pod owning the ip",
 		fromMaster, etherTypeIs(etherTypeIP),
-		loadNet(ipDst, 4), lookupMAC(),
+		linux.LoadNet(ipDst, 4), lookupMAC(),
 		writeLL(0), setPktType(unix.PACKET_OTHERHOST))
 	pre.Add("arp reply from the fabric to the asking pod",
 		fromMaster, arpOp(arpReply),
-		loadNet(arpTPA, 4), lookupMAC(),
+		linux.LoadNet(arpTPA, 4), lookupMAC(),
 		writeLL(0), writeNet(arpTHA, 6), setPktType(unix.PACKET_OTHERHOST))
 	if s.snat {
 		pre.Add("pod to outside the vnet: route through the node for snat",
-			ifnameIs(expr.MetaKeyIIFNAME, s.master, false), etherTypeIs(etherTypeIP),
+			linux.IfnameIs(expr.MetaKeyIIFNAME, s.master, false), etherTypeIs(etherTypeIP),
 			// unicast destinations only
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 0, Len: 1},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x01}, Xor: []byte{0x00}},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x00}},
-			loadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSetName},
-			notInPrefixes(s.exclude),
+			linux.LoadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSetName},
+			linux.NotInPrefixes(s.exclude),
 			&expr.Immediate{Register: 1, Data: s.bridgeMAC}, writeLL(0),
 			setPktType(unix.PACKET_HOST))
 	}
@@ -154,12 +153,12 @@ func buildTables(s nftSpec) []linux.Table {
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: s.masterMAC},
 			arpOp(arpRequest),
-			loadNet(arpTPA, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ip.AsSlice()},
+			linux.LoadNet(arpTPA, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ip.AsSlice()},
 			&expr.Verdict{Kind: expr.VerdictDrop})
 	}
 	post.Add("arp for a pod of this node is answered on the bridge",
 		toMaster, arpOp(arpRequest),
-		loadNet(arpTPA, 4), &expr.Lookup{SourceRegister: 1, SetName: podSetName},
+		linux.LoadNet(arpTPA, 4), &expr.Lookup{SourceRegister: 1, SetName: podSetName},
 		&expr.Verdict{Kind: expr.VerdictDrop})
 	post.Add("to the fabric: source mac of the nic",
 		toMaster, &expr.Immediate{Register: 1, Data: s.masterMAC}, writeLL(6))
@@ -176,8 +175,8 @@ func buildTables(s nftSpec) []linux.Table {
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept,
 	}}
 	nat.Add("pod to outside the vnet: snat to the node's primary ip",
-		loadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSetName},
-		notInPrefixes(s.exclude),
+		linux.LoadNet(ipSrc, 4), &expr.Lookup{SourceRegister: 1, SetName: podSetName},
+		linux.NotInPrefixes(s.exclude),
 		&expr.Immediate{Register: 1, Data: s.primary.AsSlice()},
 		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1})
 	return append(tables, linux.Table{Table: it, Set: podSet(it, false), Chains: []linux.Chain{nat}})
@@ -187,20 +186,6 @@ func buildTables(s nftSpec) []linux.Table {
 // ends the rule.
 func lookupMAC() expr.Any {
 	return &expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: podSetName}
-}
-
-// ifnameIs compares the input or output interface name.
-func ifnameIs(key expr.MetaKey, name string, eq bool) []expr.Any {
-	op := expr.CmpOpEq
-	if !eq {
-		op = expr.CmpOpNeq
-	}
-	b := make([]byte, unix.IFNAMSIZ)
-	copy(b, name)
-	return []expr.Any{
-		&expr.Meta{Key: key, Register: 1},
-		&expr.Cmp{Op: op, Register: 1, Data: b},
-	}
 }
 
 func etherTypeIs(t uint16) []expr.Any {
@@ -213,18 +198,14 @@ func etherTypeIs(t uint16) []expr.Any {
 // isARP matches Ethernet/IPv4 ARP.
 func isARP() []expr.Any {
 	return linux.Flatten([]any{etherTypeIs(etherTypeARP),
-		loadNet(0, uint32(len(arpEthIPv4))),
+		linux.LoadNet(0, uint32(len(arpEthIPv4))),
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: arpEthIPv4}})
 }
 
 func arpOp(op uint16) []expr.Any {
 	return linux.Flatten([]any{isARP(),
-		loadNet(6, 2),
+		linux.LoadNet(6, 2),
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(op)}})
-}
-
-func loadNet(off, n uint32) *expr.Payload {
-	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
 }
 
 func writeLL(off uint32) *expr.Payload {
@@ -240,38 +221,4 @@ func setPktType(t uint8) []expr.Any {
 		&expr.Immediate{Register: 1, Data: []byte{t}},
 		&expr.Meta{Key: expr.MetaKeyPKTTYPE, SourceRegister: true, Register: 1},
 	}
-}
-
-// notInPrefixes matches an IPv4 destination outside every prefix: the
-// address is loaded once into register 1, each prefix is checked through a
-// masked copy in register 2.
-func notInPrefixes(ps []netip.Prefix) []expr.Any {
-	if len(ps) == 0 {
-		return nil
-	}
-	e := []expr.Any{loadNet(ipDst, 4)}
-	for _, p := range ps {
-		mask := net.CIDRMask(p.Bits(), 32)
-		e = append(e,
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 2, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 2, Data: p.Masked().Addr().AsSlice()})
-	}
-	return e
-}
-
-// normalPrefixes masks, sorts and de-duplicates IPv4 prefixes.
-func normalPrefixes(in []netip.Prefix) []netip.Prefix {
-	out := make([]netip.Prefix, 0, len(in))
-	for _, p := range in {
-		if p.IsValid() && p.Addr().Unmap().Is4() {
-			out = append(out, netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked())
-		}
-	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
-	return slices.Compact(out)
 }

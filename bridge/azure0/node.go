@@ -99,7 +99,7 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 	if exclude == nil {
 		exclude = cfg.VNetPrefixes
 	}
-	exclude = normalPrefixes(exclude)
+	exclude = linux.NormalPrefixes(exclude)
 	if !cfg.DisableSNAT && len(exclude) == 0 {
 		return NodeInfo{}, fmt.Errorf("%w: snat needs the vnet prefixes or explicit exclusions", ErrConfig)
 	}

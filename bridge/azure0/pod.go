@@ -139,7 +139,7 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res linux.PodResult, 
 	if err := n.ns.Netlink.LinkSetHairpin(host, true); err != nil {
 		return res, fmt.Errorf("hairpin on %s: %w", hostName, err)
 	}
-	if err := linux.ConfigurePod(pnl, pod, netip.PrefixFrom(cfg.IP, cfg.Subnet.Bits()), cfg.Gateway); err != nil {
+	if err := linux.ConfigurePod(pnl, pod, netip.PrefixFrom(cfg.IP, cfg.Subnet.Bits()), cfg.Gateway, false); err != nil {
 		return res, err
 	}
 	podMAC := pod.Attrs().HardwareAddr

@@ -73,8 +73,26 @@ func (n *Node) ensureBridge(ctx context.Context, cfg BridgeConfig) (BridgeInfo, 
 	if err != nil {
 		return BridgeInfo{}, false, err
 	}
+	if err := n.refuseRoutedPods(); err != nil {
+		return BridgeInfo{}, false, errors.Join(err, unlock())
+	}
 	info, err := n.ensureBridgeLocked(ctx, cfg)
 	return info, true, errors.Join(err, unlock())
+}
+
+// refuseRoutedPods fails with linux.ErrModeConflict while pods of routed
+// mode run on the node: taking the NIC over under them would cut them off.
+func (n *Node) refuseRoutedPods() error {
+	veths, err := n.ns.PodVeths()
+	if err != nil {
+		return err
+	}
+	for _, v := range veths {
+		if v.Record.Mode == linux.ModeRouted {
+			return fmt.Errorf("%w: routed-mode pod %s (%s) runs on the node; bridge mode needs it drained first", linux.ErrModeConflict, v.Record.IP, v.Name)
+		}
+	}
+	return nil
 }
 
 // bridgeDone reports whether the bridge is complete, without changing anything.

@@ -68,7 +68,14 @@ type PodRecord struct {
 	// address is on (an Azure NIC's resource ID is too long to record);
 	// empty when not recorded.
 	Interface string
+	// Mode is the datapath mode that made the veth when it is not bridge
+	// mode (ModeRouted); empty for bridge mode and for aliases written
+	// before modes were recorded, all of bridge mode.
+	Mode string
 }
+
+// ModeRouted is PodRecord.Mode of a routed-mode pod's veth.
+const ModeRouted = "routed"
 
 // InterfaceTag is how a pod's alias records the cloud's ID of an interface:
 // the first 48 bits of its SHA-256 in hex, unambiguous among the few
@@ -81,12 +88,12 @@ func InterfaceTag(id string) string {
 	return hex.EncodeToString(sum[:6])
 }
 
-// Alias encodes the record: "vnet-cni ip=… mac=… if=… nic=… c=…", the
+// Alias encodes the record: "vnet-cni ip=… mac=… if=… nic=… mode=… c=…", the
 // container ID last and replaced by "sha256:<hex>" when the alias would
 // otherwise be longer than MaxAlias. Empty fields are left out.
 func (r PodRecord) Alias() string {
 	kv := []string{"ip", r.IP.String(), "mac", r.MAC.String()}
-	for _, f := range [][2]string{{"if", r.IfName}, {"nic", r.Interface}} {
+	for _, f := range [][2]string{{"if", r.IfName}, {"nic", r.Interface}, {"mode", r.Mode}} {
 		if f[1] != "" {
 			kv = append(kv, f[0], f[1])
 		}
@@ -123,6 +130,7 @@ func ParsePodRecord(alias string) (PodRecord, bool) {
 	}
 	r.IfName = AliasField(alias, "if")
 	r.Interface = AliasField(alias, "nic")
+	r.Mode = AliasField(alias, "mode")
 	cid := AliasField(alias, "c")
 	if h, ok := strings.CutPrefix(cid, containerIDHash); ok {
 		r.ContainerIDHash = h

@@ -22,6 +22,10 @@ type PodRef struct {
 	NetNS        string
 	IP           netip.Addr
 	HostVethName string
+	// DeviceIndex is the device index of the node interface that holds IP
+	// (0: the primary); routed mode's CHECK expects the policy routing of
+	// another one.
+	DeviceIndex int
 }
 
 // Link is one end of a pod's veth.
@@ -50,6 +54,11 @@ type PodState struct {
 	// none); SNATRegistered says whether the mode masquerades the IP.
 	RegisteredMAC  net.HardwareAddr
 	SNATRegistered bool
+	// Drift lists what a mode found different on the node from what it
+	// builds for the attachment, for CHECK (routed mode: the route to the
+	// pod, its policy rules, its guard element); bridge mode reports
+	// through the fields above.
+	Drift []string
 }
 
 // Address is what the address manager assigned to the pod.
@@ -60,6 +69,12 @@ type Address struct {
 	// Interface is the cloud's ID of the interface that holds IP; the pod's
 	// host veth records it.
 	Interface string
+	// InterfaceMAC and DeviceIndex find that interface in the node (0:
+	// the primary); routed mode policy-routes the addresses of the others.
+	InterfaceMAC net.HardwareAddr
+	DeviceIndex  int
+	// PrimaryIP is the node's primary address.
+	PrimaryIP netip.Addr
 	// VNetPrefixes is the VNet's address space as the address manager
 	// knows it: the truth when it differs from the request's.
 	VNetPrefixes []netip.Prefix

@@ -13,10 +13,11 @@ import (
 
 // ConfigurePod sets the address (with its prefix length), link state and
 // default route via gw of the pod's interface, through a netlink handle in
-// the pod namespace. A pod with several attachments has a default route on
-// each, told apart by their metric (see defaultMetric), so that removing one
-// attachment leaves the others' routes.
-func ConfigurePod(pnl *netlink.Handle, pod netlink.Link, ip netip.Prefix, gw netip.Addr) error {
+// the pod namespace; with onlink the gateway need not be in the address's
+// prefix (routed mode's link-local gateway). A pod with several attachments
+// has a default route on each, told apart by their metric (see
+// defaultMetric), so that removing one attachment leaves the others' routes.
+func ConfigurePod(pnl *netlink.Handle, pod netlink.Link, ip netip.Prefix, gw netip.Addr, onlink bool) error {
 	name := pod.Attrs().Name
 	addr := &netlink.Addr{IPNet: IPNet(ip)}
 	if err := pnl.AddrAdd(pod, addr); err != nil && !errors.Is(err, unix.EEXIST) {
@@ -36,6 +37,9 @@ func ConfigurePod(pnl *netlink.Handle, pod netlink.Link, ip netip.Prefix, gw net
 		Dst:       IPNet(netip.PrefixFrom(netip.IPv4Unspecified(), 0)),
 		Gw:        gw.AsSlice(),
 		Priority:  metric,
+	}
+	if onlink {
+		def.Flags = int(netlink.FLAG_ONLINK)
 	}
 	if err := pnl.RouteReplace(def); err != nil {
 		return fmt.Errorf("default route via %s in pod: %w", gw, err)
@@ -89,6 +93,14 @@ type PodIfState struct {
 	Up     bool
 	Addrs  []netip.Prefix
 	Routes []Route
+	// Neighbours are the interface's permanent IPv4 neighbour entries.
+	Neighbours []Neighbour
+}
+
+// Neighbour is a permanent neighbour entry.
+type Neighbour struct {
+	IP  netip.Addr
+	MAC net.HardwareAddr
 }
 
 // Route is an IPv4 route inside the pod; Gw is invalid for direct routes.
@@ -146,6 +158,15 @@ func InspectPodSide(nsPath, ifName string) (*PodIfState, error) {
 			rt.Gw, _ = netip.AddrFromSlice(r.Gw.To4())
 		}
 		st.Routes = append(st.Routes, rt)
+	}
+	neighs, err := RetryDump(func() ([]netlink.Neigh, error) { return pnl.NeighList(a.Index, netlink.FAMILY_V4) })
+	if err != nil {
+		return nil, fmt.Errorf("pod neighbours: %w", err)
+	}
+	for _, nb := range neighs {
+		if ip, ok := netip.AddrFromSlice(nb.IP.To4()); ok && nb.State&netlink.NUD_PERMANENT != 0 {
+			st.Neighbours = append(st.Neighbours, Neighbour{IP: ip, MAC: nb.HardwareAddr})
+		}
 	}
 	return st, nil
 }

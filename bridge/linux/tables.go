@@ -71,6 +71,16 @@ type Tables struct {
 	elems bool
 }
 
+// Has reports whether a table named name (of any family) exists.
+func (t Tables) Has(name string) bool {
+	for id := range t.tables {
+		if id.name == name {
+			return true
+		}
+	}
+	return false
+}
+
 type tableID struct {
 	name   string
 	family nftables.TableFamily

@@ -23,7 +23,7 @@ var ErrConflict = errors.New("conflicting interface")
 // name, the host end's master (0: none), the MTU of both ends, the pod's
 // address (which gives the pod end its MAC), and what the host end's alias
 // records besides (see PodRecord): the container ID and the cloud's ID of
-// the interface the address is on.
+// the interface the address is on, and the mode when not bridge mode.
 type VethSpec struct {
 	HostName    string
 	IfName      string
@@ -32,11 +32,12 @@ type VethSpec struct {
 	IP          netip.Addr
 	ContainerID string
 	Interface   string
+	Mode        string
 }
 
 // record is what the host end's alias records for a pod end with mac.
 func (v VethSpec) record(mac net.HardwareAddr) PodRecord {
-	return PodRecord{IP: v.IP, MAC: mac, ContainerID: v.ContainerID, IfName: v.IfName, Interface: InterfaceTag(v.Interface)}
+	return PodRecord{IP: v.IP, MAC: mac, ContainerID: v.ContainerID, IfName: v.IfName, Interface: InterfaceTag(v.Interface), Mode: v.Mode}
 }
 
 // HostVethPrefix starts the name of every pod veth vnet-cni creates; a
@@ -118,22 +119,52 @@ func (n *NS) StrayVeths(keep func(hostName string) bool) ([]string, error) {
 // PodsOfMaster reads the pods (address and MAC) that the aliases of the
 // master's ports record, by port name.
 func (n *NS) PodsOfMaster(masterIndex int) (map[string]Pod, error) {
-	links, err := RetryDump(n.Netlink.LinkList)
+	veths, err := n.PodVeths()
 	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
+		return nil, err
 	}
 	out := make(map[string]Pod)
-	for _, l := range links {
-		a := l.Attrs()
-		if a.MasterIndex != masterIndex {
-			continue
-		}
-		if ip, mac, ok := ParsePodAlias(a.Alias); ok {
-			out[a.Name] = Pod{IP: ip, MAC: mac}
+	for _, v := range veths {
+		if v.MasterIndex == masterIndex {
+			out[v.Name] = Pod{IP: v.Record.IP, MAC: v.Record.MAC}
 		}
 	}
 	return out, nil
 }
+
+// PodVeth is a pod's host veth as found in the node, with its record.
+type PodVeth struct {
+	Name        string
+	Index       int
+	MasterIndex int
+	Record      PodRecord
+}
+
+// PodVeths lists the node's pod veths (named HostVethPrefix…) whose alias
+// is a PodRecord, in one link dump.
+func (n *NS) PodVeths() ([]PodVeth, error) {
+	links, err := RetryDump(n.Netlink.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var out []PodVeth
+	for _, l := range links {
+		a := l.Attrs()
+		if l.Type() != "veth" || !strings.HasPrefix(a.Name, HostVethPrefix) {
+			continue
+		}
+		if r, ok := ParsePodRecord(a.Alias); ok {
+			out = append(out, PodVeth{Name: a.Name, Index: a.Index, MasterIndex: a.MasterIndex, Record: r})
+		}
+	}
+	return out, nil
+}
+
+// ErrModeConflict is wrapped when a node's datapath was set up by another
+// mode than the one asked for: a node changes its mode only drained (no
+// pods) and, from bridge mode, only after a reboot that undoes the NIC's
+// takeover.
+var ErrModeConflict = errors.New("the node runs another datapath mode")
 
 // Pod is a pod's address and the MAC of its interface.
 type Pod struct {

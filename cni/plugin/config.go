@@ -1,6 +1,7 @@
 // Package plugin implements the vnet-cni CNI plugin's verbs: ADD, DEL,
 // CHECK, GC and STATUS (VERSION is answered by skel). An address comes from
-// vnet-ipamd over its unix socket; the datapath is built by package azure0.
+// vnet-ipamd over its unix socket; the datapath is built by package azure0
+// (bridge mode) or package routed (routed mode), as the conflist's mode says.
 package plugin
 
 import (
@@ -98,8 +99,8 @@ func (c *NetConf) validate() error {
 	if c.Name == "" {
 		return invalid("name", "missing")
 	}
-	if c.Mode != api.ModeBridge {
-		return invalid("mode", "%q is not supported; supported: %q", c.Mode, api.ModeBridge)
+	if c.Mode != api.ModeBridge && c.Mode != api.ModeRouted {
+		return invalid("mode", "%q is not supported; supported: %q, %q", c.Mode, api.ModeBridge, api.ModeRouted)
 	}
 	if err := validIfName(c.Bridge); err != nil {
 		return invalid("bridge", "%q: %v", c.Bridge, err)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/bridge/azure0"
 	"github.com/vnet-cni/vnet-cni/bridge/linux"
+	"github.com/vnet-cni/vnet-cni/bridge/routed"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
 // Deadlines of the datapath's work. A lock wait is bounded by them too, so
@@ -34,7 +36,10 @@ type attachment interface {
 	Close() error
 }
 
-var _ attachment = (*azure0.Attachment)(nil)
+var (
+	_ attachment = (*azure0.Attachment)(nil)
+	_ attachment = (*routed.Attachment)(nil)
+)
 
 // node is the node's datapath as DEL, CHECK and GC use it.
 type node interface {
@@ -47,12 +52,22 @@ type node interface {
 	Close() error
 }
 
-var _ node = (*azure0.Node)(nil)
+var (
+	_ node = (*azure0.Node)(nil)
+	_ node = (*routed.Node)(nil)
+)
 
 // prepare starts the pod's attachment: with the VNet's address space from
 // the configuration, the node and the pod's veth are set up while the
 // address is on its way.
 func (p *Plugin) prepare(ctx context.Context, conf *NetConf, args *skel.CmdArgs) attachment {
+	if conf.Mode == api.ModeRouted {
+		return routed.Prepare(ctx, p.NodeNS, routed.Options{LockDir: conf.LockDir}, routed.AttachRequest{
+			ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, MTU: conf.MTU,
+			VNetPrefixes: conf.vnetCIDRs, SNATExclusions: conf.snatExclusions,
+			AllowMetadata: conf.AllowMetadata, Managed: conf.ManagedNode,
+		})
+	}
 	return azure0.Prepare(ctx, p.NodeNS, azure0.Options{LockDir: conf.LockDir}, azure0.AttachRequest{
 		ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns,
 		Bridge:         azure0.BridgeConfig{Name: conf.Bridge, Master: conf.Master, MTU: conf.MTU},
@@ -65,7 +80,13 @@ func (p *Plugin) prepare(ctx context.Context, conf *NetConf, args *skel.CmdArgs)
 
 // node opens the node's datapath.
 func (p *Plugin) node(conf *NetConf) (node, error) {
-	n, err := azure0.Open(p.NodeNS, azure0.Options{LockDir: conf.LockDir})
+	var n node
+	var err error
+	if conf.Mode == api.ModeRouted {
+		n, err = routed.Open(p.NodeNS, routed.Options{LockDir: conf.LockDir})
+	} else {
+		n, err = azure0.Open(p.NodeNS, azure0.Options{LockDir: conf.LockDir})
+	}
 	if err != nil {
 		return nil, types.NewError(types.ErrInternal, "open the node's datapath", err.Error())
 	}

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -170,10 +171,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 
 	cctx, ccancel := context.WithTimeout(context.Background(), datapathTimeout)
 	defer ccancel()
-	pod, err := att.Complete(cctx, linux.Address{IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, Interface: a.Interface, VNetPrefixes: a.VNetCIDRs})
+	pod, err := att.Complete(cctx, linux.Address{IP: a.IP, Subnet: a.Subnet, Gateway: a.Gateway, Interface: a.Interface,
+		InterfaceMAC: interfaceMAC(a.InterfaceMAC), DeviceIndex: a.DeviceIndex, PrimaryIP: a.PrimaryIP, VNetPrefixes: a.VNetCIDRs})
 	s := att.Steps()
 	if errors.Is(err, linux.ErrNodeSetup) {
-		return types.NewError(types.ErrInternal, "set up the node's bridge", err.Error())
+		return types.NewError(types.ErrInternal, "set up the node's datapath", err.Error())
 	}
 	c.attrs = append(c.attrs, "nodeReadyMs", ms(s.NodeReady.Sub(step)), "nodeOpenMs", ms(s.NodeOpen), "ensureNodeMs", ms(s.EnsureNode))
 	if err != nil {
@@ -185,6 +187,16 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	}
 	success = true
 	return nil
+}
+
+// interfaceMAC parses the MAC of an assignment's interface (hex without
+// separators); nil when absent or malformed (the primary's pods need none).
+func interfaceMAC(s string) net.HardwareAddr {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != 6 {
+		return nil
+	}
+	return net.HardwareAddr(b)
 }
 
 // addArgs checks what ADD needs of the environment before an address is

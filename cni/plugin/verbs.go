@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -61,11 +62,21 @@ func (p *Plugin) Check(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer node.Close()
-	st, err := node.InspectPod(ctx, linux.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, IP: want.ip.Addr()})
+	st, err := node.InspectPod(ctx, linux.PodRef{ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns,
+		IP: want.ip.Addr(), DeviceIndex: chk.Assignment.DeviceIndex})
 	if err != nil {
 		return types.NewError(types.ErrInternal, "inspect the pod's datapath", err.Error())
 	}
-	return compare(st, want, conf.Bridge)
+	if err := compare(st, want); err != nil {
+		return err
+	}
+	if conf.Mode == api.ModeRouted {
+		if len(st.Drift) > 0 {
+			return drift("%s", strings.Join(st.Drift, "; "))
+		}
+		return nil
+	}
+	return compareBridge(st, want, conf.Bridge)
 }
 
 // want is what prevResult promises.
@@ -111,7 +122,9 @@ func expected(prev *current.Result, args *skel.CmdArgs) (want, error) {
 	return w, nil
 }
 
-func compare(st linux.PodState, w want, bridgeName string) error {
+// compare checks what every mode builds: the pod's interface, address and
+// default route, and the host end of its veth.
+func compare(st linux.PodState, w want) error {
 	if st.PodIf == nil {
 		return drift("the pod interface is missing")
 	}
@@ -135,6 +148,12 @@ func compare(st linux.PodState, w want, bridgeName string) error {
 	if w.hostIf != "" && st.HostVeth.Name != w.hostIf {
 		return drift("the host end is %s, prevResult says %s", st.HostVeth.Name, w.hostIf)
 	}
+	return nil
+}
+
+// compareBridge checks bridge mode's part: the host end a port of the
+// bridge, the bridge steering the address to the pod's MAC.
+func compareBridge(st linux.PodState, w want, bridgeName string) error {
 	if st.HostVeth.Bridge != bridgeName {
 		return drift("the host end %s is not a port of %s", st.HostVeth.Name, bridgeName)
 	}

@@ -11,9 +11,13 @@ const (
 	// DefaultLockDir holds the plugin's node-wide lock files.
 	DefaultLockDir = "/run/vnet-cni"
 	// ModeBridge is the datapath mode where pods get secondary VNet
-	// addresses of the node's NIC behind the azure0 bridge, the default and
-	// so far the only mode.
+	// addresses of the node's NIC behind the azure0 bridge, the default.
 	ModeBridge = "bridge"
+	// ModeRouted is the datapath mode where the node routes to each pod
+	// over its veth (a /32 and a link-local gateway; no bridge, the NIC
+	// stays as it is), policy-routing the addresses of non-primary
+	// interfaces out of their own interface.
+	ModeRouted = "routed"
 	// PluginType is the type of vnet-cni's entry in a conflist: the name of
 	// the plugin's binary.
 	PluginType = "vnet-cni"
@@ -43,9 +47,9 @@ const (
 // Values stay in their JSON form (strings) so that the plugin validates them
 // once and reports a bad one as CNI error 7 naming the key.
 type PluginConf struct {
-	// Mode is the datapath: "bridge" (routed and kubenet come later).
+	// Mode is the datapath: "bridge" (the default) or "routed".
 	Mode string `json:"mode,omitempty"`
-	// Bridge is the bridge name (default azure0).
+	// Bridge is the bridge name (default azure0); bridge mode only.
 	Bridge string `json:"bridge,omitempty"`
 	// Master is the node's uplink (default: the interface holding the node's
 	// primary IP, found on the bridge once it exists).

@@ -13,12 +13,13 @@ import (
 // Version is the protocol version this package speaks, "major.minor".
 // 1.1 added the interface of assignments, address records and the status;
 // 1.2 the stamps of allocate, release and gc requests, and the addresses the
-// cloud lost (status, address records).
-const Version = "1.2"
+// cloud lost (status, address records); 1.3 the device index and MAC of an
+// assignment's interface, with that interface's subnet and gateway.
+const Version = "1.3"
 
 const (
 	versionMajor = 1
-	versionMinor = 2
+	versionMinor = 3
 )
 
 // Operation names on the wire.
@@ -98,9 +99,16 @@ type Assignment struct {
 	IP           netip.Addr `json:"ip"`
 	// Interface is the cloud's ID of the node interface that holds IP (an
 	// Azure NIC's resource ID, an ENI ID); empty from a 1.0 daemon.
-	Interface string       `json:"interface,omitempty"`
-	Subnet    netip.Prefix `json:"subnet"`
-	Gateway   netip.Addr   `json:"gateway"`
+	Interface string `json:"interface,omitempty"`
+	// InterfaceMAC (lower-case hex without separators, as the cloud
+	// reports it) and DeviceIndex (0: the primary) find that interface in
+	// the node, for routed mode's policy routing; empty and 0 from a daemon
+	// before 1.3, whose addresses are all on the primary.
+	InterfaceMAC string `json:"interfaceMAC,omitempty"`
+	DeviceIndex  int    `json:"deviceIndex,omitempty"`
+	// Subnet and Gateway are those of the interface that holds IP.
+	Subnet  netip.Prefix `json:"subnet"`
+	Gateway netip.Addr   `json:"gateway"`
 	MTU       int          `json:"mtu"`
 	// VNetCIDRs and PrimaryIP describe the node's network, so that the
 	// plugin needs one round trip for ADD (SNAT exclusions, bridge set-up).

@@ -62,8 +62,13 @@ const (
 	LogError = "error"
 
 	// ModeBridge: pods get secondary VNet addresses of the node's NIC behind
-	// the azure0 bridge. The only mode implemented so far; "kubenet" will follow.
+	// the azure0 bridge, which takes the NIC over (Azure CNI's bridge mode).
 	ModeBridge = api.ModeBridge
+	// ModeRouted: no bridge, the NIC stays as it is; the node routes to
+	// each pod's /32 over its veth, and the pod's default route is a
+	// link-local gateway on its veth (Azure CNI's transparent mode, the
+	// AWS VPC CNI's datapath). "kubenet" will follow.
+	ModeRouted = api.ModeRouted
 
 	// NodeSetupIPAMD: the daemon sets the node's datapath up before it
 	// writes the conflist and repairs it (and the conflist) while it runs.
@@ -179,7 +184,11 @@ type Config struct {
 	MetricsAddr netip.AddrPort `json:"metricsAddr"`
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string `json:"logLevel"`
-	// Mode is the datapath mode; only "bridge" for now.
+	// Mode is the datapath mode: "bridge" (the default) or "routed". It is
+	// written into the conflist for the plugin. A node changes its mode
+	// only drained: the daemon refuses (stays not ready, saying why) to set
+	// routed mode up on a node whose NIC bridge mode took over in this
+	// boot (reboot it first), or bridge mode while routed pods run.
 	Mode string `json:"mode"`
 	// NodeSetup says who keeps the node's datapath (bridge and nftables
 	// tables): "ipamd" (the default) or "plugin".

@@ -78,9 +78,9 @@ func (c Config) Validate() error {
 	}
 	add(oneOf("logLevel", c.LogLevel, LogDebug, LogInfo, LogWarn, LogError))
 	if c.Mode == "kubenet" {
-		add(fieldErr("mode", `"kubenet" is not supported yet (allowed: bridge)`))
+		add(fieldErr("mode", `"kubenet" is not supported yet (allowed: bridge, routed)`))
 	} else {
-		add(oneOf("mode", c.Mode, ModeBridge))
+		add(oneOf("mode", c.Mode, ModeBridge, ModeRouted))
 	}
 	add(oneOf("nodeSetup", c.NodeSetup, NodeSetupIPAMD, NodeSetupPlugin))
 	add(cidrList("snatExclusions", c.SNATExclusions, api.MaxSNATExclusions))

@@ -16,13 +16,24 @@ var _ server.Handler = (*Daemon)(nil)
 
 // network returns what every answer about an address carries, or an error
 // when the daemon has not synced with the cloud yet.
-func (d *Daemon) network() (api.Assignment, error) {
+func (d *Daemon) network() (network, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.synced {
-		return api.Assignment{}, api.Errorf(api.CodeNotReady, "vnet-ipamd is starting: %s", d.notReadyReason)
+		return network{}, api.Errorf(api.CodeNotReady, "vnet-ipamd is starting: %s", d.notReadyReason)
 	}
-	return d.baseLocked(), nil
+	return d.networkLocked(), nil
+}
+
+// network is what an assignment's answer says of the node's network: the
+// primary interface's part, and the interfaces an address may be on.
+type network struct {
+	base   api.Assignment
+	ifaces []cloud.Interface
+}
+
+func (d *Daemon) networkLocked() network {
+	return network{base: d.baseLocked(), ifaces: d.inst.Interfaces}
 }
 
 // baseLocked is the network part of every assignment: the primary
@@ -34,7 +45,8 @@ func (d *Daemon) baseLocked() api.Assignment {
 	}
 }
 
-func assignment(base api.Assignment, r store.Record) api.Assignment {
+func assignment(nw network, r store.Record) api.Assignment {
+	base := nw.base
 	base.ContainerID = r.Owner.ContainerID
 	base.IfName = r.Owner.IfName
 	base.PodNamespace = r.Owner.PodNamespace
@@ -43,6 +55,15 @@ func assignment(base api.Assignment, r store.Record) api.Assignment {
 	if r.Interface != "" {
 		// Records without one are on the primary interface, base's.
 		base.Interface = r.Interface
+	}
+	for _, ifc := range nw.ifaces {
+		if ifc.ID != base.Interface {
+			continue
+		}
+		base.InterfaceMAC, base.DeviceIndex = ifc.MAC, ifc.DeviceIndex
+		if ifc.Subnet.IsValid() && ifc.Gateway.IsValid() {
+			base.Subnet, base.Gateway = ifc.Subnet, ifc.Gateway
+		}
 	}
 	return base
 }
@@ -218,7 +239,7 @@ func (d *Daemon) GC(_ context.Context, req api.GCRequest) (api.GCResponse, error
 		valid[store.Attachment{ContainerID: a.ContainerID, IfName: a.IfName}] = true
 	}
 	d.mu.Lock()
-	base := d.baseLocked()
+	base := d.networkLocked()
 	d.mu.Unlock()
 	at := callStamp(req.At)
 	var resp api.GCResponse

@@ -112,7 +112,11 @@ func run(args []string) error {
 	}
 	connect := func(ctx context.Context) (daemon.Cloud, error) { return azure.New(ctx, azCfg) }
 	var datapath daemon.Datapath
-	if cfg.NodeSetup == config.NodeSetupIPAMD {
+	switch {
+	case cfg.NodeSetup != config.NodeSetupIPAMD:
+	case cfg.Mode == config.ModeRouted:
+		datapath = &routedDatapath{lockDir: cfg.PluginLockDir, allowMetadata: cfg.AllowPodMetadata, snatExclusions: cfg.SNATPrefixes()}
+	default:
 		datapath = &bridgeDatapath{lockDir: cfg.PluginLockDir, allowMetadata: cfg.AllowPodMetadata, snatExclusions: cfg.SNATPrefixes()}
 	}
 	d, err := daemon.New(st, connect, daemon.Options{
