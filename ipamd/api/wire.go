@@ -109,7 +109,7 @@ type Assignment struct {
 	// Subnet and Gateway are those of the interface that holds IP.
 	Subnet  netip.Prefix `json:"subnet"`
 	Gateway netip.Addr   `json:"gateway"`
-	MTU       int          `json:"mtu"`
+	MTU     int          `json:"mtu"`
 	// VNetCIDRs and PrimaryIP describe the node's network, so that the
 	// plugin needs one round trip for ADD (SNAT exclusions, bridge set-up).
 	VNetCIDRs []netip.Prefix `json:"vnetCIDRs,omitempty"`
