@@ -1,5 +1,6 @@
-// Package bench measures vnet-cni against Debian's reference bridge and
-// host-local plugins on the simulated cloud: ADD and DEL latency, wall time
+// Package bench measures vnet-cni against Debian's reference plugins on the
+// simulated cloud, each mode against its like-for-like reference (bridge
+// mode against bridge + host-local, routed mode against ptp + host-local): ADD and DEL latency, wall time
 // of a burst, vnet-ipamd's memory and cloud calls, and pod-to-pod
 // throughput. Both plugins are executed by libcni from inside the same node
 // namespace, in alternating batches so that a loaded machine slows both
@@ -40,7 +41,11 @@ type Options struct {
 	RefPluginDir string
 	// Prefix names the run's namespaces [random].
 	Prefix string
-	// RefIPMasq runs the reference bridge with ipMasq, masquerading as
+	// Mode is vnet-cni's datapath mode [bridge]: "bridge" is measured
+	// against Debian's bridge + host-local, "routed" against ptp +
+	// host-local.
+	Mode string
+	// RefIPMasq runs the reference with ipMasq, masquerading as
 	// vnet-cni does, at the cost of iptables calls per pod. Without it the
 	// reference is the plain bridge + host-local of DESIGN.md's figures,
 	// the stricter comparison.
@@ -68,6 +73,9 @@ type Options struct {
 func (o *Options) setDefaults() {
 	if o.BinDir == "" {
 		o.BinDir = "bin"
+	}
+	if o.Mode == "" {
+		o.Mode = config.ModeBridge
 	}
 	if o.RefPluginDir == "" {
 		o.RefPluginDir = "/usr/lib/cni"
@@ -236,7 +244,11 @@ func Run(ctx context.Context, opts Options) (res *Results, err error) {
 	if maxN := maxInt(opts.Sizes); maxN > opts.PoolSize || opts.PoolSize > poolMax-5 {
 		return nil, fmt.Errorf("bench: %d pods do not fit a pool of %d (at most %d)", maxN, opts.PoolSize, poolMax-5)
 	}
-	res = &Results{LoadAvgStart: loadAvg(), Started: time.Now().UTC().Format(time.RFC3339), RefIPMasq: opts.RefIPMasq}
+	if opts.Mode != config.ModeBridge && opts.Mode != config.ModeRouted {
+		return nil, fmt.Errorf("bench: mode %q: want %s or %s", opts.Mode, config.ModeBridge, config.ModeRouted)
+	}
+	res = &Results{LoadAvgStart: loadAvg(), Started: time.Now().UTC().Format(time.RFC3339), RefIPMasq: opts.RefIPMasq,
+		Mode: opts.Mode, RefName: refName(opts.Mode)}
 	start := time.Now()
 	e := &env{opts: opts}
 	defer func() { err = errors.Join(err, e.close()) }()
@@ -288,7 +300,7 @@ func (e *env) close() error {
 // measured node and prepares the two sides.
 func (e *env) setup(ctx context.Context, res *Results) error {
 	o := e.opts
-	for _, b := range []string{"bridge", "host-local"} {
+	for _, b := range []string{refPlugin(o.Mode), "host-local"} {
 		if _, err := os.Stat(filepath.Join(o.RefPluginDir, b)); err != nil {
 			return fmt.Errorf("reference plugin %s (Debian: apt-get install containernetworking-plugins): %w", b, err)
 		}
@@ -305,6 +317,7 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 		// The stores live where the default storeDir does: on a tmpfs.
 		StoreOnTmpfs: true,
 		IPAMD: func(node string, cfg *config.Config) {
+			cfg.Mode = o.Mode
 			cfg.ResyncInterval = config.Duration(config.DefaultResyncInterval)
 			if node != s.Description().Nodes[0].Name {
 				return // the peer keeps the cluster's small pool
@@ -365,7 +378,7 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 	e.vnet = &side{name: "vnet-cni", nsPath: e.node.NSPath, node: e.node, list: vnetList,
 		cni: libcni.NewCNIConfigWithCacheDir([]string{mustAbs(o.BinDir)},
 			filepath.Join(o.Dir, "cache-vnet"), execWithStderr(logf))}
-	refList, err := refConflist(filepath.Join(o.Dir, "host-local"), o.RefIPMasq)
+	refList, err := refConflist(filepath.Join(o.Dir, "host-local"), o.Mode, o.RefIPMasq)
 	if err != nil {
 		return err
 	}
@@ -378,7 +391,7 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 		return err
 	}
 	e.nsNames = append(e.nsNames, refNode)
-	e.ref = &side{name: "bridge+host-local", nsPath: nsPath(refNode), node: e.node, list: refList,
+	e.ref = &side{name: refName(o.Mode), nsPath: nsPath(refNode), node: e.node, list: refList,
 		cni: libcni.NewCNIConfigWithCacheDir([]string{o.RefPluginDir},
 			filepath.Join(o.Dir, "cache-ref"), execWithStderr(logf))}
 
@@ -400,22 +413,35 @@ func mustAbs(p string) string {
 	return a
 }
 
-// refConflist is Debian's bridge with host-local, as a kubenet-style
-// runtime configures them, with the IPAM data in dataDir; ipMasq makes the
-// bridge masquerade pod traffic leaving its subnet, as vnet-cni does.
-func refConflist(dataDir string, ipMasq bool) (*libcni.NetworkConfigList, error) {
-	doc := map[string]any{
-		"cniVersion": "1.0.0",
-		"name":       "bench-ref",
-		"plugins": []any{map[string]any{
-			"type": "bridge", "bridge": refBridge, "isGateway": true, "ipMasq": ipMasq, "hairpinMode": true,
-			"ipam": map[string]any{
-				"type": "host-local", "dataDir": dataDir,
-				"ranges": [][]map[string]string{{{"subnet": refSubnet}}},
-				"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
-			},
-		}},
+// refPlugin is the reference plugin of a mode: Debian's bridge for bridge
+// mode, its ptp (a veth per pod, a /32 route to it, no bridge) for routed
+// mode.
+func refPlugin(mode string) string {
+	if mode == config.ModeRouted {
+		return "ptp"
 	}
+	return "bridge"
+}
+
+func refName(mode string) string { return refPlugin(mode) + "+host-local" }
+
+// refConflist is the mode's reference plugin with host-local, as a
+// kubenet-style runtime configures them, with the IPAM data in dataDir;
+// ipMasq makes it masquerade pod traffic leaving its subnet, as vnet-cni
+// does.
+func refConflist(dataDir, mode string, ipMasq bool) (*libcni.NetworkConfigList, error) {
+	plugin := map[string]any{
+		"type": "bridge", "bridge": refBridge, "isGateway": true, "ipMasq": ipMasq, "hairpinMode": true,
+	}
+	if mode == config.ModeRouted {
+		plugin = map[string]any{"type": "ptp", "ipMasq": ipMasq}
+	}
+	plugin["ipam"] = map[string]any{
+		"type": "host-local", "dataDir": dataDir,
+		"ranges": [][]map[string]string{{{"subnet": refSubnet}}},
+		"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
+	}
+	doc := map[string]any{"cniVersion": "1.0.0", "name": "bench-ref", "plugins": []any{plugin}}
 	data, err := json.Marshal(doc)
 	if err != nil {
 		return nil, err

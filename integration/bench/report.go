@@ -60,14 +60,17 @@ type Results struct {
 	CrossNodeThroughputRatio float64 `json:"cross_node_throughput_ratio"`
 	RefThroughputRatio       float64 `json:"ref_bridge_throughput_ratio"`
 
-	CPUs          int     `json:"cpus"`
-	LoadAvgStart  string  `json:"loadavg_start"`
-	LoadAvgEnd    string  `json:"loadavg_end"`
-	SharedMachine bool    `json:"shared_machine_loaded"`
-	RefIPMasq     bool    `json:"ref_ipmasq"`
-	Started       string  `json:"started"`
-	RunSeconds    float64 `json:"run_seconds"`
-	Prefix        string  `json:"prefix"`
+	CPUs          int    `json:"cpus"`
+	LoadAvgStart  string `json:"loadavg_start"`
+	LoadAvgEnd    string `json:"loadavg_end"`
+	SharedMachine bool   `json:"shared_machine_loaded"`
+	RefIPMasq     bool   `json:"ref_ipmasq"`
+	// Mode is vnet-cni's datapath mode, RefName its reference.
+	Mode       string  `json:"mode"`
+	RefName    string  `json:"reference"`
+	Started    string  `json:"started"`
+	RunSeconds float64 `json:"run_seconds"`
+	Prefix     string  `json:"prefix"`
 
 	Pool        PoolConfig      `json:"pool"`
 	FirstAdd    WallPair        `json:"first_add_creates_bridge"`
@@ -232,18 +235,22 @@ func (r *Results) WriteJSON(path string) error {
 
 // Print writes the readable report.
 func (r *Results) Print(w io.Writer) {
-	fmt.Fprintf(w, "\nvnet-cni benchmark (%s): %d CPUs, load average %s at start, %s at end (this run included), %.0fs\n",
-		r.Started, r.CPUs, r.LoadAvgStart, r.LoadAvgEnd, r.RunSeconds)
+	fmt.Fprintf(w, "\nvnet-cni benchmark, %s mode against %s (%s): %d CPUs, load average %s at start, %s at end (this run included), %.0fs\n",
+		r.Mode, r.RefName, r.Started, r.CPUs, r.LoadAvgStart, r.LoadAvgEnd, r.RunSeconds)
 	if r.SharedMachine {
 		fmt.Fprintln(w, "NOTE: the load average was high when the run started: these numbers are from a shared, busy machine;")
 		fmt.Fprintln(w, "      both plugins ran in alternating batches, so the ratios are fairer than the absolute times.")
 	}
 	fmt.Fprintf(w, "Both plugins are executed by libcni (cniVersion 1.0.0) from inside a simulated node namespace, in alternating batches:\n")
-	refFlags := "isGateway, ipMasq"
+	refFlags := "ipMasq"
 	if !r.RefIPMasq {
-		refFlags = "isGateway, no ipMasq"
+		refFlags = "no ipMasq"
 	}
-	fmt.Fprintf(w, "vnet-cni alone (no chained plugin) on node0 with vnet-ipamd; the reference, Debian bridge (%s) +\n", refFlags)
+	ref := strings.TrimSuffix(r.RefName, "+host-local")
+	if ref == "bridge" {
+		refFlags = "isGateway, " + refFlags
+	}
+	fmt.Fprintf(w, "vnet-cni alone (no chained plugin) on node0 with vnet-ipamd; the reference, Debian %s (%s) +\n", ref, refFlags)
 	fmt.Fprintf(w, "host-local %s, on a node namespace of its own (so neither sees the other's bridge, rules or chains).\n", refSubnet)
 	fmt.Fprintf(w, "Percentiles are nearest-rank over N calls; ratio = vnet-cni / reference; wall = all pods of the phase.\n\n")
 
@@ -274,7 +281,7 @@ func (r *Results) Print(w io.Writer) {
 
 	fmt.Fprintf(w, "\nWhere vnet-cni's time goes (ms, p50; %d pods sequential):\n", r.HeadlinePods)
 	seq := r.scenario(r.HeadlinePods, 1)
-	fmt.Fprintf(w, "  VERSION (exec + Go start-up + libcni), N=%d:  vnet-cni %.2f   reference bridge %.2f\n",
+	fmt.Fprintf(w, "  VERSION (exec + Go start-up + libcni), N=%d:  vnet-cni %.2f   reference %.2f\n",
 		r.ExecFloor.VNet.N, r.ExecFloor.VNet.P50, r.ExecFloor.Ref.P50)
 	fmt.Fprintf(w, "  ADD: libcni %.2f = inside the plugin (its durationMs) %.2f + exec/start-up/libcni %.2f\n",
 		seq.Add.VNet.P50, seq.VNetInsideAdd.P50, seq.Add.VNet.P50-seq.VNetInsideAdd.P50)

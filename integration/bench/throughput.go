@@ -72,7 +72,7 @@ func (e *env) measureThroughput(ctx context.Context, res *Results) (err error) {
 		direct,
 		{name: "vnet-cni, same node", src: added["tv1"].NSPath, dst: added["tv2"].NSPath, dstIP: added["tv2"].IP},
 		{name: "vnet-cni, across nodes", src: added["tv1"].NSPath, dst: added["tv3"].NSPath, dstIP: added["tv3"].IP},
-		{name: "bridge+host-local, same node", src: added["tr1"].NSPath, dst: added["tr2"].NSPath, dstIP: added["tr2"].IP},
+		{name: e.ref.name + ", same node", src: added["tr1"].NSPath, dst: added["tr2"].NSPath, dstIP: added["tr2"].IP},
 	}
 	samples := make([][]float64, len(paths))
 	for _, p := range paths { // warm up: neighbours, routes, TCP memory

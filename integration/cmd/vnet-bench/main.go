@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,6 +37,7 @@ func run() error {
 	mib := flag.Int64("throughput-mib", 256, "MiB moved per throughput run")
 	refMasq := flag.Bool("ref-ipmasq", false, "run the reference bridge with ipMasq (SNAT like vnet-cni, iptables calls per pod); default: the plain bridge + host-local")
 	pluginLog := flag.String("plugin-log", "", "keep a copy of vnet-cni's log lines (one per call) in this file")
+	modes := flag.String("modes", "bridge,routed", "datapath modes to measure, comma-separated: bridge (against bridge + host-local), routed (against ptp + host-local); the second mode's results go to -out with the mode before the extension")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it creates network namespaces")
@@ -58,19 +60,40 @@ func run() error {
 	}
 	defer os.RemoveAll(dir)
 
-	fmt.Fprintf(os.Stderr, "vnet-bench: sizes %v, %d-way parallel, work dir %s\n", ns, *parallel, dir)
-	start := time.Now()
-	res, err := bench.Run(ctx, bench.Options{
-		Dir: dir, BinDir: *bin, Sizes: ns, Parallel: *parallel, SingleRounds: *rounds,
-		ThroughputBytes: *mib << 20, Progress: os.Stderr, PluginLog: *pluginLog, RefIPMasq: *refMasq,
-	})
-	if err != nil {
-		return fmt.Errorf("after %s: %w", time.Since(start).Round(time.Second), err)
+	for i, mode := range strings.Split(*modes, ",") {
+		mode = strings.TrimSpace(mode)
+		path, log := *out, *pluginLog
+		if i > 0 {
+			path = withMode(path, mode)
+			if log != "" {
+				log = withMode(log, mode)
+			}
+		}
+		fmt.Fprintf(os.Stderr, "vnet-bench: %s mode, sizes %v, %d-way parallel, work dir %s\n", mode, ns, *parallel, dir)
+		start := time.Now()
+		mdir := filepath.Join(dir, mode)
+		if err := os.MkdirAll(mdir, 0o700); err != nil {
+			return err
+		}
+		res, err := bench.Run(ctx, bench.Options{
+			Dir: mdir, BinDir: *bin, Sizes: ns, Parallel: *parallel, SingleRounds: *rounds, Mode: mode,
+			ThroughputBytes: *mib << 20, Progress: os.Stderr, PluginLog: log, RefIPMasq: *refMasq,
+		})
+		if err != nil {
+			return fmt.Errorf("%s mode, after %s: %w", mode, time.Since(start).Round(time.Second), err)
+		}
+		res.Print(os.Stdout)
+		if err := res.WriteJSON(path); err != nil {
+			return err
+		}
+		fmt.Printf("\nwrote %s\n", path)
 	}
-	res.Print(os.Stdout)
-	if err := res.WriteJSON(*out); err != nil {
-		return err
-	}
-	fmt.Printf("\nwrote %s\n", *out)
 	return nil
+}
+
+// withMode puts the mode before the file's extension: bench-results.json
+// becomes bench-results-routed.json.
+func withMode(path, mode string) string {
+	ext := filepath.Ext(path)
+	return strings.TrimSuffix(path, ext) + "-" + mode + ext
 }
