@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -51,19 +50,7 @@ type PodConfig struct {
 }
 
 func (c PodConfig) validate() error {
-	var errs []error
-	if c.ContainerID == "" {
-		errs = append(errs, errors.New("container id is empty"))
-	}
-	if c.HostVethName != "" && (!strings.HasPrefix(c.HostVethName, linux.HostVethPrefix) || len(c.HostVethName) > unix.IFNAMSIZ-1) {
-		errs = append(errs, fmt.Errorf("host veth name %q: want %s followed by up to %d characters", c.HostVethName, linux.HostVethPrefix, unix.IFNAMSIZ-1-len(linux.HostVethPrefix)))
-	}
-	if c.IfName == "" || len(c.IfName) > unix.IFNAMSIZ-1 {
-		errs = append(errs, fmt.Errorf("interface name %q: want 1 to 15 characters", c.IfName))
-	}
-	if c.NetNS == "" {
-		errs = append(errs, errors.New("pod netns is empty"))
-	}
+	errs := linux.CheckNames(c.ContainerID, c.IfName, c.NetNS, c.HostVethName)
 	if !c.IP.Is4() {
 		errs = append(errs, fmt.Errorf("pod ip %s: want ipv4", c.IP))
 	}

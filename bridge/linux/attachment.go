@@ -2,9 +2,14 @@ package linux
 
 import (
 	"errors"
+	"fmt"
+	"strings"
+
 	"net"
 	"net/netip"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The attachment as every mode's verbs see it: what ADD is given and
@@ -89,4 +94,25 @@ type Steps struct {
 	NodeReady time.Time
 	// AddPod times completing the pod.
 	AddPod time.Duration
+}
+
+// CheckNames checks what names an attachment in every mode: the container
+// ID, the pod's interface name, the pod's namespace path and, when set, an
+// overriding host veth name (it must start with HostVethPrefix, which the
+// modes' tables rely on). It returns every problem.
+func CheckNames(containerID, ifName, netNS, hostVethName string) []error {
+	var errs []error
+	if containerID == "" {
+		errs = append(errs, errors.New("container id is empty"))
+	}
+	if hostVethName != "" && (!strings.HasPrefix(hostVethName, HostVethPrefix) || len(hostVethName) > unix.IFNAMSIZ-1) {
+		errs = append(errs, fmt.Errorf("host veth name %q: want %s followed by up to %d characters", hostVethName, HostVethPrefix, unix.IFNAMSIZ-1-len(HostVethPrefix)))
+	}
+	if ifName == "" || len(ifName) > unix.IFNAMSIZ-1 {
+		errs = append(errs, fmt.Errorf("interface name %q: want 1 to 15 characters", ifName))
+	}
+	if netNS == "" {
+		errs = append(errs, errors.New("pod netns is empty"))
+	}
+	return errs
 }
