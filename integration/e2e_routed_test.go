@@ -101,6 +101,15 @@ func TestE2ERouted(t *testing.T) {
 		if err := p.Node.Check(ctx, p); err != nil {
 			t.Errorf("CHECK %s: %v", p.Name, err)
 		}
+		// The assignment names the NIC that holds the address, by its MAC
+		// as the node sees it (protocol 1.3).
+		eth0, err := nstest.Netlink(t, p.Node.NSPath).LinkByName("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := e2eAssigned(t, p); a == nil || a.InterfaceMAC != strings.ReplaceAll(eth0.Attrs().HardwareAddr.String(), ":", "") || a.DeviceIndex != 0 {
+			t.Errorf("%s: assignment %+v, want the interface mac of eth0 %s and device 0", p.Name, a, eth0.Attrs().HardwareAddr)
+		}
 		e2eServe(t, p.NSPath, p.Name, netip.AddrPortFrom(p.IP, 80))
 	}
 	for _, n := range e.c.Nodes {
