@@ -285,7 +285,7 @@ func TestBadInputPlugin(t *testing.T) {
 			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "ipamdTimeout"},
 		{name: "bridge name too long", call: badCall{env: add(fresh), stdin: conf(map[string]any{"bridge": "azure0123456789ab"})},
 			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "bridge"},
-		{name: "unsupported mode", call: badCall{env: add(fresh), stdin: conf(map[string]any{"mode": "routed"})},
+		{name: "unsupported mode", call: badCall{env: add(fresh), stdin: conf(map[string]any{"mode": "transparent"})},
 			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "mode"},
 		{name: "relative ipamdSocket", call: badCall{env: add(fresh), stdin: conf(map[string]any{"ipamdSocket": "ipamd.sock"})},
 			wantCode: types.ErrInvalidNetworkConfig, wantMsg: "ipamdSocket"},

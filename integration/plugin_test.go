@@ -652,7 +652,7 @@ func TestPlugin(t *testing.T) {
 			{"field of the wrong type", good, conf(map[string]any{"mtu": "big"}), types.ErrDecodingFailure, "decode", false},
 			{"unsupported cniVersion", good, conf(map[string]any{"cniVersion": "9.9.9"}), types.ErrIncompatibleCNIVersion, "9.9.9", false},
 			{"missing name", good, conf(map[string]any{"name": nil}), types.ErrInvalidNetworkConfig, "name", false},
-			{"mode", good, conf(map[string]any{"mode": "routed"}), types.ErrInvalidNetworkConfig, "mode", false},
+			{"mode", good, conf(map[string]any{"mode": "transparent"}), types.ErrInvalidNetworkConfig, "mode", false},
 			{"mtu", good, conf(map[string]any{"mtu": 100}), types.ErrInvalidNetworkConfig, "mtu", false},
 			{"bridge name", good, conf(map[string]any{"bridge": "a-bridge-name-too-long"}), types.ErrInvalidNetworkConfig, "bridge", false},
 			{"master", good, conf(map[string]any{"master": "eth/0"}), types.ErrInvalidNetworkConfig, "master", false},
