@@ -191,24 +191,9 @@ func (n *Node) addPodPerTableLocked(ip netip.Addr, mac net.HardwareAddr) error {
 // DelPod. The IP is taken from ref, from what the veth records or from the
 // guard set; an address another pod on the node now holds keeps its entries.
 func (n *Node) DelPod(ctx context.Context, ref linux.PodRef) error {
-	hostName := ref.HostVethName
-	if hostName == "" {
-		hostName = linux.HostVethName(ref.ContainerID, ref.IfName)
-	}
-	ip := ref.IP
-	l, err := n.ns.Netlink.LinkByName(hostName)
-	switch {
-	case linux.IsNotFound(err):
-		l = nil
-	case err != nil:
-		return fmt.Errorf("link %s: %w", hostName, err)
-	default:
-		if l.Type() != "veth" {
-			return fmt.Errorf("%w: %s is a %s, not a veth", ErrConflict, hostName, l.Type())
-		}
-		if aip, _, ok := linux.ParsePodAlias(l.Attrs().Alias); ok && !ip.IsValid() {
-			ip = aip
-		}
+	hostName, l, ip, err := n.ns.FindPodVeth(ref)
+	if err != nil {
+		return err
 	}
 	// The nftables entries go first: removing set elements leaves the
 	// kernel an RCU grace period of cleanup, which overlaps with the veth

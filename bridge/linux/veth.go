@@ -363,3 +363,29 @@ func PrepareVeth(nodeNS string, req VethRequest) (bool, error) {
 	}
 	return true, nil
 }
+
+// FindPodVeth looks an attachment's host veth up for DEL: its name
+// (ref.HostVethName, else HostVethName of the attachment), the link (nil
+// when it does not exist) and the pod's address (ref.IP, else what the
+// veth's alias records, else invalid). A link of the name that is not a
+// veth is ErrConflict.
+func (n *NS) FindPodVeth(ref PodRef) (string, netlink.Link, netip.Addr, error) {
+	name := ref.HostVethName
+	if name == "" {
+		name = HostVethName(ref.ContainerID, ref.IfName)
+	}
+	ip := ref.IP
+	l, err := n.Netlink.LinkByName(name)
+	switch {
+	case IsNotFound(err):
+		return name, nil, ip, nil
+	case err != nil:
+		return name, nil, ip, fmt.Errorf("link %s: %w", name, err)
+	case l.Type() != "veth":
+		return name, nil, ip, fmt.Errorf("%w: %s is a %s, not a veth", ErrConflict, name, l.Type())
+	}
+	if aip, _, ok := ParsePodAlias(l.Attrs().Alias); ok && !ip.IsValid() {
+		ip = aip
+	}
+	return name, l, ip, nil
+}

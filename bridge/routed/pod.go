@@ -176,24 +176,9 @@ func (n *Node) mtu(configured int, up uplinkLink) (int, error) {
 // taken from ref, from the veth's record or from the guard set; an address
 // another pod on the node now holds keeps its rules.
 func (n *Node) DelPod(ctx context.Context, ref linux.PodRef) error {
-	hostName := ref.HostVethName
-	if hostName == "" {
-		hostName = linux.HostVethName(ref.ContainerID, ref.IfName)
-	}
-	ip := ref.IP
-	l, err := n.ns.Netlink.LinkByName(hostName)
-	switch {
-	case linux.IsNotFound(err):
-		l = nil
-	case err != nil:
-		return fmt.Errorf("link %s: %w", hostName, err)
-	default:
-		if l.Type() != "veth" {
-			return fmt.Errorf("%w: %s is a %s, not a veth", linux.ErrConflict, hostName, l.Type())
-		}
-		if aip, _, ok := linux.ParsePodAlias(l.Attrs().Alias); ok && !ip.IsValid() {
-			ip = aip
-		}
+	hostName, l, ip, err := n.ns.FindPodVeth(ref)
+	if err != nil {
+		return err
 	}
 	// The veth goes even when the entries fail (a lock wait cut by ctx):
 	// the error makes the runtime retry, and the guard set still names the
