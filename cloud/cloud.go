@@ -113,6 +113,11 @@ const (
 	// 403 AuthorizationFailed, EC2's UnauthorizedOperation): asking again
 	// helps only once an operator grants the permission.
 	Denied
+	// InterfaceLimit means the instance cannot hold more network interfaces
+	// (EC2's AttachmentLimitExceeded): unlike NICLimit, attaching another
+	// interface does not help; only releasing addresses or a larger
+	// instance type does.
+	InterfaceLimit
 )
 
 func (k Kind) String() string {
@@ -133,6 +138,8 @@ func (k Kind) String() string {
 		return "address_in_use"
 	case Denied:
 		return "denied"
+	case InterfaceLimit:
+		return "interface_limit"
 	default:
 		return fmt.Sprintf("kind(%d)", int(k))
 	}
