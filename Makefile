@@ -42,7 +42,8 @@ FUZZ_TARGETS := \
 	./ipamd/config:FuzzParse \
 	./ipamd/api:FuzzReadFrame ./ipamd/server:FuzzDecodeRequest \
 	./cloud/azure:FuzzParseInstance ./cloud/azure:FuzzParseSubnetID \
-	./cloud/azure:FuzzRetryAfter ./cloud/azure:FuzzClassify
+	./cloud/azure:FuzzRetryAfter ./cloud/azure:FuzzClassify \
+	./cloud/aws:FuzzParseIdentity ./cloud/aws:FuzzClassify
 
 .PHONY: fuzz-short
 fuzz-short:
