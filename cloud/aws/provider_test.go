@@ -69,6 +69,7 @@ func TestDiscoveryFails(t *testing.T) {
 	}{
 		{"no imds", func(c *Config) { c.IMDSEndpoint = "http://127.0.0.1:1"; c.CallTimeout = 3 * time.Second }, cloud.Transient, "imds: get instance-id"},
 		{"untrusted ca", func(c *Config) { c.CAFile = "" }, cloud.Transient, "certificate"},
+		{"signed for another region", func(c *Config) { c.Region = "eu-west-1" }, cloud.Fatal, "AuthFailure"},
 		{"bad static credentials", func(c *Config) {
 			c.StaticCredentials = &StaticCredentials{AccessKeyID: toolKey, SecretAccessKey: "wrong"}
 		}, cloud.Fatal, "AuthFailure"},
