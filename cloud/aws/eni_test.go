@@ -98,8 +98,8 @@ func TestAddInterfaceRollsBack(t *testing.T) {
 		},
 		{
 			name:   "delete on termination refused",
-			faults: ec2sim.Faults{Errors: map[string]ec2sim.ErrorFault{"ModifyNetworkInterfaceAttribute": {Rate: 1, Status: 400, Code: "UnauthorizedOperation"}}},
-			kind:   cloud.Fatal,
+			faults: ec2sim.Faults{Errors: map[string]ec2sim.ErrorFault{"ModifyNetworkInterfaceAttribute": {Rate: 1, Status: 403, Code: "UnauthorizedOperation"}}},
+			kind:   cloud.Denied,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

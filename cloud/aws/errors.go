@@ -46,9 +46,10 @@ var kinds = map[string]cloud.Kind{
 	codeENIInUse:           cloud.Conflict,
 	codeAttachmentNotFound: cloud.Conflict,
 	codeIncorrectState:     cloud.Conflict,
-	// An operator has to act: credentials, permissions, the clock, a bug.
+	// The role may not make the call: an operator has to grant it.
+	codeUnauthorizedOperation: cloud.Denied,
+	// An operator has to act: credentials, the clock, a bug.
 	codeAuthFailure:            cloud.Fatal,
-	codeUnauthorizedOperation:  cloud.Fatal,
 	codeRequestExpired:         cloud.Fatal,
 	codeMissingParameter:       cloud.Fatal,
 	codeOperationNotPermitted:  cloud.Fatal,

@@ -224,7 +224,7 @@ func TestClassify(t *testing.T) {
 		{400, "InvalidIPAddress.InUse", cloud.AddressInUse},
 		{400, "AttachmentLimitExceeded", cloud.InterfaceLimit},
 		{401, "AuthFailure", cloud.Fatal},
-		{403, "UnauthorizedOperation", cloud.Fatal},
+		{403, "UnauthorizedOperation", cloud.Denied},
 		{400, "InvalidParameterValue", cloud.Fatal},
 		{400, "InvalidParameterCombination", cloud.Fatal},
 		{400, "MissingParameter", cloud.Fatal},
