@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -197,7 +198,10 @@ type Provider struct {
 	node   identity
 	name   string
 	limits cloud.Limits
-	hint   throttleHint
+	// hints are the throttle hints of the two classes of EC2's buckets:
+	// Describe* calls, and mutations. A successful describe says nothing
+	// about the mutation buckets.
+	hints [2]throttleHint
 
 	// lifecycle serialises AddInterface, RemoveInterface and Instance's
 	// repair of what a crashed AddInterface left behind.
@@ -361,15 +365,24 @@ func parseLimits(name string, infos []types.InstanceTypeInfo) (cloud.Limits, err
 func call[T any](ctx context.Context, p *Provider, op string, f func(context.Context) (T, error)) (T, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
 	defer cancel()
+	hint := p.hint(op)
 	out, err := f(ctx)
 	if err == nil {
-		p.hint.succeeded()
+		hint.succeeded()
 		return out, nil
 	}
 	ce := classify(op, err)
 	if ce.Kind == cloud.Throttled && ce.RetryAfter == 0 {
-		ce.RetryAfter = p.hint.throttled()
+		ce.RetryAfter = hint.throttled()
 	}
 	var zero T
 	return zero, ce
+}
+
+// hint returns the throttle hint of op's bucket class.
+func (p *Provider) hint(op string) *throttleHint {
+	if strings.HasPrefix(op, "Describe") {
+		return &p.hints[0]
+	}
+	return &p.hints[1]
 }

@@ -69,6 +69,9 @@ func (p *Provider) AddInterface(ctx context.Context) (cloud.Interface, error) {
 	var primary *types.NetworkInterface
 	used := map[int32]bool{}
 	for i, e := range attached {
+		if e.Attachment == nil {
+			continue
+		}
 		used[awssdk.ToInt32(e.Attachment.DeviceIndex)] = true
 		if isPrimary(e, p.node.InstanceID) {
 			primary = &attached[i]

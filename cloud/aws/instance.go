@@ -39,6 +39,9 @@ func (p *Provider) Instance(ctx context.Context) (cloud.Instance, error) {
 	managed := map[string]bool{}
 	var fixDOT []types.NetworkInterface
 	for _, e := range enis {
+		if e.Attachment == nil {
+			continue // detached since the filter matched
+		}
 		primary := isPrimary(e, p.node.InstanceID)
 		if !primary && !p.ours(e) {
 			foreign++

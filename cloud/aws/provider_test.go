@@ -390,12 +390,14 @@ func TestThrottled(t *testing.T) {
 	if hints[0] < baseThrottleHint/2 || hints[0] > baseThrottleHint || hints[1] < baseThrottleHint || hints[1] > 2*baseThrottleHint {
 		t.Errorf("hints %v: want one in [0.5s, 1s], then one in [1s, 2s]", hints)
 	}
-	// Other actions have their own buckets, and a success ends the streak.
+	// Describes have their own buckets; their success does not end the
+	// mutations' streak.
 	if _, err := p.Instance(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if d := p.hint.throttled(); d > baseThrottleHint {
-		t.Errorf("hint after a success = %s, want at most %s", d, baseThrottleHint)
+	_, err := p.AddAddresses(ctx, eni0, 1)
+	if d := cloud.RetryAfterOf(err); cloud.KindOf(err) != cloud.Throttled || d < 2*baseThrottleHint || d > 4*baseThrottleHint {
+		t.Errorf("third throttled call: %v (hint %s), want throttled with a hint in [2s, 4s]", err, d)
 	}
 
 	// A storm: every action throttled; each provider call stays bounded.
