@@ -108,6 +108,7 @@ func TestE2ESelfHeal(t *testing.T) {
 		{"nft flush ruleset", func() { nftIn(t, n0, "flush", "ruleset") }},
 		{"deleting the guard table", func() { nftIn(t, n0, "delete", "table", "bridge", "vnet-cni-guard") }},
 		{"flushing the bridge table's prerouting chain", func() { nftIn(t, n0, "flush", "chain", "bridge", "vnet-cni", "prerouting") }},
+		{"flushing the bridge table's forward chain", func() { nftIn(t, n0, "flush", "chain", "bridge", "vnet-cni", "forward") }},
 		{"deleting the snat table", func() { nftIn(t, n0, "delete", "table", "ip", "vnet-cni") }},
 	}
 	for _, c := range cases {
@@ -141,12 +142,33 @@ func TestE2ESelfHeal(t *testing.T) {
 		}
 		t.Logf("repaired after %s in %v", c.name, time.Since(start).Round(time.Millisecond))
 	}
+	// Hairpin on the NIC's port (a NodePort DNAT-ed to another node's pod
+	// needs it; see bridge/azure0), turned off by hand.
+	eth0, err := nl.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nl.LinkSetHairpin(eth0, false); err != nil {
+		t.Fatalf("hairpin off: %v", err)
+	}
+	start := time.Now()
+	err = nsnet.Eventually(10*time.Second, func() error {
+		pi, err := nl.LinkGetProtinfo(eth0)
+		if err != nil || !pi.Hairpin {
+			return fmt.Errorf("hairpin on eth0 is %v (%v)", pi.Hairpin, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after hairpin off on eth0: not repaired: %v", err)
+	}
+	t.Logf("repaired after hairpin off on eth0 in %v", time.Since(start).Round(time.Millisecond))
 	log, err := os.ReadFile(n0.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Count(string(log), "repaired the node's datapath"); got < len(cases)+len(bridgeCases) {
-		t.Errorf("node0's log reports %d repairs, want at least %d", got, len(cases)+len(bridgeCases))
+	if got, want := strings.Count(string(log), "repaired the node's datapath"), len(cases)+len(bridgeCases)+1; got < want {
+		t.Errorf("node0's log reports %d repairs, want at least %d", got, want)
 	}
 
 	// The conflist: deleted, then edited; written again each time.

@@ -123,7 +123,7 @@ func TestReconcileRestoresTables(t *testing.T) {
 	want := summarize(t, c)
 	wantShape := tableSummary{
 		Tables: map[string]int{"bridge": 1, "ip": 1},
-		Rules:  map[string]int{"bridge prerouting": 3, "bridge postrouting": 4, "ip postrouting": 1},
+		Rules:  map[string]int{"bridge prerouting": 3, "bridge postrouting": 4, "bridge forward": 2, "ip postrouting": 1},
 		Pods: map[string]string{
 			"bridge " + podA.String(): resA.PodIf.MAC.String(), "bridge " + podB.String(): resB.PodIf.MAC.String(),
 			"ip " + podA.String(): "-", "ip " + podB.String(): "-",
@@ -271,12 +271,12 @@ func TestBuildTables(t *testing.T) {
 		mod  func(*nftSpec)
 		want map[string]int // family/chain -> rules
 	}{
-		{"bridge only without snat", func(s *nftSpec) {}, map[string]int{"7/prerouting": 2, "7/postrouting": 4}},
+		{"bridge only without snat", func(s *nftSpec) {}, map[string]int{"7/prerouting": 2, "7/postrouting": 4, "7/forward": 2}},
 		{"snat adds a redirect and the ip table", func(s *nftSpec) { s.snat = true },
-			map[string]int{"7/prerouting": 3, "7/postrouting": 4, "2/postrouting": 1}},
+			map[string]int{"7/prerouting": 3, "7/postrouting": 4, "7/forward": 2, "2/postrouting": 1}},
 		{"one arp rule per node address", func(s *nftSpec) {
 			s.nodeIPs = append(s.nodeIPs, netip.MustParseAddr("10.240.0.6"))
-		}, map[string]int{"7/prerouting": 2, "7/postrouting": 5}},
+		}, map[string]int{"7/prerouting": 2, "7/postrouting": 5, "7/forward": 2}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -25,6 +25,7 @@ const podSetName = "pods"
 const (
 	chainPrerouting  = "prerouting"
 	chainPostrouting = "postrouting"
+	chainForward     = "forward"
 )
 
 // nftSpec is everything the rules depend on, except the pods (which are
@@ -102,6 +103,13 @@ var arpEthIPv4 = []byte{0x00, 0x01, 0x08, 0x00, 0x06, 0x04}
 //	    oifname eth0 ether saddr set 02:00:00:00:00:01
 //	    oifname eth0 arp saddr ether set 02:00:00:00:00:01
 //	  }
+//	  chain forward { type filter hook forward priority 0
+//	    # eth0 is in hairpin mode (see Node.hairpin): back to the fabric
+//	    # only what the fabric sent to the node itself and br_netfilter
+//	    # bridged on after a DNAT to an address behind the fabric
+//	    iifname eth0 oifname eth0 meta pkttype host accept
+//	    iifname eth0 oifname eth0 drop
+//	  }
 //	}
 //	table ip vnet-cni {            # only with SNAT
 //	  set pods { type ipv4_addr }
@@ -165,7 +173,28 @@ func buildTables(s nftSpec) []linux.Table {
 	post.Add("to the fabric: arp sender mac of the nic",
 		toMaster, isARP(), &expr.Immediate{Register: 1, Data: s.masterMAC}, writeNet(arpSHA, 6))
 
-	tables := []linux.Table{{Table: bt, Set: podSet(bt, true), Chains: []linux.Chain{pre, post}}}
+	// With br_netfilter, a connection from the fabric that the node DNATs
+	// to an address behind the fabric (kube-proxy: a NodePort whose
+	// endpoint is another node's pod; and its replies, de-masqueraded)
+	// is bridged back out of eth0 ("bridged DNAT"); the rules above still
+	// give it the NIC's source MAC. Such a frame came addressed to the
+	// NIC's MAC and keeps packet type host, which no frame the bridge
+	// forwards otherwise has: floods, broadcasts and unknown unicast are
+	// dropped. (Conntrack's dnat status would say the same, but ct in the
+	// bridge family needs nf_conntrack_bridge, which kernels may lack.)
+	fwd := linux.Chain{Chain: &nftables.Chain{
+		Name: chainForward, Table: bt, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(0), Policy: &accept,
+	}}
+	fwd.Add("back to the fabric: what came to the node and was dnat-ed to an address behind the fabric",
+		fromMaster, toMaster,
+		&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.PACKET_HOST}},
+		&expr.Verdict{Kind: expr.VerdictAccept})
+	fwd.Add("back to the fabric: nothing else is reflected",
+		fromMaster, toMaster, &expr.Verdict{Kind: expr.VerdictDrop})
+
+	tables := []linux.Table{{Table: bt, Set: podSet(bt, true), Chains: []linux.Chain{pre, post, fwd}}}
 	if !s.snat {
 		return tables
 	}

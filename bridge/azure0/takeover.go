@@ -145,8 +145,30 @@ func (n *Node) bridgeDone(cfg BridgeConfig) (BridgeInfo, bool, error) {
 	if len(routes) > 0 {
 		return BridgeInfo{}, false, nil
 	}
+	if hairpin, err := n.hairpin(m); err != nil || !hairpin {
+		return BridgeInfo{}, false, err
+	}
 	info, err := n.bridgeInfo(br, m)
 	return info, err == nil, err
+}
+
+// hairpin tells whether the bridge port m may send a frame back out of
+// itself (IFLA_BRPORT_MODE).
+//
+// The NIC's port needs it: a connection from the fabric that the node
+// DNATs to an address behind the fabric (a NodePort or Service whose
+// endpoint is a pod of another node) is, with br_netfilter, bridged back
+// out of the NIC it came in on, and the bridge drops such a frame unless
+// the port is in hairpin mode. The bridge table's forward chain lets only
+// those DNAT-ed frames go back and drops every other one (a flood or
+// broadcast from the fabric must never be reflected to it); see
+// buildTables.
+func (n *Node) hairpin(m netlink.Link) (bool, error) {
+	pi, err := linux.RetryDump(func() (netlink.Protinfo, error) { return n.ns.Netlink.LinkGetProtinfo(m) })
+	if err != nil {
+		return false, fmt.Errorf("bridge port settings of %s: %w", m.Attrs().Name, err)
+	}
+	return pi.Hairpin, nil
 }
 
 func (n *Node) ensureBridgeLocked(ctx context.Context, cfg BridgeConfig) (BridgeInfo, error) {
@@ -209,6 +231,17 @@ func (n *Node) ensureBridgeLocked(ctx context.Context, cfg BridgeConfig) (Bridge
 	if ma.MasterIndex != bi {
 		if err := n.ns.Netlink.LinkSetMasterByIndex(m, bi); err != nil {
 			return BridgeInfo{}, fmt.Errorf("enslave %s to %s: %w", masterName, cfg.Name, err)
+		}
+	}
+
+	// Hairpin on the NIC's port (see hairpin), only after it is a port.
+	on, err := n.hairpin(m)
+	if err != nil {
+		return BridgeInfo{}, err
+	}
+	if !on {
+		if err := n.ns.Netlink.LinkSetHairpin(m, true); err != nil {
+			return BridgeInfo{}, fmt.Errorf("set hairpin on %s: %w", masterName, err)
 		}
 	}
 

@@ -371,7 +371,7 @@ func TestEnsureNodeConcurrent(t *testing.T) {
 	if d := cmp.Diff(want, s.Tables); d != "" {
 		t.Errorf("tables (-want +got):\n%s", d)
 	}
-	wantRules := map[string]int{"bridge prerouting": 3, "bridge postrouting": 5, "ip postrouting": 1}
+	wantRules := map[string]int{"bridge prerouting": 3, "bridge postrouting": 5, "bridge forward": 2, "ip postrouting": 1}
 	if d := cmp.Diff(wantRules, s.Rules); d != "" {
 		t.Errorf("rules (-want +got):\n%s", d)
 	}
