@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/vishvananda/netns"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -203,6 +205,20 @@ func (e *k8sEnv) waitFor(what string, timeout time.Duration, cond func() (bool, 
 			e.t.Fatalf("%s: %s (%v)", what, why, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
 		}
+	}
+}
+
+// waitNodesReady waits until every node is Ready.
+func (e *k8sEnv) waitNodesReady() {
+	e.t.Helper()
+	for _, n := range e.c.Nodes {
+		e.waitFor(n.Name()+" Ready", 2*time.Minute, func() (bool, string) {
+			cond, err := e.readyCondition(n.Name())
+			if err != nil || cond == nil {
+				return false, fmt.Sprint(err)
+			}
+			return cond.Status == corev1.ConditionTrue, cond.Message
+		})
 	}
 }
 
@@ -493,10 +509,19 @@ func (e *k8sEnv) nicAddresses(op *e2eOperator, i int) map[string]bool {
 	return addrs
 }
 
-// cniCalls counts vnet-cni's per-call log lines by verb in the nodes'
-// containerd logs (the runtime passes the plugins' stderr into its own).
+// cniCalls counts vnet-cni's per-call log lines by verb and result.
 func (e *k8sEnv) cniCalls() map[string]int {
 	verbs := map[string]int{}
+	for _, c := range e.cniLog() {
+		verbs[c.Verb+" "+c.Result]++
+	}
+	return verbs
+}
+
+// cniLog reads vnet-cni's per-call log lines from the nodes' containerd
+// logs (the runtime passes the plugins' stderr into its own).
+func (e *k8sEnv) cniLog() []cniCall {
+	var out []cniCall
 	for _, n := range e.c.Nodes {
 		b, err := os.ReadFile(n.LogPath(node.Containerd))
 		if err != nil {
@@ -508,14 +533,15 @@ func (e *k8sEnv) cniCalls() map[string]int {
 				continue
 			}
 			var rec struct {
-				Msg, Verb, Result string
+				cniCall
+				Msg string
 			}
 			if json.Unmarshal([]byte(line[i:]), &rec) == nil && strings.HasPrefix(rec.Msg, "cni ") {
-				verbs[rec.Verb+" "+rec.Result]++
+				out = append(out, rec.cniCall)
 			}
 		}
 	}
-	return verbs
+	return out
 }
 
 // TestK8sDeployment runs a Deployment of 20 test servers on two workers
@@ -533,15 +559,7 @@ func TestK8sDeployment(t *testing.T) {
 		c.ReleaseDelay = config.Duration(3 * time.Second)
 		c.Cooldown = config.Duration(2 * time.Second)
 	})
-	for _, n := range e.c.Nodes {
-		e.waitFor(n.Name()+" Ready", 2*time.Minute, func() (bool, string) {
-			cond, err := e.readyCondition(n.Name())
-			if err != nil || cond == nil {
-				return false, fmt.Sprint(err)
-			}
-			return cond.Status == corev1.ConditionTrue, cond.Message
-		})
-	}
+	e.waitNodesReady()
 	op := newE2EOperator(t, &e2eEnv{sim: e.c.Sim, desc: e.c.Desc})
 	internet := e2eServe(t, e.c.Desc.InternetNetns, "internet", netip.AddrPortFrom(e2eAddr(e.c.Desc.InternetHost), 80))
 
@@ -756,28 +774,7 @@ func TestK8sDeployment(t *testing.T) {
 	t.Run("scale to 0 and back", func(t *testing.T) {
 		e := e.with(t)
 		e.scale(0)
-		e.waitFor("every test pod gone", 2*time.Minute, func() (bool, string) {
-			n := len(e.testPods())
-			return n == 0, fmt.Sprintf("%d pods left", n)
-		})
-		for i, n := range e.c.Nodes {
-			in := e.c.IPAMD.Nodes[i]
-			want := max(in.Config.WarmIPTarget, in.Config.MinIPTarget)
-			e.waitFor(n.Name()+" pool back to its target", time.Minute, func() (bool, string) {
-				st, err := in.Status(e.ctx)
-				if err != nil {
-					return false, err.Error()
-				}
-				onNIC := len(e.nicAddresses(op, i))
-				p := st.Pool
-				return p.Assigned == 0 && p.Cooling == 0 && p.Releasing == 0 && p.Free == want && p.Total == want && onNIC == want,
-					fmt.Sprintf("pool %+v, %d secondaries on the NIC, want %d free", p, onNIC, want)
-			})
-			veths := podVeths(t, n.NetNS())
-			if len(veths) != 0 {
-				t.Errorf("%s: pod veths left after scaling to 0: %v", n.Name(), veths)
-			}
-		}
+		e.waitDrained(op)
 		start := time.Now()
 		e.scale(replicas)
 		again := e.waitRunning(replicas, 3*time.Minute)
@@ -791,6 +788,75 @@ func TestK8sDeployment(t *testing.T) {
 		t.Logf("%d of %d addresses reused from the first round", reused, replicas)
 	})
 	t.Logf("vnet-cni calls by verb and result (containerd's log): %v", e.cniCalls())
+}
+
+// waitDrained waits until no test pod is left and checks that nothing of
+// them is: each vnet-ipamd's pool back to exactly its warm target (no
+// assignment, nothing cooling or releasing), the NIC with exactly that many
+// secondaries (armnetwork), no pod veth and no pod element in vnet-cni's
+// nftables sets.
+func (e *k8sEnv) waitDrained(op *e2eOperator) {
+	e.t.Helper()
+	e.waitFor("every test pod gone", 2*time.Minute, func() (bool, string) {
+		n := len(e.testPods())
+		return n == 0, fmt.Sprintf("%d pods left", n)
+	})
+	for i, n := range e.c.Nodes {
+		in := e.c.IPAMD.Nodes[i]
+		want := max(in.Config.WarmIPTarget, in.Config.MinIPTarget)
+		e.waitFor(n.Name()+" pool back to its target", time.Minute, func() (bool, string) {
+			st, err := in.Status(e.ctx)
+			if err != nil {
+				return false, err.Error()
+			}
+			onNIC := len(e.nicAddresses(op, i))
+			p := st.Pool
+			return p.Assigned == 0 && p.Cooling == 0 && p.Releasing == 0 && p.Free == want && p.Total == want && onNIC == want,
+				fmt.Sprintf("pool %+v, %d secondaries on the NIC, want %d free", p, onNIC, want)
+		})
+		if veths := podVeths(e.t, n.NetNS()); len(veths) != 0 {
+			e.t.Errorf("%s: pod veths left after scaling to 0: %v", n.Name(), veths)
+		}
+		for _, set := range podSets() {
+			if elems := setElements(e.t, n.NetNS(), set); len(elems) != 0 {
+				e.t.Errorf("%s: %d elements left in nftables set %s %s after scaling to 0", n.Name(), len(elems), set.Table.Name, set.Name)
+			}
+		}
+	}
+}
+
+// podSets are vnet-cni's nftables sets with an element per pod (bridge
+// mode): the bridge table's pod map, the SNAT table's pod set, the guard's
+// ports.
+func podSets() []*nftables.Set {
+	bt := &nftables.Table{Name: "vnet-cni", Family: nftables.TableFamilyBridge}
+	it := &nftables.Table{Name: "vnet-cni", Family: nftables.TableFamilyIPv4}
+	gt := &nftables.Table{Name: "vnet-cni-guard", Family: nftables.TableFamilyBridge}
+	return []*nftables.Set{{Table: bt, Name: "pods"}, {Table: it, Name: "pods"}, {Table: gt, Name: "ports"}}
+}
+
+// setElements reads an nftables set in the namespace.
+func setElements(t *testing.T, nsPath string, s *nftables.Set) []nftables.SetElement {
+	t.Helper()
+	h, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(h)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// GetSetElements needs the set's key type; read the set first.
+	got, err := c.GetSetByName(s.Table, s.Name)
+	if err != nil {
+		t.Fatalf("nftables set %s %s: %v", s.Table.Name, s.Name, err)
+	}
+	elems, err := c.GetSetElements(got)
+	if err != nil {
+		t.Fatalf("elements of %s %s: %v", s.Table.Name, s.Name, err)
+	}
+	return elems
 }
 
 // logStartup logs creation→Ready of the pods from the API's timestamps
