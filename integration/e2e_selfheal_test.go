@@ -154,8 +154,11 @@ func TestE2ESelfHeal(t *testing.T) {
 	start := time.Now()
 	err = nsnet.Eventually(10*time.Second, func() error {
 		pi, err := nl.LinkGetProtinfo(eth0)
-		if err != nil || !pi.Hairpin {
-			return fmt.Errorf("hairpin on eth0 is %v (%v)", pi.Hairpin, err)
+		if err != nil {
+			return err
+		}
+		if !pi.Hairpin {
+			return errors.New("hairpin on eth0 is off")
 		}
 		return nil
 	})
