@@ -208,6 +208,14 @@ func (e *k8sEnv) waitFor(what string, timeout time.Duration, cond func() (bool, 
 	}
 }
 
+// fastRelease makes vnet-ipamd release to exactly the warm target soon
+// after the pods are gone.
+func fastRelease(_ string, c *config.Config) {
+	c.BatchSize = 1
+	c.ReleaseDelay = config.Duration(3 * time.Second)
+	c.Cooldown = config.Duration(2 * time.Second)
+}
+
 // waitNodesReady waits until every node is Ready.
 func (e *k8sEnv) waitNodesReady() {
 	e.t.Helper()
@@ -553,12 +561,7 @@ func (e *k8sEnv) cniLog() []cniCall {
 // back to the pool's target) and to 20 again.
 func TestK8sDeployment(t *testing.T) {
 	const replicas = 20
-	e := newK8sEnv(t, false, func(_ string, c *config.Config) {
-		// Release to exactly the warm target soon after the pods are gone.
-		c.BatchSize = 1
-		c.ReleaseDelay = config.Duration(3 * time.Second)
-		c.Cooldown = config.Duration(2 * time.Second)
-	})
+	e := newK8sEnv(t, false, fastRelease)
 	e.waitNodesReady()
 	op := newE2EOperator(t, &e2eEnv{sim: e.c.Sim, desc: e.c.Desc})
 	internet := e2eServe(t, e.c.Desc.InternetNetns, "internet", netip.AddrPortFrom(e2eAddr(e.c.Desc.InternetHost), 80))

@@ -14,7 +14,6 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/integration/k8s/node"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
-	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 // TestK8sRestartsDuringScaleUp scales a Deployment from 0 to 20 and, while
@@ -28,11 +27,7 @@ import (
 // the Deployment scales to 0 and nothing is left.
 func TestK8sRestartsDuringScaleUp(t *testing.T) {
 	const replicas = 20
-	e := newK8sEnv(t, false, func(_ string, c *config.Config) {
-		c.BatchSize = 1
-		c.ReleaseDelay = config.Duration(3 * time.Second)
-		c.Cooldown = config.Duration(2 * time.Second)
-	})
+	e := newK8sEnv(t, false, fastRelease)
 	e.waitNodesReady()
 	op := newE2EOperator(t, &e2eEnv{sim: e.c.Sim, desc: e.c.Desc})
 	e.deployTestServer(0)
