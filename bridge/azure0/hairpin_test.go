@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 )
@@ -146,7 +147,7 @@ func addService(t *testing.T, nsPath, prefix string, front, backend netip.AddrPo
 	post := c.AddChain(&nftables.Chain{Name: "postrouting", Table: tb, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	c.AddRule(&nftables.Rule{Table: tb, Chain: pre, Exprs: []expr.Any{
-		loadNet(ipDst, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: front.Addr().AsSlice()},
+		linux.LoadNet(ipDst, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: front.Addr().AsSlice()},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
@@ -157,7 +158,7 @@ func addService(t *testing.T, nsPath, prefix string, front, backend netip.AddrPo
 	}})
 	if masq.IsValid() {
 		c.AddRule(&nftables.Rule{Table: tb, Chain: post, Exprs: []expr.Any{
-			loadNet(ipDst, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: backend.Addr().AsSlice()},
+			linux.LoadNet(ipDst, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: backend.Addr().AsSlice()},
 			&expr.Immediate{Register: 1, Data: masq.AsSlice()},
 			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1},
 		}})
