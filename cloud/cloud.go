@@ -70,6 +70,10 @@ type Interface struct {
 	// IPForwarding reports whether the cloud lets the interface send traffic
 	// from addresses it does not own.
 	IPForwarding bool
+	// Owned reports an interface vnet-cni created for pod addresses (AWS:
+	// by its tags); the daemon detaches and deletes such an interface once
+	// it has stayed empty. The primary interface is never owned.
+	Owned bool
 }
 
 // Limits are what a provider allows on one instance.

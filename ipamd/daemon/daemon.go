@@ -47,10 +47,34 @@ type Cloud interface {
 	RestoreAddresses(ctx context.Context, iface string, ips []netip.Addr) error
 }
 
-// managedInterfaces is the number of interfaces the daemon fills: the
-// primary one only, so far. The pool's capacity is the provider's limit of
-// secondary addresses on that many interfaces.
-const managedInterfaces = 1
+// InterfaceCloud is a Cloud whose instances take further interfaces for pod
+// addresses, which the daemon attaches and detaches itself (AWS's ENIs). With
+// such a cloud the pool fills the attached interfaces by device index and
+// attaches one more when they are full, up to the provider's limit; with any
+// other the pool fills the primary interface only.
+type InterfaceCloud interface {
+	Cloud
+	// AddInterface creates an interface for pod addresses, attaches it to
+	// the instance and returns it once it is attached (Owned set); called
+	// when the pool is short and every attached interface is full. On an
+	// error nothing it created is left behind.
+	AddInterface(ctx context.Context) (cloud.Interface, error)
+	// RemoveInterface detaches and deletes the interface id, one the
+	// daemon added (Owned) and that holds no secondary address; called
+	// once it has held none for the pool's release delay while the pool
+	// needs no more addresses. An interface already gone is success.
+	RemoveInterface(ctx context.Context, id string) error
+}
+
+// Sweeper is a Cloud that can find interfaces of dead instances of the
+// cluster (created by vnet-cni on a node that went away with them attached,
+// left behind by the cloud) and delete them. The daemon calls Sweep every
+// Options.SweepInterval; several nodes sweeping at once is harmless.
+type Sweeper interface {
+	// Sweep deletes the cluster's interfaces whose instance is gone, and
+	// returns their IDs.
+	Sweep(ctx context.Context) ([]string, error)
+}
 
 // Connect creates the cloud provider; the daemon calls it until it succeeds.
 type Connect func(ctx context.Context) (Cloud, error)
@@ -103,7 +127,11 @@ type Options struct {
 	// DatapathInterval is the period of the datapath and conflist checks
 	// (default 2s); change events trigger them sooner.
 	DatapathInterval time.Duration
-	Logger           *slog.Logger
+	// SweepInterval is the period of the sweep for leaked interfaces, with
+	// a cloud that is a Sweeper (default 5m); the first sweep is one
+	// interval after the first sync.
+	SweepInterval time.Duration
+	Logger        *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -144,6 +172,9 @@ func (o *Options) setDefaults() {
 	if o.RecoveryGrace == 0 {
 		o.RecoveryGrace = 30 * time.Second
 	}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = 5 * time.Minute
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -169,12 +200,18 @@ type Daemon struct {
 	targets pool.Targets
 	// cloud is nil until connect succeeded.
 	cloud Cloud
-	// inst is the instance as last read; iface is its primary interface,
-	// the one the pool fills; capacity is the provider's limit of
-	// secondary addresses on the interfaces the pool fills.
+	// inst is the instance as last read (interfaces the daemon added or
+	// removed since are added or removed in it too); iface is its primary
+	// interface; capacity is the provider's limit of secondary addresses
+	// on the interfaces the pool may fill.
 	inst     cloud.Instance
 	iface    cloud.Interface
 	capacity int
+	// emptySince is when each interface the daemon may remove was first
+	// seen holding no address; nextSweep is when the next sweep for
+	// leaked interfaces is due.
+	emptySince map[string]time.Time
+	nextSweep  time.Time
 	// synced is true after the first successful read of the instance.
 	synced bool
 	ready  bool
@@ -199,7 +236,10 @@ type Daemon struct {
 	deniedBackoff time.Duration
 	nextResync    time.Time
 	lastWrite     time.Time
-	firstFill     bool
+	// firstFill is true until the first allocation; fillTo is the pool's
+	// size its template asked for (InitialBatch), zero once reached.
+	firstFill bool
+	fillTo    int
 	// partialSince is when a release was first held back (see holdPartialRelease).
 	partialSince time.Time
 	// restoreDue is set by every resync and cleared by an attempt to put the
@@ -232,6 +272,7 @@ func New(st *store.Store, connect Connect, opts Options) (*Daemon, error) {
 		notReadyReason: "connecting to the cloud",
 		firstFill:      true,
 		restoreErr:     map[netip.Addr]string{},
+		emptySince:     map[string]time.Time{},
 	}
 	d.metrics = newMetrics(d)
 	if err := opts.Targets.Validate(); err != nil {

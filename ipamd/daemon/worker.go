@@ -109,12 +109,18 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 		n := dec.Allocate
 		d.mu.Lock()
 		if d.firstFill && len(records) == 0 {
-			// The template's ipAddressCount is the first batch, within the ceiling.
-			n = max(n, min(d.opts.InitialBatch, d.ceilingLocked()))
+			// The template's ipAddressCount is the first fill, within the
+			// ceiling; it takes a round per interface it spreads over.
+			d.fillTo = min(d.opts.InitialBatch, d.ceilingLocked())
+		}
+		d.firstFill = false
+		if d.fillTo > len(records) {
+			n = max(n, d.fillTo-len(records))
+		} else {
+			d.fillTo = 0
 		}
 		d.mu.Unlock()
-		d.log.Info("allocating addresses", "count", n, "reason", dec.Reason)
-		if err := d.allocate(ctx, c, n); err != nil {
+		if err := d.allocate(ctx, c, records, n, dec.Reason); err != nil {
 			return d.fail("allocate", err)
 		}
 		return 0
@@ -138,6 +144,12 @@ func (d *Daemon) step(ctx context.Context) time.Duration {
 	d.mu.Lock()
 	d.partialSince = time.Time{}
 	d.mu.Unlock()
+	if !dec.LimitReached {
+		if wait, acted := d.removeEmptyInterfaces(ctx, c, now, records); acted {
+			return wait
+		}
+	}
+	d.sweep(ctx, c, now)
 	if dec.LimitReached {
 		d.log.Debug("pool limit reached", "reason", dec.Reason)
 	}
@@ -447,7 +459,7 @@ func (d *Daemon) sync(ctx context.Context, c Cloud) error {
 	d.mu.Lock()
 	first := !d.synced
 	d.inst, d.iface = inst, primary
-	d.capacity = inst.Limits.Secondaries(managedInterfaces)
+	d.capacity = inst.Limits.Secondaries(managedInterfaces(c, inst))
 	d.mu.Unlock()
 	if first {
 		d.log.Info("connected to the cloud", "provider", inst.Provider, "instance", inst.Name, "interface", primary.ID,
@@ -485,21 +497,32 @@ func (d *Daemon) sync(ctx context.Context, c Cloud) error {
 	d.synced = true
 	d.nextResync = d.opts.Now().Add(d.opts.ResyncInterval)
 	d.mu.Unlock()
-	select {
-	case d.instanceCh <- struct{}{}:
-	default:
-	}
+	d.instanceChanged()
 	d.succeeded()
 	return nil
 }
 
-// allocate adds n addresses to the primary interface.
-func (d *Daemon) allocate(ctx context.Context, c Cloud, n int) error {
-	d.mu.Lock()
-	iface := d.iface.ID
-	d.mu.Unlock()
+// allocate adds n addresses in one cloud update: to the first interface,
+// by device index, with room (pool.Spread); when every attached interface is
+// full it attaches another one instead, if the cloud takes more, and the next
+// round fills it.
+func (d *Daemon) allocate(ctx context.Context, c Cloud, records []store.Record, n int, reason string) error {
+	shares, rest := pool.Spread(d.rooms(records), n)
+	if len(shares) == 0 {
+		ic, ok := c.(InterfaceCloud)
+		if !ok || !d.canAttach() {
+			// The capacity counts only interfaces the pool may fill, so
+			// this is an interface that holds more than the limits say.
+			d.log.Warn("the pool is short but every interface is full", "wanted", rest)
+			return nil
+		}
+		d.log.Info("attaching an interface: every attached one is full", "wanted", rest, "reason", reason)
+		return d.attach(ctx, ic)
+	}
+	iface, k := shares[0].Interface, shares[0].Count
+	d.log.Info("allocating addresses", "count", k, "interface", iface, "reason", reason)
 	start := time.Now()
-	ips, err := c.AddAddresses(ctx, iface, n)
+	ips, err := c.AddAddresses(ctx, iface, k)
 	d.metrics.observeCloud("add_ips", start, err)
 	d.mu.Lock()
 	d.lastWrite = d.opts.Now()
@@ -509,10 +532,7 @@ func (d *Daemon) allocate(ctx context.Context, c Cloud, n int) error {
 		if serr := d.addFromCloud(ctx, iface, ips); serr != nil {
 			return errors.Join(err, serr)
 		}
-		d.mu.Lock()
-		d.firstFill = false
-		d.signalFreeLocked()
-		d.mu.Unlock()
+		d.signalFree()
 		d.metrics.allocatedFromCloud.Add(float64(len(ips)))
 	}
 	if err != nil {
@@ -663,10 +683,13 @@ func (d *Daemon) updateReadiness(records []store.Record) {
 
 func (d *Daemon) planInput(now time.Time, records []store.Record) pool.Input {
 	in := pool.Input{Now: now}
+	// Addresses of the interface attached last go first, so that it can
+	// empty and be detached.
+	rank := d.deviceIndexes()
 	for _, r := range records {
 		switch r.State {
 		case store.StateFree:
-			in.Free = append(in.Free, pool.FreeIP{IP: r.IP, Since: r.Since})
+			in.Free = append(in.Free, pool.FreeIP{IP: r.IP, Since: r.Since, Rank: rank[r.Interface]})
 		case store.StateAssigned:
 			in.Assigned++
 		case store.StateCooling, store.StateQuarantined:
@@ -709,6 +732,9 @@ func (d *Daemon) nextWake(now time.Time, records []store.Record, dec pool.Decisi
 	}
 	if !dec.RecheckAt.IsZero() && dec.RecheckAt.Before(next) {
 		next = dec.RecheckAt
+	}
+	if t := d.nextInterfaceWake(); !t.IsZero() && t.Before(next) {
+		next = t
 	}
 	return max(next.Sub(now), 10*time.Millisecond)
 }

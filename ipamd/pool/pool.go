@@ -62,6 +62,11 @@ func (t Targets) Validate() error {
 type FreeIP struct {
 	IP    netip.Addr
 	Since time.Time
+	// Rank orders releases: of the addresses eligible for release, those
+	// of a higher rank go first. The daemon ranks an address by its
+	// interface's device index, so that the interface attached last empties
+	// first and can be detached.
+	Rank int
 }
 
 // Input is everything Plan looks at. Counts below zero are treated as zero.
@@ -171,9 +176,10 @@ type Decision struct {
 //     addresses are free (the most one rounded-up allocation can leave, so a
 //     fill is never followed by a release). Excess is released down to
 //     WarmIPTarget free, never below MinIPTarget total.
-//   - Only addresses free for at least ReleaseDelay are released, longest free
-//     first (ties by IP); when none of the excess is eligible yet, RecheckAt
-//     says when the first one will be.
+//   - Only addresses free for at least ReleaseDelay are released, those of
+//     the highest Rank first, then the longest free (ties by IP); when part
+//     of the excess is not eligible yet, RecheckAt says when the next
+//     address will be.
 //   - Assigned, cooling and releasing addresses are never chosen for release
 //     because they are not in Input.Free.
 func Plan(in Input) Decision {
@@ -271,24 +277,32 @@ func planRelease(now time.Time, free []FreeIP, excess int, delay time.Duration, 
 		}
 		return a.IP.Compare(b.IP)
 	})
-	var release []netip.Addr
-	var recheck time.Time
-	for _, f := range byAge[:excess] {
-		eligibleAt := f.Since.Add(delay)
-		if now.Before(eligibleAt) {
-			// Sorted by age: every later address becomes eligible later too.
-			recheck = eligibleAt
-			break
-		}
-		release = append(release, f.IP)
+	// Sorted by age, the eligible addresses are a prefix.
+	eligible := 0
+	for eligible < len(byAge) && !now.Before(byAge[eligible].Since.Add(delay)) {
+		eligible++
 	}
-	if len(release) == 0 {
+	var recheck time.Time
+	if eligible < excess {
+		// Every later address becomes eligible later too.
+		recheck = byAge[eligible].Since.Add(delay)
+	}
+	if eligible == 0 {
 		return Decision{
 			Action:    ActionNone,
 			RecheckAt: recheck,
 			Reason: fmt.Sprintf("%d free addresses %s, none free for the release delay of %s yet",
 				excess, why, delay),
 		}
+	}
+	chosen := byAge[:eligible]
+	// Higher rank first, then the longest free (a stable sort keeps the age
+	// order within a rank).
+	slices.SortStableFunc(chosen, func(a, b FreeIP) int { return b.Rank - a.Rank })
+	chosen = chosen[:min(excess, eligible)]
+	release := make([]netip.Addr, len(chosen))
+	for i, f := range chosen {
+		release[i] = f.IP
 	}
 	slices.SortFunc(release, func(a, b netip.Addr) int { return a.Compare(b) })
 	reason := fmt.Sprintf("releasing %d free addresses %s", len(release), why)
