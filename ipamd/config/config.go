@@ -52,6 +52,8 @@ const (
 	DefaultResourceManagerAudience = azure.DefaultAudience
 	DefaultIMDSEndpoint            = azure.DefaultIMDSEndpoint
 	DefaultCredential              = CredentialManagedIdentity
+	DefaultAWSIMDSEndpoint         = "http://169.254.169.254"
+	DefaultSweepInterval           = 5 * time.Minute
 )
 
 // Allowed values of the enumerated fields.
@@ -79,6 +81,7 @@ const (
 	NodeSetupPlugin = "plugin"
 
 	ProviderAzure = "azure"
+	ProviderAWS   = "aws"
 
 	// CredentialManagedIdentity authenticates to ARM with the VM's managed
 	// identity through IMDS (azidentity). Use it on real Azure VMs.
@@ -100,6 +103,10 @@ const (
 	MaxGrace        = 10 * time.Minute
 	MinCallTimeout  = time.Second
 	MaxCallTimeout  = 10 * time.Minute
+	// The sweep for leaked ENIs: often enough to find a dead node's
+	// within minutes, never a call storm.
+	MinSweepInterval = time.Minute
+	MaxSweepInterval = 24 * time.Hour
 	// MaxAddresses bounds maxIPs, batchSize and the targets: a sanity bound
 	// above what any instance holds. The cloud provider's own limit (an
 	// Azure NIC: 255 secondary addresses) caps the pool at run time.
@@ -212,12 +219,40 @@ type Config struct {
 
 // Cloud configures the cloud provider.
 type Cloud struct {
-	// Provider is the cloud; only "azure" for now.
+	// Provider is the cloud: "azure" or "aws".
 	Provider string `json:"provider"`
 	// CallTimeout is the deadline of each cloud call, 1s..10m.
 	CallTimeout Duration `json:"callTimeout"`
 	// Azure configures the Azure provider.
 	Azure Azure `json:"azure"`
+	// AWS configures the AWS provider.
+	AWS AWS `json:"aws"`
+}
+
+// AWS configures the AWS provider: EC2 through aws-sdk-go-v2, the node
+// discovered through IMDSv2, credentials from the instance's role. Against
+// the simulated EC2, the endpoint and the CA file point at vnet-sim.
+type AWS struct {
+	// ClusterName tags the ENIs the daemon creates; the sweep for ENIs
+	// of instances that are gone deletes only its own cluster's. Required:
+	// 1-128 letters, digits, '.', '_' or '-', starting with a letter or
+	// digit.
+	ClusterName string `json:"clusterName"`
+	// Region is the EC2 region, e.g. "eu-west-1"; empty means the
+	// instance's (IMDS placement/region).
+	Region string `json:"region,omitempty"`
+	// EC2Endpoint replaces the region's EC2 endpoint, an https URL (a VPC
+	// endpoint, a proxy, the simulated EC2); empty means the SDK's.
+	EC2Endpoint string `json:"ec2Endpoint,omitempty"`
+	// CAFile is an optional PEM bundle trusted for the EC2 endpoint besides
+	// the system roots, absolute path.
+	CAFile string `json:"caFile,omitempty"`
+	// IMDSEndpoint is the instance metadata service, an http or https URL;
+	// only IMDSv2 (session tokens) is used.
+	IMDSEndpoint string `json:"imdsEndpoint"`
+	// SweepInterval is the period of the sweep for the cluster's ENIs
+	// whose instance is gone, 1m..24h.
+	SweepInterval Duration `json:"sweepInterval"`
 }
 
 // Azure configures the Azure provider. Against the simulated cloud, the
@@ -278,6 +313,10 @@ func Default() Config {
 				ResourceManagerAudience: DefaultResourceManagerAudience,
 				IMDSEndpoint:            DefaultIMDSEndpoint,
 				Credential:              DefaultCredential,
+			},
+			AWS: AWS{
+				IMDSEndpoint:  DefaultAWSIMDSEndpoint,
+				SweepInterval: Duration(DefaultSweepInterval),
 			},
 		},
 	}

@@ -53,6 +53,7 @@ var documented = Config{
 			IMDSEndpoint:            "http://169.254.169.254",
 			Credential:              "managedIdentity",
 		},
+		AWS: AWS{IMDSEndpoint: "http://169.254.169.254", SweepInterval: Duration(5 * time.Minute)},
 	},
 }
 
@@ -229,7 +230,13 @@ func TestParseErrors(t *testing.T) {
 		{"log level", `{"logLevel": "trace"}`, []string{"logLevel"}, `"trace" is not allowed (allowed: debug, info, warn, error)`},
 		{"kubenet not yet", `{"mode": "kubenet"}`, []string{"mode"}, `"kubenet" is not supported yet (allowed: bridge, routed)`},
 		{"unknown mode", `{"mode": "transparent"}`, []string{"mode"}, "(allowed: bridge, routed)"},
-		{"provider", `{"cloud": {"provider": "aws"}}`, []string{"cloud.provider"}, "(allowed: azure)"},
+		{"provider", `{"cloud": {"provider": "gcp"}}`, []string{"cloud.provider"}, "(allowed: azure, aws)"},
+		{"aws without a cluster name", `{"cloud": {"provider": "aws"}}`, []string{"cloud.aws.clusterName"}, "tags the ENIs"},
+		{"aws cluster name", `{"cloud": {"provider": "aws", "aws": {"clusterName": "-x"}}}`, []string{"cloud.aws.clusterName"}, "starting with a letter or digit"},
+		{"aws region", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "region": "Europe"}}}`, []string{"cloud.aws.region"}, "such as eu-west-1"},
+		{"aws endpoint over http", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "ec2Endpoint": "http://ec2.local"}}}`, []string{"cloud.aws.ec2Endpoint"}, "must use https"},
+		{"aws sweep", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "sweepInterval": "1s"}}}`, []string{"cloud.aws.sweepInterval"}, "1s out of range 1m0s..24h0m0s"},
+		{"aws relative ca", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "caFile": "ca.pem"}}}`, []string{"cloud.aws.caFile"}, "clean absolute path"},
 		{"call timeout", `{"cloud": {"callTimeout": "0s"}}`, []string{"cloud.callTimeout"}, "0s out of range 1s..10m0s"},
 		{"arm endpoint over http", `{"cloud": {"azure": {"resourceManagerEndpoint": "http://management.azure.com"}}}`, []string{"cloud.azure.resourceManagerEndpoint"}, "must use https"},
 		{"arm endpoint not a url", `{"cloud": {"azure": {"resourceManagerEndpoint": "management.azure.com"}}}`, []string{"cloud.azure.resourceManagerEndpoint"}, "absolute https URL"},
@@ -337,5 +344,22 @@ func TestWithTargetsOfAndChanged(t *testing.T) {
 	}
 	if got := running.WithTargetsOf(next).PoolTargets(); got != next.PoolTargets() {
 		t.Errorf("targets %+v, want %+v", got, next.PoolTargets())
+	}
+}
+
+func TestAWS(t *testing.T) {
+	c, err := Parse([]byte(`{"cloud": {"provider": "aws", "aws": {"clusterName": "prod-1", "region": "eu-west-1",
+		"ec2Endpoint": "https://10.0.0.1:8443", "caFile": "/run/vnet-sim/ca.pem", "sweepInterval": "10m"}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := AWS{ClusterName: "prod-1", Region: "eu-west-1", EC2Endpoint: "https://10.0.0.1:8443", CAFile: "/run/vnet-sim/ca.pem",
+		IMDSEndpoint: "http://169.254.169.254", SweepInterval: Duration(10 * time.Minute)}
+	if diff := cmp.Diff(want, c.Cloud.AWS); diff != "" {
+		t.Errorf("aws (-want +got):\n%s", diff)
+	}
+	// The Azure section is not checked for an AWS node.
+	if _, err := Parse([]byte(`{"cloud": {"provider": "aws", "aws": {"clusterName": "c"}, "azure": {"credential": "nonsense"}}}`)); err != nil {
+		t.Errorf("an AWS node's azure section is checked: %v", err)
 	}
 }

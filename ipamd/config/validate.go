@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -110,8 +111,11 @@ func (c Cloud) validate() error {
 			errs = append(errs, err)
 		}
 	}
-	add(oneOf("cloud.provider", c.Provider, ProviderAzure))
+	add(oneOf("cloud.provider", c.Provider, ProviderAzure, ProviderAWS))
 	add(durRange("cloud.callTimeout", c.CallTimeout, MinCallTimeout, MaxCallTimeout))
+	if c.Provider == ProviderAWS {
+		add(c.AWS.validate())
+	}
 	if c.Provider != ProviderAzure {
 		return errors.Join(errs...)
 	}
@@ -137,6 +141,34 @@ func (c Cloud) validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// clusterNameRE is what an ENI tag value of the cluster's name may hold.
+var clusterNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+func (a AWS) validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if !clusterNameRE.MatchString(a.ClusterName) {
+		add(fieldErr("cloud.aws.clusterName", fmt.Sprintf("%q must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit (it tags the ENIs vnet-cni creates)", a.ClusterName)))
+	}
+	if a.Region != "" && !regionRE.MatchString(a.Region) {
+		add(fieldErr("cloud.aws.region", fmt.Sprintf("%q is not a region name such as eu-west-1", a.Region)))
+	}
+	if a.EC2Endpoint != "" {
+		add(httpURL("cloud.aws.ec2Endpoint", a.EC2Endpoint, "https"))
+	}
+	add(absPath("cloud.aws.caFile", a.CAFile, false))
+	add(httpURL("cloud.aws.imdsEndpoint", a.IMDSEndpoint, "http", "https"))
+	add(durRange("cloud.aws.sweepInterval", a.SweepInterval, MinSweepInterval, MaxSweepInterval))
+	return errors.Join(errs...)
+}
+
+// regionRE matches region names: eu-west-1, us-gov-east-1, ap-southeast-4.
+var regionRE = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
 
 func intRange(field string, v, lo, hi int, why string) error {
 	if v < lo || v > hi {
