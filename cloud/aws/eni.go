@@ -187,6 +187,7 @@ func (p *Provider) attach(ctx context.Context, id string, device int32) (cloud.I
 	if err != nil {
 		return cloud.Interface{}, &cloud.Error{Kind: cloud.Fatal, Op: "DescribeNetworkInterfaces", Err: err}
 	}
+	ifc.Owned = !ifc.Primary && p.ours(e)
 	return ifc, nil
 }
 

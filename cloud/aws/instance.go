@@ -61,6 +61,7 @@ func (p *Provider) Instance(ctx context.Context) (cloud.Instance, error) {
 		if err != nil {
 			return cloud.Instance{}, &cloud.Error{Kind: cloud.Fatal, Op: "DescribeNetworkInterfaces", Err: err}
 		}
+		ifc.Owned = !ifc.Primary && p.ours(e)
 		managed[ifc.ID] = true
 		in.Interfaces = append(in.Interfaces, ifc)
 	}

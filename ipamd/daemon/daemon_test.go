@@ -34,8 +34,10 @@ type harness struct {
 	client   *api.Client
 	opts     Options
 	cfg      azure.Config
-	cancel   context.CancelFunc
-	done     chan struct{}
+	// connect, when set, replaces the Azure provider of cfg.
+	connect Connect
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
 func newHarness(t *testing.T, simOpts sim.Options, opts Options) *harness {
@@ -106,7 +108,11 @@ func (h *harness) start(storeDir string) {
 		opts.ResyncInterval = 500 * time.Millisecond
 	}
 	h.opts = opts
-	d, err := New(st, func(ctx context.Context) (Cloud, error) { return azure.New(ctx, h.cfg) }, opts)
+	connect := h.connect
+	if connect == nil {
+		connect = func(ctx context.Context) (Cloud, error) { return azure.New(ctx, h.cfg) }
+	}
+	d, err := New(st, connect, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

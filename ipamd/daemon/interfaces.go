@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -110,22 +111,37 @@ func (d *Daemon) attach(ctx context.Context, ic InterfaceCloud) error {
 	return nil
 }
 
-// removeEmptyInterfaces detaches an interface the daemon added once it has
-// held no address for the release delay; called while the pool needs no
-// more addresses. It reports whether it made a cloud call, and then the
-// worker's wait.
+// removeEmptyInterfaces empties and detaches an interface the daemon added
+// once no pod has held an address of it for the release delay; called while
+// the pool needs no more addresses. The interface attached last goes first.
+// Its free addresses are released first, when the other interfaces have room
+// for as many (the pool refills there); an interface left without an
+// address is detached and deleted. It reports whether it made a cloud call,
+// and then the worker's wait.
 func (d *Daemon) removeEmptyInterfaces(ctx context.Context, c Cloud, now time.Time, records []store.Record) (time.Duration, bool) {
 	ic, ok := c.(InterfaceCloud)
 	if !ok {
 		return 0, false
 	}
 	held := d.holdings(records)
+	busy := map[string]bool{}
+	free := map[string][]netip.Addr{}
+	for _, r := range records {
+		if r.State == store.StateFree && !r.Lost() {
+			free[r.Interface] = append(free[r.Interface], r.IP)
+		} else {
+			busy[r.Interface] = true
+		}
+	}
+	rooms := d.rooms(records)
 	d.mu.Lock()
 	delay := d.targets.ReleaseDelay
+	ifaces := slices.Clone(d.inst.Interfaces)
+	slices.SortFunc(ifaces, func(a, b cloud.Interface) int { return b.DeviceIndex - a.DeviceIndex })
 	var due *cloud.Interface
 	seen := map[string]bool{}
-	for _, ifc := range d.inst.Interfaces {
-		if ifc.Primary || !ifc.Owned || held[ifc.ID] > 0 || len(ifc.Secondary) > 0 {
+	for _, ifc := range ifaces {
+		if ifc.Primary || !ifc.Owned || busy[ifc.ID] {
 			continue
 		}
 		seen[ifc.ID] = true
@@ -147,6 +163,35 @@ func (d *Daemon) removeEmptyInterfaces(ctx context.Context, c Cloud, now time.Ti
 	if due == nil {
 		return 0, false
 	}
+	if ips := free[due.ID]; len(ips) > 0 {
+		elsewhere := 0
+		for _, r := range rooms {
+			if r.Interface != due.ID {
+				elsewhere += max(r.Free, 0)
+			}
+		}
+		if elsewhere < len(ips) {
+			// The pool would attach again for what it gives up.
+			return 0, false
+		}
+		if wait, ok := d.writeDelay(now); !ok {
+			return wait, true
+		}
+		d.log.Info("releasing the free addresses of an interface no pod uses, to detach it", "interface", due.ID,
+			"deviceIndex", due.DeviceIndex, "count", len(ips))
+		if err := d.store.MarkReleasing(ips...); err != nil {
+			return d.fail("release", err), true
+		}
+		if err := d.release(ctx, c, map[string][]netip.Addr{due.ID: ips}); err != nil {
+			return d.fail("release", err), true
+		}
+		return 0, true
+	}
+	if held[due.ID] > 0 {
+		// Not through the store yet; the provider refuses an interface
+		// that still holds addresses anyway.
+		return 0, false
+	}
 	if wait, ok := d.writeDelay(now); !ok {
 		return wait, true
 	}
@@ -160,10 +205,11 @@ func (d *Daemon) removeEmptyInterfaces(ctx context.Context, c Cloud, now time.Ti
 		return d.fail("remove interface", err), true
 	}
 	d.log.Info("detached and deleted an interface that held no address", "interface", due.ID, "deviceIndex", due.DeviceIndex,
-		"emptyFor", delay.String())
+		"idleFor", delay.String())
 	d.mu.Lock()
 	d.inst.Interfaces = slices.DeleteFunc(d.inst.Interfaces, func(i cloud.Interface) bool { return i.ID == due.ID })
 	delete(d.emptySince, due.ID)
+	d.nextResync = d.opts.Now()
 	d.mu.Unlock()
 	d.instanceChanged()
 	d.succeeded()

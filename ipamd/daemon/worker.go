@@ -345,7 +345,7 @@ func (d *Daemon) restoreOn(ctx context.Context, c Cloud, iface string, ips []net
 // the cloud refused the request.
 func refused(err error) bool {
 	switch cloud.KindOf(err) {
-	case cloud.AddressInUse, cloud.NICLimit, cloud.SubnetFull, cloud.Fatal, cloud.Denied:
+	case cloud.AddressInUse, cloud.NICLimit, cloud.InterfaceLimit, cloud.SubnetFull, cloud.Fatal, cloud.Denied:
 		return true
 	}
 	return false
@@ -608,7 +608,7 @@ func (d *Daemon) fail(what string, err error) time.Duration {
 		wait = max(cloud.RetryAfterOf(err), minBackoff)
 	case cloud.Conflict:
 		wait = max(cloud.RetryAfterOf(err), conflictBackoff)
-	case cloud.SubnetFull, cloud.NICLimit:
+	case cloud.SubnetFull, cloud.NICLimit, cloud.InterfaceLimit:
 		// Nothing will change by asking again soon; a resync or a released
 		// address (kick) brings the worker back.
 		d.limitReached = true
