@@ -27,6 +27,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
+	"github.com/vnet-cni/vnet-cni/cloud/aws"
 	"github.com/vnet-cni/vnet-cni/cloud/azure"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
@@ -97,20 +98,10 @@ func run(args []string) error {
 	default:
 		log.Info("opened the address store", "store", cfg.StoreDir, "replayed", rec.Replayed, "empty", rec.Empty)
 	}
-	cred, err := credential(cfg.Cloud.Azure)
+	connect, err := cloudConnect(cfg.Cloud, log)
 	if err != nil {
 		return err
 	}
-	azCfg := azure.Config{
-		ResourceManagerEndpoint: cfg.Cloud.Azure.ResourceManagerEndpoint,
-		Audience:                cfg.Cloud.Azure.ResourceManagerAudience,
-		CAFile:                  cfg.Cloud.Azure.CAFile,
-		IMDSEndpoint:            cfg.Cloud.Azure.IMDSEndpoint,
-		Credential:              cred,
-		CallTimeout:             cfg.Cloud.CallTimeout.D(),
-		Logger:                  log,
-	}
-	connect := func(ctx context.Context) (daemon.Cloud, error) { return azure.New(ctx, azCfg) }
 	var datapath daemon.Datapath
 	switch {
 	case cfg.NodeSetup != config.NodeSetupIPAMD:
@@ -123,6 +114,7 @@ func run(args []string) error {
 		Targets:        cfg.PoolTargets(),
 		InitialBatch:   cfg.IPAddressCount,
 		Cooldown:       cfg.Cooldown.D(),
+		SweepInterval:  cfg.Cloud.AWS.SweepInterval.D(),
 		AllocateWait:   cfg.AllocateWait.D(),
 		ResyncInterval: cfg.ResyncInterval.D(),
 		NodeName:       *nodeName,
@@ -195,6 +187,36 @@ func run(args []string) error {
 	}
 	log.Info("vnet-ipamd stopped")
 	return err
+}
+
+// cloudConnect returns the connection to the configured cloud's provider.
+func cloudConnect(c config.Cloud, log *slog.Logger) (daemon.Connect, error) {
+	if c.Provider == config.ProviderAWS {
+		awsCfg := aws.Config{
+			ClusterName:  c.AWS.ClusterName,
+			Region:       c.AWS.Region,
+			EC2Endpoint:  c.AWS.EC2Endpoint,
+			CAFile:       c.AWS.CAFile,
+			IMDSEndpoint: c.AWS.IMDSEndpoint,
+			CallTimeout:  c.CallTimeout.D(),
+			Logger:       log,
+		}
+		return func(ctx context.Context) (daemon.Cloud, error) { return aws.New(ctx, awsCfg) }, nil
+	}
+	cred, err := credential(c.Azure)
+	if err != nil {
+		return nil, err
+	}
+	azCfg := azure.Config{
+		ResourceManagerEndpoint: c.Azure.ResourceManagerEndpoint,
+		Audience:                c.Azure.ResourceManagerAudience,
+		CAFile:                  c.Azure.CAFile,
+		IMDSEndpoint:            c.Azure.IMDSEndpoint,
+		Credential:              cred,
+		CallTimeout:             c.CallTimeout.D(),
+		Logger:                  log,
+	}
+	return func(ctx context.Context) (daemon.Cloud, error) { return azure.New(ctx, azCfg) }, nil
 }
 
 func credential(a config.Azure) (azcore.TokenCredential, error) {
