@@ -584,8 +584,10 @@ func TestSetTargetsGrowsAndShrinksThePool(t *testing.T) {
 	if err := h.d.SetTargets(targets(2, 0, 1, 1, 0)); err != nil {
 		t.Fatal(err)
 	}
-	st = h.waitFor("shrink to the new maxIPs", 10*time.Second, func(s api.StatusResponse) bool {
-		return s.Pool.Total == 1 && s.Pool.Releasing == 0
+	// The round that releases plans with the pool it had (2 free, the warm
+	// target met); the next one finds the pool short and at its limit.
+	st = h.waitFor("shrink to the new maxIPs, the limit reported", 10*time.Second, func(s api.StatusResponse) bool {
+		return s.Pool.Total == 1 && s.Pool.Releasing == 0 && s.LimitReached
 	})
 	if !st.LimitReached || st.Pool.Max != 1 {
 		t.Errorf("status %+v, want the limit of 1 reached", st.Pool)
