@@ -61,7 +61,8 @@ type InterfaceCloud interface {
 	AddInterface(ctx context.Context) (cloud.Interface, error)
 	// RemoveInterface detaches and deletes the interface id, one the
 	// daemon added (Owned) and that holds no secondary address; called
-	// once it has held none for the pool's release delay while the pool
+	// once no pod has held one of its addresses for the pool's release
+	// delay and the daemon has released its free ones, while the pool
 	// needs no more addresses. An interface already gone is success.
 	RemoveInterface(ctx context.Context, id string) error
 }
@@ -208,8 +209,8 @@ type Daemon struct {
 	iface    cloud.Interface
 	capacity int
 	// emptySince is when each interface the daemon may remove was first
-	// seen holding no address; nextSweep is when the next sweep for
-	// leaked interfaces is due.
+	// seen with no address a pod holds or held (free ones only, or none);
+	// nextSweep is when the next sweep for leaked interfaces is due.
 	emptySince map[string]time.Time
 	nextSweep  time.Time
 	// synced is true after the first successful read of the instance.
