@@ -10,7 +10,6 @@ package integration
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,9 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	azarm "github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
-	azcloud "github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
@@ -33,8 +29,8 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
+	"github.com/vnet-cni/vnet-cni/integration/armops"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
-	"github.com/vnet-cni/vnet-cni/internal/cabundle"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
@@ -434,30 +430,9 @@ type e2eOperator struct {
 	nics *armnetwork.InterfacesClient
 }
 
-// simCredential hands out the simulated control plane's tokens.
-type simCredential struct{ arm *arm.Server }
-
-func (c simCredential) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
-	tok, exp := c.arm.IssueToken(sim.Audience)
-	return azcore.AccessToken{Token: tok, ExpiresOn: exp}, nil
-}
-
 func newE2EOperator(t *testing.T, e *e2eEnv) *e2eOperator {
 	t.Helper()
-	pool, err := cabundle.Load(e.desc.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	nics, err := armnetwork.NewInterfacesClient(e.desc.SubscriptionID, simCredential{e.sim.ARM()}, &azarm.ClientOptions{
-		ClientOptions: policy.ClientOptions{
-			Cloud: azcloud.Configuration{Services: map[azcloud.ServiceName]azcloud.ServiceConfiguration{
-				azcloud.ResourceManager: {Endpoint: e.desc.ARMEndpoint, Audience: e.desc.ARMAudience},
-			}},
-			Transport: &http.Client{Transport: tr},
-		},
-	})
+	nics, err := armops.Interfaces(e.desc, e.sim.ARM())
 	if err != nil {
 		t.Fatal(err)
 	}

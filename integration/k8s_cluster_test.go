@@ -4,17 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,15 +19,13 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
 	k8scluster "github.com/vnet-cni/vnet-cni/integration/k8s/cluster"
-	"github.com/vnet-cni/vnet-cni/integration/k8s/images"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/node"
+	"github.com/vnet-cni/vnet-cni/integration/k8s/workload"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
@@ -308,185 +303,56 @@ func TestK8sNodesReadyAfterConflist(t *testing.T) {
 }
 
 // k8sTestNS is the namespace of the test workloads.
-const k8sTestNS = "vnet-k8s"
+const k8sTestNS = workload.Namespace
 
-// deployTestServer creates the namespace, a Deployment of replicas test
-// servers spread over the nodes, and two NodePort Services in front of
-// them: externalTrafficPolicy Cluster (the default) and Local.
+// deployTestServer creates the test server's Deployment and its two
+// NodePort Services (policy Cluster and Local).
 func (e *k8sEnv) deployTestServer(replicas int32) (cluster, local *corev1.Service) {
 	e.t.Helper()
-	cs := e.c.Client
-	if _, err := cs.CoreV1().Namespaces().Create(e.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: k8sTestNS}}, metav1.CreateOptions{}); err != nil {
-		e.t.Fatal(err)
-	}
-	labels := map[string]string{"app": "testserver"}
-	grace := int64(2)
-	automount := false
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "testserver", Namespace: k8sTestNS},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					TerminationGracePeriodSeconds: &grace,
-					AutomountServiceAccountToken:  &automount,
-					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
-						MaxSkew: 1, TopologyKey: "kubernetes.io/hostname", WhenUnsatisfiable: corev1.DoNotSchedule,
-						LabelSelector: &metav1.LabelSelector{MatchLabels: labels},
-					}},
-					Containers: []corev1.Container{{
-						Name: "server", Image: images.TestServer, ImagePullPolicy: corev1.PullNever,
-						Ports: []corev1.ContainerPort{{ContainerPort: 8080}},
-						Env: []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{
-							FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}},
-					}},
-				},
-			},
-		},
-	}
-	if _, err := cs.AppsV1().Deployments(k8sTestNS).Create(e.ctx, dep, metav1.CreateOptions{}); err != nil {
-		e.t.Fatal(err)
-	}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "testserver", Namespace: k8sTestNS},
-		Spec: corev1.ServiceSpec{
-			Type: corev1.ServiceTypeNodePort, Selector: labels,
-			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}},
-		},
-	}
-	got, err := cs.CoreV1().Services(k8sTestNS).Create(e.ctx, svc, metav1.CreateOptions{})
+	cluster, local, err := workload.DeployTestServer(e.ctx, e.c.Client, replicas)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	loc := svc.DeepCopy()
-	loc.Name = "testserver-local"
-	loc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
-	gotLocal, err := cs.CoreV1().Services(k8sTestNS).Create(e.ctx, loc, metav1.CreateOptions{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return got, gotLocal
+	return cluster, local
 }
 
 // testPods lists the test server's pods.
 func (e *k8sEnv) testPods() []corev1.Pod {
 	e.t.Helper()
-	l, err := e.c.Client.CoreV1().Pods(k8sTestNS).List(e.ctx, metav1.ListOptions{LabelSelector: "app=testserver"})
+	pods, err := workload.Pods(e.ctx, e.c.Client)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return l.Items
+	return pods
 }
 
 // waitRunning waits until exactly n test pods exist, all Running and
 // Ready, and returns them.
 func (e *k8sEnv) waitRunning(n int, timeout time.Duration) []corev1.Pod {
 	e.t.Helper()
-	var pods []corev1.Pod
-	e.waitFor(fmt.Sprintf("%d test pods Running", n), timeout, func() (bool, string) {
-		pods = e.testPods()
-		running := 0
-		var waiting []string
-		for _, p := range pods {
-			if p.Status.Phase == corev1.PodRunning && podReady(p) && p.DeletionTimestamp == nil {
-				running++
-			} else if len(waiting) < 3 {
-				waiting = append(waiting, fmt.Sprintf("%s on %q: %s %s", p.Name, p.Spec.NodeName, p.Status.Phase, podWhy(p)))
-			}
-		}
-		return running == n && len(pods) == n, fmt.Sprintf("%d pods, %d running; e.g. %v", len(pods), running, waiting)
-	})
+	pods, err := workload.WaitRunning(e.ctx, e.c.Client, n, timeout)
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	return pods
-}
-
-func podReady(p corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-func podWhy(p corev1.Pod) string {
-	for _, c := range p.Status.ContainerStatuses {
-		if c.State.Waiting != nil {
-			return c.State.Waiting.Reason + ": " + c.State.Waiting.Message
-		}
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Status != corev1.ConditionTrue && c.Message != "" {
-			return string(c.Type) + ": " + c.Message
-		}
-	}
-	return ""
 }
 
 // scale sets the Deployment's replicas.
 func (e *k8sEnv) scale(replicas int32) {
 	e.t.Helper()
-	s, err := e.c.Client.AppsV1().Deployments(k8sTestNS).GetScale(e.ctx, "testserver", metav1.GetOptions{})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	s.Spec.Replicas = replicas
-	if _, err := e.c.Client.AppsV1().Deployments(k8sTestNS).UpdateScale(e.ctx, "testserver", s, metav1.UpdateOptions{}); err != nil {
+	if err := workload.Scale(e.ctx, e.c.Client, replicas); err != nil {
 		e.t.Fatal(err)
 	}
 }
 
 // nodeHTTP is an HTTP client that connects from inside a node's network
-// namespace (the node reaches its own pods over azure0 and the others'
-// through the fabric).
-func nodeHTTP(n *node.Node) *http.Client { return httpIn(n.NetNS()) }
-
-// httpIn is an HTTP client whose connections are made in the namespace.
-func httpIn(nsPath string) *http.Client {
-	return &http.Client{Transport: &http.Transport{DialContext: nsnet.DialContextIn(nsPath), DisableKeepAlives: true}, Timeout: 10 * time.Second}
-}
-
-// fetch GETs url through hc and returns the body of a 200 answer.
-func fetch(ctx context.Context, hc *http.Client, url string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, http.NoBody)
-	if err != nil {
-		return "", err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s: %s", url, resp.Status, strings.TrimSpace(string(b)))
-	}
-	return strings.TrimSpace(string(b)), nil
-}
-
-// identity is the test server's answer to GET /.
-type identity struct {
-	Hostname string `json:"hostname"`
-	PodIP    string `json:"podIP"`
-	Client   string `json:"client"`
-}
+// namespace.
+func nodeHTTP(n *node.Node) *http.Client { return workload.HTTPIn(n.NetNS()) }
 
 // viaPod makes pod (on n) GET target and decodes the test server's
 // identity answer.
-func (e *k8sEnv) viaPod(n *node.Node, pod corev1.Pod, target string) (identity, error) {
-	body, err := fetch(e.ctx, nodeHTTP(n), "http://"+net.JoinHostPort(pod.Status.PodIP, "8080")+"/get?url="+url.QueryEscape(target))
-	if err != nil {
-		return identity{}, err
-	}
-	var id identity
-	if err := json.Unmarshal([]byte(body), &id); err != nil {
-		return identity{}, fmt.Errorf("answer %q: %w", body, err)
-	}
-	return id, nil
+func (e *k8sEnv) viaPod(n *node.Node, pod corev1.Pod, target string) (workload.Identity, error) {
+	return workload.ViaPod(e.ctx, n.NetNS(), pod, target)
 }
 
 func (e *k8sEnv) nodeByName(name string) (*node.Node, int) {
@@ -636,17 +502,9 @@ func TestK8sDeployment(t *testing.T) {
 		nodeOf[p.Name] = p.Spec.NodeName
 	}
 	e.waitFor("the Service's endpoints", time.Minute, func() (bool, string) {
-		l, err := e.c.Client.DiscoveryV1().EndpointSlices(k8sTestNS).List(e.ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=testserver"})
+		ready, err := workload.ReadyEndpoints(e.ctx, e.c.Client, workload.Name)
 		if err != nil {
 			return false, err.Error()
-		}
-		ready := 0
-		for _, s := range l.Items {
-			for _, ep := range s.Endpoints {
-				if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
-					ready++
-				}
-			}
 		}
 		return ready == replicas, fmt.Sprintf("%d ready endpoints", ready)
 	})
@@ -693,16 +551,16 @@ func TestK8sDeployment(t *testing.T) {
 		inet := e.c.Desc.InternetNetns
 		client := e2eAddr(e.c.Desc.InternetHost).String()
 		target := "http://" + net.JoinHostPort(nA.IP().String(), fmt.Sprint(localSvc.Spec.Ports[0].NodePort)) + "/"
-		if err := nsnet.Eventually(20*time.Second, func() error { _, err := fetch(e.ctx, httpIn(inet), target); return err }); err != nil {
+		if err := nsnet.Eventually(20*time.Second, func() error { _, err := workload.Fetch(e.ctx, workload.HTTPIn(inet), target); return err }); err != nil {
 			t.Fatalf("internet → %s: %v", target, err)
 		}
 		for range 20 {
-			body, err := fetch(e.ctx, httpIn(inet), target)
+			body, err := workload.Fetch(e.ctx, workload.HTTPIn(inet), target)
 			if err != nil {
 				t.Errorf("internet → %s: %v", target, err)
 				continue
 			}
-			var id identity
+			var id workload.Identity
 			if err := json.Unmarshal([]byte(body), &id); err != nil || nodeOf[id.Hostname] != nA.Name() {
 				t.Errorf("internet → %s answered %q, want a pod of %s", target, body, nA.Name())
 				continue
@@ -730,12 +588,12 @@ func TestK8sDeployment(t *testing.T) {
 			for range 20 {
 				hc := nodeHTTP(nB)
 				hc.Timeout = 2 * time.Second
-				body, err := fetch(e.ctx, hc, target)
+				body, err := workload.Fetch(e.ctx, hc, target)
 				if err != nil {
 					failed++
 					continue
 				}
-				var id identity
+				var id workload.Identity
 				if err := json.Unmarshal([]byte(body), &id); err != nil || nodeOf[id.Hostname] == "" {
 					t.Fatalf("%s → %s answered %q", nB.Name(), target, body)
 				}
@@ -759,7 +617,7 @@ func TestK8sDeployment(t *testing.T) {
 			p corev1.Pod
 			n *node.Node
 		}{{a, nA}, {b, nB}} {
-			body, err := fetch(e.ctx, nodeHTTP(c.n), "http://"+net.JoinHostPort(c.p.Status.PodIP, "8080")+"/dial?addr="+url.QueryEscape(internet.String()))
+			body, err := workload.Dial(e.ctx, c.n.NetNS(), c.p, internet.String())
 			if err != nil {
 				t.Errorf("%s → internet: %v", c.p.Name, err)
 				continue
@@ -866,16 +724,7 @@ func setElements(t *testing.T, nsPath string, s *nftables.Set) []nftables.SetEle
 // (one-second resolution).
 func logStartup(t *testing.T, pods []corev1.Pod) {
 	t.Helper()
-	var ds []time.Duration
-	for _, p := range pods {
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady {
-				ds = append(ds, c.LastTransitionTime.Sub(p.CreationTimestamp.Time))
-			}
-		}
-	}
-	slices.Sort(ds)
-	if len(ds) > 0 {
+	if ds := workload.StartupTimes(pods); len(ds) > 0 {
 		t.Logf("pod creation→Ready (API timestamps, 1 s resolution): p50 %s, max %s", ds[len(ds)/2], ds[len(ds)-1])
 	}
 }

@@ -2,7 +2,6 @@ package soak
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -13,16 +12,14 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	azarm "github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
-	azcloud "github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
+	"github.com/vnet-cni/vnet-cni/integration/armops"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
-	"github.com/vnet-cni/vnet-cni/internal/cabundle"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
@@ -52,30 +49,8 @@ type operator struct {
 	nics *armnetwork.InterfacesClient
 }
 
-// simCredential hands out the simulated control plane's tokens.
-type simCredential struct{ arm *arm.Server }
-
-func (c simCredential) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
-	tok, exp := c.arm.IssueToken(sim.Audience)
-	return azcore.AccessToken{Token: tok, ExpiresOn: exp}, nil
-}
-
 func newOperator(desc sim.Description, a *arm.Server) (*operator, error) {
-	pool, err := cabundle.Load(desc.CAFile)
-	if err != nil {
-		return nil, err
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	nics, err := armnetwork.NewInterfacesClient(desc.SubscriptionID, simCredential{a}, &azarm.ClientOptions{
-		ClientOptions: policy.ClientOptions{
-			Cloud: azcloud.Configuration{Services: map[azcloud.ServiceName]azcloud.ServiceConfiguration{
-				azcloud.ResourceManager: {Endpoint: desc.ARMEndpoint, Audience: desc.ARMAudience},
-			}},
-			Transport: &http.Client{Transport: tr, Timeout: 30 * time.Second},
-			Retry:     policy.RetryOptions{MaxRetries: 2, RetryDelay: 200 * time.Millisecond},
-		},
-	})
+	nics, err := armops.Interfaces(desc, a)
 	if err != nil {
 		return nil, err
 	}

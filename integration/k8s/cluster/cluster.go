@@ -63,9 +63,19 @@ type Options struct {
 	IPAMD func(node string, c *config.Config)
 	// DeferIPAMD leaves vnet-ipamd stopped; StartIPAMD starts it.
 	DeferIPAMD bool
+	// ExtraCNIPlugins are further plugins in every node's /opt/cni/bin
+	// (name → host path), for a conflist other than vnet-ipamd's.
+	ExtraCNIPlugins map[string]string
+	// ContainerdMetrics serves containerd's Prometheus metrics on
+	// ContainerdMetricsAddr inside every worker's network namespace.
+	ContainerdMetrics bool
 	// Log receives progress; slog.Default() if nil.
 	Log *slog.Logger
 }
+
+// ContainerdMetricsAddr is where containerd serves its metrics in a
+// worker's network namespace when Options.ContainerdMetrics is set.
+var ContainerdMetricsAddr = netip.MustParseAddrPort("127.0.0.1:1338")
 
 // Cluster is a running cluster.
 type Cluster struct {
@@ -209,14 +219,22 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 		c.roots = append(c.roots, root)
+		plugins := map[string]string{
+			"vnet-cni": filepath.Join(binDir, "vnet-cni"),
+			"portmap":  opts.CNIPlugins.Path("portmap"), "loopback": opts.CNIPlugins.Path("loopback"),
+		}
+		for name, path := range opts.ExtraCNIPlugins {
+			plugins[name] = path
+		}
+		var metrics netip.AddrPort
+		if opts.ContainerdMetrics {
+			metrics = ContainerdMetricsAddr
+		}
 		n, err := node.New(node.Config{
 			Name: nd.Name, NetNS: nd.Netns, IP: ip, Dir: filepath.Join(opts.Dir, "nodes", nd.Name),
 			Kubernetes: opts.Kubernetes, Containerd: opts.Containerd, MountNS: mountns,
 			CNIConfDir: c.IPAMD.Nodes[i].Config.CNIConfDir,
-			CNIPlugins: map[string]string{
-				"vnet-cni": filepath.Join(binDir, "vnet-cni"),
-				"portmap":  opts.CNIPlugins.Path("portmap"), "loopback": opts.CNIPlugins.Path("loopback"),
-			},
+			CNIPlugins: plugins, ContainerdMetrics: metrics,
 			CgroupRoot: root, Server: c.CP.Server, CAFile: caFile,
 			Kubeconfig: kubeconfig, ProxyKubeconfig: proxyCfg, ClusterCIDR: vnetPrefix,
 			Images: []string{imgs[images.Pause], imgs[images.TestServer]}, SandboxImage: images.Pause,

@@ -29,9 +29,17 @@ func (n *Node) writeConfigs() error {
 // must not raise any process's oom_score_adj (no CAP_SYS_RESOURCE in this
 // VM), loads the one conflist in the node's /etc/cni/net.d, finds the
 // plugins in /opt/cni/bin, and uses the harness's pause image. NRI and the
-// TCP and debug endpoints are off; nothing listens but the unix sockets.
+// TCP and debug endpoints are off; nothing listens but the unix sockets
+// and, when configured, the metrics endpoint.
 func (n *Node) containerdConfig() string {
 	q := strconv.Quote
+	var metrics string
+	if n.cfg.ContainerdMetrics.IsValid() {
+		metrics = `
+  [plugins.'io.containerd.server.v1.metrics']
+    address = ` + q(n.cfg.ContainerdMetrics.String()) + `
+`
+	}
 	return `version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -71,7 +79,7 @@ state = "/run/containerd"
 
   [plugins.'io.containerd.nri.v1.nri']
     disable = true
-`
+` + metrics
 }
 
 // kubeletConfig: cgroup v1 allowed, the cgroupfs driver under the node's

@@ -73,6 +73,9 @@ type Config struct {
 	Images []string
 	// SandboxImage is the pause image containerd's CRI uses.
 	SandboxImage string
+	// ContainerdMetrics is where containerd serves Prometheus metrics (in
+	// the node's network namespace); none when not valid.
+	ContainerdMetrics netip.AddrPort
 	// Snapshotter is containerd's; "overlayfs" if empty.
 	Snapshotter string
 	// Log receives progress; slog.Default() if nil.
