@@ -95,6 +95,16 @@ demo-k8s: build k8s-bins
 	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-demo-k8s ./integration/cmd/vnet-demo-k8s
 	$(BIN)/vnet-demo-k8s --bin $(BIN)
 
+# Pod start-up through kubelet (as root, a few minutes): clusterloader2's
+# node-throughput profile (100 pods at 5/s on one node) with vnet-cni and
+# with Debian's bridge + host-local, alternating; writes
+# bench-k8s-results.json.
+.PHONY: bench-k8s
+bench-k8s: build k8s-bins
+	@sh integration/cmd/vnet-demo/install-deps.sh etcd-server runc
+	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-bench-k8s ./integration/cmd/vnet-bench-k8s
+	$(BIN)/vnet-bench-k8s -bin $(BIN) -out $(CURDIR)/bench-k8s-results.json
+
 # vnet-cni against Debian's bridge + host-local on the simulated cloud (as
 # root, a few minutes): prints a table and writes bench-results.json.
 .PHONY: bench

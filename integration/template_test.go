@@ -1,13 +1,17 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
+	"github.com/vnet-cni/vnet-cni/internal/nsnet"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
@@ -57,5 +61,46 @@ func TestTemplateNodeWithReadOnlyIdentity(t *testing.T) {
 	}
 	if err := n.Del(t.Context(), extra); err != nil {
 		t.Errorf("DEL of the failed pod: %v", err)
+	}
+	// The node is full, not broken: STATUS stays ok, so kubelet keeps the
+	// node Ready and its 30 pods are not evicted.
+	if err := n.PluginStatus(t.Context()); err != nil {
+		t.Errorf("STATUS of the full template node: %v, want ok", err)
+	}
+}
+
+// TestReadOnlyIdentityWithoutTemplate: a node whose identity may only read
+// and whose NIC has no template address can set no pod up: vnet-ipamd
+// stays not ready with the reason and writes no conflist (the runtime
+// reports the network not ready, kubelet keeps the node NotReady and the
+// scheduler sends it no pod: TestK8sNodesReadyAfterConflist), and the
+// refused write is not repeated in a loop.
+func TestReadOnlyIdentityWithoutTemplate(t *testing.T) {
+	e := newE2EEnvOn(t, sim.Options{Nodes: 1, ReadOnlyIdentity: true}, nil)
+	n := e.c.Nodes[0]
+	// Not e.start: the daemon never becomes ready, it has no address.
+	if err := n.StartIPAMD(); err != nil {
+		t.Fatal(err)
+	}
+	var st api.StatusResponse
+	if err := nsnet.Eventually(20*time.Second, func() error {
+		var err error
+		if st, err = n.Status(t.Context()); err != nil {
+			return err
+		}
+		if st.Ready || !strings.Contains(st.Reason, "AuthorizationFailed") {
+			return fmt.Errorf("status ready %v, reason %q", st.Ready, st.Reason)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("vnet-ipamd with no address and a read-only identity: %v, want not ready naming AuthorizationFailed", err)
+	}
+	t.Logf("not ready: %s", st.Reason)
+	time.Sleep(3 * time.Second)
+	if _, err := os.Stat(n.ConflistPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("conflist of a node that can set no pod up: %v, want none", err)
+	}
+	if w := e.sim.ARM().Stats().Calls["NetworkInterfaces_CreateOrUpdate"]; w["403"] != 1 || len(w) != 1 {
+		t.Errorf("NIC writes = %v, want exactly the one refused with 403", w)
 	}
 }

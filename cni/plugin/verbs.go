@@ -220,8 +220,15 @@ func (p *Plugin) GC(args *skel.CmdArgs) (err error) {
 	return nil
 }
 
-// Status reports whether ADD can currently succeed: error 50 when
-// vnet-ipamd is unreachable, not ready, or out of addresses at its limit.
+// Status reports whether the node can set pods up: error 50 when
+// vnet-ipamd is unreachable, not ready, or has no address at all and may
+// get none (its limit is 0, or the cloud refuses it any). A pool at its
+// limit with every address held by a pod is a full node, not a broken one:
+// STATUS stays ok, because the runtime turns any STATUS error into
+// NetworkReady=false, kubelet marks the node NotReady, and the node
+// lifecycle controller's not-ready:NoExecute taint would evict every
+// running pod after five minutes. ADD beyond the limit answers error 11
+// naming it.
 func (p *Plugin) Status(args *skel.CmdArgs) (err error) {
 	c, err := p.begin("STATUS", args)
 	if err != nil {
@@ -237,7 +244,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) (err error) {
 	if !st.Ready {
 		return types.NewError(types.ErrPluginNotAvailable, "vnet-ipamd is not ready", st.Reason)
 	}
-	if st.Pool.Free == 0 && st.LimitReached {
+	if st.Pool.Total == 0 && st.LimitReached {
 		return types.NewError(types.ErrPluginNotAvailable, "no address available on this node",
 			fmt.Sprintf("%d of %d addresses assigned; %s", st.Pool.Assigned, st.Pool.Max, st.LastCloudError))
 	}
