@@ -3,6 +3,8 @@ package integration
 import (
 	"fmt"
 	"os"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -50,7 +52,7 @@ func TestK8sKilledSandbox(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ctr containers ls: %v\n%s", err, out)
 	}
-	ids := strings.Fields(string(out))
+	ids := containerIDs(out)
 	if len(ids) != 1 {
 		t.Fatalf("sandboxes of %s: %q, want one", victim.Name, ids)
 	}
@@ -90,9 +92,11 @@ func TestK8sKilledSandbox(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		now := strings.Fields(string(out))
+		now := containerIDs(out)
 		again = *p
-		fresh := len(now) >= 1 && !strings.Contains(string(out), sandbox)
+		// The dead sandbox stays listed until kubelet's garbage
+		// collection removes it.
+		fresh := slices.ContainsFunc(now, func(id string) bool { return id != sandbox })
 		return fresh && p.Status.Phase == corev1.PodRunning && workload.Ready(*p) && p.Status.PodIP != "",
 			fmt.Sprintf("sandboxes %q, phase %s", now, p.Status.Phase)
 	})
@@ -134,3 +138,17 @@ func TestK8sKilledSandbox(t *testing.T) {
 	}
 	t.Logf("DELs of the killed sandbox: %v; vnet-cni calls: %v", dels, e.cniCalls())
 }
+
+// containerIDs picks the container IDs out of ctr's output (its stderr,
+// with deprecation warnings, is mixed in).
+func containerIDs(out []byte) []string {
+	var ids []string
+	for _, f := range strings.Fields(string(out)) {
+		if containerID.MatchString(f) {
+			ids = append(ids, f)
+		}
+	}
+	return ids
+}
+
+var containerID = regexp.MustCompile(`^[0-9a-f]{64}$`)

@@ -34,6 +34,7 @@ import (
 	k8scluster "github.com/vnet-cni/vnet-cni/integration/k8s/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/podbench"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/workload"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 const (
@@ -150,7 +151,8 @@ func run(ctx context.Context, binDir string, pods int, rate float64, rounds int,
 		Kubernetes: set, Containerd: ctr, CNIPlugins: plugins, Etcd: etcd,
 		ExtraCNIPlugins:   map[string]string{"bridge": filepath.Join(debianCNI, "bridge"), "host-local": filepath.Join(debianCNI, "host-local")},
 		ContainerdMetrics: true,
-		Log:               slog.New(slog.NewTextHandler(logf, nil)),
+		IPAMD: poolDefaults,
+		Log:   slog.New(slog.NewTextHandler(logf, nil)),
 	})
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)
@@ -286,6 +288,17 @@ func run(ctx context.Context, binDir string, pods int, rate float64, rounds int,
 	return nil
 }
 
+// poolDefaults gives vnet-ipamd the product's pool defaults (the harness
+// sets smaller ones for its tests) and a ceiling at kubelet's maxPods
+// (110), as an operator sizes it; the default maxIPs (30) would stop the
+// node at 30 pods.
+func poolDefaults(_ string, c *config.Config) {
+	d := config.Default()
+	c.WarmIPTarget, c.MinIPTarget, c.BatchSize, c.IPAddressCount = d.WarmIPTarget, d.MinIPTarget, d.BatchSize, d.IPAddressCount
+	c.Cooldown, c.ReleaseDelay, c.AllocateWait = d.Cooldown, d.ReleaseDelay, d.AllocateWait
+	c.MaxIPs = 110
+}
+
 // refConf is the reference conflist: Debian's bridge with host-local on a
 // range of its own, chained with the same portmap as vnet-cni.
 func refConf() []byte {
@@ -397,4 +410,3 @@ func printTable(w io.Writer, r Results) {
 	_ = tw.Flush()
 	fmt.Fprintf(w, "%d pods per round at %.0f/s, %d rounds per network; the Kubernetes SLO is pod start-up p99 ≤ 5000 ms\n", r.Pods, r.RatePerS, r.RoundsPerNet)
 }
-
