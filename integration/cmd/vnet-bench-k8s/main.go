@@ -66,8 +66,9 @@ func main() {
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, *binDir, *pods, *rate, *rounds, *out); err != nil {
+	err := run(ctx, *binDir, *pods, *rate, *rounds, *out)
+	stop()
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(1)
 	}
@@ -151,8 +152,8 @@ func run(ctx context.Context, binDir string, pods int, rate float64, rounds int,
 		Kubernetes: set, Containerd: ctr, CNIPlugins: plugins, Etcd: etcd,
 		ExtraCNIPlugins:   map[string]string{"bridge": filepath.Join(debianCNI, "bridge"), "host-local": filepath.Join(debianCNI, "host-local")},
 		ContainerdMetrics: true,
-		IPAMD: poolDefaults,
-		Log:   slog.New(slog.NewTextHandler(logf, nil)),
+		IPAMD:             poolDefaults,
+		Log:               slog.New(slog.NewTextHandler(logf, nil)),
 	})
 	if err != nil {
 		return fmt.Errorf("start cluster: %w", err)
