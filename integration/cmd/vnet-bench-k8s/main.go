@@ -111,6 +111,7 @@ type Round struct {
 	SandboxP99 float64       `json:"sandbox_network_p99_ms"`
 	Sandboxes  float64       `json:"sandboxes"`
 	WallS      float64       `json:"wall_s"`
+	Slowest    []string      `json:"slowest"`
 }
 
 func run(ctx context.Context, binDir string, pods int, rate float64, rounds int, outPath string) error {
@@ -257,10 +258,13 @@ func run(ctx context.Context, binDir string, pods int, rate float64, rounds int,
 		}
 		rr := Round{Network: nw.name, Startup: bench.Summarize(r.Startup), APIStartup: bench.Summarize(r.APIStartup),
 			SandboxP50: msOf(r.Sandbox.Quantile(0.5)), SandboxP99: msOf(r.Sandbox.Quantile(0.99)), Sandboxes: r.Sandbox.Count(),
-			WallS: r.Wall.Seconds()}
+			WallS: r.Wall.Seconds(), Slowest: r.Slowest}
 		res.Rounds = append(res.Rounds, rr)
 		fmt.Printf("  creation→Running p50 %.0f ms, p99 %.0f ms; sandbox network p50 %.1f ms, p99 %.1f ms (%0.f sandboxes); last pod Running %.1f s after the first create\n",
 			rr.Startup.P50, rr.Startup.P99, rr.SandboxP50, rr.SandboxP99, rr.Sandboxes, rr.WallS)
+		for _, s := range r.Slowest {
+			fmt.Printf("    slowest: %s\n", s)
+		}
 	}
 	v, rf := samples[vnet.name], samples[ref.name]
 	vs, rs := bench.Summarize(v.startup), bench.Summarize(rf.startup)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"sort"
 	"sync"
 	"time"
 
@@ -59,6 +60,8 @@ type Result struct {
 	Sandbox Histogram
 	// Wall is the first create → the last pod Ready.
 	Wall time.Duration
+	// Slowest are the three slowest pods with their API timeline.
+	Slowest []string
 }
 
 // PodSpec is the benchmark's pod: the harness's pause image (never
@@ -139,6 +142,7 @@ func (r Round) Run(ctx context.Context) (Result, error) {
 		}
 	}
 	res.Startup = w.durations()
+	res.Slowest = w.slowest(pods.Items, 3)
 	after, err := Scrape(ctx, r.HTTP, r.Metrics, SandboxNetworkMetric)
 	if err != nil {
 		return Result{}, err
@@ -239,6 +243,58 @@ func (w *watcher) durations() []time.Duration {
 		}
 	}
 	return ds
+}
+
+// slowest describes the n slowest pods: their start-up and what the API
+// says of them (scheduled, container started, Ready; one-second
+// resolution, relative to the creation timestamp).
+func (w *watcher) slowest(pods []corev1.Pod, n int) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	type slow struct {
+		d time.Duration
+		p corev1.Pod
+	}
+	var all []slow
+	for _, p := range pods {
+		all = append(all, slow{w.ready[p.Name].Sub(w.start[p.Name]), p})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].d > all[j].d })
+	var out []string
+	for _, s := range all[:min(n, len(all))] {
+		at := func(t metav1.Time) string {
+			if t.IsZero() {
+				return "-"
+			}
+			return t.Sub(s.p.CreationTimestamp.Time).String()
+		}
+		var sched, ready metav1.Time
+		for _, c := range s.p.Status.Conditions {
+			switch c.Type {
+			case corev1.PodScheduled:
+				sched = c.LastTransitionTime
+			case corev1.PodReady:
+				ready = c.LastTransitionTime
+			}
+		}
+		var started metav1.Time
+		for _, c := range s.p.Status.ContainerStatuses {
+			if c.State.Running != nil {
+				started = c.State.Running.StartedAt
+			}
+		}
+		out = append(out, fmt.Sprintf("%s %s (scheduled +%s, container started +%s, Ready +%s, restarts %d)",
+			s.p.Name, s.d.Round(time.Millisecond), at(sched), at(started), at(ready), restarts(s.p)))
+	}
+	return out
+}
+
+func restarts(p corev1.Pod) int32 {
+	var n int32
+	for _, c := range p.Status.ContainerStatuses {
+		n += c.RestartCount
+	}
+	return n
 }
 
 func (w *watcher) last() time.Time {
