@@ -1,10 +1,14 @@
 package integration
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,4 +107,96 @@ func TestReadOnlyIdentityWithoutTemplate(t *testing.T) {
 	if w := e.sim.ARM().Stats().Calls["NetworkInterfaces_CreateOrUpdate"]; w["403"] != 1 || len(w) != 1 {
 		t.Errorf("NIC writes = %v, want exactly the one refused with 403", w)
 	}
+}
+
+// TestE2EAzureCloudConfig: a template node whose only Azure configuration
+// is the cloud provider's azure.json (a service principal, the cluster's
+// subscription, resource group, VNet and subnet) signs in with the service
+// principal at Entra ID, serves pods, and is held to the network the file
+// names: with another subnet in the file, vnet-ipamd stays not ready and
+// says which names differ, makes no NIC write, and becomes ready without a
+// restart once the file is right again.
+func TestE2EAzureCloudConfig(t *testing.T) {
+	e := newE2EEnvOn(t, sim.Options{Nodes: 1}, nil)
+	d := e.desc
+	azureJSON := filepath.Join(e.dir, "azure.json")
+	write := func(subnet string) {
+		t.Helper()
+		doc, err := json.MarshalIndent(map[string]any{
+			"cloud": "AzurePublicCloud", "tenantId": d.TenantID, "subscriptionId": d.SubscriptionID,
+			"resourceGroup": d.ResourceGroup, "location": d.Location, "vnetName": d.VNet, "subnetName": subnet,
+			"routeTableName": d.RouteTable, "useManagedIdentityExtension": false,
+			"aadClientId": d.ServicePrincipal.ClientID, "aadClientSecret": d.ServicePrincipal.ClientSecret,
+			"useInstanceMetadata": true, "vmType": "standard",
+		}, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(azureJSON, doc, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(d.Subnet)
+	n := e.c.Nodes[0]
+	n.Config.Cloud.Azure.Credential = config.CredentialCloudConfig
+	n.Config.Cloud.Azure.CloudConfigFile = azureJSON
+	n.Config.Cloud.Azure.ActiveDirectoryEndpoint = d.ActiveDirectoryEndpoint
+	if err := n.WriteConfig(); err != nil {
+		t.Fatal(err)
+	}
+	e.start(t)
+	p := e2eAddPod(t, n, "cc-0")
+	if a := e2eAssigned(t, p); !slices.Contains(e.nicIPs(n), a.IP) {
+		t.Errorf("pod got %s, not an address of the NIC %v", a.IP, e.nicIPs(n))
+	}
+	calls := e.sim.ARM().Stats().Calls
+	if calls["Entra_Token"]["200"] == 0 {
+		t.Errorf("no token from Entra ID (%v): the service principal was not used", calls["Entra_Token"])
+	}
+
+	if err := n.StopIPAMD(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	write("pods")
+	e.sim.ARM().ResetStats()
+	if err := n.StartIPAMD(); err != nil {
+		t.Fatal(err)
+	}
+	var st api.StatusResponse
+	if err := nsnet.Eventually(20*time.Second, func() error {
+		var err error
+		if st, err = n.Status(t.Context()); err != nil {
+			return err
+		}
+		if st.Ready || !strings.Contains(st.Reason, `subnet "pods", the cloud says "`+d.Subnet+`"`) || !strings.Contains(st.Reason, azureJSON) {
+			return fmt.Errorf("status ready %v, reason %q", st.Ready, st.Reason)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("azure.json naming another subnet: %v, want not ready naming both subnets", err)
+	}
+	t.Logf("not ready: %s", st.Reason)
+	if w := e.sim.ARM().Stats().Calls["NetworkInterfaces_CreateOrUpdate"]; len(w) != 0 {
+		t.Errorf("NIC writes while the file contradicts the NIC: %v, want none", w)
+	}
+	if _, err := n.Add(t.Context(), mustNewPod(t, n, "cc-refused")); e2eCode(err) != 11 {
+		t.Errorf("ADD while not ready: %v, want CNI error 11 (try again later)", err)
+	}
+
+	write(d.Subnet)
+	if err := n.WaitReady(t.Context()); err != nil {
+		t.Fatalf("after the file was fixed: %v, want ready without a restart", err)
+	}
+	if a := e2eAssigned(t, p); a.IP != p.IP {
+		t.Errorf("the pod's assignment after the restart: %s, want %s", a.IP, p.IP)
+	}
+}
+
+func mustNewPod(t *testing.T, n *cluster.Node, name string) *cluster.Pod {
+	t.Helper()
+	p, err := n.NewPod("default", name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -68,6 +68,9 @@ type Config struct {
 	// PollFrequency is used when the API does not advertise a poll interval (default 1s).
 	PollFrequency time.Duration
 	Logger        *slog.Logger
+	// Expect is what the node's configuration (azure.json) says its network
+	// is; New fails when the NIC it finds is elsewhere.
+	Expect Expected
 }
 
 func (c *Config) setDefaults() {
@@ -114,7 +117,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if cfg.Credential == nil {
 		return nil, errors.New("azure: no credential configured")
 	}
-	transport, err := armTransport(cfg.CAFile)
+	transport, err := NewHTTPClient(cfg.CAFile)
 	if err != nil {
 		return nil, err
 	}
@@ -158,7 +161,9 @@ type nicRef struct {
 	id   string
 }
 
-func armTransport(caFile string) (*http.Client, error) {
+// NewHTTPClient returns the HTTP client for ARM and Entra ID: the system
+// roots, or the PEM bundle caFile when set.
+func NewHTTPClient(caFile string) (*http.Client, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if caFile != "" {
 		pool, err := cabundle.Load(caFile)
@@ -204,6 +209,9 @@ func (p *Provider) discover(ctx context.Context, inst instance) error {
 	if err != nil {
 		return &cloud.Error{Kind: cloud.Fatal, Op: "NetworkInterfaces_List", Err: err}
 	}
+	if err := p.cfg.Expect.check(inst, subnetID); err != nil {
+		return &cloud.Error{Kind: cloud.Fatal, Op: "NetworkInterfaces_List", Err: err}
+	}
 	vnet, err := p.vnets.Get(ctx, vnetRG, vnetName, nil)
 	if err != nil {
 		return classify("VirtualNetworks_Get", err)
@@ -247,12 +255,19 @@ func (p *Provider) discover(ctx context.Context, inst instance) error {
 // parseSubnetID returns the resource group and VNet name of a subnet id
 // /subscriptions/S/resourceGroups/RG/providers/Microsoft.Network/virtualNetworks/V/subnets/N.
 func parseSubnetID(id string) (rg, vnet string, err error) {
+	rg, vnet, _, err = splitSubnetID(id)
+	return rg, vnet, err
+}
+
+// splitSubnetID returns the resource group, VNet and subnet names of a
+// subnet id.
+func splitSubnetID(id string) (rg, vnet, subnet string, err error) {
 	parts := strings.Split(strings.Trim(id, "/"), "/")
 	if len(parts) != 10 || !strings.EqualFold(parts[2], "resourceGroups") ||
 		!strings.EqualFold(parts[6], "virtualNetworks") || !strings.EqualFold(parts[8], "subnets") {
-		return "", "", fmt.Errorf("malformed subnet id %q", id)
+		return "", "", "", fmt.Errorf("malformed subnet id %q", id)
 	}
-	return parts[3], parts[7], nil
+	return parts[3], parts[7], parts[9], nil
 }
 
 func primaryConfig(nic *armnetwork.Interface) (*armnetwork.InterfaceIPConfiguration, error) {

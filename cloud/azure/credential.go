@@ -60,3 +60,37 @@ func (c *TokenFileCredential) GetToken(_ context.Context, _ policy.TokenRequestO
 	}
 	return azcore.AccessToken{Token: tok, ExpiresOn: time.Now().Add(c.validity)}, nil
 }
+
+// CloudConfigCredential returns the identity a cloud-provider configuration
+// names: its service principal, signing in at authorityHost (empty: the
+// cloud's own Entra ID endpoint) over transport (nil: the SDK's default), or
+// the VM's managed identity, user-assigned when userAssignedIdentityID is set.
+func CloudConfigCredential(cc CloudConfig, authorityHost string, transport policy.Transporter) (azcore.TokenCredential, error) {
+	switch {
+	case cc.ServicePrincipal():
+		env, err := cc.CloudConfiguration()
+		if err != nil {
+			return nil, err
+		}
+		opts := &azidentity.ClientSecretCredentialOptions{}
+		opts.Cloud = env
+		if authorityHost != "" {
+			opts.Cloud.ActiveDirectoryAuthorityHost = authorityHost
+			// Instance discovery asks the public cloud about the authority;
+			// a private one (Azure Stack, the simulated cloud) is not known
+			// there.
+			opts.DisableInstanceDiscovery = true
+		}
+		if transport != nil {
+			opts.Transport = transport
+		}
+		cred, err := azidentity.NewClientSecretCredential(cc.TenantID, cc.AADClientID, cc.AADClientSecret, opts)
+		if err != nil {
+			return nil, fmt.Errorf("service principal credential: %w", err)
+		}
+		return cred, nil
+	case cc.UseManagedIdentityExtension:
+		return ManagedIdentityCredential(cc.UserAssignedIdentityID)
+	}
+	return nil, errors.New("cloud config names no identity: set useManagedIdentityExtension, or aadClientId and aadClientSecret")
+}

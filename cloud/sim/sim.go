@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,9 +21,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/ec2"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/ec2imds"
@@ -102,6 +105,7 @@ const (
 	VNetName       = "vnet-sim-vnet"
 	SubnetName     = "nodes"
 	RouteTableName = "vnet-sim-routes"
+	TenantID       = arm.DefaultTenantID
 	// Audience is the resource for which tokens are requested.
 	Audience = "https://management.azure.com/"
 )
@@ -128,6 +132,14 @@ type Description struct {
 	Subnet         string   `json:"subnet,omitempty"`
 	SubnetPrefix   string   `json:"subnetPrefix,omitempty"`
 	RouteTable     string   `json:"routeTable,omitempty"`
+	// TenantID is the Entra ID tenant; ActiveDirectoryEndpoint its
+	// authority host (the ARM endpoint's host answers Entra ID too), where
+	// ServicePrincipal signs in with its client secret (a cluster
+	// template's aadClientId and aadClientSecret). It has the nodes' role:
+	// read-only with ReadOnlyIdentity.
+	TenantID                string            `json:"tenantId,omitempty"`
+	ActiveDirectoryEndpoint string            `json:"activeDirectoryEndpoint,omitempty"`
+	ServicePrincipal        *ServicePrincipal `json:"servicePrincipal,omitempty"`
 
 	// AWS.
 	Region           string   `json:"region,omitempty"`
@@ -152,6 +164,12 @@ type Description struct {
 	InternetNetns string            `json:"internetNetns,omitempty"`
 	InternetHost  string            `json:"internetHost,omitempty"`
 	Nodes         []NodeDescription `json:"nodes"`
+}
+
+// ServicePrincipal is an Entra ID application's client credentials.
+type ServicePrincipal struct {
+	ClientID     string `json:"clientId"`
+	ClientSecret string `json:"clientSecret"`
 }
 
 // StaticCredentials are long-term AWS credentials (no session token).
@@ -191,16 +209,18 @@ var (
 
 // Sim is a running simulated cloud.
 type Sim struct {
-	opts   Options
-	ca     *simca.CA
-	cp     controlPlane // arm or ec2
-	arm    *arm.Server  // nil on AWS
-	ec2    *ec2.Server  // nil on Azure
-	aws    awsIDs
-	fab    *fabric.Fabric
-	desc   Description
-	log    *slog.Logger
-	nodes  []nodeInfo
+	opts  Options
+	ca    *simca.CA
+	cp    controlPlane // arm or ec2
+	arm   *arm.Server  // nil on AWS
+	ec2   *ec2.Server  // nil on Azure
+	aws   awsIDs
+	fab   *fabric.Fabric
+	desc  Description
+	log   *slog.Logger
+	nodes []nodeInfo
+	// sp is the Azure tenant's service principal.
+	sp     ServicePrincipal
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -254,6 +274,7 @@ func Start(ctx context.Context, opts Options) (s *Sim, err error) {
 		}
 		s.cp = s.ec2
 	default:
+		s.sp = ServicePrincipal{ClientID: uuid.NewString(), ClientSecret: randomSecret()}
 		if s.arm, err = arm.New(s.armConfig()); err != nil {
 			return nil, fmt.Errorf("control plane: %w", err)
 		}
@@ -427,6 +448,8 @@ func (s *Sim) armConfig() arm.Config {
 		OperationDuration: s.opts.OperationDuration,
 		PollInterval:      s.opts.PollInterval,
 		StaticToken:       s.opts.StaticToken,
+		TenantID:          TenantID,
+		ServicePrincipals: []arm.ServicePrincipal{{ClientID: s.sp.ClientID, ClientSecret: s.sp.ClientSecret, ReadOnly: s.opts.ReadOnlyIdentity}},
 		Faults:            s.opts.Faults,
 		Logger:            s.log,
 	}
@@ -559,6 +582,10 @@ func (s *Sim) describe(apiURL, caFile, adminURL string) Description {
 		Gateway:        s.opts.Subnet.Masked().Addr().Next().String(),
 		GatewayMAC:     fabric.VirtualMAC.String(),
 		RouteTable:     RouteTableName,
+
+		TenantID:                TenantID,
+		ActiveDirectoryEndpoint: strings.TrimSuffix(apiURL, "/") + "/",
+		ServicePrincipal:        &ServicePrincipal{ClientID: s.sp.ClientID, ClientSecret: s.sp.ClientSecret},
 	}
 	s.describeFabric(&d)
 	for _, n := range s.nodes {
@@ -640,4 +667,11 @@ func (s *Sim) Close() error {
 		s.cp.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// randomSecret is a client secret as Entra ID makes them: 40 characters.
+func randomSecret() string {
+	var b [30]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }

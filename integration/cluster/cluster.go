@@ -158,6 +158,8 @@ func nodeConfig(desc sim.Description, dir string) config.Config {
 	c.Cloud.Azure.ResourceManagerAudience = desc.ARMAudience
 	c.Cloud.Azure.CAFile = desc.CAFile
 	c.Cloud.Azure.Credential = config.CredentialManagedIdentity
+	// The host's own azure.json (on an Azure VM) is not the sim's.
+	c.Cloud.Azure.CloudConfigFile = ""
 	return c
 }
 

@@ -52,6 +52,7 @@ const (
 	DefaultResourceManagerAudience = azure.DefaultAudience
 	DefaultIMDSEndpoint            = azure.DefaultIMDSEndpoint
 	DefaultCredential              = CredentialManagedIdentity
+	DefaultCloudConfigFile         = azure.DefaultCloudConfigFile
 	DefaultAWSIMDSEndpoint         = "http://169.254.169.254"
 	DefaultSweepInterval           = 5 * time.Minute
 )
@@ -90,6 +91,11 @@ const (
 	// Use it against the simulated cloud (vnet-sim) and in tests, where no
 	// identity endpoint exists; never on a real cluster.
 	CredentialStaticTokenFile = "staticTokenFile"
+	// CredentialCloudConfig uses the identity the cloud-provider
+	// configuration file (CloudConfigFile, azure.json) names: the VM's
+	// managed identity (userAssignedIdentityID selecting a user-assigned
+	// one) or a service principal (aadClientId, aadClientSecret, tenantId).
+	CredentialCloudConfig = "cloudConfig"
 )
 
 // Limits of the numeric and duration fields, inclusive.
@@ -269,8 +275,10 @@ type Azure struct {
 	CAFile string `json:"caFile,omitempty"`
 	// IMDSEndpoint is the instance metadata service, an http or https URL.
 	IMDSEndpoint string `json:"imdsEndpoint"`
-	// Credential is "managedIdentity" (real Azure VMs) or "staticTokenFile"
-	// (the simulated cloud and tests).
+	// Credential is "managedIdentity" (real Azure VMs), "cloudConfig" (the
+	// identity CloudConfigFile names: a node made from an AKS or
+	// acs-engine-style template) or "staticTokenFile" (the simulated cloud
+	// and tests).
 	Credential string `json:"credential"`
 	// TokenFile holds the bearer token for "staticTokenFile": required with
 	// it, absolute path, not allowed with "managedIdentity".
@@ -279,6 +287,20 @@ type Azure struct {
 	// its client ID (a GUID); empty means the system-assigned identity. Only
 	// with "managedIdentity".
 	ManagedIdentityClientID string `json:"managedIdentityClientID,omitempty"`
+	// CloudConfigFile is the Azure cloud-provider configuration
+	// (azure.json), an absolute path or "" for none. When the file exists
+	// the daemon holds the cloud to it: the subscription, resource group,
+	// VNet and subnet it names must be the NIC's, or the daemon stays not
+	// ready and says which differ. A "cloud" other than AzurePublicCloud
+	// selects that cloud's ARM endpoint when resourceManagerEndpoint is
+	// left at its default. At the default path a missing file is not an
+	// error; at any other path it is.
+	CloudConfigFile string `json:"cloudConfigFile"`
+	// ActiveDirectoryEndpoint is the Entra ID (Azure AD) authority host a
+	// service principal of CloudConfigFile signs in at, an https URL; empty
+	// means the cloud's own (https://login.microsoftonline.com/ for
+	// AzurePublicCloud). caFile is trusted for it as for ARM.
+	ActiveDirectoryEndpoint string `json:"activeDirectoryEndpoint,omitempty"`
 }
 
 // Default returns the configuration with every default applied.
@@ -313,6 +335,7 @@ func Default() Config {
 				ResourceManagerAudience: DefaultResourceManagerAudience,
 				IMDSEndpoint:            DefaultIMDSEndpoint,
 				Credential:              DefaultCredential,
+				CloudConfigFile:         DefaultCloudConfigFile,
 			},
 			AWS: AWS{
 				IMDSEndpoint:  DefaultAWSIMDSEndpoint,

@@ -124,8 +124,25 @@ func (c Cloud) validate() error {
 	add(httpURL("cloud.azure.resourceManagerAudience", a.ResourceManagerAudience, "https"))
 	add(httpURL("cloud.azure.imdsEndpoint", a.IMDSEndpoint, "http", "https"))
 	add(absPath("cloud.azure.caFile", a.CAFile, false))
-	add(oneOf("cloud.azure.credential", a.Credential, CredentialManagedIdentity, CredentialStaticTokenFile))
+	add(oneOf("cloud.azure.credential", a.Credential, CredentialManagedIdentity, CredentialCloudConfig, CredentialStaticTokenFile))
+	add(absPath("cloud.azure.cloudConfigFile", a.CloudConfigFile, false))
+	if a.ActiveDirectoryEndpoint != "" {
+		add(httpURL("cloud.azure.activeDirectoryEndpoint", a.ActiveDirectoryEndpoint, "https"))
+		if a.Credential != CredentialCloudConfig {
+			add(fieldErr("cloud.azure.activeDirectoryEndpoint", "only allowed with credential cloudConfig"))
+		}
+	}
 	switch a.Credential {
+	case CredentialCloudConfig:
+		if a.CloudConfigFile == "" {
+			add(fieldErr("cloud.azure.cloudConfigFile", "required with credential cloudConfig"))
+		}
+		if a.TokenFile != "" {
+			add(fieldErr("cloud.azure.tokenFile", "only allowed with credential staticTokenFile"))
+		}
+		if a.ManagedIdentityClientID != "" {
+			add(fieldErr("cloud.azure.managedIdentityClientID", "only allowed with credential managedIdentity (with cloudConfig the file's userAssignedIdentityID selects it)"))
+		}
 	case CredentialStaticTokenFile:
 		add(absPath("cloud.azure.tokenFile", a.TokenFile, true))
 		if a.ManagedIdentityClientID != "" {

@@ -15,6 +15,7 @@ const (
 	DefaultOperationDuration = time.Second
 	DefaultPollInterval      = time.Second
 	DefaultTokenLifetime     = time.Hour
+	DefaultTenantID          = "5e1a7c0d-0000-4000-8000-0000000000e1"
 	// DefaultMaxRoutes is Azure's default number of routes per route table.
 	DefaultMaxRoutes = 400
 	// MaxIPConfigsPerNIC is Azure's limit of ipConfigurations per network
@@ -51,6 +52,10 @@ type Config struct {
 	StaticToken string
 	// TokenLifetime is the lifetime of tokens from IssueToken (default 1h).
 	TokenLifetime time.Duration
+	// TenantID is the Entra ID tenant (default DefaultTenantID) whose
+	// ServicePrincipals sign in at the server's Entra ID endpoint.
+	TenantID          string
+	ServicePrincipals []ServicePrincipal
 	// MaxRoutes caps the routes of one route table (default 400).
 	MaxRoutes int
 	// Faults are the faults active from the start.
@@ -108,6 +113,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.TenantID == "" {
+		cfg.TenantID = DefaultTenantID
 	}
 	if cfg.TokenLifetime == 0 {
 		cfg.TokenLifetime = DefaultTokenLifetime

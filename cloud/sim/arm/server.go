@@ -90,7 +90,16 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Handler returns the ARM API. The caller serves it over TLS.
-func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveARM) }
+// It also answers the Entra ID endpoints of its tenant (entra.go).
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tenant, rest, ok := isEntraPath(r.URL.Path); ok {
+			s.serveEntra(w, r, tenant, rest)
+			return
+		}
+		s.serveARM(w, r)
+	})
+}
 
 // Changed is signalled (coalesced, never blocking) after every committed
 // change.

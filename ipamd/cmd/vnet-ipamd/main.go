@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -24,7 +25,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	azcloud "github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/cloud/aws"
@@ -203,29 +204,79 @@ func cloudConnect(c config.Cloud, log *slog.Logger) (daemon.Connect, error) {
 		}
 		return func(ctx context.Context) (daemon.Cloud, error) { return aws.New(ctx, awsCfg) }, nil
 	}
-	cred, err := credential(c.Azure)
-	if err != nil {
-		return nil, err
-	}
-	azCfg := azure.Config{
+	base := azure.Config{
 		ResourceManagerEndpoint: c.Azure.ResourceManagerEndpoint,
 		Audience:                c.Azure.ResourceManagerAudience,
 		CAFile:                  c.Azure.CAFile,
 		IMDSEndpoint:            c.Azure.IMDSEndpoint,
-		Credential:              cred,
 		CallTimeout:             c.CallTimeout.D(),
 		Logger:                  log,
 	}
-	return func(ctx context.Context) (daemon.Cloud, error) { return azure.New(ctx, azCfg) }, nil
+	// The cloud config is read at every attempt to connect, so that a
+	// template's azure.json fixed by an operator takes effect without a
+	// restart.
+	return func(ctx context.Context) (daemon.Cloud, error) {
+		azCfg, err := azureConfig(c.Azure, base, log)
+		if err != nil {
+			return nil, err
+		}
+		return azure.New(ctx, azCfg)
+	}, nil
 }
 
-func credential(a config.Azure) (azcore.TokenCredential, error) {
+// azureConfig completes base with the credential and, when the
+// cloud-provider configuration file is there, what it says.
+func azureConfig(a config.Azure, base azure.Config, log *slog.Logger) (azure.Config, error) {
+	cfg := base
+	var cc azure.CloudConfig
+	present := false
+	if a.CloudConfigFile != "" {
+		var err error
+		cc, err = azure.LoadCloudConfig(a.CloudConfigFile)
+		switch {
+		case err == nil:
+			present = true
+		case errors.Is(err, fs.ErrNotExist) && a.CloudConfigFile == config.DefaultCloudConfigFile && a.Credential != config.CredentialCloudConfig:
+		default:
+			return azure.Config{}, &cloud.Error{Kind: cloud.Fatal, Op: "read cloud config", Err: err}
+		}
+	}
+	if present {
+		cfg.Expect = cc.Expected()
+		cfg.Expect.Source = a.CloudConfigFile
+		if env, err := cc.CloudConfiguration(); err == nil && cfg.ResourceManagerEndpoint == config.DefaultResourceManagerEndpoint {
+			if svc, ok := env.Services[azcloud.ResourceManager]; ok {
+				cfg.ResourceManagerEndpoint, cfg.Audience = svc.Endpoint, svc.Audience
+			}
+		}
+		log.Info("read the cloud config", "path", a.CloudConfigFile, "subscription", cc.SubscriptionID,
+			"resourceGroup", cc.ResourceGroup, "vnet", cc.VNetName, "subnet", cc.SubnetName)
+	}
 	switch a.Credential {
 	case config.CredentialStaticTokenFile:
-		return azure.NewTokenFileCredential(a.TokenFile)
+		cred, err := azure.NewTokenFileCredential(a.TokenFile)
+		if err != nil {
+			return azure.Config{}, err
+		}
+		cfg.Credential = cred
+	case config.CredentialCloudConfig:
+		client, err := azure.NewHTTPClient(a.CAFile)
+		if err != nil {
+			return azure.Config{}, err
+		}
+		cred, err := azure.CloudConfigCredential(cc, a.ActiveDirectoryEndpoint, client)
+		if err != nil {
+			return azure.Config{}, &cloud.Error{Kind: cloud.Fatal, Op: "cloud config credential", Err: fmt.Errorf("%s: %w", a.CloudConfigFile, err)}
+		}
+		cfg.Credential = cred
 	default:
-		return azure.ManagedIdentityCredential(a.ManagedIdentityClientID)
+		cred, err := azure.ManagedIdentityCredential(a.ManagedIdentityClientID)
+		if err != nil {
+			return azure.Config{}, err
+		}
+		cfg.Credential = cred
 	}
+	return cfg, nil
 }
 
 // kernelBootID changes with every boot; a change tells the daemon that every
