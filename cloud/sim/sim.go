@@ -82,6 +82,13 @@ type Options struct {
 	// only (Azure's Reader role): ARM refuses its writes with 403
 	// AuthorizationFailed. The static token may still write.
 	ReadOnlyIdentity bool
+	// MaxRoutes caps the routes of a route table (default 1000, Azure's
+	// default since 2026; 400 in older subscriptions).
+	MaxRoutes int
+	// RouteEffectDelay is how long after a route table change succeeded
+	// the fabric follows it, as Azure answers a PUT before the hosts are
+	// programmed (default 3s; negative: at once).
+	RouteEffectDelay time.Duration
 
 	// Region is the AWS region (default us-east-1).
 	Region string
@@ -106,6 +113,9 @@ const (
 	SubnetName     = "nodes"
 	RouteTableName = "vnet-sim-routes"
 	TenantID       = arm.DefaultTenantID
+	// DefaultRouteEffectDelay is how long a route table change takes to
+	// reach the fabric after ARM reports it succeeded.
+	DefaultRouteEffectDelay = 3 * time.Second
 	// Audience is the resource for which tokens are requested.
 	Audience = "https://management.azure.com/"
 )
@@ -351,8 +361,14 @@ func (o *Options) setDefaults() error {
 			o.Subnet = netip.MustParsePrefix("10.240.0.0/17")
 		}
 	}
-	if aws && (o.TemplateIPs != 0 || o.ReadOnlyIdentity || o.StaticToken != "") {
-		return errors.New("sim: TemplateIPs, ReadOnlyIdentity and StaticToken are azure options")
+	if aws && (o.TemplateIPs != 0 || o.ReadOnlyIdentity || o.StaticToken != "" || o.MaxRoutes != 0 || o.RouteEffectDelay != 0) {
+		return errors.New("sim: TemplateIPs, ReadOnlyIdentity, StaticToken, MaxRoutes and RouteEffectDelay are azure options")
+	}
+	if o.MaxRoutes < 0 {
+		return fmt.Errorf("sim: max routes %d is negative", o.MaxRoutes)
+	}
+	if o.RouteEffectDelay == 0 {
+		o.RouteEffectDelay = DefaultRouteEffectDelay
 	}
 	if aws && (o.VNet.Bits() < 16 || o.VNet.Bits() > 28 || o.Subnet.Bits() > 28) {
 		return fmt.Errorf("sim: vpc %s and subnet %s: a vpc cidr block is /16 to /28, a subnet at most /28", o.VNet, o.Subnet)
@@ -448,6 +464,8 @@ func (s *Sim) armConfig() arm.Config {
 		OperationDuration: s.opts.OperationDuration,
 		PollInterval:      s.opts.PollInterval,
 		StaticToken:       s.opts.StaticToken,
+		MaxRoutes:         s.opts.MaxRoutes,
+		RouteEffectDelay:  max(s.opts.RouteEffectDelay, 0),
 		TenantID:          TenantID,
 		ServicePrincipals: []arm.ServicePrincipal{{ClientID: s.sp.ClientID, ClientSecret: s.sp.ClientSecret, ReadOnly: s.opts.ReadOnlyIdentity}},
 		Faults:            s.opts.Faults,

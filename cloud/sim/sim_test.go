@@ -327,9 +327,47 @@ func TestControlPlaneDrivesFabric(t *testing.T) {
 	if _, err := np.PollUntilDone(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := nsnet.Eventually(2*time.Second, reachPod); err != nil {
+	if err := nsnet.Eventually(DefaultRouteEffectDelay+2*time.Second, reachPod); err != nil {
 		t.Fatalf("route via a forwarding NIC not working: %v", err)
 	}
+
+	// A route table change succeeds before the fabric follows it, as on
+	// Azure: right after the PUT's operation succeeded the new route does
+	// not carry traffic; RouteEffectDelay later it does.
+	pod2 := netip.MustParseAddr("10.244.2.10")
+	if err := nsnet.Do(node1.Netns, func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: pod2.AsSlice(), Mask: net.CIDRMask(32, 32)}})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pod2Dst := nstest.ListenTCP(t, node1.Netns, netip.AddrPortFrom(pod2, 8080))
+	rp, err = routes.BeginCreateOrUpdate(ctx, d.ResourceGroup, d.RouteTable, "node1-pods-2", armnetwork.Route{Properties: &armnetwork.RoutePropertiesFormat{
+		AddressPrefix:    to.Ptr("10.244.2.0/24"),
+		NextHopType:      to.Ptr(armnetwork.RouteNextHopTypeVirtualAppliance),
+		NextHopIPAddress: to.Ptr(node1.PrimaryIP),
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rp.PollUntilDone(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	done := time.Now()
+	reachPod2 := func() error {
+		_, err := nsnet.DialTCP(ctx, node0.Netns, netip.Addr{}, pod2Dst, 300*time.Millisecond)
+		return err
+	}
+	if err := reachPod2(); err == nil {
+		t.Error("a route carried traffic right after its PUT succeeded, before the route could take effect")
+	}
+	if err := nsnet.Eventually(DefaultRouteEffectDelay+3*time.Second, reachPod2); err != nil {
+		t.Fatalf("the route never took effect: %v", err)
+	}
+	t.Logf("the route carried traffic %v after its PUT succeeded", time.Since(done).Round(100*time.Millisecond))
 }
 
 func TestARMReachableInsideNodeAtTheSameURL(t *testing.T) {

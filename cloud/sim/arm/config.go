@@ -16,8 +16,9 @@ const (
 	DefaultPollInterval      = time.Second
 	DefaultTokenLifetime     = time.Hour
 	DefaultTenantID          = "5e1a7c0d-0000-4000-8000-0000000000e1"
-	// DefaultMaxRoutes is Azure's default number of routes per route table.
-	DefaultMaxRoutes = 400
+	// DefaultMaxRoutes is Azure's default number of routes per route table
+	// (1000 since 2026; 400 before, and still in older subscriptions).
+	DefaultMaxRoutes = 1000
 	// MaxIPConfigsPerNIC is Azure's limit of ipConfigurations per network
 	// interface.
 	MaxIPConfigsPerNIC = 256
@@ -56,8 +57,14 @@ type Config struct {
 	// ServicePrincipals sign in at the server's Entra ID endpoint.
 	TenantID          string
 	ServicePrincipals []ServicePrincipal
-	// MaxRoutes caps the routes of one route table (default 400).
+	// MaxRoutes caps the routes of one route table (default 1000, Azure's
+	// default per route table since 2026; older subscriptions have 400).
 	MaxRoutes int
+	// RouteEffectDelay is how long after a route table's change succeeded
+	// (the PUT's operation Succeeded) the fabric follows it: ARM answers
+	// before the routes are programmed in the hosts, as Azure does. Zero
+	// means at once. Snapshot reports the effective routes.
+	RouteEffectDelay time.Duration
 	// Faults are the faults active from the start.
 	Faults Faults
 	Logger *slog.Logger

@@ -69,6 +69,7 @@ func (s *Server) advanceLocked(now time.Time) {
 	for _, op := range due {
 		s.completeLocked(op)
 	}
+	s.effectLocked(now)
 	if now.Sub(s.pruned) > time.Minute {
 		s.pruned = now
 		for id, op := range s.ops {

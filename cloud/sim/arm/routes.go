@@ -237,6 +237,7 @@ func (s *Server) startTableOpLocked(t *routeTable, key string, target map[string
 		switch {
 		case ok:
 			t.routes, t.etag, t.exists = p.target, p.etag, true
+			s.propagateLocked(t)
 		case !t.exists:
 			delete(s.tables, key)
 		}
@@ -351,5 +352,34 @@ func (s *Server) renderRoute(table string, rt route, etag string, ps armnetwork.
 		Type:       to.Ptr(typeRoute),
 		Etag:       to.Ptr(etag),
 		Properties: props,
+	}
+}
+
+// propagateLocked schedules t's routes to take effect in the fabric
+// RouteEffectDelay from now.
+func (s *Server) propagateLocked(t *routeTable) {
+	d := s.cfg.RouteEffectDelay
+	if d <= 0 {
+		t.effective, t.propagating = t.routes, nil
+		return
+	}
+	t.propagating = append(t.propagating, tableVersion{at: time.Now().Add(d), routes: t.routes})
+	time.AfterFunc(d, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.advanceLocked(time.Now())
+		s.notifyLocked()
+	})
+}
+
+// effectLocked brings every table's effective routes up to now.
+func (s *Server) effectLocked(now time.Time) {
+	for _, t := range s.tables {
+		n := 0
+		for n < len(t.propagating) && !now.Before(t.propagating[n].at) {
+			t.effective = t.propagating[n].routes
+			n++
+		}
+		t.propagating = t.propagating[n:]
 	}
 }

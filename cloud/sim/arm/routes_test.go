@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
@@ -186,4 +188,64 @@ func TestRouteLimitConfigurable(t *testing.T) {
 	e.putRoute(t, "a", applianceRoute("10.244.2.0/24", "10.0.0.4")) // updates do not count
 	_, err := e.routes.BeginCreateOrUpdate(noRetry(testCtx(t)), testRG, "rt", "c", applianceRoute("10.244.3.0/24", "10.0.0.4"), nil)
 	wantAPIError(t, err, http.StatusBadRequest, CodeRouteLimit)
+}
+
+// TestRouteEffectDelay: a route table change reaches the snapshot (what the
+// fabric follows) RouteEffectDelay after its operation succeeded, while ARM
+// already shows it; versions take effect in order, a delete too, and
+// Changed is signalled when one does.
+func TestRouteEffectDelay(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	e := newEnv(t, func(c *Config) { c.RouteEffectDelay = delay })
+	effective := func() []string {
+		var names []string
+		for _, r := range e.s.Snapshot().Routes {
+			names = append(names, r.Name+"="+r.Prefix.String())
+		}
+		return names
+	}
+	drain := func() {
+		for {
+			select {
+			case <-e.s.Changed():
+			default:
+				return
+			}
+		}
+	}
+	e.putRoute(t, "a", applianceRoute("10.244.0.0/24", "10.0.0.4"))
+	drain()
+	if got := effective(); len(got) != 0 {
+		t.Errorf("right after the PUT succeeded the fabric follows %v, want nothing yet", got)
+	}
+	if got, err := e.routes.Get(testCtx(t), testRG, "rt", "a", nil); err != nil || *got.Properties.ProvisioningState != armnetwork.ProvisioningStateSucceeded {
+		t.Errorf("ARM's view of the route: %v, %v; want it there, Succeeded", got, err)
+	}
+	e.putRoute(t, "a", applianceRoute("10.244.9.0/24", "10.0.0.4"))
+	select {
+	case <-e.s.Changed():
+	case <-time.After(5 * delay):
+		t.Fatal("no Changed signal when the first version took effect")
+	}
+	deadline := time.Now().Add(10 * delay)
+	for !slices.Equal(effective(), []string{"a=10.244.9.0/24"}) && time.Now().Before(deadline) {
+		time.Sleep(delay / 10)
+	}
+	if got := effective(); !slices.Equal(got, []string{"a=10.244.9.0/24"}) {
+		t.Fatalf("effective routes %v, want the second version", got)
+	}
+	p, err := e.routes.BeginDelete(testCtx(t), testRG, "rt", "a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.PollUntilDone(testCtx(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := effective(); len(got) != 1 {
+		t.Errorf("right after the DELETE succeeded the fabric follows %v, want the route still", got)
+	}
+	time.Sleep(2 * delay)
+	if got := effective(); len(got) != 0 {
+		t.Errorf("after the delay the deleted route is still followed: %v", got)
+	}
 }

@@ -179,7 +179,7 @@ func (s *Server) Snapshot() Snapshot {
 		snap.NICs = append(snap.NICs, st)
 	}
 	if t := s.tables[strings.ToLower(s.cfg.RouteTableName)]; t != nil && t.exists {
-		for _, r := range sortedRoutes(t.routes) {
+		for _, r := range sortedRoutes(t.effective) {
 			snap.Routes = append(snap.Routes, RouteState{Name: r.name, Prefix: r.prefix, NextHopType: r.nextHopType, NextHop: r.nextHop})
 		}
 	}

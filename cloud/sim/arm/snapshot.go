@@ -19,7 +19,8 @@ type Snapshot struct {
 	Subnet netip.Prefix
 	// NICs lists every network interface, ordered by name.
 	NICs []NICState
-	// Routes lists the routes of the route table associated with the subnet,
+	// Routes lists the effective routes of the route table associated with
+	// the subnet (RouteEffectDelay after the change that made them),
 	// ordered by name.
 	Routes []RouteState
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // ipConfig is one ipConfiguration of a network interface.
@@ -63,6 +64,18 @@ type routeTable struct {
 	exists   bool
 	routes   map[string]route
 	pending  *pendingTable
+	// effective is what the fabric follows: routes, RouteEffectDelay
+	// after each change succeeded; propagating are the versions on their
+	// way, oldest first.
+	effective   map[string]route
+	propagating []tableVersion
+}
+
+// tableVersion is a route table's routes as of a succeeded change, in
+// effect from at.
+type tableVersion struct {
+	at     time.Time
+	routes map[string]route
 }
 
 type pendingTable struct {

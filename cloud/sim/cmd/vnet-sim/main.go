@@ -27,7 +27,7 @@ import (
 
 const usage = `usage:
   vnet-sim up     [--cloud azure|aws] [--nodes N] [--dir DIR] [--prefix P] [--lro D] [--poll D] [--no-fabric] [--log-level L]
-                  azure: [--static-token T] [--ip-address-count N] [--read-only-identity]
+                  azure: [--static-token T] [--ip-address-count N] [--read-only-identity] [--max-routes N] [--route-effect-delay D]
                   aws:   [--instance-type T] [--region R] [--metadata-delay D]
   vnet-sim down   --dir DIR | --prefix P
   vnet-sim faults --dir DIR [--set JSON]
@@ -77,6 +77,8 @@ func up(args []string) error {
 	noFabric := fs.Bool("no-fabric", false, "run the control plane only (no namespaces)")
 	templateIPs := fs.Int("ip-address-count", 0, "azure: secondary ipConfigurations every NIC is created with, as a cluster template's ipAddressCount")
 	readOnly := fs.Bool("read-only-identity", false, "azure: nodes' managed identities may only read (ARM answers their writes 403 AuthorizationFailed)")
+	maxRoutes := fs.Int("max-routes", 1000, "azure: routes per route table (Azure's default since 2026; 400 in older subscriptions)")
+	routeDelay := fs.Duration("route-effect-delay", sim.DefaultRouteEffectDelay, "azure: how long a route table change takes to reach the data plane after ARM reports it succeeded")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -86,6 +88,12 @@ func up(args []string) error {
 		return fmt.Errorf("--cloud %q: want azure or aws", *cloud)
 	case c == sim.CloudAWS && *token != "":
 		return errors.New("--static-token is for azure; aws writes static credentials to sim.json")
+	}
+	if *routeDelay == 0 {
+		*routeDelay = -1 // at once; 0 would mean the default
+	}
+	if sim.Cloud(*cloud) == sim.CloudAWS {
+		*maxRoutes, *routeDelay = 0, 0 // route tables are Azure's here
 	}
 	if *metadataDelay == 0 {
 		*metadataDelay = -1 // at once; 0 would mean the default
@@ -110,6 +118,7 @@ func up(args []string) error {
 		OperationDuration: *lro, PollInterval: *poll,
 		StaticToken: *token, NoFabric: *noFabric, Logger: logger,
 		TemplateIPs: *templateIPs, ReadOnlyIdentity: *readOnly,
+		MaxRoutes: *maxRoutes, RouteEffectDelay: *routeDelay,
 		InstanceType: *instanceType, Region: *region, MetadataDelay: *metadataDelay,
 	})
 	if err != nil {
