@@ -36,6 +36,11 @@ var nicLimitCodes = map[string]bool{
 }
 
 // classify turns an SDK error into a *cloud.Error.
+// Classify turns an error of an ARM call op into a *cloud.Error whose Kind
+// says what to do about it (nil stays nil), for the packages beside the
+// provider that call ARM themselves.
+func Classify(op string, err error) error { return classify(op, err) }
+
 func classify(op string, err error) error {
 	if err == nil {
 		return nil
