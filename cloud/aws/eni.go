@@ -48,7 +48,10 @@ func (p *Provider) ownTagFilters(instance string) []types.Filter {
 //
 // An unattached ENI that vnet-cni created for this instance before (an
 // AddInterface cut short by a crash between its create and its attach) is
-// adopted instead of creating another. Otherwise the ENI is created in the
+// adopted instead of creating another, and so is an ENI of vnet-cni's for
+// this instance that is still attaching, or attached but not among the
+// ones Instance last reported (a process killed while it waited for the
+// attachment: the attach went through). Otherwise the ENI is created in the
 // primary ENI's subnet with its security groups and vnet-cni's tags. It is
 // attached at the lowest free device index and waited for (polling with
 // back-off, at most AttachTimeout). Any failure after the create detaches
@@ -61,6 +64,9 @@ func (p *Provider) AddInterface(ctx context.Context) (cloud.Interface, error) {
 	attached, err := p.describeENIs(ctx, filter("attachment.instance-id", p.node.InstanceID))
 	if err != nil {
 		return cloud.Interface{}, err
+	}
+	if e, ok := p.pendingAttach(attached); ok {
+		return p.adopt(ctx, e)
 	}
 	if len(attached) >= p.limits.Interfaces {
 		return cloud.Interface{}, &cloud.Error{Kind: cloud.InterfaceLimit, Op: "AttachNetworkInterface",
@@ -155,6 +161,44 @@ func (p *Provider) createENI(ctx context.Context, primary types.NetworkInterface
 	return *out.NetworkInterface, nil
 }
 
+// pendingAttach returns, among the ENIs attached to the instance, one of
+// vnet-cni's for it that is still attaching or that is attached but
+// unknown to the daemon (not among the interfaces Instance last reported).
+func (p *Provider) pendingAttach(attached []types.NetworkInterface) (types.NetworkInterface, bool) {
+	for _, e := range attached {
+		a := e.Attachment
+		if a == nil || isPrimary(e, p.node.InstanceID) || !p.ours(e) || awssdk.ToString(a.InstanceId) != p.node.InstanceID {
+			continue
+		}
+		switch a.Status {
+		case types.AttachmentStatusAttaching:
+			return e, true
+		case types.AttachmentStatusAttached:
+			if !p.knownManaged(awssdk.ToString(e.NetworkInterfaceId)) {
+				return e, true
+			}
+		}
+	}
+	return types.NetworkInterface{}, false
+}
+
+// adopt completes the attachment of e, an ENI pendingAttach found: it
+// waits until it is attached, sets DeleteOnTermination and returns it. A
+// failure leaves the ENI as it is (attached or attaching to this instance,
+// it is no leak: Instance lists it once attached, and a later AddInterface
+// adopts it again).
+func (p *Provider) adopt(ctx context.Context, e types.NetworkInterface) (cloud.Interface, error) {
+	id := awssdk.ToString(e.NetworkInterfaceId)
+	p.log.Info("adopting an ENI vnet-cni attached before it was restarted", "eni", id,
+		"device", awssdk.ToInt32(e.Attachment.DeviceIndex), "status", string(e.Attachment.Status))
+	ifc, err := p.finishAttach(ctx, id, awssdk.ToString(e.Attachment.AttachmentId))
+	if err != nil {
+		return cloud.Interface{}, err
+	}
+	p.setManaged(id, true)
+	return ifc, nil
+}
+
 // attach attaches ENI id at device, waits until it is attached and sets
 // DeleteOnTermination.
 func (p *Provider) attach(ctx context.Context, id string, device int32) (cloud.Interface, error) {
@@ -168,7 +212,12 @@ func (p *Provider) attach(ctx context.Context, id string, device int32) (cloud.I
 	if err != nil {
 		return cloud.Interface{}, err
 	}
-	attachment := awssdk.ToString(out.AttachmentId)
+	return p.finishAttach(ctx, id, awssdk.ToString(out.AttachmentId))
+}
+
+// finishAttach waits until attachment of ENI id is attached, sets
+// DeleteOnTermination and returns the interface.
+func (p *Provider) finishAttach(ctx context.Context, id, attachment string) (cloud.Interface, error) {
 	e, err := p.waitENI(ctx, id, "attached", func(e types.NetworkInterface) bool {
 		return e.Attachment != nil && awssdk.ToString(e.Attachment.AttachmentId) == attachment &&
 			e.Attachment.Status == types.AttachmentStatusAttached

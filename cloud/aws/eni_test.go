@@ -395,3 +395,102 @@ func mapsEqual(a, b map[string]int) bool {
 	}
 	return true
 }
+
+// TestAttachThenCrashAdopted: a process killed while it waited for its
+// attachment leaves vnet-cni's ENI attaching (or, by the time the next one
+// looks, attached without DeleteOnTermination and unknown to the daemon).
+// The next AddInterface adopts it, without a create or a second attach.
+func TestAttachThenCrashAdopted(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		attached bool // wait for the attachment before the restart
+	}{{"attaching", false}, {"attached but unknown", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, func(c *ec2sim.Config) { c.AttachDelay = 400 * time.Millisecond })
+			ctx := ctxT(t)
+			id := e.createENI(t, ownTags(cluster, node0, time.Now()))
+			if _, err := e.admin.AttachNetworkInterface(ctx, &ec2.AttachNetworkInterfaceInput{
+				NetworkInterfaceId: awssdk.String(id), InstanceId: awssdk.String(node0), DeviceIndex: awssdk.Int32(1),
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if tc.attached {
+				waitFor(t, "the attachment", func() bool {
+					a := e.describe(t, id).Attachment
+					return a != nil && a.Status == types.AttachmentStatusAttached
+				})
+			}
+			p := e.provider(t, e.config(node0))
+			c := e.count("CreateNetworkInterface", "AttachNetworkInterface", "ModifyNetworkInterfaceAttribute", "DeleteNetworkInterface")
+			ifc, err := p.AddInterface(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ifc.ID != id || ifc.DeviceIndex != 1 || !ifc.Owned {
+				t.Errorf("AddInterface gave %+v, want the adopted %s at device 1", ifc, id)
+			}
+			want := map[string]int{"CreateNetworkInterface": 0, "AttachNetworkInterface": 0, "ModifyNetworkInterfaceAttribute": 1, "DeleteNetworkInterface": 0}
+			if got := c.since(); !mapsEqual(got, want) {
+				t.Errorf("calls %v, want %v", got, want)
+			}
+			if a := e.describe(t, id).Attachment; a == nil || a.Status != types.AttachmentStatusAttached || !awssdk.ToBool(a.DeleteOnTermination) {
+				t.Errorf("adopted eni attachment %+v, want attached with DeleteOnTermination", a)
+			}
+			in, err := p.Instance(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(in.Interfaces) != 2 || in.Interfaces[1].ID != id {
+				t.Errorf("interfaces %+v, want the primary and %s", in.Interfaces, id)
+			}
+			if got := len(e.enis()); got != 3 {
+				t.Errorf("%d ENIs, want the two primaries and the adopted one", got)
+			}
+			// A known, attached ENI is not adopted again: the next one is new.
+			next, err := p.AddInterface(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if next.ID == id || next.DeviceIndex != 2 {
+				t.Errorf("second AddInterface gave %s at device %d, want a new ENI at 2", next.ID, next.DeviceIndex)
+			}
+		})
+	}
+}
+
+// TestDetachThenCrashRepaired: a process killed during RemoveInterface
+// leaves vnet-cni's ENI detaching; the first Instance after it became
+// available deletes it, however many Instances came while it detached.
+func TestDetachThenCrashRepaired(t *testing.T) {
+	e := newEnv(t, func(c *ec2sim.Config) { c.DetachDelay = 400 * time.Millisecond })
+	ctx := ctxT(t)
+	old := e.provider(t, e.config(node0))
+	ifc, err := old.AddInterface(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := e.describe(t, ifc.ID).Attachment
+	if _, err := e.admin.DetachNetworkInterface(ctx, &ec2.DetachNetworkInterfaceInput{AttachmentId: a.AttachmentId}); err != nil {
+		t.Fatal(err) // RemoveInterface's detach, then the crash
+	}
+	p := e.provider(t, e.config(node0))
+	for range 2 {
+		in, err := p.Instance(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(in.Interfaces) != 1 {
+			t.Errorf("interfaces %+v while %s detaches, want the primary only", in.Interfaces, ifc.ID)
+		}
+	}
+	if _, ok := e.eniState(ifc.ID); !ok {
+		t.Fatalf("eni %s deleted while it was detaching", ifc.ID)
+	}
+	waitFor(t, "the detachment", func() bool { return e.describe(t, ifc.ID).Attachment == nil })
+	if _, err := p.Instance(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.eniState(ifc.ID); ok {
+		t.Errorf("eni %s left behind after its detachment completed", ifc.ID)
+	}
+}

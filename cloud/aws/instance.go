@@ -23,6 +23,8 @@ import (
 // failed) also repairs what an AddInterface cut short by a crash left:
 // vnet-cni's ENIs of this instance that were created but never attached
 // are deleted, and DeleteOnTermination is set on those attached without it.
+// One still detaching (a RemoveInterface cut short between its detach and
+// its delete) is deleted by the first Instance after it became available.
 // The repair is best effort: its errors are logged, not returned.
 func (p *Provider) Instance(ctx context.Context) (cloud.Instance, error) {
 	enis, err := p.describeENIs(ctx, filter("attachment.instance-id", p.node.InstanceID))
@@ -36,6 +38,7 @@ func (p *Provider) Instance(ctx context.Context) (cloud.Instance, error) {
 		NetworkPrefixes: slices.Clone(p.node.VPCCIDRs),
 	}
 	foreign := 0
+	detaching := false
 	managed := map[string]bool{}
 	var fixDOT []types.NetworkInterface
 	for _, e := range enis {
@@ -46,6 +49,11 @@ func (p *Provider) Instance(ctx context.Context) (cloud.Instance, error) {
 		if !primary && !p.ours(e) {
 			foreign++
 			continue
+		}
+		if e.Attachment.Status == types.AttachmentStatusDetaching && !primary {
+			// A RemoveInterface cut short (or one running now): once
+			// available, the repair deletes it.
+			detaching = true
 		}
 		if e.Attachment.Status != types.AttachmentStatusAttached {
 			continue
@@ -78,10 +86,17 @@ func (p *Provider) Instance(ctx context.Context) (cloud.Instance, error) {
 	p.managed = managed
 	repair := p.repair
 	p.mu.Unlock()
-	if (repair || len(fixDOT) > 0) && p.lifecycle.TryLock() {
-		// Not while an AddInterface of this process runs: its ENI would look
-		// like a leftover between its create and its attach.
-		p.repairLocked(ctx, repair, fixDOT)
+	if (repair || detaching || len(fixDOT) > 0) && p.lifecycle.TryLock() {
+		// Not while an AddInterface or RemoveInterface of this process runs:
+		// its ENI would look like a leftover between its create and its
+		// attach, or during its detach.
+		p.repairLocked(ctx, repair || detaching, fixDOT)
+		if detaching {
+			// Deleted once it is available: look again next time.
+			p.mu.Lock()
+			p.repair = true
+			p.mu.Unlock()
+		}
 		p.lifecycle.Unlock()
 	}
 	return in, nil
