@@ -584,19 +584,43 @@ func (s *Server) createTags(p params) (response, *apiError) {
 // DeleteOnTermination are deleted, the others detached and left available
 // (the leak the product's sweep must find).
 func (s *Server) TerminateInstance(id string) error {
+	_, err := s.Terminate(id)
+	return err
+}
+
+// Termination is what terminating an instance did to its ENIs.
+type Termination struct {
+	InstanceID string `json:"instanceId"`
+	// Deleted are the ENIs deleted with the instance (DeleteOnTermination:
+	// the primary by default), Detached the ones left available.
+	Deleted  []string `json:"deleted"`
+	Detached []string `json:"detached"`
+}
+
+// Terminate terminates instance id as EC2 does and reports what became of
+// its ENIs: those attached (or attaching, or detaching) with
+// DeleteOnTermination are deleted, the others detached and left available.
+// The instance is no longer listed.
+func (s *Server) Terminate(id string) (Termination, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.instances[id]; !ok {
-		return errInstanceNotFound(id)
+		return Termination{}, errInstanceNotFound(id)
 	}
+	t := Termination{InstanceID: id, Deleted: []string{}, Detached: []string{}}
 	for _, e := range s.attachedLocked(id) {
 		if e.attachment.deleteOnTermination {
+			t.Deleted = append(t.Deleted, e.id)
 			s.removeENILocked(e)
 		} else {
+			t.Detached = append(t.Detached, e.id)
 			e.attachment = nil
 		}
 	}
 	delete(s.instances, id)
 	s.notifyLocked()
-	return nil
+	slices.Sort(t.Deleted)
+	slices.Sort(t.Detached)
+	s.log.Info("ec2 instance terminated", "instance", id, "deleted", t.Deleted, "detached", t.Detached)
+	return t, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 )
 
 func TestThrottleDefaults(t *testing.T) {
@@ -150,5 +151,54 @@ func TestFaults(t *testing.T) {
 	resp2.Body.Close()
 	if resp2.StatusCode != http.StatusBadRequest {
 		t.Fatalf("invalid faults accepted: %d", resp2.StatusCode)
+	}
+}
+
+// TestAdminTerminate: POST /instances/{id}/terminate terminates as EC2
+// does: the ENIs with DeleteOnTermination (the primary by default) are
+// deleted, the others detached and left available, the instance no longer
+// listed; an unknown instance is 404.
+func TestAdminTerminate(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := ctxT(t)
+	admin := httptest.NewServer(e.s.AdminHandler())
+	defer admin.Close()
+	kept := createENI(t, e, &ec2.CreateNetworkInterfaceInput{SubnetId: aws.String(mainSubnet)})
+	attach(t, e, kept, node0, 1)
+	terminate := func(id string) (*http.Response, Termination) {
+		resp, err := http.Post(admin.URL+"/instances/"+id+"/terminate", "", nil)
+		noErr(t, err)
+		defer resp.Body.Close()
+		var tm Termination
+		if resp.StatusCode == http.StatusOK {
+			noErr(t, json.NewDecoder(resp.Body).Decode(&tm))
+		}
+		return resp, tm
+	}
+	resp, tm := terminate(node0)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("terminate: %s", resp.Status)
+	}
+	if len(tm.Deleted) != 1 || len(tm.Detached) != 1 || tm.Detached[0] != kept {
+		t.Errorf("termination %+v, want the primary deleted and %s detached", tm, kept)
+	}
+	out, err := e.ec2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: []string{kept}})
+	noErr(t, err)
+	if got := out.NetworkInterfaces[0]; got.Status != types.NetworkInterfaceStatusAvailable || got.Attachment != nil {
+		t.Errorf("detached eni: status %s attachment %+v, want available", got.Status, got.Attachment)
+	}
+	_, err = e.ec2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{NetworkInterfaceIds: tm.Deleted})
+	wantCode(t, err, CodeInvalidENIIDNotFound, http.StatusBadRequest)
+	insts, err := e.ec2.DescribeInstances(ctx, &ec2.DescribeInstancesInput{})
+	noErr(t, err)
+	for _, r := range insts.Reservations {
+		for _, in := range r.Instances {
+			if aws.ToString(in.InstanceId) == node0 {
+				t.Errorf("terminated instance %s still listed", node0)
+			}
+		}
+	}
+	if resp, _ := terminate(node0); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("terminate again: %s, want 404", resp.Status)
 	}
 }

@@ -15,9 +15,11 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -32,6 +34,7 @@ const usage = `usage:
   vnet-sim down   --dir DIR | --prefix P
   vnet-sim faults --dir DIR [--set JSON]
   vnet-sim stats  --dir DIR
+  vnet-sim terminate --dir DIR --node N   (aws: N is a node's name, index or instance id)
 `
 
 func main() {
@@ -49,6 +52,8 @@ func main() {
 		err = faults(os.Args[2:])
 	case "stats":
 		err = stats(os.Args[2:])
+	case "terminate":
+		err = terminate(os.Args[2:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
@@ -200,6 +205,36 @@ func stats(args []string) error {
 		return err
 	}
 	return adminCall(http.MethodGet, d.AdminEndpoint+"/stats", nil)
+}
+
+// terminate terminates a node's instance as EC2 does: its ENIs with
+// DeleteOnTermination are deleted, the others detached and left available.
+// The node's namespace stays (a dead VM's network is the fabric's, and the
+// instance is gone from EC2).
+func terminate(args []string) error {
+	fs := flag.NewFlagSet("terminate", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory of the run (reads sim.json)")
+	node := fs.String("node", "", "the node: its name (node1), index (1) or instance id")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	d, err := readDescription(*dir)
+	if err != nil {
+		return err
+	}
+	if d.Cloud != sim.CloudAWS {
+		return fmt.Errorf("terminate is for an aws run, this one is %s", d.Cloud)
+	}
+	id := ""
+	for i, n := range d.Nodes {
+		if *node == n.Name || *node == n.InstanceID || *node == strconv.Itoa(i) {
+			id = n.InstanceID
+		}
+	}
+	if id == "" {
+		return fmt.Errorf("--node %q: no such node in %s", *node, *dir)
+	}
+	return adminCall(http.MethodPost, d.AdminEndpoint+"/instances/"+url.PathEscape(id)+"/terminate", nil)
 }
 
 func readDescription(dir string) (sim.Description, error) {
