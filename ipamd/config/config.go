@@ -55,6 +55,7 @@ const (
 	DefaultCloudConfigFile         = azure.DefaultCloudConfigFile
 	DefaultAWSIMDSEndpoint         = "http://169.254.169.254"
 	DefaultSweepInterval           = 5 * time.Minute
+	DefaultSweepGrace              = 10 * time.Minute
 )
 
 // Allowed values of the enumerated fields.
@@ -110,9 +111,15 @@ const (
 	MinCallTimeout  = time.Second
 	MaxCallTimeout  = 10 * time.Minute
 	// The sweep for leaked ENIs: often enough to find a dead node's
-	// within minutes, never a call storm.
-	MinSweepInterval = time.Minute
+	// within minutes, never a call storm. The floor is for tests: at 150
+	// nodes a 10 s interval is 15 describes/s, below the describe
+	// bucket's refill (20/s).
+	MinSweepInterval = 10 * time.Second
 	MaxSweepInterval = 24 * time.Hour
+	// How old a leaked ENI must be before the sweep deletes it (EC2 is
+	// eventually consistent: a just-launched instance may not be listed).
+	MinSweepGrace = time.Second
+	MaxSweepGrace = 24 * time.Hour
 	// MaxAddresses bounds maxIPs, batchSize and the targets: a sanity bound
 	// above what any instance holds. The cloud provider's own limit (an
 	// Azure NIC: 255 secondary addresses) caps the pool at run time.
@@ -259,6 +266,9 @@ type AWS struct {
 	// SweepInterval is the period of the sweep for the cluster's ENIs
 	// whose instance is gone, 1m..24h.
 	SweepInterval Duration `json:"sweepInterval"`
+	// SweepGrace is how old a leaked ENI must be before the sweep deletes
+	// it, 1s..24h.
+	SweepGrace Duration `json:"sweepGrace"`
 }
 
 // Azure configures the Azure provider. Against the simulated cloud, the
@@ -340,6 +350,7 @@ func Default() Config {
 			AWS: AWS{
 				IMDSEndpoint:  DefaultAWSIMDSEndpoint,
 				SweepInterval: Duration(DefaultSweepInterval),
+				SweepGrace:    Duration(DefaultSweepGrace),
 			},
 		},
 	}

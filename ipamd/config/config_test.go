@@ -54,7 +54,7 @@ var documented = Config{
 			Credential:              "managedIdentity",
 			CloudConfigFile:         "/etc/kubernetes/azure.json",
 		},
-		AWS: AWS{IMDSEndpoint: "http://169.254.169.254", SweepInterval: Duration(5 * time.Minute)},
+		AWS: AWS{IMDSEndpoint: "http://169.254.169.254", SweepInterval: Duration(5 * time.Minute), SweepGrace: Duration(10 * time.Minute)},
 	},
 }
 
@@ -236,7 +236,8 @@ func TestParseErrors(t *testing.T) {
 		{"aws cluster name", `{"cloud": {"provider": "aws", "aws": {"clusterName": "-x"}}}`, []string{"cloud.aws.clusterName"}, "starting with a letter or digit"},
 		{"aws region", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "region": "Europe"}}}`, []string{"cloud.aws.region"}, "such as eu-west-1"},
 		{"aws endpoint over http", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "ec2Endpoint": "http://ec2.local"}}}`, []string{"cloud.aws.ec2Endpoint"}, "must use https"},
-		{"aws sweep", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "sweepInterval": "1s"}}}`, []string{"cloud.aws.sweepInterval"}, "1s out of range 1m0s..24h0m0s"},
+		{"aws sweep", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "sweepInterval": "1s"}}}`, []string{"cloud.aws.sweepInterval"}, "1s out of range 10s..24h0m0s"},
+		{"aws sweep grace", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "sweepGrace": "0s"}}}`, []string{"cloud.aws.sweepGrace"}, "0s out of range 1s..24h0m0s"},
 		{"aws relative ca", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "caFile": "ca.pem"}}}`, []string{"cloud.aws.caFile"}, "clean absolute path"},
 		{"call timeout", `{"cloud": {"callTimeout": "0s"}}`, []string{"cloud.callTimeout"}, "0s out of range 1s..10m0s"},
 		{"arm endpoint over http", `{"cloud": {"azure": {"resourceManagerEndpoint": "http://management.azure.com"}}}`, []string{"cloud.azure.resourceManagerEndpoint"}, "must use https"},
@@ -355,12 +356,12 @@ func TestWithTargetsOfAndChanged(t *testing.T) {
 
 func TestAWS(t *testing.T) {
 	c, err := Parse([]byte(`{"cloud": {"provider": "aws", "aws": {"clusterName": "prod-1", "region": "eu-west-1",
-		"ec2Endpoint": "https://10.0.0.1:8443", "caFile": "/run/vnet-sim/ca.pem", "sweepInterval": "10m"}}}`))
+		"ec2Endpoint": "https://10.0.0.1:8443", "caFile": "/run/vnet-sim/ca.pem", "sweepInterval": "10m", "sweepGrace": "2m"}}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := AWS{ClusterName: "prod-1", Region: "eu-west-1", EC2Endpoint: "https://10.0.0.1:8443", CAFile: "/run/vnet-sim/ca.pem",
-		IMDSEndpoint: "http://169.254.169.254", SweepInterval: Duration(10 * time.Minute)}
+		IMDSEndpoint: "http://169.254.169.254", SweepInterval: Duration(10 * time.Minute), SweepGrace: Duration(2 * time.Minute)}
 	if diff := cmp.Diff(want, c.Cloud.AWS); diff != "" {
 		t.Errorf("aws (-want +got):\n%s", diff)
 	}

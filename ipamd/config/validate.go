@@ -181,6 +181,7 @@ func (a AWS) validate() error {
 	add(absPath("cloud.aws.caFile", a.CAFile, false))
 	add(httpURL("cloud.aws.imdsEndpoint", a.IMDSEndpoint, "http", "https"))
 	add(durRange("cloud.aws.sweepInterval", a.SweepInterval, MinSweepInterval, MaxSweepInterval))
+	add(durRange("cloud.aws.sweepGrace", a.SweepGrace, MinSweepGrace, MaxSweepGrace))
 	return errors.Join(errs...)
 }
 

@@ -200,6 +200,7 @@ func cloudConnect(c config.Cloud, log *slog.Logger) (daemon.Connect, error) {
 			CAFile:       c.AWS.CAFile,
 			IMDSEndpoint: c.AWS.IMDSEndpoint,
 			CallTimeout:  c.CallTimeout.D(),
+			SweepGrace:   c.AWS.SweepGrace.D(),
 			Logger:       log,
 		}
 		return func(ctx context.Context) (daemon.Cloud, error) { return aws.New(ctx, awsCfg) }, nil
