@@ -1,0 +1,221 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vnet-cni/vnet-cni/cloud/aws"
+	ec2sim "github.com/vnet-cni/vnet-cni/cloud/sim/ec2"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/ec2imds"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/simca"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
+	"github.com/vnet-cni/vnet-cni/ipamd/store"
+)
+
+// burstNodes is the size of TestAWSBurst: VNET_AWS_BURST_NODES, else 30.
+func burstNodes(t *testing.T) int {
+	t.Helper()
+	v := os.Getenv("VNET_AWS_BURST_NODES")
+	if v == "" {
+		return 30
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 1000 {
+		t.Fatalf("VNET_AWS_BURST_NODES=%q: want 1..1000", v)
+	}
+	return n
+}
+
+// mutations are the EC2 actions that take tokens from the mutation
+// buckets (100, refilled at 5/s, one bucket per action) in a node's start.
+var mutations = []string{"AssignPrivateIpAddresses", "CreateNetworkInterface", "AttachNetworkInterface", "ModifyNetworkInterfaceAttribute"}
+
+// backoffRounds is how many throttled rounds one daemon can fit in d: the
+// provider's hint for a bucket class is 1s doubled per throttled call in a
+// row up to 30s, jittered to [h/2, h], and the daemon waits it before its
+// next call of the round. So the waits are at least 0.5, 1, 2, 4, 8, 15,
+// 15, … seconds.
+func backoffRounds(d time.Duration) int {
+	rounds, wait, spent := 0, 500*time.Millisecond, time.Duration(0)
+	for spent <= d {
+		rounds++
+		spent += wait
+		wait = min(2*wait, 15*time.Second)
+	}
+	return rounds
+}
+
+// TestAWSBurst: N control-plane-only nodes (m5.large, the product's
+// default pool: warm 10 from an initial batch of 10, so each fills its
+// primary ENI's 9 secondaries and attaches a second ENI) start at once
+// against one simulated EC2 account with EC2's token buckets (mutations
+// 100 per action, refilled at 5/s; describes 100, 20/s). Every node
+// reaches its warm pool; the EC2 calls are counted by action and status,
+// throttles included. There is no request storm: the successful mutations
+// are exactly the five a node needs (two assignments, create, attach,
+// DeleteOnTermination), and all mutation requests, throttled ones
+// included, stay within what the back-off allows: per node its five plus,
+// for every back-off round that fits in the burst, the SDK's attempts of
+// one call. The time to warm is printed (p50, p90, max), never asserted.
+func TestAWSBurst(t *testing.T) {
+	n := burstNodes(t)
+	cfg := ec2sim.Config{
+		VPCID:       "vpc-000000000000b0000",
+		VPCCIDRs:    []netip.Prefix{netip.MustParsePrefix("10.8.0.0/16")},
+		Subnets:     []ec2sim.SubnetSpec{{ID: "subnet-00000000000b0000", CIDR: netip.MustParsePrefix("10.8.0.0/17"), AvailabilityZone: "us-east-1a"}},
+		AttachDelay: time.Second, DetachDelay: time.Second, MetadataDelay: -1,
+	}
+	for i := range n {
+		cfg.Instances = append(cfg.Instances, ec2sim.InstanceSpec{
+			ID: fmt.Sprintf("i-%017x", 0xb0000+i), Type: "m5.large", SubnetID: cfg.Subnets[0].ID,
+			ENIID: fmt.Sprintf("eni-%017x", 0xb0000+i),
+			MAC:   net.HardwareAddr{0x0e, 0, 0xbb, 0, byte(i >> 8), byte(i)},
+			// 10.8.1.0 onwards: clear of the addresses EC2 hands out first.
+			Primary: netip.AddrFrom4([4]byte{10, 8, byte(1 + i/250), byte(4 + i%250)}),
+		})
+	}
+	s, err := ec2sim.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := simca.New("burst test ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, err := ca.ServerConfig("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(s.Handler())
+	ts.TLS = tlsCfg
+	ts.StartTLS()
+	t.Cleanup(func() {
+		ts.Close()
+		s.Close()
+	})
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// Every node: its own IMDS, the provider with the product's defaults
+	// (only the endpoints and the CA are the sim's), a daemon with the
+	// product's default pool.
+	def := config.Default()
+	type node struct {
+		d     *Daemon
+		warm  time.Duration
+		ready bool
+	}
+	nodes := make([]*node, n)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	for i, in := range cfg.Instances {
+		md := httptest.NewServer(ec2imds.NewHandler(s.IMDS(in.ID)))
+		t.Cleanup(md.Close)
+		pcfg := aws.Config{ClusterName: "burst", EC2Endpoint: ts.URL, CAFile: caFile, IMDSEndpoint: md.URL}
+		st, err := store.Open(t.TempDir(), store.Options{Salvage: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		d, err := New(st, func(ctx context.Context) (Cloud, error) { return aws.New(ctx, pcfg) }, Options{
+			Targets: def.PoolTargets(), InitialBatch: def.IPAddressCount, Cooldown: def.Cooldown.D(),
+			AllocateWait: def.AllocateWait.D(), ResyncInterval: def.ResyncInterval.D(),
+			NodeName: fmt.Sprintf("burst-%03d", i),
+			Conflist: Conflist{Path: filepath.Join(t.TempDir(), "10-vnet-cni.conflist"), Data: []byte(`{"name":"vnet-cni"}`)},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[i] = &node{d: d}
+	}
+	start := time.Now()
+	for _, nd := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = nd.d.Run(ctx)
+		}()
+	}
+	deadline := start.Add(10 * time.Minute)
+	for left := n; left > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d nodes not warm after %v; EC2 calls %v", left, n, time.Since(start), s.Stats().Calls)
+		}
+		time.Sleep(100 * time.Millisecond)
+		for _, nd := range nodes {
+			if nd.ready {
+				continue
+			}
+			st, err := nd.d.Status(ctx, api.StatusRequest{})
+			if err == nil && st.Ready && st.Pool.Free >= def.WarmIPTarget {
+				nd.ready, nd.warm = true, time.Since(start)
+				left--
+			}
+		}
+	}
+	all := time.Since(start)
+	stats := s.Stats()
+
+	warm := make([]time.Duration, n)
+	for i, nd := range nodes {
+		warm[i] = nd.warm
+	}
+	slices.Sort(warm)
+	pct := func(p float64) time.Duration { return warm[min(n-1, int(p*float64(n)))] }
+	t.Logf("%d nodes warm (%d free addresses each) in %.1f s: time to warm p50 %.1f s, p90 %.1f s, max %.1f s",
+		n, def.WarmIPTarget, all.Seconds(), pct(0.5).Seconds(), pct(0.9).Seconds(), warm[n-1].Seconds())
+	var b strings.Builder
+	for _, action := range slices.Sorted(maps.Keys(stats.Calls)) {
+		byStatus := stats.Calls[action]
+		total := 0
+		for _, c := range byStatus {
+			total += c
+		}
+		fmt.Fprintf(&b, "\n  %-32s %5d requests (%.2f per node) by status %v", action, total, float64(total)/float64(n), byStatus)
+	}
+	t.Logf("EC2 requests: %d, %d throttled (RequestLimitExceeded), %d errors%s", stats.Total, stats.Throttled, stats.Errors, b.String())
+
+	// Exactly the mutations the pools need, and no storm around them.
+	rounds := backoffRounds(all)
+	const attemptsPerCall = aws.DefaultMaxAttempts
+	requests := 0
+	for _, action := range mutations {
+		ok := stats.Calls[action]["200"]
+		if want := map[string]int{"AssignPrivateIpAddresses": 2 * n}[action]; want == 0 && ok != n || want != 0 && ok != want {
+			t.Errorf("%s succeeded %d times for %d nodes, want %d per node", action, ok, n, max(1, want/n))
+		}
+		for _, c := range stats.Calls[action] {
+			requests += c
+		}
+	}
+	bound := n * (5 + attemptsPerCall*rounds)
+	t.Logf("mutation requests: %d (%.1f per node); the back-off's bound in %.0f s: %d (5 per node plus %d attempts in each of %d back-off rounds)",
+		requests, float64(requests)/float64(n), all.Seconds(), bound, attemptsPerCall, rounds)
+	if requests > bound {
+		t.Errorf("%d mutation requests for %d nodes, more than the back-off allows (%d): a request storm", requests, n, bound)
+	}
+	for _, e := range s.Snapshot().ENIs {
+		if e.InstanceID == "" {
+			t.Errorf("eni %s is not attached: leaked by the burst", e.ID)
+		}
+	}
+}
