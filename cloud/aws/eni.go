@@ -315,7 +315,10 @@ func (p *Provider) deleteENI(ctx context.Context, id string) error {
 // waitENI reads ENI id until done holds, at most AttachTimeout: after
 // PollInterval first, then twice as long each time up to 8 times
 // PollInterval. Throttled and transient reads are retried until the
-// deadline; a missing ENI ends the wait with its error.
+// deadline, a throttled one no sooner than its RetryAfter (the throttle
+// hint, jittered, so that a fleet polling its attachments at once backs
+// off instead of draining the describe bucket); a missing ENI ends the
+// wait with its error.
 func (p *Provider) waitENI(ctx context.Context, id, state string, done func(types.NetworkInterface) bool) (types.NetworkInterface, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.AttachTimeout)
 	defer cancel()
@@ -338,6 +341,9 @@ func (p *Provider) waitENI(ctx context.Context, id, state string, done func(type
 		case err == nil:
 		case k == cloud.Throttled || k == cloud.Transient:
 			last = err
+			if ce := (*cloud.Error)(nil); errors.As(err, &ce) && ce.RetryAfter > delay {
+				delay = ce.RetryAfter
+			}
 		default:
 			return types.NetworkInterface{}, err
 		}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/smithy-go"
 
@@ -160,4 +161,14 @@ func (h *throttleHint) succeeded() {
 	h.mu.Lock()
 	h.streak = 0
 	h.mu.Unlock()
+}
+
+// notThrottle tells the SDK's retryer not to retry RequestLimitExceeded
+// (and leaves every other error to its defaults).
+func notThrottle(err error) awssdk.Ternary {
+	var ae smithy.APIError
+	if errors.As(err, &ae) && ae.ErrorCode() == codeRequestLimitExceeded {
+		return awssdk.FalseTernary
+	}
+	return awssdk.UnknownTernary
 }
