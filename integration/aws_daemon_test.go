@@ -199,6 +199,14 @@ func (e *awsDaemonEnv) checkNoDuplicates(t *testing.T, nodes ...*cluster.Node) {
 	}
 }
 
+// own0 is the attachment of the only ENI in enis, nil if there is none.
+func own0(enis []types.NetworkInterface) *types.NetworkInterfaceAttachment {
+	if len(enis) != 1 {
+		return nil
+	}
+	return enis[0].Attachment
+}
+
 // instance is the instance id of node.
 func (e *awsDaemonEnv) instance(node string) string {
 	for _, n := range e.desc.Nodes {
@@ -235,13 +243,16 @@ func waitPool(t *testing.T, n *cluster.Node, free int, within time.Duration) {
 // one ENI of vnet-cni's for the instance (found by its tags, attached
 // with DeleteOnTermination), every address on one ENI only, and the
 // daemon's store exactly the instance's secondaries, each on its ENI; the
-// attaching ENI was adopted, not created again.
+// attaching ENI was adopted, not created again. Killed while the pool
+// shrinks and the ENI is detaching, the restarted daemon deletes it once
+// it is available.
 func TestAWSKillDuringAttach(t *testing.T) {
 	// t3.medium: 3 ENIs of 6 addresses (5 secondaries); a warm target of 8
 	// needs a second ENI.
 	e := newAWSDaemonEnv(t, 2, "t3.medium", 2*time.Second, func(_ string, c *ipamdconfig.Config) {
 		c.WarmIPTarget, c.MaxIPs, c.BatchSize, c.IPAddressCount = 8, 15, 5, 5
 		c.ResyncInterval = ipamdconfig.Duration(2 * time.Second)
+		c.ReleaseDelay = ipamdconfig.Duration(time.Second)
 	})
 	killAndRestart := func(t *testing.T, n *cluster.Node) {
 		t.Helper()
@@ -307,6 +318,53 @@ func TestAWSKillDuringAttach(t *testing.T) {
 		waitPool(t, n, 8, 60*time.Second)
 		id := checkOneENI(t, n)
 		t.Logf("after the restart: %s attached; creates %d, deletes %d", id, e.calls("CreateNetworkInterface", "200"), e.calls("DeleteNetworkInterface", "200"))
+		e.checkNoDuplicates(t, n)
+	})
+
+	t.Run("detaching", func(t *testing.T) {
+		// node0's pool shrinks below what its primary ENI holds: the daemon
+		// releases the added ENI's addresses and detaches it; it is killed
+		// while the ENI is detaching.
+		n := e.c.Nodes[0]
+		inst := e.instance(n.Name)
+		own := e.ownENIs(t, inst)
+		if len(own) != 1 {
+			t.Fatalf("%d ENIs of vnet-cni's on %s, want 1", len(own), inst)
+		}
+		id := awssdk.ToString(own[0].NetworkInterfaceId)
+		n.Config.WarmIPTarget = 3
+		if err := n.WriteConfig(); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Kill(n.PID(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		if err := nsnet.Eventually(60*time.Second, func() error {
+			if a := own0(e.enis(t, ec2Filter("network-interface-id", id))); a == nil || a.Status != types.AttachmentStatusDetaching {
+				return fmt.Errorf("eni %s attachment %+v, not detaching yet", id, a)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.StopIPAMD(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.StartIPAMD(); err != nil {
+			t.Fatal(err)
+		}
+		waitPool(t, n, 3, 60*time.Second)
+		if err := nsnet.Eventually(30*time.Second, func() error {
+			if got := e.enis(t, ec2Filter("network-interface-id", id)); len(got) != 0 {
+				return fmt.Errorf("eni %s is still there (status %s)", id, got[0].Status)
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("the ENI left detaching by the kill: %v", err)
+		}
+		if got := e.ownENIs(t, inst); len(got) != 0 {
+			t.Errorf("%d ENIs of vnet-cni's on %s, want none", len(got), inst)
+		}
 		e.checkNoDuplicates(t, n)
 	})
 
