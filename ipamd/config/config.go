@@ -264,7 +264,9 @@ type AWS struct {
 	// only IMDSv2 (session tokens) is used.
 	IMDSEndpoint string `json:"imdsEndpoint"`
 	// SweepInterval is the period of the sweep for the cluster's ENIs
-	// whose instance is gone, 1m..24h.
+	// whose instance is gone, 10s..24h (each sweep is one
+	// DescribeNetworkInterfaces per node: keep it in minutes on a large
+	// cluster).
 	SweepInterval Duration `json:"sweepInterval"`
 	// SweepGrace is how old a leaked ENI must be before the sweep deletes
 	// it, 1s..24h.
