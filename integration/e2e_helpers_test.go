@@ -164,8 +164,19 @@ func e2eAssigned(t *testing.T, p *cluster.Pod) *api.Assignment {
 }
 
 // nicIPs returns the secondary addresses of the node's NIC as the control
-// plane holds them (committed state).
+// plane holds them (committed state); on AWS those of every ENI attached to
+// the instance, sorted.
 func (e *e2eEnv) nicIPs(n *cluster.Node) []netip.Addr {
+	if e.desc.Cloud == sim.CloudAWS {
+		var out []netip.Addr
+		for _, eni := range e.sim.EC2().Snapshot().ENIs {
+			if eni.InstanceID == n.InstanceID && len(eni.IPs) > 1 {
+				out = append(out, eni.IPs[1:]...)
+			}
+		}
+		slices.SortFunc(out, netip.Addr.Compare)
+		return out
+	}
 	for _, nic := range e.sim.ARM().Snapshot().NICs {
 		if nic.Name == n.NIC {
 			return nic.Secondary

@@ -1,9 +1,11 @@
 // Package cluster runs vnet-cni end to end on the simulated cloud the way a
 // Kubernetes node does: vnet-ipamd started inside each node namespace with
-// its own configuration file (managed identity through the sim's IMDS, the
-// ARM endpoint and CA from sim.json), and the vnet-cni plugin executed by
-// libcni from inside the node with the conflist the daemon wrote, chained
-// with the reference plugins. Tests, the demo and the benchmark share it.
+// its own configuration file (on Azure: managed identity through the sim's
+// IMDS, the ARM endpoint and CA from sim.json; on AWS: the instance role
+// through IMDSv2, the EC2 endpoint and CA from sim.json, routed mode), and
+// the vnet-cni plugin executed by libcni from inside the node with the
+// conflist the daemon wrote, chained with the reference plugins. Tests, the
+// demo and the benchmark share it.
 package cluster
 
 import (
@@ -60,7 +62,11 @@ type Node struct {
 	Name      string
 	NSPath    string
 	PrimaryIP string
-	NIC       string
+	// NIC is the node's primary interface in the cloud: the Azure NIC's
+	// name, the primary ENI's ID on AWS.
+	NIC string
+	// InstanceID is the EC2 instance's ID (AWS only).
+	InstanceID string
 	// Dir holds the node's files.
 	Dir        string
 	ConfigPath string
@@ -113,8 +119,12 @@ func New(desc sim.Description, opts Options) (*Cluster, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
+		nic := nd.NIC
+		if desc.Cloud == sim.CloudAWS {
+			nic = nd.ENIID
+		}
 		n := &Node{
-			Name: nd.Name, NSPath: nd.Netns, PrimaryIP: nd.PrimaryIP, NIC: nd.NIC,
+			Name: nd.Name, NSPath: nd.Netns, PrimaryIP: nd.PrimaryIP, NIC: nic, InstanceID: nd.InstanceID,
 			Dir: dir, ConfigPath: filepath.Join(dir, "ipamd.json"), LogPath: filepath.Join(dir, "ipamd.log"),
 			cluster: c,
 		}
@@ -136,7 +146,10 @@ func New(desc sim.Description, opts Options) (*Cluster, error) {
 }
 
 // nodeConfig is a daemon configuration as a DaemonSet would mount it: the
-// real Azure code path, with only the endpoint and CA of the sim.
+// real provider's code path, with only the endpoint and CA of the sim. On
+// AWS the datapath is routed (an ENI's addresses must leave through it;
+// bridge mode has only eth0) and the cluster name, which tags the ENIs the
+// daemons create, is the run's prefix.
 func nodeConfig(desc sim.Description, dir string) config.Config {
 	c := config.Default()
 	c.WarmIPTarget = 5
@@ -154,6 +167,15 @@ func nodeConfig(desc sim.Description, dir string) config.Config {
 	c.PluginLockDir = filepath.Join(dir, "lock")
 	// Debian's reference plugins speak CNI up to 1.0.0.
 	c.CNIVersion = "1.0.0"
+	if desc.Cloud == sim.CloudAWS {
+		c.Mode = config.ModeRouted
+		c.Cloud.Provider = config.ProviderAWS
+		c.Cloud.AWS.ClusterName = desc.Prefix
+		c.Cloud.AWS.Region = desc.Region
+		c.Cloud.AWS.EC2Endpoint = desc.EC2Endpoint
+		c.Cloud.AWS.CAFile = desc.CAFile
+		return c
+	}
 	c.Cloud.Azure.ResourceManagerEndpoint = desc.ARMEndpoint
 	c.Cloud.Azure.ResourceManagerAudience = desc.ARMAudience
 	c.Cloud.Azure.CAFile = desc.CAFile
