@@ -111,3 +111,36 @@ func ownedRulesetChange(ev *nftables.MonitorEvent, tables []string) bool {
 	// An event the library could not decode may still be one of ours.
 	return t == nil || slices.Contains(tables, t.Name)
 }
+
+// LinkEvents reports every link change in the namespace (pod veths
+// included) until done is closed, for a caller that waits for one link to
+// appear. The channel is drained after done, so the library never blocks
+// on it; it is closed when the subscription ends, also on a socket error.
+func (n *NS) LinkEvents(done <-chan struct{}) (<-chan netlink.LinkUpdate, error) {
+	in := make(chan netlink.LinkUpdate, 16)
+	h := n.handle
+	if err := netlink.LinkSubscribeWithOptions(in, done, netlink.LinkSubscribeOptions{Namespace: &h}); err != nil {
+		return nil, fmt.Errorf("watch links: %w", err)
+	}
+	out := make(chan netlink.LinkUpdate, 1)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case <-done:
+				for range in {
+				}
+				return
+			case u, ok := <-in:
+				if !ok {
+					return
+				}
+				select {
+				case out <- u:
+				default: // one pending update is enough to look again
+				}
+			}
+		}
+	}()
+	return out, nil
+}

@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -49,6 +50,17 @@ var ErrConfig = errors.New("invalid datapath configuration")
 // ErrNotReady is wrapped when the node lacks the mode's nftables table:
 // EnsureNode must run first.
 var ErrNotReady = errors.New("node datapath not initialised")
+
+// ErrUplinkMissing is wrapped when the non-primary interface that holds a
+// pod's address does not appear in the node within the pod's UplinkWait:
+// the cloud attached it, the node has not shown it (yet). A retry of the
+// ADD may succeed.
+var ErrUplinkMissing = errors.New("the pod's interface is not in the node")
+
+// DefaultUplinkWait is how long AddPod waits for a pod's non-primary
+// interface to appear in the node (the simulated EC2 shows an attached
+// ENI's link about 150 ms after the attachment completes).
+const DefaultUplinkWait = 3 * time.Second
 
 // Options tune how a Node is opened.
 type Options struct {

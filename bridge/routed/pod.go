@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -28,6 +29,9 @@ type PodConfig struct {
 	// policy routing, its rules for RuleDestinations (nil: anywhere).
 	Uplink           Uplink
 	RuleDestinations []netip.Prefix
+	// UplinkWait bounds the wait for a non-primary uplink that the node
+	// does not show yet; 0 means DefaultUplinkWait.
+	UplinkWait time.Duration
 	// NodeIP is the node's primary address, the source of its own traffic
 	// to the pod; invalid leaves it to the kernel.
 	NodeIP netip.Addr
@@ -60,7 +64,8 @@ func (c PodConfig) hostName() string {
 	return linux.HostVethName(c.ContainerID, c.IfName)
 }
 
-// AddPod creates the pod's veth with its pod end directly in the pod
+// AddPod waits (up to cfg.UplinkWait) for a non-primary uplink to appear
+// in the node, creates the pod's veth with its pod end directly in the pod
 // namespace, gives the pod its /32, a permanent neighbour entry for
 // GatewayIP with the host veth's MAC and the default route via it, routes
 // the address to the host veth, adds the policy routing of a non-primary
@@ -75,7 +80,11 @@ func (n *Node) AddPod(ctx context.Context, cfg PodConfig) (res linux.PodResult, 
 	hostName := cfg.hostName()
 	var up uplinkLink
 	if cfg.Uplink.policyRouted() {
-		if up, err = n.findUplink(cfg.Uplink); err != nil {
+		wait := cfg.UplinkWait
+		if wait <= 0 {
+			wait = DefaultUplinkWait
+		}
+		if up, err = n.waitUplink(ctx, cfg.Uplink, wait); err != nil {
 			return res, err
 		}
 	}

@@ -2,11 +2,13 @@ package routed
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -53,17 +55,58 @@ func (n *Node) uplinkLinks(ups []Uplink) (map[string]uplinkLink, error) {
 	return out, nil
 }
 
-// findUplink finds one uplink in the node by its MAC.
-func (n *Node) findUplink(u Uplink) (uplinkLink, error) {
+// findUplink finds one uplink in the node by its MAC; ok is false when the
+// node does not show it.
+func (n *Node) findUplink(u Uplink) (uplinkLink, bool, error) {
 	links, err := n.uplinkLinks([]Uplink{u})
+	if err != nil {
+		return uplinkLink{}, false, err
+	}
+	l, ok := links[linux.InterfaceTag(u.ID)]
+	return l, ok, nil
+}
+
+// waitUplink finds the uplink in the node, waiting up to wait for it to
+// appear: EC2 reports an ENI attached before the instance shows its link,
+// and a pod may get one of its addresses in between. It watches the node's
+// links (and looks again on every change) rather than polling. It fails
+// with ErrUplinkMissing when the wait or ctx ends first.
+func (n *Node) waitUplink(ctx context.Context, u Uplink, wait time.Duration) (uplinkLink, error) {
+	if l, ok, err := n.findUplink(u); ok || err != nil {
+		return l, err
+	}
+	done := make(chan struct{})
+	defer close(done)
+	events, err := n.ns.LinkEvents(done)
 	if err != nil {
 		return uplinkLink{}, err
 	}
-	l, ok := links[linux.InterfaceTag(u.ID)]
-	if !ok {
-		return uplinkLink{}, fmt.Errorf("%w: the node has no interface with mac %s (device %d) yet", ErrNotReady, u.MAC, u.DeviceIndex)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		// Subscribed first, then looked again: a link that appeared in
+		// between is seen here.
+		if l, ok, err := n.findUplink(u); ok || err != nil {
+			return l, err
+		}
+		var cause error
+		select {
+		case _, open := <-events:
+			if open {
+				continue
+			}
+			cause = errors.New("the link watch ended")
+		case <-timer.C:
+			cause = fmt.Errorf("not within %v", wait)
+		case <-ctx.Done():
+			cause = ctx.Err()
+		}
+		if l, ok, err := n.findUplink(u); ok || err != nil {
+			return l, err
+		}
+		return uplinkLink{}, fmt.Errorf("%w: interface %s (mac %s, device %d) holds the pod's address but the node has no link with its mac: %w",
+			ErrUplinkMissing, u.ID, u.MAC, u.DeviceIndex, cause)
 	}
-	return l, nil
 }
 
 // uplinkDefault is the default route of an uplink's table.

@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/vnet-cni/vnet-cni/bridge/linux"
+	"github.com/vnet-cni/vnet-cni/bridge/routed"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
@@ -178,6 +179,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		return types.NewError(types.ErrInternal, "set up the node's datapath", err.Error())
 	}
 	c.attrs = append(c.attrs, "nodeReadyMs", ms(s.NodeReady.Sub(step)), "nodeOpenMs", ms(s.NodeOpen), "ensureNodeMs", ms(s.EnsureNode))
+	if errors.Is(err, routed.ErrUplinkMissing) {
+		// An ENI attached a moment ago: the runtime's retry finds its link.
+		return types.NewError(types.ErrTryAgainLater, "the interface of the pod's address is not in the node yet: try again later", err.Error())
+	}
 	if err != nil {
 		return types.NewError(types.ErrInternal, "set up the pod's interface", err.Error())
 	}
