@@ -79,11 +79,13 @@ lint:
 
 # The whole system on the simulated cloud (as root): installs Debian's
 # nftables, iproute2 and reference CNI plugins if missing, then runs
-# integration/cmd/vnet-demo against the binaries in bin/.
+# integration/cmd/vnet-demo against the binaries in bin/. CLOUD=aws runs it
+# on the simulated EC2 (routed mode, ENIs).
+CLOUD ?= azure
 demo: build
 	@sh integration/cmd/vnet-demo/install-deps.sh
 	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-demo ./integration/cmd/vnet-demo
-	$(BIN)/vnet-demo --bin $(BIN)
+	$(BIN)/vnet-demo --bin $(BIN) --cloud $(CLOUD)
 
 # The demo under Kubernetes (as root): a control plane and two workers with
 # containerd, kubelet, kube-proxy and vnet-ipamd on the simulated VNet, a

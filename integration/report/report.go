@@ -82,7 +82,7 @@ func (r *Report) Table(header []string, rows [][]string) {
 }
 
 // Summary prints the failures and the last line: "<name>: N checks
-// passed, M failed in Ts".
+// passed, M failed in Ts: all checks passed" (or "SOME CHECKS FAILED").
 func (r *Report) Summary() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -92,7 +92,11 @@ func (r *Report) Summary() {
 			fmt.Fprintf(r.out, "  - %s\n", f)
 		}
 	}
-	fmt.Fprintf(r.out, "\n%s: %d checks passed, %d failed in %.1fs\n", r.name, r.passed, r.failed, time.Since(r.start).Seconds())
+	verdict := "all checks passed"
+	if r.failed > 0 {
+		verdict = "SOME CHECKS FAILED"
+	}
+	fmt.Fprintf(r.out, "\n%s: %d checks passed, %d failed in %.1fs: %s\n", r.name, r.passed, r.failed, time.Since(r.start).Seconds(), verdict)
 }
 
 // OK says whether every check passed.

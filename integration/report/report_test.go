@@ -26,7 +26,7 @@ func TestReportCountsAndLastLine(t *testing.T) {
 	r.Summary()
 	out := b.String()
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if last := lines[len(lines)-1]; !regexp.MustCompile(`^demo: 1 checks passed, 1 failed in [0-9.]+s$`).MatchString(last) {
+	if last := lines[len(lines)-1]; !regexp.MustCompile(`^demo: 1 checks passed, 1 failed in [0-9.]+s: SOME CHECKS FAILED$`).MatchString(last) {
 		t.Errorf("last line %q", last)
 	}
 	for _, want := range []string{"] step 1", "ok   first", "second: boom", "A  BB"} {

@@ -18,7 +18,7 @@ import (
 func (d *demo) selfHeal(ctx context.Context) {
 	r := d.r
 	n0 := d.c.Nodes[0]
-	r.step("an operator runs `nft flush ruleset` on %s: vnet-ipamd repairs its tables, no ADD needed", n0.Name)
+	r.Step("an operator runs `nft flush ruleset` on %s: vnet-ipamd repairs its tables, no ADD needed", n0.Name)
 	tables := func() ([]string, error) {
 		h, err := netns.GetFromPath(n0.NSPath)
 		if err != nil {
@@ -45,7 +45,7 @@ func (d *demo) selfHeal(ctx context.Context) {
 		return names, nil
 	}
 	before, err := tables()
-	r.checkLine(fmt.Sprintf("%s's vnet-cni tables before: %v", n0.Name, before), err)
+	r.CheckLine(fmt.Sprintf("%s's vnet-cni tables before: %v", n0.Name, before), err)
 	if err != nil {
 		return
 	}
@@ -62,7 +62,7 @@ func (d *demo) selfHeal(ctx context.Context) {
 		c.FlushRuleset()
 		return time.Now(), c.Flush()
 	}()
-	r.checkLine("flushed the whole ruleset of "+n0.Name, err)
+	r.CheckLine("flushed the whole ruleset of "+n0.Name, err)
 	if err != nil {
 		return
 	}
@@ -76,14 +76,14 @@ func (d *demo) selfHeal(ctx context.Context) {
 	if err == nil && !slices.Equal(after, before) {
 		err = fmt.Errorf("tables %v after 10s", after)
 	}
-	r.checkLine(fmt.Sprintf("vnet-ipamd rebuilt %v in %d ms", after, time.Since(flushed).Milliseconds()), err)
+	r.CheckLine(fmt.Sprintf("vnet-ipamd rebuilt %v in %d ms", after, time.Since(flushed).Milliseconds()), err)
 	inet := netip.AddrPortFrom(netip.MustParseAddr(d.sim.desc.InternetHost), 80)
 	for _, p := range d.pods {
 		if p.Node != n0 {
 			continue
 		}
 		_, err := expect(ctx, p.NSPath, inet, "internet", netip.MustParseAddr(n0.PrimaryIP))
-		r.checkLine(fmt.Sprintf("%s reaches the internet again through SNAT", p.Name), err)
+		r.CheckLine(fmt.Sprintf("%s reaches the internet again through SNAT", p.Name), err)
 	}
 }
 

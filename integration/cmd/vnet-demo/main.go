@@ -1,17 +1,21 @@
-// Command vnet-demo shows the whole of vnet-cni on the simulated Azure VNet,
-// driven as a Kubernetes node drives it (`make demo`, as root):
+// Command vnet-demo shows the whole of vnet-cni on the simulated Azure VNet
+// (bridge mode) or, with --cloud aws, the simulated EC2 (routed mode, ENIs),
+// driven as a Kubernetes node drives it (`make demo`, `make demo
+// CLOUD=aws`, as root):
 //
-//   - vnet-sim up --nodes 2 (the ARM API, IMDS and the fabric) as a child process;
+//   - vnet-sim up --nodes 2 (the ARM API and IMDS, or the EC2 API and
+//     IMDSv2, and the fabric) as a child process;
 //   - vnet-ipamd in each node namespace, with its own configuration file,
-//     managed identity through IMDS at 169.254.169.254;
+//     managed identity (instance role) through IMDS at 169.254.169.254;
 //   - 3 pods per node, ADD through libcni with the conflist vnet-ipamd
 //     wrote (vnet-cni chained with Debian's portmap), one with a hostPort;
 //
-// then it proves and shows each pod's address, the NIC ipConfigurations as
-// the cloud API reports them, pod-to-pod across nodes, pod-to-node,
-// pod-to-internet through SNAT, the hostPort, and after DEL the addresses
-// cooling down and back in the pool. It tears everything down (also on
-// Ctrl-C or a failed check) and exits 0 only if every check passed.
+// then it proves and shows each pod's address, the NIC ipConfigurations
+// (the ENIs' private addresses) as the cloud API reports them, pod-to-pod
+// across nodes, pod-to-node, pod-to-internet through SNAT, the hostPort,
+// and after DEL the addresses cooling down and back in the pool. It tears
+// everything down (also on Ctrl-C or a failed check) and exits 0 only if
+// every check passed.
 package main
 
 import (
@@ -30,34 +34,42 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/network/armnetwork/v9"
 
+	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/probe"
+	"github.com/vnet-cni/vnet-cni/integration/report"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 const (
-	nodes       = 2
-	podsPerNode = 3
-	podPort     = 80
-	nodePort    = 10250
-	hostPort    = 8080
+	nodes    = 2
+	podPort  = 80
+	nodePort = 10250
+	hostPort = 8080
 )
 
 func main() {
 	binDir := flag.String("bin", "bin", "directory holding vnet-sim, vnet-ipamd and vnet-cni")
 	cooldown := flag.Duration("cooldown", 3*time.Second, "vnet-ipamd's cooldown of released addresses")
+	cloud := flag.String("cloud", string(sim.CloudAzure), "the simulated cloud: azure (bridge mode) or aws (routed mode over ENIs)")
+	instanceType := flag.String("instance-type", "t3.small", "aws: the instances' type (t3.small: 3 ENIs of 4 addresses, so the warm pool already needs a second ENI)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "vnet-demo: needs root (it creates network namespaces); run `sudo make demo`")
 		os.Exit(1)
 	}
-	os.Exit(run(*binDir, *cooldown))
+	if c := sim.Cloud(*cloud); c != sim.CloudAzure && c != sim.CloudAWS {
+		fmt.Fprintf(os.Stderr, "vnet-demo: --cloud %q: want azure or aws\n", *cloud)
+		os.Exit(2)
+	}
+	os.Exit(run(&demo{binDir: *binDir, cooldown: *cooldown, cloud: sim.Cloud(*cloud), instanceType: *instanceType}))
 }
 
 // run runs the demo and returns the exit status.
-func run(binDir string, cooldown time.Duration) int {
-	r := newReport(os.Stdout)
+func run(d *demo) int {
+	r := report.New("vnet-demo", os.Stdout)
+	d.r = r
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var interrupted atomic.Bool
@@ -77,22 +89,25 @@ func run(binDir string, cooldown time.Duration) int {
 		}
 	}()
 
-	fmt.Println("vnet-demo: vnet-cni on a simulated Azure VNet, pods driven through libcni as containerd does")
-	d := &demo{r: r, binDir: binDir, cooldown: cooldown}
+	if d.aws() {
+		fmt.Printf("vnet-demo: vnet-cni on a simulated AWS VPC (%s instances, routed mode), pods driven through libcni as containerd does\n", d.instanceType)
+	} else {
+		fmt.Println("vnet-demo: vnet-cni on a simulated Azure VNet, pods driven through libcni as containerd does")
+	}
 	err := d.run(ctx)
 	if err != nil {
 		if interrupted.Load() {
 			err = fmt.Errorf("interrupted: %w", err)
 		}
-		r.step("stopped: %v", err)
-		r.check("the demo ran to its end", err)
+		r.Step("stopped: %v", err)
+		r.Check("the demo ran to its end", err)
 	}
 	d.teardown()
-	r.summary()
+	r.Summary()
 	switch {
 	case interrupted.Load():
 		return 130
-	case !r.ok():
+	case !r.OK():
 		return 1
 	}
 	return 0
@@ -100,9 +115,11 @@ func run(binDir string, cooldown time.Duration) int {
 
 // demo is one run.
 type demo struct {
-	r        *report
-	binDir   string
-	cooldown time.Duration
+	r            *report.Report
+	binDir       string
+	cooldown     time.Duration
+	cloud        sim.Cloud
+	instanceType string
 
 	dir     string
 	sim     *simProcess
@@ -112,6 +129,9 @@ type demo struct {
 	web     *cluster.Pod
 	podLogs string
 }
+
+// aws says whether the demo runs on the simulated EC2.
+func (d *demo) aws() bool { return d.cloud == sim.CloudAWS }
 
 func (d *demo) run(ctx context.Context) error {
 	r := d.r
@@ -126,23 +146,41 @@ func (d *demo) run(ctx context.Context) error {
 	}
 
 	// 1. The cloud.
-	r.step("starting the simulated cloud: vnet-sim up --nodes %d", nodes)
-	d.sim, err = startSim(ctx, bin, filepath.Join(dir, "sim"), nodes, filepath.Join(dir, "vnet-sim.log"))
+	var rows [][]string
+	if d.aws() {
+		r.Step("starting the simulated cloud: vnet-sim up --cloud aws --instance-type %s --nodes %d", d.instanceType, nodes)
+	} else {
+		r.Step("starting the simulated cloud: vnet-sim up --nodes %d", nodes)
+	}
+	d.sim, err = startSim(ctx, bin, filepath.Join(dir, "sim"), d.cloud, d.instanceType, nodes, filepath.Join(dir, "vnet-sim.log"))
 	if err != nil {
 		return fmt.Errorf("start vnet-sim: %w", err)
 	}
 	desc := d.sim.desc
-	r.note("ARM API %s (its own CA), IMDS at 169.254.169.254 inside every node", desc.ARMEndpoint)
-	r.note("VNet %s, subnet %s %s, gateway %s; internet host %s",
-		strings.Join(desc.VNetPrefixes, ","), desc.Subnet, desc.SubnetPrefix, desc.Gateway, desc.InternetHost)
-	var rows [][]string
-	for _, n := range desc.Nodes {
-		rows = append(rows, []string{n.Name, filepath.Base(n.Netns), n.NIC, n.MAC, n.PrimaryIP})
+	if d.aws() {
+		r.Note("EC2 API %s (SigV4, its own CA), IMDSv2 at 169.254.169.254 inside every node", desc.EC2Endpoint)
+		r.Note("VPC %s %s, subnet %s %s, router %s; internet host %s",
+			desc.VPCID, strings.Join(desc.VPCCIDRs, ","), desc.SubnetID, desc.SubnetCIDR, desc.Gateway, desc.InternetHost)
+		for _, n := range desc.Nodes {
+			rows = append(rows, []string{n.Name, filepath.Base(n.Netns), n.InstanceID, n.InstanceType, n.ENIID, n.MAC, n.PrimaryIP})
+		}
+		r.Table([]string{"INSTANCE", "NETNS", "ID", "TYPE", "PRIMARY ENI", "MAC", "PRIMARY IP"}, rows)
+	} else {
+		r.Note("ARM API %s (its own CA), IMDS at 169.254.169.254 inside every node", desc.ARMEndpoint)
+		r.Note("VNet %s, subnet %s %s, gateway %s; internet host %s",
+			strings.Join(desc.VNetPrefixes, ","), desc.Subnet, desc.SubnetPrefix, desc.Gateway, desc.InternetHost)
+		for _, n := range desc.Nodes {
+			rows = append(rows, []string{n.Name, filepath.Base(n.Netns), n.NIC, n.MAC, n.PrimaryIP})
+		}
+		r.Table([]string{"VM", "NETNS", "NIC", "MAC", "PRIMARY IP"}, rows)
 	}
-	r.table([]string{"VM", "NETNS", "NIC", "MAC", "PRIMARY IP"}, rows)
 
 	// 2. The daemons.
-	r.step("starting vnet-ipamd in every node namespace (own config file, managed identity via IMDS)")
+	if d.aws() {
+		r.Step("starting vnet-ipamd in every node namespace (own config file, routed mode, the instance role via IMDSv2)")
+	} else {
+		r.Step("starting vnet-ipamd in every node namespace (own config file, managed identity via IMDS)")
+	}
 	d.podLogs = filepath.Join(dir, "plugins.log")
 	pluginLog, err := os.Create(d.podLogs)
 	if err != nil {
@@ -162,7 +200,7 @@ func (d *demo) run(ctx context.Context) error {
 	rows = nil
 	for _, n := range d.c.Nodes {
 		st, err := n.Status(ctx)
-		r.check("vnet-ipamd ready on "+n.Name, errors.Join(err, readyErr(st)))
+		r.Check("vnet-ipamd ready on "+n.Name, errors.Join(err, readyErr(st)))
 		list, lerr := n.Conflist()
 		chain := "?"
 		if lerr == nil {
@@ -174,18 +212,30 @@ func (d *demo) run(ctx context.Context) error {
 		}
 		rows = append(rows, []string{n.Name, yesNo(st.Ready), poolText(st.Pool), chain})
 	}
-	r.table([]string{"NODE", "READY", "POOL", "CONFLIST WRITTEN BY VNET-IPAMD"}, rows)
+	r.Table([]string{"NODE", "READY", "POOL", "CONFLIST WRITTEN BY VNET-IPAMD"}, rows)
 
 	// 3. The pods.
-	r.step("creating %d pods per node: ADD through libcni with that conflist (web gets hostPort %d)", podsPerNode, hostPort)
+	if d.aws() {
+		r.Step("creating %d pods per node: ADD through libcni with that conflist (web gets hostPort %d; a %s's primary ENI holds %d, the last pod's address is on a second ENI)",
+			d.podsPerNode(), hostPort, d.instanceType, d.podsPerNode()-1)
+	} else {
+		r.Step("creating %d pods per node: ADD through libcni with that conflist (web gets hostPort %d)", d.podsPerNode(), hostPort)
+	}
 	if err := d.addPods(ctx); err != nil {
 		return err
 	}
 
 	// 4. The cloud's view.
-	r.step("the NIC ipConfigurations as the cloud API reports them (armnetwork InterfacesClient.Get)")
-	if err := d.showNICs(ctx); err != nil {
-		return err
+	if d.aws() {
+		r.Step("the instances' ENIs and their private addresses as EC2 reports them (DescribeNetworkInterfaces)")
+		if err := d.showENIs(ctx); err != nil {
+			return err
+		}
+	} else {
+		r.Step("the NIC ipConfigurations as the cloud API reports them (armnetwork InterfacesClient.Get)")
+		if err := d.showNICs(ctx); err != nil {
+			return err
+		}
 	}
 
 	// 5. Traffic.
@@ -221,15 +271,31 @@ func poolText(p api.PoolCounts) string {
 	return fmt.Sprintf("%d free, %d assigned, %d cooling", p.Free, p.Assigned, p.Cooling)
 }
 
+// podNames are the pods of each node. On AWS a node has one more: a
+// t3.small's primary ENI holds 3 pod addresses, so the 4th is on a second
+// ENI, and its traffic shows the routed mode's policy routing.
+func (d *demo) podNames() [nodes][]string {
+	if d.aws() {
+		return [nodes][]string{{"web", "api-0", "api-1", "api-4"}, {"api-2", "api-3", "client", "api-5"}}
+	}
+	return [nodes][]string{{"web", "api-0", "api-1"}, {"api-2", "api-3", "client"}}
+}
+
+func (d *demo) podsPerNode() int { return len(d.podNames()[0]) }
+
 func podAddr(p *cluster.Pod) netip.AddrPort { return netip.AddrPortFrom(p.IP, podPort) }
 
 func (d *demo) addPods(ctx context.Context) error {
 	r := d.r
-	subnet, err := netip.ParsePrefix(d.sim.desc.SubnetPrefix)
+	subnetText := d.sim.desc.SubnetPrefix
+	if d.aws() {
+		subnetText = d.sim.desc.SubnetCIDR
+	}
+	subnet, err := netip.ParsePrefix(subnetText)
 	if err != nil {
 		return err
 	}
-	names := [nodes][podsPerNode]string{{"web", "api-0", "api-1"}, {"api-2", "api-3", "client"}}
+	names := d.podNames()
 	seen := map[netip.Addr]string{}
 	var rows [][]string
 	for i, n := range d.c.Nodes {
@@ -259,7 +325,7 @@ func (d *demo) addPods(ctx context.Context) error {
 					err = fmt.Errorf("%s was already given to %s", p.IP, seen[p.IP])
 				}
 			}
-			cell := r.check("ADD "+name, err)
+			cell := r.Check("ADD "+name, err)
 			if err != nil {
 				rows = append(rows, []string{name, n.Name, "-", "-", "-", cell + ": " + err.Error()})
 				continue
@@ -274,8 +340,8 @@ func (d *demo) addPods(ctx context.Context) error {
 				fmt.Sprintf("%d ms", took.Milliseconds()), strings.TrimSpace(cell + "  " + note)})
 		}
 	}
-	r.table([]string{"POD", "NODE", "ADDRESS", "GATEWAY", "ADD", "RESULT"}, rows)
-	if len(d.pods) != nodes*podsPerNode || d.web == nil {
+	r.Table([]string{"POD", "NODE", "ADDRESS", "GATEWAY", "ADD", "RESULT"}, rows)
+	if len(d.pods) != nodes*d.podsPerNode() || d.web == nil {
 		return errors.New("not every pod started")
 	}
 	return nil
@@ -322,7 +388,7 @@ func (d *demo) showNICs(ctx context.Context) error {
 			rows = append(rows, []string{n.NIC, cfg.name, cfg.ip, primary, held})
 		}
 	}
-	r.table([]string{"NIC", "IPCONFIGURATION", "PRIVATE IP", "PRIMARY", "HELD BY"}, rows)
+	r.Table([]string{"NIC", "IPCONFIGURATION", "PRIVATE IP", "PRIMARY", "HELD BY"}, rows)
 	bad := 0
 	for _, p := range d.pods {
 		var err error
@@ -330,12 +396,12 @@ func (d *demo) showNICs(ctx context.Context) error {
 			err = fmt.Errorf("%s is on the NIC of %q, want %s", p.IP, got, p.Node.Name)
 			bad++
 		}
-		r.check(fmt.Sprintf("%s's address %s is an ipConfiguration of %s", p.Name, p.IP, p.Node.NIC), err)
+		r.Check(fmt.Sprintf("%s's address %s is an ipConfiguration of %s", p.Name, p.IP, p.Node.NIC), err)
 	}
 	if bad == 0 {
-		r.note("ok   every pod address is an ipConfiguration of its own node's NIC")
+		r.Note("ok   every pod address is an ipConfiguration of its own node's NIC")
 	} else {
-		r.note("FAIL %d pod addresses are not on their node's NIC", bad)
+		r.Note("FAIL %d pod addresses are not on their node's NIC", bad)
 	}
 	return nil
 }
@@ -386,10 +452,10 @@ func (d *demo) startServers() error {
 // the pod's own address (no NAT inside the VNet).
 func (d *demo) podToPod(ctx context.Context) {
 	r := d.r
-	r.step("pod-to-pod across nodes (TCP; the server reports the source address it saw)")
+	r.Step("pod-to-pod across nodes (TCP; the server reports the source address it saw)")
 	var rows [][]string
 	for i, p := range d.pods {
-		q := d.pods[(i+podsPerNode)%len(d.pods)]
+		q := d.pods[(i+d.podsPerNode())%len(d.pods)]
 		a, err := expect(ctx, p.NSPath, podAddr(q), q.Name, p.IP)
 		rows = append(rows, []string{
 			fmt.Sprintf("%s (%s, %s)", p.Name, p.Node.Name, p.IP),
@@ -397,13 +463,13 @@ func (d *demo) podToPod(ctx context.Context) {
 			seenText(a), result(r, p.Name+" -> "+q.Name, err, "no NAT"),
 		})
 	}
-	r.table([]string{"FROM", "TO", "SOURCE SEEN", "RESULT"}, rows)
+	r.Table([]string{"FROM", "TO", "SOURCE SEEN", "RESULT"}, rows)
 }
 
 // podToNode connects every pod to both nodes' primary addresses.
 func (d *demo) podToNode(ctx context.Context) {
 	r := d.r
-	r.step("pod-to-node: every pod to both nodes' primary IP, port %d", nodePort)
+	r.Step("pod-to-node: every pod to both nodes' primary IP, port %d", nodePort)
 	header := []string{"POD"}
 	for _, n := range d.c.Nodes {
 		header = append(header, fmt.Sprintf("-> %s %s", n.Name, n.PrimaryIP))
@@ -417,7 +483,7 @@ func (d *demo) podToNode(ctx context.Context) {
 		}
 		rows = append(rows, row)
 	}
-	r.table(header, rows)
+	r.Table(header, rows)
 }
 
 // podToInternet connects every pod to the internet host, which must see
@@ -425,7 +491,11 @@ func (d *demo) podToNode(ctx context.Context) {
 func (d *demo) podToInternet(ctx context.Context) {
 	r := d.r
 	inet := netip.AddrPortFrom(netip.MustParseAddr(d.sim.desc.InternetHost), 80)
-	r.step("pod-to-internet %s through SNAT (only a NIC's primary address may leave the VNet)", inet)
+	if d.aws() {
+		r.Step("pod-to-internet %s through SNAT (only an instance's primary address may leave the VPC)", inet)
+	} else {
+		r.Step("pod-to-internet %s through SNAT (only a NIC's primary address may leave the VNet)", inet)
+	}
 	var rows [][]string
 	for _, p := range d.pods {
 		primary := netip.MustParseAddr(p.Node.PrimaryIP)
@@ -433,7 +503,7 @@ func (d *demo) podToInternet(ctx context.Context) {
 		rows = append(rows, []string{fmt.Sprintf("%s (%s)", p.Name, p.IP), p.Node.Name, seenText(a),
 			result(r, p.Name+" -> internet", err, "SNAT to "+p.Node.Name+"'s primary")})
 	}
-	r.table([]string{"POD", "NODE", "INTERNET SAW", "RESULT"}, rows)
+	r.Table([]string{"POD", "NODE", "INTERNET SAW", "RESULT"}, rows)
 }
 
 // hostPort connects to web's hostPort on node0 from the other node and
@@ -442,13 +512,18 @@ func (d *demo) hostPort(ctx context.Context) {
 	r := d.r
 	n0 := d.web.Node
 	dst := netip.AddrPortFrom(netip.MustParseAddr(n0.PrimaryIP), hostPort)
-	r.step("hostPort: %s on %s, mapped by portmap to %s", dst, n0.Name, podAddr(d.web))
+	r.Step("hostPort: %s on %s, mapped by portmap to %s", dst, n0.Name, podAddr(d.web))
 	var rows [][]string
 	for _, n := range d.c.Nodes {
 		if n == n0 {
 			continue
 		}
 		client := d.pods[len(d.pods)-1]
+		for _, p := range d.pods {
+			if p.Name == "client" {
+				client = p
+			}
+		}
 		for _, from := range []struct {
 			name, ns string
 			src      netip.Addr
@@ -459,9 +534,9 @@ func (d *demo) hostPort(ctx context.Context) {
 			rows = append(rows, []string{from.name, dst.String(), a.Name, seenText(a), result(r, from.name+" -> hostPort", err, "")})
 		}
 	}
-	r.table([]string{"FROM", "TO", "ANSWERED BY", "SOURCE SEEN", "RESULT"}, rows)
-	r.note("portmap (\"snat\": true) masquerades hostPort connections from the pod's own prefix, here the")
-	r.note("whole subnet, so web may see %s's address instead of the client's", n0.Name)
+	r.Table([]string{"FROM", "TO", "ANSWERED BY", "SOURCE SEEN", "RESULT"}, rows)
+	r.Note("portmap (\"snat\": true) masquerades hostPort connections from the pod's own prefix, here the")
+	r.Note("whole subnet, so web may see %s's address instead of the client's", n0.Name)
 }
 
 func seenText(a probe.Answer) string {
@@ -471,8 +546,8 @@ func seenText(a probe.Answer) string {
 	return a.Seen.String()
 }
 
-func result(r *report, what string, err error, okNote string) string {
-	cell := r.check(what, err)
+func result(r *report.Report, what string, err error, okNote string) string {
+	cell := r.Check(what, err)
 	if err != nil {
 		return cell + ": " + err.Error()
 	}
@@ -483,7 +558,7 @@ func result(r *report, what string, err error, okNote string) string {
 // the cooldown and shows them back in the pool.
 func (d *demo) deleteAll(ctx context.Context) error {
 	r := d.r
-	r.step("deleting every pod: DEL through libcni, then the runtime removes the namespace")
+	r.Step("deleting every pod: DEL through libcni, then the runtime removes the namespace")
 	var rows [][]string
 	deleted := time.Now()
 	for _, p := range d.pods {
@@ -499,19 +574,19 @@ func (d *demo) deleteAll(ctx context.Context) error {
 		}
 		rows = append(rows, []string{p.Name, p.Node.Name, p.IP.String(), fmt.Sprintf("%d ms", took.Milliseconds()), result(r, "DEL "+p.Name, err, "")})
 	}
-	r.table([]string{"POD", "NODE", "ADDRESS", "DEL", "RESULT"}, rows)
+	r.Table([]string{"POD", "NODE", "ADDRESS", "DEL", "RESULT"}, rows)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if _, err := probe.Dial(ctx, d.c.Nodes[1].NSPath, netip.AddrPortFrom(netip.MustParseAddr(d.web.Node.PrimaryIP), hostPort)); err == nil {
-		r.checkLine("the hostPort is gone after DEL", errors.New("it still answers"))
+		r.CheckLine("the hostPort is gone after DEL", errors.New("it still answers"))
 	} else {
-		r.checkLine("the hostPort is gone after DEL", nil)
+		r.CheckLine("the hostPort is gone after DEL", nil)
 	}
 
-	r.step("the released addresses cool down for %s before vnet-ipamd hands them out again", d.cooldown)
+	r.Step("the released addresses cool down for %s before vnet-ipamd hands them out again", d.cooldown)
 	d.showStates(ctx, "cooling")
-	r.note("waiting for the cooldown ...")
+	r.Note("waiting for the cooldown ...")
 	deadline := time.Now().Add(d.cooldown + 10*time.Second)
 	for !d.allInState(ctx, "free") && time.Now().Before(deadline) {
 		select {
@@ -521,13 +596,13 @@ func (d *demo) deleteAll(ctx context.Context) error {
 		}
 	}
 	back := time.Since(deleted)
-	r.step("back in the warm pool %.1fs after DEL", back.Seconds())
+	r.Step("back in the warm pool %.1fs after DEL", back.Seconds())
 	d.showStates(ctx, "free")
 	var early error
 	if back < d.cooldown {
 		early = fmt.Errorf("free again after %s, before the cooldown of %s", back, d.cooldown)
 	}
-	r.checkLine("no address was free again before its cooldown", early)
+	r.CheckLine("no address was free again before its cooldown", early)
 	var rows2 [][]string
 	for _, n := range d.c.Nodes {
 		st, err := n.Status(ctx)
@@ -536,7 +611,7 @@ func (d *demo) deleteAll(ctx context.Context) error {
 		}
 		rows2 = append(rows2, []string{n.Name, poolText(st.Pool)})
 	}
-	r.table([]string{"NODE", "POOL"}, rows2)
+	r.Table([]string{"NODE", "POOL"}, rows2)
 	return nil
 }
 
@@ -582,16 +657,16 @@ func (d *demo) showStates(ctx context.Context, want string) {
 		}
 		rows = append(rows, []string{p.IP.String(), p.Node.Name, "was " + p.Name, a.State, since, result(d.r, p.IP.String()+" "+want, err, "")})
 	}
-	d.r.table([]string{"ADDRESS", "NODE", "OWNER", "STATE", "FOR", "RESULT"}, rows)
+	d.r.Table([]string{"ADDRESS", "NODE", "OWNER", "STATE", "FOR", "RESULT"}, rows)
 }
 
 // teardown stops the daemons, removes the pods' namespaces, stops vnet-sim
 // and checks that nothing is left; on failure it first prints the logs.
 func (d *demo) teardown() {
 	r := d.r
-	r.step("tearing down: vnet-ipamd (SIGTERM), pod namespaces, vnet-sim (SIGTERM)")
+	r.Step("tearing down: vnet-ipamd (SIGTERM), pod namespaces, vnet-sim (SIGTERM)")
 	d.srv.Close()
-	if !r.ok() {
+	if !r.OK() {
 		d.printLogs()
 	}
 	var errs []error
@@ -612,7 +687,7 @@ func (d *demo) teardown() {
 	if d.dir != "" {
 		errs = append(errs, os.RemoveAll(d.dir))
 	}
-	r.checkLine("nothing left behind (namespaces, daemons, vnet-sim, files)", errors.Join(errs...))
+	r.CheckLine("nothing left behind (namespaces, daemons, vnet-sim, files)", errors.Join(errs...))
 }
 
 // printLogs prints the tail of every log of the run.

@@ -40,7 +40,7 @@ type simProcess struct {
 // startSim runs `vnet-sim up` in its own process group (a terminal's Ctrl-C
 // reaches only the demo, which tears down in order) and reads sim.json from
 // the path it prints.
-func startSim(ctx context.Context, binDir, dir string, nodes int, logPath string) (*simProcess, error) {
+func startSim(ctx context.Context, binDir, dir string, cloud sim.Cloud, instanceType string, nodes int, logPath string) (*simProcess, error) {
 	b := make([]byte, 16)
 	if _, err := rand.Read(b); err != nil {
 		return nil, err
@@ -55,8 +55,15 @@ func startSim(ctx context.Context, binDir, dir string, nodes int, logPath string
 	if err != nil {
 		return nil, err
 	}
-	s.cmd = exec.Command(s.bin, "up", "--nodes", fmt.Sprint(nodes), "--dir", dir, "--prefix", s.prefix,
-		"--lro", "500ms", "--poll", "250ms", "--static-token", s.token, "--log-level", "warn")
+	args := []string{"up", "--nodes", fmt.Sprint(nodes), "--dir", dir, "--prefix", s.prefix, "--lro", "500ms", "--log-level", "warn"}
+	if cloud == sim.CloudAWS {
+		// An attachment takes 500ms as above; sim.json carries static
+		// credentials for the demo's own EC2 reads.
+		args = append(args, "--cloud", "aws", "--instance-type", instanceType)
+	} else {
+		args = append(args, "--poll", "250ms", "--static-token", s.token)
+	}
+	s.cmd = exec.Command(s.bin, args...)
 	s.cmd.Stderr = logf
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := s.cmd.StdoutPipe()
