@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/ec2ops"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
@@ -57,21 +58,7 @@ func (d *demo) showENIs(ctx context.Context) error {
 	bad := 0
 	for _, p := range d.pods {
 		e := ec2ops.Holder(enisOf[p.Node.Name], p.IP)
-		var err error
-		switch {
-		case e == nil:
-			err = fmt.Errorf("%s is on no ENI of %s", p.IP, p.Node.InstanceID)
-		default:
-			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			resp, cerr := p.Node.Client().Check(cctx, api.CheckRequest{ContainerID: p.ContainerID, IfName: p.IfName})
-			cancel()
-			switch {
-			case cerr != nil:
-				err = cerr
-			case resp.Assignment == nil || resp.Assignment.Interface != e.ID:
-				err = fmt.Errorf("vnet-ipamd's assignment %+v does not name %s", resp.Assignment, e.ID)
-			}
-		}
+		err := d.assignedTo(ctx, p, e)
 		what := fmt.Sprintf("%s's address %s is on an ENI of %s", p.Name, p.IP, p.Node.InstanceID)
 		if e != nil {
 			what = fmt.Sprintf("%s's address %s is on %s (eth%d of %s), as its assignment says", p.Name, p.IP, e.ID, e.Device, p.Node.Name)
@@ -87,6 +74,24 @@ func (d *demo) showENIs(ctx context.Context) error {
 		r.Note("     source/destination check drops its packets on any other ENI, so the traffic below proves it)")
 	} else {
 		r.Note("FAIL %d pod addresses are not where vnet-ipamd says", bad)
+	}
+	return nil
+}
+
+// assignedTo checks that e holds p's address and that vnet-ipamd's
+// assignment of p names e.
+func (d *demo) assignedTo(ctx context.Context, p *cluster.Pod, e *ec2ops.ENI) error {
+	if e == nil {
+		return fmt.Errorf("%s is on no ENI of %s", p.IP, p.Node.InstanceID)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := p.Node.Client().Check(ctx, api.CheckRequest{ContainerID: p.ContainerID, IfName: p.IfName})
+	if err != nil {
+		return err
+	}
+	if resp.Assignment == nil || resp.Assignment.Interface != e.ID {
+		return fmt.Errorf("vnet-ipamd's assignment %+v does not name %s", resp.Assignment, e.ID)
 	}
 	return nil
 }
