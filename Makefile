@@ -7,6 +7,8 @@ CGO_ENABLED ?= 0
 export CGO_ENABLED
 
 BINARIES := $(BIN)/vnet-sim $(BIN)/vnet-ipamd $(BIN)/vnet-cni
+# The simulated cloud of make demo and make soak: azure or aws.
+CLOUD    ?= azure
 
 .PHONY: all build test lint clean demo
 
@@ -56,9 +58,10 @@ fuzz-short:
 
 # The churn soak (integration/soak): 2 nodes x 100 pod slots, faults and
 # SIGKILLs, at most 5 minutes; ends with "soak: N operations, ...".
+# CLOUD=aws runs it on the simulated EC2 (routed mode, ENIs, no drift).
 .PHONY: soak
 soak: build
-	$(GO) run ./integration/cmd/vnet-soak -bin $(BIN)
+	$(GO) run ./integration/cmd/vnet-soak -bin $(BIN) -cloud $(CLOUD)
 
 # The Kubernetes binaries integration/k8s runs (kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl),
@@ -81,7 +84,6 @@ lint:
 # nftables, iproute2 and reference CNI plugins if missing, then runs
 # integration/cmd/vnet-demo against the binaries in bin/. CLOUD=aws runs it
 # on the simulated EC2 (routed mode, ENIs).
-CLOUD ?= azure
 demo: build
 	@sh integration/cmd/vnet-demo/install-deps.sh
 	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-demo ./integration/cmd/vnet-demo

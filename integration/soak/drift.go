@@ -167,7 +167,7 @@ func (r *runner) drifter(ctx context.Context, rng *rand.Rand) {
 			if put && err != nil {
 				time.Sleep(time.Second) // the sim commits a NIC update within 200 ms
 			}
-			on, _ := r.nic(n.NIC)
+			on, _ := r.nic(n)
 			if !put || on[ip] {
 				return
 			}
@@ -187,7 +187,7 @@ func (r *runner) drifter(ctx context.Context, rng *rand.Rand) {
 // probability DriftLive the address of one of its live pods, whose slot it
 // returns locked, else any secondary address of the NIC.
 func (r *runner) driftTarget(ni int, rng *rand.Rand) (netip.Addr, *slot, bool) {
-	nic, ok := r.nic(r.c.Nodes[ni].NIC)
+	nic, ok := r.nic(r.c.Nodes[ni])
 	if !ok || len(nic) == 0 {
 		return netip.Addr{}, nil, false
 	}
@@ -253,7 +253,7 @@ func (r *runner) watchDrift(ctx context.Context) {
 func (r *runner) pruneDrift() {
 	on := map[*cluster.Node]map[netip.Addr]bool{}
 	for _, n := range r.c.Nodes {
-		on[n], _ = r.nic(n.NIC)
+		on[n], _ = r.nic(n)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

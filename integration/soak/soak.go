@@ -28,6 +28,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/ec2"
 	"github.com/vnet-cni/vnet-cni/integration/cluster"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
@@ -108,6 +109,11 @@ const recoveryGrace = 12 * time.Second
 
 // Options are what the soak needs besides the profile.
 type Options struct {
+	// Cloud is the simulated cloud (default Azure). On AWS the nodes are
+	// m5.4xlarge instances (8 ENIs × 30 addresses) in routed mode, the
+	// faults are EC2's (5xx, latency, RequestLimitExceeded storms) and
+	// there is no drift (the drifter is ARM's).
+	Cloud sim.Cloud
 	// Dir receives the sim's and the nodes' files.
 	Dir string
 	// BinDir holds vnet-ipamd and vnet-cni.
@@ -217,7 +223,12 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 	r.log.Info("soak starting", "nodes", prof.Nodes, "slots", prof.Slots, "duration", prof.Duration, "seed", prof.Seed)
 
 	res.Seed = prof.Seed
+	if opts.Cloud == sim.CloudAWS && r.prof.DriftMax > 0 {
+		r.log.Info("no drift on AWS: the drifter deletes ipConfigurations through ARM")
+		r.prof.DriftMax = 0
+	}
 	r.sim, err = sim.Start(ctx, sim.Options{
+		Cloud: opts.Cloud, InstanceType: "m5.4xlarge",
 		Nodes: prof.Nodes, Prefix: opts.Prefix, Dir: filepath.Join(opts.Dir, "sim"),
 		OperationDuration: 200 * time.Millisecond, PollInterval: 100 * time.Millisecond,
 	})
@@ -261,10 +272,9 @@ func Run(ctx context.Context, prof Profile, opts Options) (res Result, err error
 	r.settle(ctx)
 	r.verify(ctx)
 
-	stats := r.sim.ARM().Stats()
 	res = Result{
 		Operations: int(r.ops.Load()), Adds: int(r.adds.Load()), Dels: int(r.dels.Load()),
-		Failed: int(r.failed.Load()), Faults: stats.Errors, Restarts: int(r.restarts.Load()),
+		Failed: int(r.failed.Load()), Faults: r.cloudErrors(), Restarts: int(r.restarts.Load()),
 	}
 	r.mu.Lock()
 	res.Violations = append(res.Violations, r.violations...)
@@ -441,9 +451,34 @@ func (r *runner) del(ctx context.Context, n *cluster.Node, s *slot) bool {
 	return true
 }
 
+// aws says whether the soak runs on the simulated EC2.
+func (r *runner) aws() bool { return r.opts.Cloud == sim.CloudAWS }
+
+// cloudErrors is the number of the control plane's error answers.
+func (r *runner) cloudErrors() int {
+	if r.aws() {
+		return r.sim.EC2().Stats().Errors
+	}
+	return r.sim.ARM().Stats().Errors
+}
+
+// clearFaults ends the injected faults.
+func (r *runner) clearFaults() {
+	if r.aws() {
+		r.sim.EC2().SetFaults(ec2.Faults{})
+		return
+	}
+	r.sim.ARM().SetFaults(arm.Faults{})
+}
+
 // faults keeps 5xx errors and latency on every ARM operation and starts a
-// 429 storm every StormEvery.
+// 429 storm every StormEvery; on AWS the same on every EC2 action, with
+// RequestLimitExceeded storms.
 func (r *runner) faults(ctx context.Context) {
+	if r.aws() {
+		r.ec2Faults(ctx)
+		return
+	}
 	base := arm.Faults{
 		Latency: map[string]arm.Duration{arm.AllOperations: arm.Duration(r.prof.Latency)},
 		Errors: map[string]arm.ErrorFault{arm.AllOperations: {
@@ -543,7 +578,7 @@ func (r *runner) damage(n *cluster.Node, kind Damage, rng *rand.Rand) {
 // finishes the DELs that failed, and runs GC with the live pods as the
 // runtime does after a restart.
 func (r *runner) settle(ctx context.Context) {
-	r.sim.ARM().SetFaults(arm.Faults{})
+	r.clearFaults()
 	for _, n := range r.c.Nodes {
 		if !n.Running() {
 			if err := n.StartIPAMD(); err != nil {
@@ -614,5 +649,31 @@ func (r *runner) checkDeleted(ctx context.Context, n *cluster.Node) {
 	})
 	if err != nil {
 		r.violation("%s: addresses assigned to pods whose DEL succeeded, before GC: %v (%v)", n.Name, last, err)
+	}
+}
+
+// ec2Faults is faults on the simulated EC2.
+func (r *runner) ec2Faults(ctx context.Context) {
+	base := ec2.Faults{
+		Latency: map[string]ec2.Duration{"*": ec2.Duration(r.prof.Latency)},
+		Errors: map[string]ec2.ErrorFault{"*": {
+			Rate: r.prof.ErrorRate, Status: 503, Code: "Unavailable", Message: "injected by the soak",
+		}},
+	}
+	e := r.sim.EC2()
+	e.SetFaults(base)
+	defer e.SetFaults(ec2.Faults{})
+	t := time.NewTicker(r.prof.StormEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f := base
+			f.Storm = &ec2.Storm{Duration: ec2.Duration(r.prof.StormLength)}
+			e.SetFaults(f)
+			r.log.Info("RequestLimitExceeded storm", "length", r.prof.StormLength)
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/vnet-cni/vnet-cni/bridge/azure0"
 	"github.com/vnet-cni/vnet-cni/bridge/linux"
@@ -139,7 +140,7 @@ func (r *runner) checkCloud(live []map[string]*cluster.Pod) {
 	for ni, n := range r.c.Nodes {
 		var last error
 		err := nsnet.Eventually(time.Duration(n.Config.ResyncInterval)+5*time.Second, func() error {
-			nic, ok := r.nic(n.NIC)
+			nic, ok := r.nic(n)
 			if !ok {
 				return fmt.Errorf("no nic %s in the cloud", n.NIC)
 			}
@@ -176,6 +177,17 @@ func (r *runner) checkCloud(live []map[string]*cluster.Pod) {
 	}
 	// The cloud itself never puts one address on two NICs.
 	seen := map[netip.Addr]string{}
+	if r.aws() {
+		for _, eni := range r.sim.EC2().Snapshot().ENIs {
+			for _, ip := range eni.IPs {
+				if prev, ok := seen[ip]; ok {
+					r.violation("the cloud has %s on %s and on %s", ip, prev, eni.ID)
+				}
+				seen[ip] = eni.ID
+			}
+		}
+		return
+	}
 	for _, nic := range r.sim.ARM().Snapshot().NICs {
 		for _, ip := range append([]netip.Addr{nic.Primary}, nic.Secondary...) {
 			if prev, ok := seen[ip]; ok {
@@ -186,10 +198,25 @@ func (r *runner) checkCloud(live []map[string]*cluster.Pod) {
 	}
 }
 
-// nic returns the secondary addresses of the named NIC in the cloud.
-func (r *runner) nic(name string) (map[netip.Addr]bool, bool) {
+// nic returns the secondary addresses of the node's NIC in the cloud; on
+// AWS those of every ENI attached to the instance.
+func (r *runner) nic(node *cluster.Node) (map[netip.Addr]bool, bool) {
+	if r.aws() {
+		out := map[netip.Addr]bool{}
+		found := false
+		for _, eni := range r.sim.EC2().Snapshot().ENIs {
+			if eni.InstanceID != node.InstanceID || len(eni.IPs) == 0 {
+				continue
+			}
+			found = true
+			for _, ip := range eni.IPs[1:] {
+				out[ip] = true
+			}
+		}
+		return out, found
+	}
 	for _, n := range r.sim.ARM().Snapshot().NICs {
-		if n.Name == name {
+		if n.Name == node.NIC {
 			out := map[netip.Addr]bool{}
 			for _, ip := range n.Secondary {
 				out[ip] = true
@@ -204,6 +231,10 @@ func (r *runner) nic(name string) (map[netip.Addr]bool, bool) {
 // veth per live pod on the bridge and no other, the pod's address inside
 // its namespace, and the bridge table's pod map.
 func (r *runner) checkKernel(n *cluster.Node, live map[string]*cluster.Pod) {
+	if r.aws() {
+		r.checkKernelRouted(n, live)
+		return
+	}
 	h, err := netns.GetFromPath(n.NSPath)
 	if err != nil {
 		r.violation("open netns of %s: %v", n.Name, err)
@@ -438,4 +469,64 @@ func short(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// checkKernelRouted is checkKernel in routed mode (AWS): one host veth per
+// live pod and no other, the pod's address inside its namespace, and the
+// node's route to it on its veth.
+func (r *runner) checkKernelRouted(n *cluster.Node, live map[string]*cluster.Pod) {
+	h, err := netns.GetFromPath(n.NSPath)
+	if err != nil {
+		r.violation("open netns of %s: %v", n.Name, err)
+		return
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		r.violation("netlink in %s: %v", n.Name, err)
+		return
+	}
+	defer nl.Close()
+	links, err := nl.LinkList()
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		r.violation("list links of %s: %v", n.Name, err)
+		return
+	}
+	veths := map[string]netlink.Link{}
+	for _, l := range links {
+		if l.Type() == "veth" && strings.HasPrefix(l.Attrs().Name, linux.HostVethPrefix) {
+			veths[l.Attrs().Name] = l
+		}
+	}
+	routes, err := nl.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		r.violation("list routes of %s: %v", n.Name, err)
+		return
+	}
+	routeDev := map[netip.Addr]int{}
+	for _, rt := range routes {
+		if p, ok := linux.PrefixOf(rt.Dst); ok && p.Bits() == 32 {
+			routeDev[p.Addr()] = rt.LinkIndex
+		}
+	}
+	want := map[string]bool{}
+	for id, p := range live {
+		name := linux.HostVethName(id, p.IfName)
+		want[name] = true
+		l, ok := veths[name]
+		if !ok {
+			r.violation("%s: live pod %s has no host veth %s", n.Name, p.Name, name)
+		} else if routeDev[p.IP] != l.Attrs().Index {
+			r.violation("%s: live pod %s: no route to %s on %s", n.Name, p.Name, p.IP, name)
+		}
+		if _, err := r.checkPodNS(p); err != nil {
+			r.violation("%s: pod %s: %v", n.Name, p.Name, err)
+		}
+	}
+	for name, l := range veths {
+		if !want[name] {
+			r.violation("%s: veth %s (%s) belongs to no live pod", n.Name, name, l.Attrs().Alias)
+		}
+	}
+	r.log.Info("kernel checked", "node", n.Name, "veths", len(veths))
 }

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/soak"
 )
 
@@ -37,6 +38,7 @@ func run() int {
 	noDamage := flag.Bool("no-damage", false, "never damage a store (to tell its faults from the others')")
 	noDrift := flag.Bool("no-drift", false, "never delete ipConfigurations out of band")
 	keep := flag.Bool("keep", false, "keep the nodes' files (daemon logs, stores) and print where")
+	cloud := flag.String("cloud", string(sim.CloudAzure), "the simulated cloud: azure, or aws (m5.4xlarge instances in routed mode, EC2's faults, no drift)")
 	flag.Parse()
 	if *short {
 		prof = soak.Short()
@@ -76,7 +78,11 @@ func run() int {
 	// SIGINT/SIGTERM end the churn early; the checks and the clean-up run.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := soak.Run(ctx, prof, soak.Options{Dir: dir, BinDir: *bin, Logger: log})
+	if c := sim.Cloud(*cloud); c != sim.CloudAzure && c != sim.CloudAWS {
+		fmt.Fprintf(os.Stderr, "vnet-soak: -cloud %q: want azure or aws\n", *cloud)
+		return 1
+	}
+	res, err := soak.Run(ctx, prof, soak.Options{Dir: dir, BinDir: *bin, Logger: log, Cloud: sim.Cloud(*cloud)})
 	for _, v := range res.Violations {
 		fmt.Fprintln(os.Stderr, "violation:", v)
 	}
