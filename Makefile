@@ -25,6 +25,16 @@ $(BIN)/vnet-ipamd: FORCE
 $(BIN)/vnet-cni: FORCE
 	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $@ ./cni/cmd/vnet-cni
 
+# vnet-cni's node image (what the DaemonSet in manifests/ runs): vnet-ipamd
+# and vnet-cni, static, and the build host's CA bundle in one OCI layer,
+# written as an OCI image layout tarball without a daemon or a registry;
+# the same binaries give the same bytes. `ctr -n k8s.io images import
+# bin/vnet-cni-image.tar` loads it; IMAGE_REF names it.
+IMAGE_REF ?= vnet-cni.invalid/vnet-cni:dev
+.PHONY: image
+image: $(BIN)/vnet-ipamd $(BIN)/vnet-cni
+	$(GO) run ./internal/cmd/vnet-image -bin $(BIN) -ref $(IMAGE_REF) -o $(BIN)/vnet-cni-image.tar
+
 # The race detector needs cgo. Tests that need root skip themselves without it;
 # CI runs as root, so every tier runs there.
 # The Kubernetes tier needs the binaries of k8s-bins: built here when missing

@@ -197,7 +197,10 @@ type Config struct {
 	// node's first bridge set-up, absolute; written into the conflist.
 	PluginLockDir string `json:"pluginLockDir"`
 	// CNIBinDir is the directory of the CNI plugin binaries, absolute; empty
-	// (the default) means the daemon does not touch it.
+	// (the default) means the daemon does not touch it. When set, the
+	// daemon installs the vnet-cni binary that lies next to its own
+	// executable (the node image's /vnet-cni) into it at start, before it
+	// writes the conflist, with an atomic rename.
 	CNIBinDir string `json:"cniBinDir,omitempty"`
 	// MetricsAddr is the metrics and introspection listener, a loopback
 	// ip:port (127.0.0.0/8 or ::1, port 1..65535): nothing else listens on TCP.

@@ -99,6 +99,13 @@ func run(args []string) error {
 	default:
 		log.Info("opened the address store", "store", cfg.StoreDir, "replayed", rec.Replayed, "empty", rec.Empty)
 	}
+	if cfg.CNIBinDir != "" {
+		wrote, err := installPlugin(cfg.CNIBinDir)
+		if err != nil {
+			return err
+		}
+		log.Info("CNI plugin installed", "dir", cfg.CNIBinDir, "changed", wrote)
+	}
 	connect, err := cloudConnect(cfg.Cloud, log)
 	if err != nil {
 		return err
