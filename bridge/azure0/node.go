@@ -131,19 +131,7 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 	if !br.PrimaryIP.IsValid() && !cfg.DisableSNAT {
 		return info, fmt.Errorf("bridge %s has no primary ipv4 address to masquerade to", br.Name)
 	}
-	// A pod's reply to a VNet peer is bridged straight to the fabric; when
-	// the connection was DNATed by the node (a hostPort of the chained
-	// portmap, a service address) only br_netfilter hands the bridged
-	// frame to the node's conntrack, which translates the reply back.
-	// The setting is per namespace and a node may have it off; without
-	// the br_netfilter module it does not exist and is skipped.
-	want := []linux.Sysctl{{Key: "net/bridge/bridge-nf-call-iptables", Value: "1", Optional: true}}
-	if !cfg.DisableSNAT {
-		// Pod traffic leaving the VNet is routed by the node (see the
-		// snat rule in buildTables).
-		want = append(want, linux.Sysctl{Key: "net/ipv4/ip_forward", Value: "1"})
-	}
-	if err := n.ns.EnsureSysctls(want...); err != nil {
+	if err := n.ns.EnsureSysctls(NodeSysctls(cfg)...); err != nil {
 		return info, err
 	}
 	spec := nftSpec{
@@ -168,4 +156,23 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 // sockets of its own; the Node may be closed after Watch returns.
 func (n *Node) Watch(ctx context.Context) (<-chan struct{}, error) {
 	return n.ns.Watch(ctx, ownedTables)
+}
+
+// NodeSysctls are the kernel settings bridge mode needs in the node's
+// network namespace; EnsureNode sets them (vnet-ipamd's prepare step too,
+// for a daemon whose /proc/sys is read-only).
+func NodeSysctls(cfg NodeConfig) []linux.Sysctl {
+	// A pod's reply to a VNet peer is bridged straight to the fabric; when
+	// the connection was DNATed by the node (a hostPort of the chained
+	// portmap, a service address) only br_netfilter hands the bridged
+	// frame to the node's conntrack, which translates the reply back.
+	// The setting is per namespace and a node may have it off; without
+	// the br_netfilter module it does not exist and is skipped.
+	want := []linux.Sysctl{{Key: "net/bridge/bridge-nf-call-iptables", Value: "1", Optional: true}}
+	if !cfg.DisableSNAT {
+		// Pod traffic leaving the VNet is routed by the node (see the
+		// snat rule in buildTables).
+		want = append(want, linux.Sysctl{Key: "net/ipv4/ip_forward", Value: "1"})
+	}
+	return want
 }

@@ -172,25 +172,29 @@ type Sysctl struct {
 // EnsureSysctls sets each /proc/sys/<key> to its value in the node
 // namespace unless it already has it, with one switch into the namespace.
 func (n *NS) EnsureSysctls(want ...Sysctl) error {
-	return n.doInNS(func() error {
-		for _, s := range want {
-			p := filepath.Join("/proc/sys", s.Key)
-			cur, err := os.ReadFile(p)
-			if s.Optional && errors.Is(err, os.ErrNotExist) {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("read sysctl %s: %w", s.Key, err)
-			}
-			if strings.TrimSpace(string(cur)) == s.Value {
-				continue
-			}
-			if err := os.WriteFile(p, []byte(s.Value), 0o644); err != nil {
-				return fmt.Errorf("write sysctl %s: %w", s.Key, err)
-			}
+	return n.doInNS(func() error { return EnsureSysctls(want...) })
+}
+
+// EnsureSysctls sets each /proc/sys/<key> to its value in the calling
+// thread's network namespace unless it already has it.
+func EnsureSysctls(want ...Sysctl) error {
+	for _, s := range want {
+		p := filepath.Join("/proc/sys", s.Key)
+		cur, err := os.ReadFile(p)
+		if s.Optional && errors.Is(err, os.ErrNotExist) {
+			continue
 		}
-		return nil
-	})
+		if err != nil {
+			return fmt.Errorf("read sysctl %s: %w", s.Key, err)
+		}
+		if strings.TrimSpace(string(cur)) == s.Value {
+			continue
+		}
+		if err := os.WriteFile(p, []byte(s.Value), 0o644); err != nil {
+			return fmt.Errorf("write sysctl %s: %w", s.Key, err)
+		}
+	}
+	return nil
 }
 
 // RetryDump calls fn again while a netlink dump is interrupted by a

@@ -200,7 +200,7 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 			return info, err
 		}
 	}
-	if err := n.ns.EnsureSysctls(linux.Sysctl{Key: "net/ipv4/ip_forward", Value: "1"}); err != nil {
+	if err := n.ns.EnsureSysctls(NodeSysctls()...); err != nil {
 		return info, err
 	}
 	info.PrimaryIP = cfg.PrimaryIP
@@ -292,4 +292,10 @@ func (n *Node) defaultDevice() (netlink.Link, error) {
 func maskBits(n *net.IPNet) int {
 	ones, _ := n.Mask.Size()
 	return ones
+}
+
+// NodeSysctls are the kernel settings routed mode needs in the node's
+// network namespace; EnsureNode sets them (vnet-ipamd's prepare step too).
+func NodeSysctls() []linux.Sysctl {
+	return []linux.Sysctl{{Key: "net/ipv4/ip_forward", Value: "1"}}
 }

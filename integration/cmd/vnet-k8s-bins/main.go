@@ -1,5 +1,6 @@
 // Command vnet-k8s-bins builds the Kubernetes binaries, containerd and the
-// CNI plugins chained with vnet-cni that the integration harness runs (see package integration/k8s/binaries) unless
+// CNI plugins chained with vnet-cni that the integration harness runs, and
+// helm for the chart's tests (see package integration/k8s/binaries) unless
 // they are already in their cache directories, and prints those
 // directories.
 package main
@@ -43,9 +44,9 @@ func run(opts binaries.Options) error {
 	}
 	opts.Log.Info("kubernetes binaries ready", "version", set.Version, "dir", set.Dir, "took", time.Since(start).Round(time.Second))
 	fmt.Println(set.Dir)
-	// containerd and the CNI plugins chained with vnet-cni, each in its
-	// default directory next to kubernetes'.
-	for _, m := range []binaries.Module{binaries.Containerd(binaries.ContainerdVersion), binaries.CNIPlugins(binaries.CNIPluginsVersion)} {
+	// containerd, the CNI plugins chained with vnet-cni and helm (for the
+	// chart's tests), each in its default directory next to kubernetes'.
+	for _, m := range []binaries.Module{binaries.Containerd(binaries.ContainerdVersion), binaries.CNIPlugins(binaries.CNIPluginsVersion), binaries.Helm(binaries.HelmVersion)} {
 		start = time.Now()
 		mset, err := binaries.EnsureModule(ctx, binaries.Options{Log: opts.Log, Output: opts.Output}, m)
 		if err != nil {

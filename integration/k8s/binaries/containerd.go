@@ -100,13 +100,40 @@ func CNIPlugins(version string) Module {
 // under $VNET_K8S_BIN_DIR when it is set.
 func DefaultModuleDir(m Module) string {
 	base := filepath.Base(m.Path)
-	if base == "v2" {
+	if isMajorSuffix(base) {
 		base = filepath.Base(filepath.Dir(m.Path))
 	}
 	if d := os.Getenv(EnvDir); d != "" {
 		return filepath.Join(d, base+"-"+m.Version)
 	}
 	return filepath.Join(filepath.Dir(DefaultDir(Version)), base+"-"+m.Version)
+}
+
+// isMajorSuffix reports whether a module path's last element is its major
+// version ("v2" of containerd/v2, "v4" of helm.sh/helm/v4).
+func isMajorSuffix(elem string) bool {
+	if len(elem) < 2 || elem[0] != 'v' {
+		return false
+	}
+	for _, c := range elem[1:] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// HelmVersion is the pinned Helm release: `helm lint` and `helm template`
+// check charts/vnet-cni in the tests.
+const HelmVersion = "v4.3.2"
+
+// Helm is Helm's command from its module (helm.sh/helm/v4), static.
+func Helm(version string) Module {
+	return Module{
+		Path: "helm.sh/helm/v4", Version: version,
+		Commands: []string{"cmd/helm"},
+		Ldflags:  []string{"-X", "helm.sh/helm/v4/internal/version.version=" + version},
+	}
 }
 
 // FindContainerd returns containerd's binaries of ContainerdVersion in

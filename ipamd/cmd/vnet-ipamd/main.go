@@ -4,6 +4,7 @@
 //
 //	vnet-ipamd [--config FILE] [--node-name NAME]   run the daemon
 //	vnet-ipamd status [--socket PATH] [--json]     print the pool and the assignments
+//	vnet-ipamd prepare [--config FILE] [--cni-bin-dir DIR]   install the plugin, set the kernel settings (a DaemonSet's init step)
 //
 // SIGHUP makes a running daemon re-read the pool targets from its
 // configuration file; other fields need a restart. SIGTERM stops it.
@@ -41,9 +42,12 @@ const defaultConfig = "/etc/vnet-cni/ipamd.json"
 
 func main() {
 	var err error
-	if len(os.Args) > 1 && os.Args[1] == "status" {
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == "status":
 		err = status(os.Args[2:])
-	} else {
+	case len(os.Args) > 1 && os.Args[1] == "prepare":
+		err = prepare(os.Args[2:])
+	default:
 		err = run(os.Args[1:])
 	}
 	if err != nil {
