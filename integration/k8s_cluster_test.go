@@ -68,6 +68,12 @@ type k8sEnv struct {
 // sysctls as before.
 func newK8sEnv(t *testing.T, deferIPAMD bool, hook func(string, *config.Config)) *k8sEnv {
 	t.Helper()
+	return newK8sEnvWith(t, func(o *k8scluster.Options) { o.IPAMD, o.DeferIPAMD = hook, deferIPAMD })
+}
+
+// newK8sEnvWith is newK8sEnv with the cluster's options adjusted by opt.
+func newK8sEnvWith(t *testing.T, opt func(*k8scluster.Options)) *k8sEnv {
+	t.Helper()
 	nstest.RequireRoot(t)
 	etcd, err := exec.LookPath("etcd")
 	if err != nil {
@@ -90,12 +96,13 @@ func newK8sEnv(t *testing.T, deferIPAMD bool, hook func(string, *config.Config))
 
 	dir := t.TempDir()
 	start := time.Now()
-	c, err := k8scluster.Start(ctx, k8scluster.Options{
+	opts := k8scluster.Options{
 		Prefix: nstest.Prefix(t), Dir: dir, BinDir: "../bin",
 		Kubernetes: set, Containerd: ctr, CNIPlugins: plugins, Etcd: etcd,
-		IPAMD: hook, DeferIPAMD: deferIPAMD,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	}
+	opt(&opts)
+	c, err := k8scluster.Start(ctx, opts)
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
@@ -121,8 +128,10 @@ func newK8sEnv(t *testing.T, deferIPAMD bool, hook func(string, *config.Config))
 					t.Logf("--- %s %s log ends:\n%s", n.Name(), comp, n.LogTail(comp, 25))
 				}
 			}
-			for _, n := range c.IPAMD.Nodes {
-				t.Logf("--- %s vnet-ipamd log ends:\n%s", n.Name, tailOf(n.LogPath, 15))
+			if c.IPAMD != nil {
+				for _, n := range c.IPAMD.Nodes {
+					t.Logf("--- %s vnet-ipamd log ends:\n%s", n.Name, tailOf(n.LogPath, 15))
+				}
 			}
 		}
 		if err := c.Close(); err != nil {

@@ -39,6 +39,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/k8s/controlplane"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/images"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/node"
+	"github.com/vnet-cni/vnet-cni/internal/nodeimage"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
@@ -63,6 +64,14 @@ type Options struct {
 	IPAMD func(node string, c *config.Config)
 	// DeferIPAMD leaves vnet-ipamd stopped; StartIPAMD starts it.
 	DeferIPAMD bool
+	// IPAMDAsDaemonSet starts no vnet-ipamd process: the node image
+	// (package nodeimage, from BinDir's binaries) is imported into every
+	// worker's containerd and the caller installs the DaemonSet
+	// (manifests/). Each worker's mount namespace shows the node's own
+	// /etc/cni/net.d, /opt/cni/bin (portmap and loopback only: the
+	// DaemonSet's init step installs vnet-cni), /run/vnet-cni and
+	// /var/lib/vnet-cni to the pod's hostPath volumes. IPAMD is nil then.
+	IPAMDAsDaemonSet bool
 	// ExtraCNIPlugins are further plugins in every node's /opt/cni/bin
 	// (name → host path), for a conflist other than vnet-ipamd's.
 	ExtraCNIPlugins map[string]string
@@ -164,6 +173,14 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
+	nodeImages := []string{imgs[images.Pause], imgs[images.TestServer]}
+	if opts.IPAMDAsDaemonSet {
+		path, err := buildNodeImage(filepath.Join(opts.Dir, "images"), opts.BinDir)
+		if err != nil {
+			return nil, err
+		}
+		nodeImages = append(nodeImages, path)
+	}
 	mountns := filepath.Join(opts.Dir, "vnet-k8s-mountns")
 	if err := goBuild(ctx, mountns, "github.com/vnet-cni/vnet-cni/integration/cmd/vnet-k8s-mountns"); err != nil {
 		return nil, err
@@ -173,17 +190,19 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	t = time.Now()
 	workers := c.Desc
 	workers.Nodes = c.Desc.Nodes[:opts.Workers]
-	c.IPAMD, err = vnet.New(workers, vnet.Options{Dir: filepath.Join(opts.Dir, "ipamd"), BinDir: opts.BinDir,
-		IPAMD: func(name string, cfg *config.Config) {
-			// The conflist at 1.1.0: containerd v2 calls STATUS, and
-			// the chained portmap is one that speaks 1.1.0.
-			cfg.CNIVersion = config.DefaultCNIVersion
-			if opts.IPAMD != nil {
-				opts.IPAMD(name, cfg)
-			}
-		}})
-	if err != nil {
-		return nil, fmt.Errorf("vnet-ipamd: %w", err)
+	if !opts.IPAMDAsDaemonSet {
+		c.IPAMD, err = vnet.New(workers, vnet.Options{Dir: filepath.Join(opts.Dir, "ipamd"), BinDir: opts.BinDir,
+			IPAMD: func(name string, cfg *config.Config) {
+				// The conflist at 1.1.0: containerd v2 calls STATUS, and
+				// the chained portmap is one that speaks 1.1.0.
+				cfg.CNIVersion = config.DefaultCNIVersion
+				if opts.IPAMD != nil {
+					opts.IPAMD(name, cfg)
+				}
+			}})
+		if err != nil {
+			return nil, fmt.Errorf("vnet-ipamd: %w", err)
+		}
 	}
 	if err := c.prepareHost(); err != nil {
 		return nil, err
@@ -220,8 +239,12 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 		c.roots = append(c.roots, root)
 		plugins := map[string]string{
-			"vnet-cni": filepath.Join(binDir, "vnet-cni"),
-			"portmap":  opts.CNIPlugins.Path("portmap"), "loopback": opts.CNIPlugins.Path("loopback"),
+			"portmap": opts.CNIPlugins.Path("portmap"), "loopback": opts.CNIPlugins.Path("loopback"),
+		}
+		confDir := filepath.Join(opts.Dir, "nodes", nd.Name, "etc-cni-net.d")
+		if !opts.IPAMDAsDaemonSet {
+			plugins["vnet-cni"] = filepath.Join(binDir, "vnet-cni")
+			confDir = c.IPAMD.Nodes[i].Config.CNIConfDir
 		}
 		for name, path := range opts.ExtraCNIPlugins {
 			plugins[name] = path
@@ -233,11 +256,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		n, err := node.New(node.Config{
 			Name: nd.Name, NetNS: nd.Netns, IP: ip, Dir: filepath.Join(opts.Dir, "nodes", nd.Name),
 			Kubernetes: opts.Kubernetes, Containerd: opts.Containerd, MountNS: mountns,
-			CNIConfDir: c.IPAMD.Nodes[i].Config.CNIConfDir,
+			CNIConfDir: confDir,
 			CNIPlugins: plugins, ContainerdMetrics: metrics,
 			CgroupRoot: root, Server: c.CP.Server, CAFile: caFile,
 			Kubeconfig: kubeconfig, ProxyKubeconfig: proxyCfg, ClusterCIDR: vnetPrefix,
-			Images: []string{imgs[images.Pause], imgs[images.TestServer]}, SandboxImage: images.Pause,
+			Images: nodeImages, SandboxImage: images.Pause,
 			Log: opts.Log,
 		})
 		if err != nil {
@@ -250,7 +273,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 	}
-	if !opts.DeferIPAMD {
+	if !opts.DeferIPAMD && !opts.IPAMDAsDaemonSet {
 		if err := c.StartIPAMD(ctx); err != nil {
 			return nil, err
 		}
@@ -262,7 +285,28 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 // StartIPAMD starts every worker's vnet-ipamd and waits until each has
 // written its conflist.
 func (c *Cluster) StartIPAMD(ctx context.Context) error {
+	if c.IPAMD == nil {
+		return errors.New("k8s cluster: vnet-ipamd runs as a DaemonSet")
+	}
 	return c.IPAMD.Start(ctx)
+}
+
+// buildNodeImage writes the node image of binDir's vnet-ipamd and
+// vnet-cni into dir and returns the tarball's path.
+func buildNodeImage(dir, binDir string) (string, error) {
+	opts := nodeimage.Options{IPAMD: filepath.Join(binDir, "vnet-ipamd"), Plugin: filepath.Join(binDir, "vnet-cni")}
+	if _, err := os.Stat(nodeimage.DefaultCABundle); err == nil {
+		opts.CABundle = nodeimage.DefaultCABundle
+	}
+	res, err := nodeimage.Build(opts)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "vnet-cni.tar")
+	if err := os.WriteFile(path, res.Tarball, 0o644); err != nil {
+		return "", fmt.Errorf("write node image: %w", err)
+	}
+	return path, nil
 }
 
 func (c *Cluster) writeKubeconfig(path, user string, groups ...string) error {

@@ -3,8 +3,8 @@
 // all in the VM's network namespace and in a private mount namespace held
 // by vnet-k8s-mountns, in which the node's own directories are bound over
 // /var/lib/kubelet, /var/lib/containerd, /run/containerd, /etc/cni/net.d,
-// /opt/cni/bin, /var/lib/cni, /var/log/pods, /var/log/containers and
-// /run/netns. Two nodes on one host never see each other's files, and the
+// /opt/cni/bin, /var/lib/cni, /var/log/pods, /var/log/containers,
+// /run/netns, /run/vnet-cni and /var/lib/vnet-cni. Two nodes on one host never see each other's files, and the
 // host's own directories are never written (only the empty mount points,
 // which the caller makes and removes: see Targets).
 //
@@ -88,6 +88,9 @@ var Targets = []string{
 	"/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni",
 	"/var/lib/kubelet", "/var/lib/containerd", "/run/containerd",
 	"/var/log/pods", "/var/log/containers", "/run/netns",
+	// vnet-ipamd's socket, store and lock, and the plugin's release
+	// spool, where the DaemonSet (manifests/) puts them.
+	"/run/vnet-cni", "/var/lib/vnet-cni",
 }
 
 // hostDir maps each target to the node's directory under Dir.

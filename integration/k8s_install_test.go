@@ -1,0 +1,240 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	k8scluster "github.com/vnet-cni/vnet-cni/integration/k8s/cluster"
+)
+
+// simInstall writes, into a new directory, a kustomization over
+// manifests/overlays/sim with this run's sim filled in: the overlay's
+// ipamd.json with the sim's ARM endpoint, and the CA's ConfigMap from the
+// sim's CA file. It returns the directory.
+func simInstall(t *testing.T, e *k8sEnv) string {
+	t.Helper()
+	overlay, err := filepath.Abs("../manifests/overlays/sim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(overlay, "ipamd.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg["cloud"].(map[string]any)["azure"].(map[string]any)["resourceManagerEndpoint"] = e.c.Desc.ARMEndpoint
+	out, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(e.c.Desc.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	// kustomize takes no absolute path as a resource.
+	rel, err := filepath.Rel(dir, overlay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kust := `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ` + rel + `
+configMapGenerator:
+  - name: vnet-cni-config
+    namespace: vnet-cni
+    behavior: replace
+    files: [ipamd.json]
+  - name: vnet-cni-cloud-ca
+    namespace: vnet-cni
+    files: [ca.pem]
+generatorOptions:
+  disableNameSuffixHash: true
+`
+	for name, data := range map[string][]byte{"kustomization.yaml": []byte(kust), "ipamd.json": out, "ca.pem": ca} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// waitDaemonSetReady waits until the DaemonSet has an updated, available
+// pod on every node.
+func (e *k8sEnv) waitDaemonSetReady(timeout time.Duration) *appsv1.DaemonSet {
+	e.t.Helper()
+	var ds *appsv1.DaemonSet
+	e.waitFor("the vnet-ipamd DaemonSet Ready on every node", timeout, func() (bool, string) {
+		var err error
+		ds, err = e.c.Client.AppsV1().DaemonSets("vnet-cni").Get(e.ctx, "vnet-ipamd", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		s := ds.Status
+		ok := ds.Generation == s.ObservedGeneration && s.DesiredNumberScheduled == int32(len(e.c.Nodes)) &&
+			s.NumberReady == s.DesiredNumberScheduled && s.UpdatedNumberScheduled == s.DesiredNumberScheduled &&
+			s.NumberAvailable == s.DesiredNumberScheduled
+		return ok, fmt.Sprintf("desired %d, ready %d, updated %d, available %d", s.DesiredNumberScheduled, s.NumberReady,
+			s.UpdatedNumberScheduled, s.NumberAvailable)
+	})
+	return ds
+}
+
+// daemonSetPodsLog returns what kubectl says about the DaemonSet's pods and
+// their logs, for a failure.
+func (e *k8sEnv) daemonSetPodsLog() string {
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"-n", "vnet-cni", "get", "pods", "-o", "wide"},
+		{"-n", "vnet-cni", "describe", "pods"},
+		{"-n", "vnet-cni", "logs", "-l", "app.kubernetes.io/component=ipamd", "--all-containers", "--tail", "30", "--prefix"},
+	} {
+		out, err := e.kubectl(args...)
+		fmt.Fprintf(&b, "$ kubectl %s (%v)\n%s\n", strings.Join(args, " "), err, out)
+	}
+	return b.String()
+}
+
+// TestK8sInstall installs vnet-cni the Kubernetes way on a cluster where no
+// vnet-ipamd process is started: the node image imported into every
+// worker's containerd, `kubectl apply -k` of the sim overlay
+// (manifests/overlays/sim with this run's ARM endpoint and CA); the
+// DaemonSet becomes Ready on both nodes, its init step installs the plugin
+// into each node's /opt/cni/bin, the nodes become Ready, and a
+// Deployment's pods run with addresses of their own node's NIC read
+// through ARM. The daemon's ServiceAccount is refused what it does not
+// need.
+func TestK8sInstall(t *testing.T) {
+	e := newK8sEnvWith(t, func(o *k8scluster.Options) { o.IPAMDAsDaemonSet = true })
+	t.Cleanup(func() {
+		if t.Failed() && e.ctx.Err() == nil {
+			t.Logf("DaemonSet pods:\n%s", e.daemonSetPodsLog())
+		}
+	})
+	start := time.Now()
+	if out, err := e.kubectl("apply", "-k", simInstall(t, e)); err != nil {
+		t.Fatalf("kubectl apply -k: %v\n%s", err, out)
+	}
+	e.waitDaemonSetReady(3 * time.Minute)
+	t.Logf("DaemonSet Ready on %d nodes %s after kubectl apply", len(e.c.Nodes), time.Since(start).Round(time.Millisecond))
+	e.waitNodesReady()
+	t.Logf("nodes Ready %s after kubectl apply", time.Since(start).Round(time.Millisecond))
+
+	t.Run("plugin installed", func(t *testing.T) {
+		want, err := os.ReadFile("../bin/vnet-cni")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range e.c.Nodes {
+			p := n.HostPath("/opt/cni/bin/vnet-cni")
+			st, err := os.Lstat(p)
+			if err != nil {
+				t.Fatalf("%s: %v", n.Name(), err)
+			}
+			got, err := os.ReadFile(p)
+			if err != nil || !bytes.Equal(got, want) || !st.Mode().IsRegular() || st.Mode().Perm() != 0o755 {
+				t.Errorf("%s: /opt/cni/bin/vnet-cni mode %v, same as bin/vnet-cni %v (%v)", n.Name(), st.Mode(), bytes.Equal(got, want), err)
+			}
+			if _, err := os.Stat(n.HostPath("/etc/cni/net.d/10-vnet-cni.conflist")); err != nil {
+				t.Errorf("%s: no conflist: %v", n.Name(), err)
+			}
+		}
+	})
+
+	t.Run("pods with VNet addresses", func(t *testing.T) {
+		e := e.with(t)
+		const replicas = 10
+		op := newE2EOperator(t, &e2eEnv{sim: e.c.Sim, desc: e.c.Desc})
+		e.deployTestServer(replicas)
+		pods := e.waitRunning(replicas, 3*time.Minute)
+		seen := map[string]string{}
+		perNode := map[string]int{}
+		nics := map[string]map[string]bool{}
+		for _, p := range pods {
+			_, i := e.nodeByName(p.Spec.NodeName)
+			if nics[p.Spec.NodeName] == nil {
+				nics[p.Spec.NodeName] = e.nicAddresses(op, i)
+			}
+			if !nics[p.Spec.NodeName][p.Status.PodIP] {
+				t.Errorf("pod %s on %s has %s, not an ipConfiguration of its NIC %s", p.Name, p.Spec.NodeName, p.Status.PodIP, e.c.Desc.Nodes[i].NIC)
+			}
+			if other, dup := seen[p.Status.PodIP]; dup {
+				t.Errorf("pods %s and %s share %s", p.Name, other, p.Status.PodIP)
+			}
+			seen[p.Status.PodIP] = p.Name
+			perNode[p.Spec.NodeName]++
+		}
+		if len(perNode) != len(e.c.Nodes) {
+			t.Errorf("pods on %v, want every node", perNode)
+		}
+		t.Logf("%d pods Running with VNet addresses: %v per node", len(pods), perNode)
+	})
+
+	t.Run("service account least privilege", func(t *testing.T) {
+		e := e.with(t)
+		const sa = "system:serviceaccount:vnet-cni:vnet-ipamd"
+		// SubjectAccessReviews name group, resource and subresource
+		// exactly (kubectl auth can-i would need the VNetNode CRD in
+		// discovery).
+		for _, c := range []struct {
+			verb, group, resource, sub, ns string
+			want                           bool
+		}{
+			{"get", "", "nodes", "", "", true},
+			{"list", "", "nodes", "", "", true},
+			{"watch", "", "nodes", "", "", true},
+			{"create", "", "events", "", "default", true},
+			{"patch", "", "events", "", "default", true},
+			{"get", "vnet-cni.io", "vnetnodes", "", "", true},
+			{"watch", "vnet-cni.io", "vnetnodes", "", "", true},
+			{"create", "vnet-cni.io", "vnetnodes", "", "", true},
+			{"patch", "vnet-cni.io", "vnetnodes", "status", "", true},
+			{"update", "vnet-cni.io", "vnetnodes", "status", "", true},
+			{"update", "", "nodes", "", "", false},
+			{"patch", "", "nodes", "status", "", false},
+			{"patch", "vnet-cni.io", "vnetnodes", "", "", false},
+			{"update", "vnet-cni.io", "vnetnodes", "", "", false},
+			{"delete", "vnet-cni.io", "vnetnodes", "", "", false},
+			{"delete", "", "events", "", "default", false},
+			{"get", "", "secrets", "", "vnet-cni", false},
+			{"list", "", "pods", "", "", false},
+			{"create", "", "pods", "", "vnet-cni", false},
+			{"get", "", "configmaps", "", "kube-system", false},
+		} {
+			sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+				User:   sa,
+				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:vnet-cni", "system:authenticated"},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{
+					Verb: c.verb, Group: c.group, Resource: c.resource, Subresource: c.sub, Namespace: c.ns,
+				},
+			}}
+			got, err := e.c.Client.AuthorizationV1().SubjectAccessReviews().Create(e.ctx, sar, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Status.Allowed != c.want {
+				t.Errorf("%s %s %s/%s (ns %q): allowed %v, want %v (%s)", sa, c.verb, c.group, c.resource+"/"+c.sub, c.ns,
+					got.Status.Allowed, c.want, got.Status.Reason)
+			}
+		}
+		// A real request with the ServiceAccount's identity is denied.
+		out, err := e.kubectl("--as", sa, "-n", "vnet-cni", "get", "secrets")
+		if err == nil || !strings.Contains(out, "Forbidden") {
+			t.Errorf("listing secrets as %s: %v, %s; want Forbidden", sa, err, out)
+		}
+	})
+}
