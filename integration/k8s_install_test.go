@@ -5,15 +5,21 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
 	k8scluster "github.com/vnet-cni/vnet-cni/integration/k8s/cluster"
 )
 
@@ -126,7 +132,8 @@ func TestK8sInstall(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	if out, err := e.kubectl("apply", "-k", simInstall(t, e)); err != nil {
+	install := simInstall(t, e)
+	if out, err := e.kubectl("apply", "-k", install); err != nil {
 		t.Fatalf("kubectl apply -k: %v\n%s", err, out)
 	}
 	e.waitDaemonSetReady(3 * time.Minute)
@@ -155,33 +162,93 @@ func TestK8sInstall(t *testing.T) {
 		}
 	})
 
+	t.Run("daemon capabilities", func(t *testing.T) {
+		// The daemon's process in each node's network namespace has
+		// CAP_NET_ADMIN (bit 12) and nothing else, effective and bounding.
+		const netAdmin = "0000000000001000"
+		for _, n := range e.c.Nodes {
+			pids := processesInNetNS(t, n.NetNS(), "vnet-ipamd")
+			if len(pids) != 1 {
+				t.Fatalf("%s: vnet-ipamd processes %v, want one", n.Name(), pids)
+			}
+			status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pids[0]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(status), "\n") {
+				k, v, _ := strings.Cut(line, ":")
+				if (k == "CapEff" || k == "CapBnd" || k == "CapPrm") && strings.TrimSpace(v) != netAdmin {
+					t.Errorf("%s: vnet-ipamd %s %s, want %s (CAP_NET_ADMIN only)", n.Name(), k, strings.TrimSpace(v), netAdmin)
+				}
+			}
+		}
+	})
+
 	t.Run("pods with VNet addresses", func(t *testing.T) {
 		e := e.with(t)
 		const replicas = 10
 		op := newE2EOperator(t, &e2eEnv{sim: e.c.Sim, desc: e.c.Desc})
 		e.deployTestServer(replicas)
 		pods := e.waitRunning(replicas, 3*time.Minute)
-		seen := map[string]string{}
-		perNode := map[string]int{}
-		nics := map[string]map[string]bool{}
-		for _, p := range pods {
-			_, i := e.nodeByName(p.Spec.NodeName)
-			if nics[p.Spec.NodeName] == nil {
-				nics[p.Spec.NodeName] = e.nicAddresses(op, i)
-			}
-			if !nics[p.Spec.NodeName][p.Status.PodIP] {
-				t.Errorf("pod %s on %s has %s, not an ipConfiguration of its NIC %s", p.Name, p.Spec.NodeName, p.Status.PodIP, e.c.Desc.Nodes[i].NIC)
-			}
-			if other, dup := seen[p.Status.PodIP]; dup {
-				t.Errorf("pods %s and %s share %s", p.Name, other, p.Status.PodIP)
-			}
-			seen[p.Status.PodIP] = p.Name
-			perNode[p.Spec.NodeName]++
-		}
-		if len(perNode) != len(e.c.Nodes) {
-			t.Errorf("pods on %v, want every node", perNode)
-		}
+		perNode := e.checkPodAddresses(op, pods)
 		t.Logf("%d pods Running with VNet addresses: %v per node", len(pods), perNode)
+	})
+
+	t.Run("helm template | kubectl apply -f -", func(t *testing.T) {
+		e := e.with(t)
+		helmSet, ok := binaries.FindModule(binaries.Options{}, binaries.Helm(binaries.HelmVersion))
+		if !ok {
+			t.Skipf("helm %s not built: run `make k8s-bins`", binaries.HelmVersion)
+		}
+		// Remove the kustomize installation (the namespace, its pods, the
+		// RBAC objects); the test pods keep running on their datapath.
+		if out, err := e.kubectl("delete", "-k", install, "--wait=true", "--timeout=2m"); err != nil {
+			t.Fatalf("kubectl delete -k: %v\n%s", err, out)
+		}
+		e.waitFor("namespace vnet-cni gone", 2*time.Minute, func() (bool, string) {
+			_, err := e.c.Client.CoreV1().Namespaces().Get(e.ctx, "vnet-cni", metav1.GetOptions{})
+			return apierrors.IsNotFound(err), fmt.Sprint(err)
+		})
+		// The chart with the sim overlay's settings as values, and the
+		// CA's ConfigMap after it.
+		chart, err := filepath.Abs("../charts/vnet-cni")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rendered, err := exec.CommandContext(e.ctx, helmSet.Path("helm"), "template", "vnet-cni", chart, "--set", strings.Join([]string{
+			"pool.warmIPTarget=5", "pool.maxIPs=60", "pool.ipAddressCount=5", "pool.batchSize=5", "pool.cooldown=2s", "pool.releaseDelay=30s",
+			"cloud.azure.resourceManagerEndpoint=" + e.c.Desc.ARMEndpoint, "cloud.azure.caConfigMap=vnet-cni-cloud-ca",
+		}, ",")).Output()
+		if err != nil {
+			t.Fatalf("helm template: %v", err)
+		}
+		ca, err := os.ReadFile(e.c.Desc.CAFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		caMap, err := json.Marshal(map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
+			"metadata": map[string]any{"name": "vnet-cni-cloud-ca", "namespace": "vnet-cni"},
+			"data":     map[string]string{"ca.pem": string(ca)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream := append(append(rendered, []byte("\n---\n")...), caMap...)
+		start := time.Now()
+		cmd := e.c.CP.Command(e.ctx, e.kctl, "--kubeconfig", e.c.CP.AdminKubeconfig, "apply", "-f", "-")
+		cmd.Stdin = bytes.NewReader(stream)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("helm template | kubectl apply -f -: %v\n%s", err, out)
+		}
+		e.waitDaemonSetReady(3 * time.Minute)
+		e.waitNodesReady()
+		t.Logf("DaemonSet from the chart Ready on %d nodes %s after kubectl apply", len(e.c.Nodes), time.Since(start).Round(time.Millisecond))
+		// The pods of the first installation kept their addresses, and
+		// new ones get theirs from the chart's daemons.
+		op := newE2EOperator(t, &e2eEnv{sim: e.c.Sim, desc: e.c.Desc})
+		e.scale(14)
+		pods := e.waitRunning(14, 3*time.Minute)
+		perNode := e.checkPodAddresses(op, pods)
+		t.Logf("%d pods Running with VNet addresses after the reinstall: %v per node", len(pods), perNode)
 	})
 
 	t.Run("service account least privilege", func(t *testing.T) {
@@ -237,4 +304,63 @@ func TestK8sInstall(t *testing.T) {
 			t.Errorf("listing secrets as %s: %v, %s; want Forbidden", sa, err, out)
 		}
 	})
+}
+
+// processesInNetNS lists the processes named comm whose network namespace
+// is the one at nsPath.
+func processesInNetNS(t *testing.T, nsPath, comm string) []int {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(nsPath, &st); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("net:[%d]", st.Ino)
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		c, err := os.ReadFile("/proc/" + e.Name() + "/comm")
+		if err != nil || strings.TrimSpace(string(c)) != comm {
+			continue
+		}
+		if l, err := os.Readlink("/proc/" + e.Name() + "/ns/net"); err == nil && l == want {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// checkPodAddresses checks that every pod has an address of its own node's
+// NIC (read through ARM), none twice, and pods on every node; it returns
+// the pods per node.
+func (e *k8sEnv) checkPodAddresses(op *e2eOperator, pods []corev1.Pod) map[string]int {
+	t := e.t
+	t.Helper()
+	seen := map[string]string{}
+	perNode := map[string]int{}
+	nics := map[string]map[string]bool{}
+	for _, p := range pods {
+		_, i := e.nodeByName(p.Spec.NodeName)
+		if nics[p.Spec.NodeName] == nil {
+			nics[p.Spec.NodeName] = e.nicAddresses(op, i)
+		}
+		if !nics[p.Spec.NodeName][p.Status.PodIP] {
+			t.Errorf("pod %s on %s has %s, not an ipConfiguration of its NIC %s", p.Name, p.Spec.NodeName, p.Status.PodIP, e.c.Desc.Nodes[i].NIC)
+		}
+		if other, dup := seen[p.Status.PodIP]; dup {
+			t.Errorf("pods %s and %s share %s", p.Name, other, p.Status.PodIP)
+		}
+		seen[p.Status.PodIP] = p.Name
+		perNode[p.Spec.NodeName]++
+	}
+	if len(perNode) != len(e.c.Nodes) {
+		t.Errorf("pods on %v, want every node", perNode)
+	}
+	return perNode
 }

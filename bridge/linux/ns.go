@@ -63,13 +63,34 @@ func Open(nsPath, lockDir string) (*NS, error) {
 		return nil, errors.Join(fmt.Errorf("stat node netns: %w", err), n.Close())
 	}
 	n.lockKey = fmt.Sprintf("%d-%d", st.Dev, st.Ino)
-	if n.Netlink, err = netlink.NewHandleAt(h, unix.NETLINK_ROUTE); err != nil {
+	if n.Netlink, err = netlinkHandle(nsPath, h); err != nil {
 		return nil, errors.Join(fmt.Errorf("netlink handle in node netns: %w", err), n.Close())
 	}
-	if n.NFT, err = nftables.New(nftables.WithNetNSFd(int(h)), nftables.AsLasting()); err != nil {
+	if n.NFT, err = nftables.New(n.nftOptions(nftables.AsLasting())...); err != nil {
 		return nil, errors.Join(fmt.Errorf("nftables connection in node netns: %w", err), n.Close())
 	}
 	return n, nil
+}
+
+// netlinkHandle opens a route netlink handle in the namespace at nsPath
+// (h), or, for the caller's own namespace (nsPath empty), without
+// switching namespaces: setns(2) needs CAP_SYS_ADMIN, which vnet-ipamd's
+// container does without (docs/install.md), and the calling thread is in
+// that namespace already.
+func netlinkHandle(nsPath string, h netns.NsHandle) (*netlink.Handle, error) {
+	if nsPath == "" {
+		return netlink.NewHandle(unix.NETLINK_ROUTE)
+	}
+	return netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
+}
+
+// nftOptions are the options of an nftables connection in the namespace:
+// no namespace (no setns, see netlinkHandle) for the caller's own.
+func (n *NS) nftOptions(opts ...nftables.ConnOption) []nftables.ConnOption {
+	if n.path == "" {
+		return opts
+	}
+	return append([]nftables.ConnOption{nftables.WithNetNSFd(int(n.handle))}, opts...)
 }
 
 // OpenNS opens the namespace at nsPath, or the calling thread's when
@@ -221,7 +242,7 @@ func IsNotFound(err error) bool {
 // connection (the library has no way to abort a batch).
 func (n *NS) DiscardBatch() error {
 	old := n.NFT
-	c, err := nftables.New(nftables.WithNetNSFd(int(n.handle)), nftables.AsLasting())
+	c, err := nftables.New(n.nftOptions(nftables.AsLasting())...)
 	if err != nil {
 		return fmt.Errorf("recreate nftables connection: %w", err)
 	}

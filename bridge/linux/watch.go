@@ -20,7 +20,7 @@ import (
 // is done; it is closed when the watch ends, also on a socket error.
 func (n *NS) Watch(ctx context.Context, tables []string) (<-chan struct{}, error) {
 	// A connection of its own (not lasting): closing the monitor closes it.
-	conn, err := nftables.New(nftables.WithNetNSFd(int(n.handle)))
+	conn, err := nftables.New(n.nftOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("nftables connection for the monitor: %w", err)
 	}
@@ -31,8 +31,12 @@ func (n *NS) Watch(ctx context.Context, tables []string) (<-chan struct{}, error
 	}
 	links := make(chan netlink.LinkUpdate, 64)
 	done := make(chan struct{})
-	h := n.handle
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: &h}); err != nil {
+	var subOpts netlink.LinkSubscribeOptions
+	if n.path != "" {
+		h := n.handle
+		subOpts.Namespace = &h
+	}
+	if err := netlink.LinkSubscribeWithOptions(links, done, subOpts); err != nil {
 		return nil, errors.Join(fmt.Errorf("watch links: %w", err), mon.Close())
 	}
 	out := make(chan struct{}, 1)

@@ -4,8 +4,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
-
-	"github.com/vishvananda/netlink"
 )
 
 // WitnessPod is one pod veth and what its alias records.
@@ -42,7 +40,7 @@ func ReadWitness(nsPath string) (Witness, error) {
 		return Witness{}, err
 	}
 	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
+	nl, err := netlinkHandle(nsPath, h)
 	if err != nil {
 		return Witness{}, fmt.Errorf("netlink handle in node netns: %w", err)
 	}
