@@ -21,6 +21,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
 	k8scluster "github.com/vnet-cni/vnet-cni/integration/k8s/cluster"
+	"github.com/vnet-cni/vnet-cni/internal/nodeimage"
 )
 
 // simInstall writes, into a new directory, a kustomization over
@@ -140,6 +141,25 @@ func TestK8sInstall(t *testing.T) {
 	t.Logf("DaemonSet Ready on %d nodes %s after kubectl apply", len(e.c.Nodes), time.Since(start).Round(time.Millisecond))
 	e.waitNodesReady()
 	t.Logf("nodes Ready %s after kubectl apply", time.Since(start).Round(time.Millisecond))
+
+	t.Run("image imported", func(t *testing.T) {
+		// Every worker's containerd holds the node image under its
+		// reference with the digest `make image` gives these binaries.
+		res, err := nodeimage.Build(nodeimage.Options{IPAMD: "../bin/vnet-ipamd", Plugin: "../bin/vnet-cni", CABundle: caBundle()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range e.c.Nodes {
+			out, err := n.Ctr(e.ctx, "-n", "k8s.io", "images", "ls", "name=="+nodeimage.DefaultRef)
+			if err != nil {
+				t.Fatalf("%s: ctr images ls: %v: %s", n.Name(), err, out)
+			}
+			if !strings.Contains(string(out), res.ManifestDigest) {
+				t.Errorf("%s: %s not imported with digest %s:\n%s", n.Name(), nodeimage.DefaultRef, res.ManifestDigest, out)
+			}
+		}
+		t.Logf("node image %s: %s, %d bytes", nodeimage.DefaultRef, res.ManifestDigest, len(res.Tarball))
+	})
 
 	t.Run("plugin installed", func(t *testing.T) {
 		want, err := os.ReadFile("../bin/vnet-cni")
@@ -363,4 +383,12 @@ func (e *k8sEnv) checkPodAddresses(op *e2eOperator, pods []corev1.Pod) map[strin
 		t.Errorf("pods on %v, want every node", perNode)
 	}
 	return perNode
+}
+
+// caBundle is the CA bundle the harness puts into the node image.
+func caBundle() string {
+	if _, err := os.Stat(nodeimage.DefaultCABundle); err == nil {
+		return nodeimage.DefaultCABundle
+	}
+	return ""
 }

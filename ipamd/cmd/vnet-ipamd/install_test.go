@@ -5,6 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 // TestCopyPlugin: a fresh copy, an identical one left alone, a changed
@@ -47,5 +51,34 @@ func TestCopyPlugin(t *testing.T) {
 	}
 	if _, err := copyPlugin(filepath.Join(t.TempDir(), "missing"), dst); err == nil {
 		t.Error("a missing source accepted")
+	}
+}
+
+// TestPrepareSysctls: the init step sets what the mode's EnsureNode
+// checks, nothing when the plugin keeps the datapath.
+func TestPrepareSysctls(t *testing.T) {
+	keys := func(c config.Config) []string {
+		var ks []string
+		for _, s := range prepareSysctls(c) {
+			ks = append(ks, s.Key)
+		}
+		return ks
+	}
+	bridge := config.Default()
+	routedCfg := config.Default()
+	routedCfg.Mode = config.ModeRouted
+	plugin := config.Default()
+	plugin.NodeSetup = config.NodeSetupPlugin
+	for name, c := range map[string]struct {
+		cfg  config.Config
+		want []string
+	}{
+		"bridge": {bridge, []string{"net/bridge/bridge-nf-call-iptables", "net/ipv4/ip_forward"}},
+		"routed": {routedCfg, []string{"net/ipv4/ip_forward"}},
+		"plugin": {plugin, nil},
+	} {
+		if diff := cmp.Diff(c.want, keys(c.cfg)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", name, diff)
+		}
 	}
 }
