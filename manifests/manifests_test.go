@@ -29,7 +29,7 @@ import (
 // TestIPAMDConfigsValid: every ipamd.json shipped is a configuration
 // vnet-ipamd accepts.
 func TestIPAMDConfigsValid(t *testing.T) {
-	for _, p := range []string{"base/ipamd.json", "overlays/sim/ipamd.json"} {
+	for _, p := range []string{"base/ipamd.json", "overlays/sim/ipamd.json", "overlays/azure-template/ipamd.json"} {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
@@ -157,7 +157,7 @@ var wantHostPaths = []string{"/etc/cni/net.d", "/opt/cni/bin", "/run/vnet-cni", 
 // checkInstall checks what every rendering must hold: the objects, the
 // RBAC rules, the DaemonSet's node-level settings, and a configuration
 // vnet-ipamd accepts (returned).
-func checkInstall(t *testing.T, objs map[string]runtime.Object) config.Config {
+func checkInstall(t *testing.T, objs map[string]runtime.Object, extraHostPaths ...string) config.Config {
 	t.Helper()
 	if diff := cmp.Diff(wantObjects, keys(objs)); diff != "" {
 		t.Fatalf("objects (-want +got):\n%s", diff)
@@ -191,7 +191,9 @@ func checkInstall(t *testing.T, objs map[string]runtime.Object) config.Config {
 		}
 	}
 	slices.Sort(hostPaths)
-	if diff := cmp.Diff(wantHostPaths, hostPaths); diff != "" {
+	want := append(slices.Clone(wantHostPaths), extraHostPaths...)
+	slices.Sort(want)
+	if diff := cmp.Diff(want, hostPaths); diff != "" {
 		t.Errorf("host paths (-want +got):\n%s", diff)
 	}
 	if len(spec.Containers) != 1 || len(spec.InitContainers) != 1 {
@@ -266,6 +268,30 @@ func TestKustomizeSimOverlay(t *testing.T) {
 	}
 	if !mounted || !volume {
 		t.Errorf("cloud CA mounted %v, volume %v", mounted, volume)
+	}
+}
+
+// TestKustomizeAzureTemplateOverlay: the template overlay mounts the
+// node's azure.json, that one file, read-only, where the configuration's
+// cloudConfigFile says, and uses its identity.
+func TestKustomizeAzureTemplateOverlay(t *testing.T) {
+	objs := objects(t, run(t, kubectl(t), "kustomize", "overlays/azure-template"))
+	cfg := checkInstall(t, objs, "/etc/kubernetes/azure.json")
+	if cfg.Cloud.Azure.Credential != config.CredentialCloudConfig || cfg.Cloud.Azure.CloudConfigFile != "/etc/kubernetes/azure.json" {
+		t.Errorf("credential %q, cloudConfigFile %q", cfg.Cloud.Azure.Credential, cfg.Cloud.Azure.CloudConfigFile)
+	}
+	ds := objs["DaemonSet vnet-cni/vnet-ipamd"].(*appsv1.DaemonSet)
+	var mounted bool
+	for _, m := range ds.Spec.Template.Spec.Containers[0].VolumeMounts {
+		mounted = mounted || (m.Name == "azure-json" && m.MountPath == cfg.Cloud.Azure.CloudConfigFile && m.ReadOnly)
+	}
+	for _, v := range ds.Spec.Template.Spec.Volumes {
+		if v.Name == "azure-json" && (v.HostPath == nil || v.HostPath.Type == nil || *v.HostPath.Type != corev1.HostPathFile) {
+			t.Errorf("azure-json volume %+v, want a hostPath of type File", v)
+		}
+	}
+	if !mounted {
+		t.Error("azure.json not mounted read-only at cloudConfigFile")
 	}
 }
 
