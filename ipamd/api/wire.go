@@ -181,6 +181,12 @@ type PoolCounts struct {
 	Quarantined int `json:"quarantined,omitempty"`
 	Total       int `json:"total"`
 	Max         int `json:"max"`
+	// MaxFrom says what set the pool's targets, maxIPs among them:
+	// "config" (the configuration file), "node" (maxIPs is the Kubernetes
+	// node's allocatable pods), "vnetnode" (an override of the node's
+	// VNetNode object) or "default" (maxIPs should come from the node,
+	// which is not known yet). Empty from daemons before protocol 1.2.
+	MaxFrom string `json:"maxFrom,omitempty"`
 }
 
 // StatusResponse tells whether Allocate can currently succeed, and describes

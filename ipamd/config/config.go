@@ -56,6 +56,7 @@ const (
 	DefaultAWSIMDSEndpoint         = "http://169.254.169.254"
 	DefaultSweepInterval           = 5 * time.Minute
 	DefaultSweepGrace              = 10 * time.Minute
+	DefaultStatusInterval          = 5 * time.Second
 )
 
 // Allowed values of the enumerated fields.
@@ -120,6 +121,9 @@ const (
 	// eventually consistent: a just-launched instance may not be listed).
 	MinSweepGrace = time.Second
 	MaxSweepGrace = 24 * time.Hour
+	// The per-node object's status is written at most this often.
+	MinStatusInterval = time.Second
+	MaxStatusInterval = 5 * time.Minute
 	// MaxAddresses bounds maxIPs, batchSize and the targets: a sanity bound
 	// above what any instance holds. The cloud provider's own limit (an
 	// Azure NIC: 255 secondary addresses) caps the pool at run time.
@@ -136,7 +140,9 @@ type Config struct {
 	// MinIPTarget is the floor of secondary addresses on the NIC (free,
 	// assigned and cooling; the primary is not counted), 0..maxIPs.
 	MinIPTarget int `json:"minIPTarget"`
-	// MaxIPs is the ceiling of secondary addresses on the node, 1..1024;
+	// MaxIPs is the ceiling of secondary addresses on the node, 1..1024
+	// (0: the Kubernetes node's allocatable pods, allowed with
+	// kubernetes.enabled, and the default then);
 	// the cloud provider's limit applies too and wins when it is lower (an
 	// Azure NIC holds 256 ipConfigurations, one of them the primary, so at
 	// most 255 secondaries). The default 30 is one address per pod at Azure
@@ -231,6 +237,28 @@ type Config struct {
 	SNATExclusions []string `json:"snatExclusions,omitempty"`
 	// Cloud configures the cloud provider.
 	Cloud Cloud `json:"cloud"`
+	// Kubernetes connects the daemon to the cluster's API server (optional).
+	Kubernetes Kubernetes `json:"kubernetes"`
+}
+
+// Kubernetes configures the daemon's use of the Kubernetes API: its Node
+// (maxIPs defaults to the node's allocatable pods; Events about the pool)
+// and its VNetNode object (overrides of the pool targets in spec, the
+// pool in status). The daemon works without the API server, degraded:
+// ADD, DEL and /healthz never wait for it.
+type Kubernetes struct {
+	// Enabled turns the Kubernetes client on; off by default.
+	Enabled bool `json:"enabled"`
+	// Kubeconfig is a kubeconfig file, absolute; empty means the
+	// in-cluster configuration (the pod's ServiceAccount).
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// NodeName is the node's name; empty means --node-name, which
+	// defaults to $NODE_NAME (the downward API's spec.nodeName), then the
+	// host name. A DNS subdomain (lower case, at most 253 bytes).
+	NodeName string `json:"nodeName,omitempty"`
+	// StatusInterval is the shortest time between two writes of the
+	// VNetNode's status, 1s..5m; a write happens only when it changed.
+	StatusInterval Duration `json:"statusInterval"`
 }
 
 // Cloud configures the cloud provider.
@@ -358,6 +386,7 @@ func Default() Config {
 				SweepGrace:    Duration(DefaultSweepGrace),
 			},
 		},
+		Kubernetes: Kubernetes{StatusInterval: Duration(DefaultStatusInterval)},
 	}
 }
 
@@ -384,9 +413,16 @@ func Parse(data []byte) (Config, error) {
 	if seen == nil {
 		return Config{}, decodeErr // not JSON at all
 	}
+	if c.Kubernetes.Enabled && !seen["maxIPs"] {
+		c.MaxIPs = 0 // the node's allocatable pods
+	}
 	if !seen["ipAddressCount"] {
 		// Clamped so that a bad warmIPTarget is reported once, under its name.
-		c.IPAddressCount = min(max(c.WarmIPTarget, 0), max(c.MaxIPs, 0))
+		upper := c.MaxIPs
+		if upper == 0 && c.Kubernetes.Enabled {
+			upper = MaxAddresses
+		}
+		c.IPAddressCount = min(max(c.WarmIPTarget, 0), max(upper, 0))
 	}
 	// Fields that failed to decode kept their valid defaults, so the
 	// validation below adds only the other problems.
@@ -409,7 +445,8 @@ func (c Config) SNATPrefixes() []netip.Prefix {
 	return out
 }
 
-// PoolTargets returns the pool maths' view of the configuration.
+// PoolTargets returns the pool maths' view of the configuration. MaxIPs is
+// 0 when it is to come from the Kubernetes node.
 func (c Config) PoolTargets() pool.Targets {
 	return pool.Targets{
 		WarmIPTarget: c.WarmIPTarget,

@@ -56,6 +56,7 @@ var documented = Config{
 		},
 		AWS: AWS{IMDSEndpoint: "http://169.254.169.254", SweepInterval: Duration(5 * time.Minute), SweepGrace: Duration(10 * time.Minute)},
 	},
+	Kubernetes: Kubernetes{StatusInterval: Duration(5 * time.Second)},
 }
 
 func TestDefaults(t *testing.T) {
@@ -129,6 +130,32 @@ func TestIPAddressCountDefault(t *testing.T) {
 			}
 			if c.IPAddressCount != tc.want {
 				t.Errorf("ipAddressCount = %d, want %d", c.IPAddressCount, tc.want)
+			}
+		})
+	}
+}
+
+// With kubernetes.enabled and no maxIPs in the file, maxIPs is 0: the
+// node's allocatable pods. ipAddressCount still defaults to warmIPTarget.
+func TestMaxIPsFromNode(t *testing.T) {
+	tests := []struct {
+		doc           string
+		maxIPs, count int
+	}{
+		{`{"kubernetes": {"enabled": true}}`, 0, 10},
+		{`{"kubernetes": {"enabled": true}, "warmIPTarget": 40}`, 0, 40},
+		{`{"kubernetes": {"enabled": true}, "maxIPs": 20}`, 20, 10},
+		{`{"kubernetes": {"enabled": true}, "maxIPs": 0}`, 0, 10},
+		{`{"kubernetes": {"enabled": false}}`, 30, 10},
+	}
+	for _, tc := range tests {
+		t.Run(tc.doc, func(t *testing.T) {
+			c, err := Parse([]byte(tc.doc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.MaxIPs != tc.maxIPs || c.IPAddressCount != tc.count || c.PoolTargets().MaxIPs != tc.maxIPs {
+				t.Errorf("maxIPs %d, ipAddressCount %d; want %d, %d", c.MaxIPs, c.IPAddressCount, tc.maxIPs, tc.count)
 			}
 		})
 	}
@@ -240,6 +267,11 @@ func TestParseErrors(t *testing.T) {
 		{"aws sweep grace", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "sweepGrace": "0s"}}}`, []string{"cloud.aws.sweepGrace"}, "0s out of range 1s..24h0m0s"},
 		{"aws relative ca", `{"cloud": {"provider": "aws", "aws": {"clusterName": "c1", "caFile": "ca.pem"}}}`, []string{"cloud.aws.caFile"}, "clean absolute path"},
 		{"call timeout", `{"cloud": {"callTimeout": "0s"}}`, []string{"cloud.callTimeout"}, "0s out of range 1s..10m0s"},
+		{"maxIPs zero without kubernetes", `{"maxIPs": 0, "warmIPTarget": 0}`, []string{"maxIPs"}, "needs kubernetes.enabled"},
+		{"kubeconfig relative", `{"kubernetes": {"enabled": true, "kubeconfig": "kube.conf"}}`, []string{"kubernetes.kubeconfig"}, "clean absolute path"},
+		{"node name upper case", `{"kubernetes": {"enabled": true, "nodeName": "Node-1"}}`, []string{"kubernetes.nodeName"}, `"Node-1" is not a node name`},
+		{"status interval", `{"kubernetes": {"statusInterval": "100ms"}}`, []string{"kubernetes.statusInterval"}, "100ms out of range 1s..5m0s"},
+		{"warm target above the sanity bound with maxIPs from the node", `{"kubernetes": {"enabled": true}, "warmIPTarget": 1025, "ipAddressCount": 1}`, []string{"warmIPTarget"}, "1025 out of range 0..1024"},
 		{"arm endpoint over http", `{"cloud": {"azure": {"resourceManagerEndpoint": "http://management.azure.com"}}}`, []string{"cloud.azure.resourceManagerEndpoint"}, "must use https"},
 		{"arm endpoint not a url", `{"cloud": {"azure": {"resourceManagerEndpoint": "management.azure.com"}}}`, []string{"cloud.azure.resourceManagerEndpoint"}, "absolute https URL"},
 		{"empty audience", `{"cloud": {"azure": {"resourceManagerAudience": ""}}}`, []string{"cloud.azure.resourceManagerAudience"}, "absolute https URL"},

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
@@ -39,8 +41,11 @@ func (c Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	fromNode := c.MaxIPs == 0 && c.Kubernetes.Enabled
 	maxOK := c.MaxIPs >= 1 && c.MaxIPs <= MaxAddresses
-	add(intRange("maxIPs", c.MaxIPs, 1, MaxAddresses, ""))
+	if !fromNode {
+		add(intRange("maxIPs", c.MaxIPs, 1, MaxAddresses, " (0, the node's allocatable pods, needs kubernetes.enabled)"))
+	}
 	// The fields bounded by maxIPs report it as their upper limit once maxIPs
 	// itself is valid.
 	upper, why := MaxAddresses, ""
@@ -86,6 +91,24 @@ func (c Config) Validate() error {
 	add(oneOf("nodeSetup", c.NodeSetup, NodeSetupIPAMD, NodeSetupPlugin))
 	add(cidrList("snatExclusions", c.SNATExclusions, api.MaxSNATExclusions))
 	add(c.Cloud.validate())
+	add(c.Kubernetes.validate())
+	return errors.Join(errs...)
+}
+
+func (k Kubernetes) validate() error {
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	add(absPath("kubernetes.kubeconfig", k.Kubeconfig, false))
+	if k.NodeName != "" {
+		if msgs := validation.IsDNS1123Subdomain(k.NodeName); len(msgs) > 0 {
+			add(fieldErr("kubernetes.nodeName", fmt.Sprintf("%q is not a node name: %s", k.NodeName, strings.Join(msgs, "; "))))
+		}
+	}
+	add(durRange("kubernetes.statusInterval", k.StatusInterval, MinStatusInterval, MaxStatusInterval))
 	return errors.Join(errs...)
 }
 

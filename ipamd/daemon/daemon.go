@@ -84,6 +84,9 @@ type Connect func(ctx context.Context) (Cloud, error)
 type Options struct {
 	// Targets are the pool sizes at start; SetTargets changes them.
 	Targets pool.Targets
+	// TargetsFrom says what set Targets (see SetTargetsFrom); default
+	// "config".
+	TargetsFrom string
 	// InitialBatch is the number of addresses the first fill of an empty
 	// pool asks for at least (the cluster template's ipAddressCount).
 	InitialBatch int
@@ -149,6 +152,9 @@ type Conflist struct {
 }
 
 func (o *Options) setDefaults() {
+	if o.TargetsFrom == "" {
+		o.TargetsFrom = TargetsFromConfig
+	}
 	if o.Cooldown == 0 {
 		o.Cooldown = 30 * time.Second
 	}
@@ -194,11 +200,15 @@ type Daemon struct {
 	kickCh  chan struct{}
 	// instanceCh tells the datapath keeper that the instance was read.
 	instanceCh chan struct{}
+	// changed is Changes.
+	changed chan struct{}
 
 	// mu guards the fields below.
 	mu sync.Mutex
-	// targets are the pool sizes (see SetTargets).
-	targets pool.Targets
+	// targets are the pool sizes (see SetTargets); targetsFrom says what
+	// set them.
+	targets     pool.Targets
+	targetsFrom string
 	// cloud is nil until connect succeeded.
 	cloud Cloud
 	// inst is the instance as last read (interfaces the daemon added or
@@ -227,6 +237,8 @@ type Daemon struct {
 	storeErr     error
 	limitReached bool
 	lastCloudErr error
+	// lastErr is the last cloud error, kept after a success (see Report).
+	lastErr *CloudError
 	// pending counts allocations waiting for a refill.
 	pending int
 	// freed is closed (and replaced) whenever addresses become free.
@@ -269,6 +281,8 @@ func New(st *store.Store, connect Connect, opts Options) (*Daemon, error) {
 		log:            opts.Logger,
 		kickCh:         make(chan struct{}, 1),
 		instanceCh:     make(chan struct{}, 1),
+		changed:        make(chan struct{}, 1),
+		targetsFrom:    opts.TargetsFrom,
 		freed:          make(chan struct{}),
 		notReadyReason: "connecting to the cloud",
 		firstFill:      true,
@@ -292,17 +306,21 @@ func New(st *store.Store, connect Connect, opts Options) (*Daemon, error) {
 // the configuration file changed; the worker plans with them at once. Bad
 // targets are refused and the old ones kept.
 func (d *Daemon) SetTargets(t pool.Targets) error {
+	return d.SetTargetsFrom(t, TargetsFromConfig)
+}
+
+func (d *Daemon) setTargets(t pool.Targets, from string) error {
 	if err := t.Validate(); err != nil {
 		return fmt.Errorf("pool targets: %w", err)
 	}
 	d.mu.Lock()
-	old := d.targets
-	d.targets = t
+	old, oldFrom := d.targets, d.targetsFrom
+	d.targets, d.targetsFrom = t, from
 	d.partialSince = time.Time{}
 	d.mu.Unlock()
-	if old != t {
+	if old != t || oldFrom != from {
 		d.log.Info("pool targets changed", "warmIPTarget", t.WarmIPTarget, "minIPTarget", t.MinIPTarget,
-			"maxIPs", t.MaxIPs, "batchSize", t.BatchSize, "releaseDelay", t.ReleaseDelay.String())
+			"maxIPs", t.MaxIPs, "batchSize", t.BatchSize, "releaseDelay", t.ReleaseDelay.String(), "from", from)
 	}
 	d.kick()
 	return nil
@@ -378,6 +396,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case <-timer.C:
 		}
 		wait := d.step(ctx)
+		d.notify()
 		if !timer.Stop() {
 			select {
 			case <-timer.C:

@@ -89,6 +89,7 @@ func (d *Daemon) readyLocked() bool {
 // Allocate hands out an address from the pool; it never calls the cloud.
 // When the pool is empty it waits up to AllocateWait for the refill.
 func (d *Daemon) Allocate(ctx context.Context, req api.AllocateRequest) (api.AllocateResponse, error) {
+	defer d.notify()
 	start := time.Now()
 	base, err := d.network()
 	if err == nil {
@@ -199,6 +200,7 @@ func callStamp(at api.Stamp) store.Stamp {
 // the same attachment) frees nothing: it answers Known false, so that the
 // plugin does not tear down the datapath of the newer assignment either.
 func (d *Daemon) Release(_ context.Context, req api.ReleaseRequest) (api.ReleaseResponse, error) {
+	defer d.notify()
 	a := store.Attachment{ContainerID: req.ContainerID, IfName: req.IfName}
 	rec, known, err := d.store.ReleaseAt(a, callStamp(req.At))
 	if errors.Is(err, store.ErrSuperseded) {
@@ -234,6 +236,7 @@ func (d *Daemon) Check(_ context.Context, req api.CheckRequest) (api.CheckRespon
 
 // GC releases every assignment whose attachment is not in req.Valid.
 func (d *Daemon) GC(_ context.Context, req api.GCRequest) (api.GCResponse, error) {
+	defer d.notify()
 	valid := make(map[store.Attachment]bool, len(req.Valid))
 	for _, a := range req.Valid {
 		valid[store.Attachment{ContainerID: a.ContainerID, IfName: a.IfName}] = true
@@ -285,7 +288,7 @@ func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusRespo
 		LimitReached: d.limitReached,
 		Pool: api.PoolCounts{
 			Free: c.Free, Assigned: c.Assigned, Cooling: c.Cooling, Releasing: c.Releasing, Quarantined: c.Quarantined,
-			Total: c.Total(), Max: d.ceilingLocked(),
+			Total: c.Total(), Max: d.ceilingLocked(), MaxFrom: d.targetsFrom,
 		},
 	}
 	if ok, why := d.datapathReadyLocked(); d.ready && !ok {

@@ -142,6 +142,9 @@ func newMetrics(d *Daemon) *Metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "limit_reached", Help: "1 when the pool wants more addresses than its limits allow.",
 		}, func() float64 { return boolGauge(d.isLimitReached()) }),
+		&ceilingCollector{d: d, desc: prometheus.NewDesc(namespace+"_pool_ceiling",
+			"The most secondary addresses the pool may hold now (maxIPs within the provider's limit), labelled by what set the targets (config, node, vnetnode, default).",
+			[]string{"from"}, nil)},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -184,6 +187,21 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		g.Set(float64(n))
 		g.Collect(ch)
 	}
+}
+
+// ceilingCollector reports the pool's ceiling and what set it.
+type ceilingCollector struct {
+	d    *Daemon
+	desc *prometheus.Desc
+}
+
+func (c *ceilingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *ceilingCollector) Collect(ch chan<- prometheus.Metric) {
+	c.d.mu.Lock()
+	n, from := c.d.ceilingLocked(), c.d.targetsFrom
+	c.d.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), from)
 }
 
 // lostCollector counts the lost addresses by state at scrape time.

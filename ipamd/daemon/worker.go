@@ -602,6 +602,15 @@ func (d *Daemon) fail(what string, err error) time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.lastCloudErr = err
+	var count uint64
+	if d.lastErr != nil {
+		count = d.lastErr.Count
+	}
+	msg := err.Error()
+	if len(msg) > cloud.MaxMessage {
+		msg = msg[:cloud.MaxMessage]
+	}
+	d.lastErr = &CloudError{Kind: kind, Message: msg, At: d.opts.Now(), Active: true, Count: count + 1}
 	var wait time.Duration
 	switch kind {
 	case cloud.Throttled:

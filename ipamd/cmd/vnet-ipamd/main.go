@@ -27,6 +27,9 @@ import (
 	"time"
 
 	azcloud "github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/cloud/aws"
@@ -34,6 +37,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
+	"github.com/vnet-cni/vnet-cni/ipamd/kube"
 	"github.com/vnet-cni/vnet-cni/ipamd/server"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
@@ -122,8 +126,15 @@ func run(args []string) error {
 	default:
 		datapath = &bridgeDatapath{lockDir: cfg.PluginLockDir, allowMetadata: cfg.AllowPodMetadata, snatExclusions: cfg.SNATPrefixes()}
 	}
+	if cfg.Kubernetes.NodeName != "" {
+		*nodeName = cfg.Kubernetes.NodeName
+	}
+	// With maxIPs from the node, the daemon starts with the fallback until
+	// the node is known.
+	targets, targetsFrom, _ := kube.Compose(cfg.PoolTargets(), 0, config.DefaultMaxIPs, kube.Overrides{})
 	d, err := daemon.New(st, connect, daemon.Options{
-		Targets:        cfg.PoolTargets(),
+		Targets:        targets,
+		TargetsFrom:    targetsFrom,
 		InitialBatch:   cfg.IPAddressCount,
 		Cooldown:       cfg.Cooldown.D(),
 		SweepInterval:  cfg.Cloud.AWS.SweepInterval.D(),
@@ -147,6 +158,14 @@ func run(args []string) error {
 	})
 	if err != nil {
 		return err
+	}
+	setTargets := targetSetter(d.SetTargets)
+	var agent *kube.Agent
+	if cfg.Kubernetes.Enabled {
+		if agent, err = kubeAgent(cfg, *nodeName, d, log); err != nil {
+			return err
+		}
+		setTargets = agent.SetBase
 	}
 	srv, err := server.New(cfg.SocketPath, d, server.WithLogger(log))
 	if err != nil {
@@ -176,7 +195,15 @@ func run(args []string) error {
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve(context.Background()) }()
 	go func() { _ = metrics.Serve(metricsLn) }()
-	go reloadOnHangup(ctx, hup, *cfgPath, cfg, d, log)
+	go reloadOnHangup(ctx, hup, *cfgPath, cfg, setTargets, log)
+	agentDone := make(chan error, 1)
+	if agent != nil {
+		// Never waited for by ADD, DEL or /healthz: the daemon works
+		// without the API server.
+		go func() { agentDone <- agent.Run(workerCtx) }()
+	} else {
+		agentDone <- nil
+	}
 	log.Info("vnet-ipamd started", "node", *nodeName, "socket", cfg.SocketPath, "metrics", cfg.MetricsAddr.String(), "store", cfg.StoreDir)
 
 	select {
@@ -189,7 +216,7 @@ func run(args []string) error {
 	defer cancel()
 	err = srv.Shutdown(shutCtx)
 	stopWorker()
-	err = errors.Join(err, <-workerDone, metrics.Shutdown(shutCtx))
+	err = errors.Join(err, <-workerDone, <-agentDone, metrics.Shutdown(shutCtx))
 	// One snapshot instead of a journal to replay at the next start.
 	if cerr := st.Compact(); cerr != nil {
 		log.Warn("compact the store at shutdown", "err", cerr)
@@ -199,6 +226,30 @@ func run(args []string) error {
 	}
 	log.Info("vnet-ipamd stopped")
 	return err
+}
+
+// kubeAgent returns the Kubernetes agent of the configuration's
+// kubernetes section: client-go from the kubeconfig, or in-cluster.
+func kubeAgent(cfg config.Config, nodeName string, d *daemon.Daemon, log *slog.Logger) (*kube.Agent, error) {
+	klog.SetSlogLogger(log.With("component", "client-go"))
+	var rc *rest.Config
+	var err error
+	if cfg.Kubernetes.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubernetes.Kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	return kube.New(d, kube.Options{
+		NodeName:       nodeName,
+		REST:           rc,
+		Base:           cfg.PoolTargets(),
+		FallbackMaxIPs: config.DefaultMaxIPs,
+		StatusInterval: cfg.Kubernetes.StatusInterval.D(),
+		Logger:         log,
+	})
 }
 
 // cloudConnect returns the connection to the configured cloud's provider.

@@ -8,7 +8,7 @@ import (
 	"syscall"
 
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
-	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
+	"github.com/vnet-cni/vnet-cni/ipamd/pool"
 )
 
 // notifyHangup starts catching SIGHUP (whose default ends the process);
@@ -19,11 +19,16 @@ func notifyHangup() (hup <-chan os.Signal, stop func()) {
 	return c, func() { signal.Stop(c) }
 }
 
+// targetSetter hands the configuration's pool targets to the daemon (or to
+// the Kubernetes agent, which composes them with the node's and the
+// VNetNode's).
+type targetSetter func(pool.Targets) error
+
 // reloadOnHangup re-reads the configuration file at every SIGHUP until ctx
 // is done, and hands its pool targets to the daemon. Other fields take
 // effect only at the next start; a change to them is logged as such. A file
 // that does not load or validate changes nothing.
-func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, path string, running config.Config, d *daemon.Daemon, log *slog.Logger) {
+func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, path string, running config.Config, d targetSetter, log *slog.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -36,13 +41,13 @@ func reloadOnHangup(ctx context.Context, hup <-chan os.Signal, path string, runn
 
 // reload applies path's pool targets and returns the configuration now in
 // effect.
-func reload(path string, running config.Config, d *daemon.Daemon, log *slog.Logger) config.Config {
+func reload(path string, running config.Config, d targetSetter, log *slog.Logger) config.Config {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("reload on SIGHUP: keeping the running configuration", "err", err)
 		return running
 	}
-	if err := d.SetTargets(next.PoolTargets()); err != nil {
+	if err := d(next.PoolTargets()); err != nil {
 		log.Error("reload on SIGHUP: keeping the running pool targets", "err", err)
 		return running
 	}

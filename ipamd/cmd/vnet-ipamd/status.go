@@ -63,8 +63,12 @@ func printStatus(w io.Writer, st api.StatusResponse, list api.ListResponse, now 
 	if p.Quarantined > 0 {
 		quarantined = fmt.Sprintf(", %d quarantined", p.Quarantined)
 	}
-	fmt.Fprintf(tw, "pool\t%d free, %d assigned, %d cooling, %d releasing%s; %d of max %d\n",
-		p.Free, p.Assigned, p.Cooling, p.Releasing, quarantined, p.Total, p.Max)
+	from := ""
+	if p.MaxFrom != "" {
+		from = " (targets from " + p.MaxFrom + ")"
+	}
+	fmt.Fprintf(tw, "pool\t%d free, %d assigned, %d cooling, %d releasing%s; %d of max %d%s\n",
+		p.Free, p.Assigned, p.Cooling, p.Releasing, quarantined, p.Total, p.Max, from)
 	if st.LimitReached {
 		fmt.Fprintf(tw, "limit\treached\n")
 	}
