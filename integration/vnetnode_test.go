@@ -28,6 +28,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud/azure"
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
+	"github.com/vnet-cni/vnet-cni/cloud/sim/arm"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/controlplane"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
@@ -367,9 +368,17 @@ func TestK8sVNetNode(t *testing.T) {
 	if err := patchSpec(`{"maxIPs": null}`); err != nil {
 		t.Fatal(err)
 	}
-	matches("the override cleared", func(v kube.VNetNode) bool {
+	v = matches("the override cleared", func(v kube.VNetNode) bool {
 		return v.Status.ObservedGeneration == v.Generation && v.Status.OverrideError == nil && v.Status.TargetsFrom == kube.FromNode
 	})
+
+	// Nothing changes, nothing is written: the resync rounds (every 2 s)
+	// signal the agent, which finds the status unchanged.
+	rv := v.ResourceVersion
+	time.Sleep(3 * time.Second)
+	if v, err := get(); err != nil || v.ResourceVersion != rv {
+		t.Errorf("the VNetNode was written without a change: resourceVersion %s → %s (%v)", rv, v.ResourceVersion, err)
+	}
 
 	// kube-apiserver stopped: ADD and DEL go on, the daemon stays ready.
 	if err := syscall.Kill(apiPID, syscall.SIGSTOP); err != nil {
@@ -443,7 +452,27 @@ func TestK8sVNetNode(t *testing.T) {
 	} else {
 		t.Logf("the Event: %s %s: %s (count %d, from %s)", e[0].Type, e[0].Reason, e[0].Message, e[0].Count, e[0].Source.Component)
 	}
-	if out, err := kubectl("get", "vnn"); err == nil {
+
+	// The subnet full: the Event says so, and the status's last error.
+	s.ARM().SetFaults(arm.Faults{Errors: map[string]arm.ErrorFault{"NetworkInterfaces_CreateOrUpdate": {
+		Rate: 1, Status: 400, Code: "SubnetIsFull", Message: "Subnet vnet-sim-subnet has no free address"}}})
+	if err := patchSpec(`{"maxIPs": 30}`); err != nil {
+		t.Fatal(err)
+	}
+	v = matches("the subnet full in the status", func(v kube.VNetNode) bool {
+		e := v.Status.LastCloudError
+		return e != nil && e.Active && e.Reason == "SubnetFull" && v.Status.MaxIPs == 30
+	})
+	waitFor(ctx, t, "a SubnetFull Event", func() (bool, string) {
+		e := events(kube.ReasonSubnetFull)
+		return len(e) == 1 && strings.Contains(e[0].Message, "no free address"), fmt.Sprintf("%d events", len(e))
+	})
+	if out, err := kubectl("get", "vnn"); err != nil {
+		t.Errorf("kubectl get vnn: %v\n%s", err, out)
+	} else {
 		t.Logf("kubectl get vnn:\n%s", out)
+		if !strings.Contains(out, "SubnetFull") {
+			t.Errorf("kubectl get vnn does not show the last error SubnetFull")
+		}
 	}
 }

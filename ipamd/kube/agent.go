@@ -206,10 +206,16 @@ func (a *Agent) apply() error {
 }
 
 func (a *Agent) event(typ, reason, msg string) {
+	if len(msg) > maxEventMessage {
+		msg = msg[:maxEventMessage]
+	}
 	if a.recorder != nil {
 		a.recorder.Event(a.nodeRef, typ, reason, msg)
 	}
 }
+
+// maxEventMessage bounds an Event's message (events.k8s.io's limit).
+const maxEventMessage = 1024
 
 // byName lists and watches only the object named like the node.
 func (a *Agent) byName(o *metav1.ListOptions) {
