@@ -77,11 +77,10 @@ type Agent struct {
 	nodeRef *corev1.ObjectReference
 	kickCh  chan struct{}
 
-	// recorder is set by Run before the informers start.
-	recorder record.EventRecorder
-
 	// mu guards the fields below.
-	mu          sync.Mutex
+	mu sync.Mutex
+	// recorder is set by Run; Events before it are only logged.
+	recorder    record.EventRecorder
 	base        pool.Targets
 	allocatable int
 	nodeUID     types.UID
@@ -209,8 +208,11 @@ func (a *Agent) event(typ, reason, msg string) {
 	if len(msg) > maxEventMessage {
 		msg = msg[:maxEventMessage]
 	}
-	if a.recorder != nil {
-		a.recorder.Event(a.nodeRef, typ, reason, msg)
+	a.mu.Lock()
+	rec := a.recorder
+	a.mu.Unlock()
+	if rec != nil {
+		rec.Event(a.nodeRef, typ, reason, msg)
 	}
 }
 
@@ -228,7 +230,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	defer broadcaster.Shutdown()
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.cs.CoreV1().Events("")})
-	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "vnet-ipamd", Host: a.opts.NodeName})
+	rec := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "vnet-ipamd", Host: a.opts.NodeName})
+	a.mu.Lock()
+	a.recorder = rec
+	a.mu.Unlock()
 
 	nodes := informers.NewSharedInformerFactoryWithOptions(a.cs, 0, informers.WithTweakListOptions(a.byName))
 	nodeInf := nodes.Core().V1().Nodes().Informer()
