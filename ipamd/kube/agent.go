@@ -16,12 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -71,7 +67,7 @@ type Options struct {
 type Agent struct {
 	opts    Options
 	d       Daemon
-	cs      kubernetes.Interface
+	core    rest.Interface
 	dyn     dynamic.Interface
 	log     *slog.Logger
 	nodeRef *corev1.ObjectReference
@@ -119,16 +115,16 @@ func New(d Daemon, opts Options) (*Agent, error) {
 	if rc.UserAgent == "" {
 		rc.UserAgent = "vnet-ipamd/" + opts.NodeName
 	}
-	cs, err := kubernetes.NewForConfig(rc)
+	core, err := coreClient(rc)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, err
 	}
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes dynamic client: %w", err)
 	}
 	return &Agent{
-		opts: opts, d: d, cs: cs, dyn: dyn, log: opts.Logger, base: opts.Base,
+		opts: opts, d: d, core: core, dyn: dyn, log: opts.Logger, base: opts.Base,
 		kickCh: make(chan struct{}, 1),
 		// As kubelet names its Node in Events: the UID is the node's name,
 		// which is what kubectl describe node looks for.
@@ -229,14 +225,22 @@ func (a *Agent) byName(o *metav1.ListOptions) {
 func (a *Agent) Run(ctx context.Context) error {
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	defer broadcaster.Shutdown()
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.cs.CoreV1().Events("")})
-	rec := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "vnet-ipamd", Host: a.opts.NodeName})
+	broadcaster.StartRecordingToSink(eventSink{c: a.core, timeout: a.opts.CallTimeout})
+	rec := broadcaster.NewRecorder(coreScheme, corev1.EventSource{Component: "vnet-ipamd", Host: a.opts.NodeName})
 	a.mu.Lock()
 	a.recorder = rec
 	a.mu.Unlock()
 
-	nodes := informers.NewSharedInformerFactoryWithOptions(a.cs, 0, informers.WithTweakListOptions(a.byName))
-	nodeInf := nodes.Core().V1().Nodes().Informer()
+	nodeInf := cache.NewSharedIndexInformer(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			a.byName(&o)
+			return listNodes(ctx, a.core, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			a.byName(&o)
+			return watchNodes(ctx, a.core, o)
+		},
+	}, &corev1.Node{}, 0, cache.Indexers{})
 	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    a.onNode,
 		UpdateFunc: func(_, obj any) { a.onNode(obj) },
@@ -244,8 +248,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("node informer: %w", err)
 	}
-	objs := dynamicinformer.NewFilteredDynamicSharedInformerFactory(a.dyn, 0, "", a.byName)
-	vnnInf := objs.ForResource(VNetNodes).Informer()
+	vnnInf := cache.NewSharedIndexInformer(&cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			a.byName(&o)
+			return a.dyn.Resource(VNetNodes).List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			a.byName(&o)
+			return a.dyn.Resource(VNetNodes).Watch(ctx, o)
+		},
+	}, &unstructured.Unstructured{}, 0, cache.Indexers{})
 	if _, err := vnnInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    a.onVNetNode,
 		UpdateFunc: func(_, obj any) { a.onVNetNode(obj) },
@@ -253,10 +265,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("vnetnode informer: %w", err)
 	}
-	nodes.Start(ctx.Done())
-	objs.Start(ctx.Done())
-	defer nodes.Shutdown()
-	defer objs.Shutdown()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { nodeInf.RunWithContext(ctx) })
+	wg.Go(func() { vnnInf.RunWithContext(ctx) })
 	a.log.Info("watching the Kubernetes node and its VNetNode", "node", a.opts.NodeName, "server", a.opts.REST.Host)
 	a.report(ctx, vnnInf)
 	return nil
