@@ -214,6 +214,65 @@ func TestK8sInstall(t *testing.T) {
 		t.Logf("%d pods Running with VNet addresses: %v per node", len(pods), perNode)
 	})
 
+	t.Run("per-node objects", func(t *testing.T) {
+		// The base installs the VNetNode CRD; each daemon creates its
+		// node's object and writes its pool there. kubectl get vnn shows
+		// the columns an operator reads.
+		e := e.with(t)
+		pods := e.testPods()
+		perNode := map[string]int{}
+		for _, p := range pods {
+			perNode[p.Spec.NodeName]++
+		}
+		e.waitFor("a VNetNode per node with its pods assigned", time.Minute, func() (bool, string) {
+			out, err := e.kubectl("get", "vnetnodes", "-o", "json")
+			if err != nil {
+				return false, out
+			}
+			var list struct {
+				Items []struct {
+					Metadata struct {
+						Name            string `json:"name"`
+						OwnerReferences []struct {
+							Kind string `json:"kind"`
+							Name string `json:"name"`
+						} `json:"ownerReferences"`
+					} `json:"metadata"`
+					Status struct {
+						Assigned    int    `json:"assigned"`
+						Free        int    `json:"free"`
+						MaxIPs      int    `json:"maxIPs"`
+						TargetsFrom string `json:"targetsFrom"`
+					} `json:"status"`
+				} `json:"items"`
+			}
+			if err := json.Unmarshal([]byte(out), &list); err != nil {
+				return false, err.Error()
+			}
+			if len(list.Items) != len(e.c.Nodes) {
+				return false, fmt.Sprintf("%d VNetNodes", len(list.Items))
+			}
+			for _, it := range list.Items {
+				st := it.Status
+				owned := len(it.Metadata.OwnerReferences) == 1 && it.Metadata.OwnerReferences[0].Kind == "Node" && it.Metadata.OwnerReferences[0].Name == it.Metadata.Name
+				if !owned || st.Assigned != perNode[it.Metadata.Name] || st.Free == 0 || st.MaxIPs != 60 {
+					return false, fmt.Sprintf("%s: owned by its Node %v, status %+v, %d pods there", it.Metadata.Name, owned, st, perNode[it.Metadata.Name])
+				}
+			}
+			return true, ""
+		})
+		out, err := e.kubectl("get", "vnn")
+		if err != nil {
+			t.Fatalf("kubectl get vnn: %v\n%s", err, out)
+		}
+		for _, col := range []string{"FREE", "ASSIGNED", "COOLING", "LIMIT", "NICS"} {
+			if !strings.Contains(out, col) {
+				t.Errorf("kubectl get vnn has no %s column:\n%s", col, out)
+			}
+		}
+		t.Logf("kubectl get vnn:\n%s", out)
+	})
+
 	t.Run("helm template | kubectl apply -f -", func(t *testing.T) {
 		e := e.with(t)
 		helmSet, ok := binaries.FindModule(binaries.Options{}, binaries.Helm(binaries.HelmVersion))
@@ -235,7 +294,7 @@ func TestK8sInstall(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rendered, err := exec.CommandContext(e.ctx, helmSet.Path("helm"), "template", "vnet-cni", chart, "--set", strings.Join([]string{
+		rendered, err := exec.CommandContext(e.ctx, helmSet.Path("helm"), "template", "--include-crds", "vnet-cni", chart, "--set", strings.Join([]string{
 			"pool.warmIPTarget=5", "pool.maxIPs=60", "pool.ipAddressCount=5", "pool.batchSize=5", "pool.cooldown=2s", "pool.releaseDelay=30s",
 			"cloud.azure.resourceManagerEndpoint=" + e.c.Desc.ARMEndpoint, "cloud.azure.caConfigMap=vnet-cni-cloud-ca",
 		}, ",")).Output()
@@ -281,16 +340,17 @@ func TestK8sInstall(t *testing.T) {
 			verb, group, resource, sub, ns string
 			want                           bool
 		}{
-			{"get", "", "nodes", "", "", true},
+			{"get", "", "nodes", "", "", false}, // the informer lists and watches
 			{"list", "", "nodes", "", "", true},
 			{"watch", "", "nodes", "", "", true},
 			{"create", "", "events", "", "default", true},
 			{"patch", "", "events", "", "default", true},
-			{"get", "vnet-cni.io", "vnetnodes", "", "", true},
+			{"get", "vnet-cni.io", "vnetnodes", "", "", false},
+			{"list", "vnet-cni.io", "vnetnodes", "", "", true},
 			{"watch", "vnet-cni.io", "vnetnodes", "", "", true},
 			{"create", "vnet-cni.io", "vnetnodes", "", "", true},
 			{"patch", "vnet-cni.io", "vnetnodes", "status", "", true},
-			{"update", "vnet-cni.io", "vnetnodes", "status", "", true},
+			{"update", "vnet-cni.io", "vnetnodes", "status", "", false}, // a merge patch
 			{"update", "", "nodes", "", "", false},
 			{"patch", "", "nodes", "status", "", false},
 			{"patch", "vnet-cni.io", "vnetnodes", "", "", false},

@@ -18,9 +18,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/yaml"
 
 	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
@@ -88,6 +90,15 @@ func objects(t *testing.T, stream []byte) map[string]runtime.Object {
 			continue
 		}
 		obj, gvk, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
+		if runtime.IsNotRegisteredError(err) {
+			// A kind client-go's scheme does not know (the CRD).
+			u := &unstructured.Unstructured{}
+			if err = yaml.Unmarshal(doc, &u.Object); err == nil {
+				obj = u
+				k := u.GroupVersionKind()
+				gvk = &k
+			}
+		}
 		if err != nil {
 			t.Fatalf("decode %s: %v", doc, err)
 		}
@@ -138,6 +149,7 @@ var wantObjects = []string{
 	"ClusterRole /vnet-ipamd",
 	"ClusterRoleBinding /vnet-ipamd",
 	"ConfigMap vnet-cni/vnet-cni-config",
+	"CustomResourceDefinition /vnetnodes.vnet-cni.io",
 	"DaemonSet vnet-cni/vnet-ipamd",
 	"Namespace /vnet-cni",
 	"ServiceAccount vnet-cni/vnet-ipamd",
@@ -145,10 +157,10 @@ var wantObjects = []string{
 
 // wantRules are the daemon's rights, exactly (docs/install.md says why).
 var wantRules = []rbacv1.PolicyRule{
-	{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
+	{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list", "watch"}},
 	{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
-	{APIGroups: []string{"vnet-cni.io"}, Resources: []string{"vnetnodes"}, Verbs: []string{"get", "list", "watch", "create"}},
-	{APIGroups: []string{"vnet-cni.io"}, Resources: []string{"vnetnodes/status"}, Verbs: []string{"patch", "update"}},
+	{APIGroups: []string{"vnet-cni.io"}, Resources: []string{"vnetnodes"}, Verbs: []string{"list", "watch", "create"}},
+	{APIGroups: []string{"vnet-cni.io"}, Resources: []string{"vnetnodes/status"}, Verbs: []string{"patch"}},
 }
 
 // wantHostPaths are the host paths the pod mounts and no more.
@@ -304,7 +316,7 @@ func TestHelmChart(t *testing.T) {
 	k := kubectl(t)
 	chart := filepath.Join("..", "charts", "vnet-cni")
 	run(t, h, "lint", "--strict", chart)
-	fromHelm := objects(t, run(t, h, "template", "vnet-cni", chart))
+	fromHelm := objects(t, run(t, h, "template", "--include-crds", "vnet-cni", chart))
 	fromKustomize := objects(t, run(t, k, "kustomize", "base"))
 	helmCfg := checkInstall(t, fromHelm)
 	kustCfg := checkInstall(t, fromKustomize)
@@ -320,7 +332,7 @@ func TestHelmChart(t *testing.T) {
 		}
 	}
 
-	set := run(t, h, "template", "vnet-cni", chart, "--set",
+	set := run(t, h, "template", "--include-crds", "vnet-cni", chart, "--set",
 		"pool.warmIPTarget=3,pool.maxIPs=50,pool.batchSize=4,pool.cooldown=5s,mode=routed,cloud.azure.caConfigMap=my-ca,cloud.azure.resourceManagerEndpoint=https://arm.example:8443,image.tag=v1")
 	objs := objects(t, set)
 	cfg := checkInstall(t, objs)
@@ -340,8 +352,25 @@ func TestHelmChart(t *testing.T) {
 		t.Error("no cloud-ca volume from cloud.azure.caConfigMap")
 	}
 	// An invalid value renders a configuration the daemon refuses.
-	bad := objects(t, run(t, h, "template", "vnet-cni", chart, "--set", "pool.warmIPTarget=500,pool.maxIPs=20"))
+	bad := objects(t, run(t, h, "template", "--include-crds", "vnet-cni", chart, "--set", "pool.warmIPTarget=500,pool.maxIPs=20"))
 	if _, err := config.Parse([]byte(bad["ConfigMap vnet-cni/vnet-cni-config"].(*corev1.ConfigMap).Data["ipamd.json"])); err == nil {
 		t.Error("warmIPTarget above maxIPs accepted")
+	}
+}
+
+// TestChartCRDIsTheManifestsCRD: the chart carries the VNetNode CRD in its
+// crds/ directory (Helm installs it before the templates); it is the same
+// file as manifests/crds', so the two cannot drift apart.
+func TestChartCRDIsTheManifestsCRD(t *testing.T) {
+	a, err := os.ReadFile("crds/vnetnodes.vnet-cni.io.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("../charts/vnet-cni/crds/vnetnodes.vnet-cni.io.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a, b) {
+		t.Error("charts/vnet-cni/crds/vnetnodes.vnet-cni.io.yaml differs from manifests/crds/vnetnodes.vnet-cni.io.yaml: copy it")
 	}
 }

@@ -12,7 +12,6 @@
 {{- $cfg := dict
   "warmIPTarget" .Values.pool.warmIPTarget
   "minIPTarget" .Values.pool.minIPTarget
-  "maxIPs" .Values.pool.maxIPs
   "ipAddressCount" .Values.pool.ipAddressCount
   "batchSize" .Values.pool.batchSize
   "cooldown" .Values.pool.cooldown
@@ -24,7 +23,9 @@
   "pluginLockDir" "/run/vnet-cni"
   "releaseSpool" "/var/lib/vnet-cni/release-spool"
   "metricsAddr" "127.0.0.1:10093"
+  "kubernetes" (dict "enabled" .Values.kubernetes.enabled)
   "cloud" (dict "provider" .Values.cloud.provider "azure" $azure)
 -}}
+{{- with .Values.pool.maxIPs }}{{ $_ := set $cfg "maxIPs" . }}{{ end -}}
 {{ toPrettyJson $cfg }}
 {{- end -}}
