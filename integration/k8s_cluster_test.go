@@ -448,26 +448,7 @@ func TestK8sDeployment(t *testing.T) {
 	logStartup(t, pods)
 
 	t.Run("addresses", func(t *testing.T) {
-		seen := map[string]string{}
-		perNode := map[string]int{}
-		nics := map[string]map[string]bool{}
-		for _, p := range pods {
-			_, i := e.nodeByName(p.Spec.NodeName)
-			if nics[p.Spec.NodeName] == nil {
-				nics[p.Spec.NodeName] = e.nicAddresses(op, i)
-			}
-			if !nics[p.Spec.NodeName][p.Status.PodIP] {
-				t.Errorf("pod %s on %s has %s, not an ipConfiguration of its NIC %s", p.Name, p.Spec.NodeName, p.Status.PodIP, e.c.Desc.Nodes[i].NIC)
-			}
-			if other, dup := seen[p.Status.PodIP]; dup {
-				t.Errorf("pods %s and %s share %s", p.Name, other, p.Status.PodIP)
-			}
-			seen[p.Status.PodIP] = p.Name
-			perNode[p.Spec.NodeName]++
-		}
-		if len(perNode) != len(e.c.Nodes) {
-			t.Errorf("pods on %v, want every node", perNode)
-		}
+		perNode := e.with(t).checkPodAddresses(op, pods)
 		t.Logf("pods per node %v", perNode)
 	})
 
