@@ -107,6 +107,7 @@ type Cluster struct {
 	closed   bool
 	closeErr error
 	unwatch  func() bool
+	hostLock *os.File
 }
 
 // Timings say how long the parts of Start took.
@@ -129,6 +130,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		opts.Log = slog.Default()
 	}
 	c := &Cluster{opts: opts, log: opts.Log}
+	if c.hostLock, err = lockHost(ctx, opts.Log); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, c.Close())
@@ -445,6 +449,9 @@ func (c *Cluster) Close() error {
 		errs = append(errs, c.Sim.Close())
 	}
 	errs = append(errs, c.restoreHost())
+	if c.hostLock != nil {
+		errs = append(errs, c.hostLock.Close())
+	}
 	c.closeErr = errors.Join(errs...)
 	c.log.Info("k8s cluster closed", "err", c.closeErr)
 	return c.closeErr
