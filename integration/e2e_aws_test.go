@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -165,6 +166,16 @@ func TestE2EAWSENIs(t *testing.T) {
 		}
 		e2eExpect(t, p.Name+" -> internet", p.NSPath, internet, "internet", e2eAddr(n0.PrimaryIP))
 		if from != nil && dev == 2 {
+			// The two ENIs attached for the pods were set up as new
+			// interfaces, not logged and counted as hand edits.
+			logData, err := os.ReadFile(n0.LogPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Count(string(logData), "set up the datapath of the node's interfaces as they are now"); got != 2 {
+				t.Errorf("%d datapath set-ups for new interfaces in the daemon's log, want 2 (one per attached ENI)", got)
+			}
+			before := metricValue(t, e2eMetrics(t, n0), "vnetcni_ipamd_datapath_repairs_total")
 			// Without its rule the pod's packets leave through eth0, whose
 			// ENI does not own the address: the fabric drops them. The
 			// daemon is stopped meanwhile (its keeper would put the rule
@@ -189,6 +200,9 @@ func TestE2EAWSENIs(t *testing.T) {
 				return err
 			}); err != nil {
 				t.Errorf("%s after the keeper's repair: %v", p.Name, err)
+			}
+			if v := metricValue(t, e2eMetrics(t, n0), "vnetcni_ipamd_datapath_repairs_total"); v < before+1 {
+				t.Errorf("datapath repairs after the rule was deleted by hand: %v (before %v), want one more", v, before)
 			}
 		}
 	}

@@ -232,6 +232,8 @@ type Daemon struct {
 	// the outcome of the last one.
 	datapathDone bool
 	datapathErr  error
+	// datapathIfaces names the interfaces of the last successful Ensure.
+	datapathIfaces string
 	// storeErr is set while the store cannot write (a change or the probe
 	// failed with store.ErrUnwritable); the daemon is not ready meanwhile.
 	storeErr     error

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
@@ -121,11 +123,16 @@ func (d *Daemon) ensureDatapath(ctx context.Context, inst cloud.Instance) {
 	start := time.Now()
 	changes, err := d.opts.Datapath.Ensure(ctx, inst)
 	d.metrics.datapathChecks.Inc()
+	ifaces := interfacesKey(inst)
 	d.mu.Lock()
 	first := !d.datapathDone
 	prevErr := d.datapathErr
+	// Changes for an interface the datapath did not have yet (an ENI just
+	// attached: its table and rules) are set-up, not repairs.
+	grown := !first && ifaces != d.datapathIfaces
 	if err == nil {
 		d.datapathDone = true
+		d.datapathIfaces = ifaces
 	}
 	d.datapathErr = err
 	d.mu.Unlock()
@@ -138,6 +145,9 @@ func (d *Daemon) ensureDatapath(ctx context.Context, inst cloud.Instance) {
 	case first:
 		d.log.Info("set up the node's datapath", "changes", changes, "durationMs", float64(time.Since(start).Microseconds())/1000)
 		d.kick() // readiness waits for it
+	case changes > 0 && grown:
+		d.log.Info("set up the datapath of the node's interfaces as they are now", "changes", changes, "interfaces", ifaces,
+			"durationMs", float64(time.Since(start).Microseconds())/1000)
 	case changes > 0:
 		d.metrics.datapathRepairs.Add(float64(changes))
 		d.log.Warn("repaired the node's datapath: something changed it by hand", "changes", changes,
@@ -186,4 +196,16 @@ func (d *Daemon) repairConflist() {
 	}
 	d.metrics.conflistRepairs.Inc()
 	d.log.Warn("the cni conflist was "+what+" by hand; wrote it again", "path", c.Path)
+}
+
+// interfacesKey names the instance's interfaces (device, ID, MAC), in
+// device order, for telling a new interface from a hand edit.
+func interfacesKey(inst cloud.Instance) string {
+	ifs := slices.Clone(inst.Interfaces)
+	slices.SortFunc(ifs, func(a, b cloud.Interface) int { return a.DeviceIndex - b.DeviceIndex })
+	var b strings.Builder
+	for _, ifc := range ifs {
+		fmt.Fprintf(&b, "%d=%s/%s;", ifc.DeviceIndex, ifc.ID, ifc.MAC)
+	}
+	return b.String()
 }
