@@ -17,6 +17,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -72,6 +73,17 @@ type Options struct {
 	// DaemonSet's init step installs vnet-cni), /run/vnet-cni and
 	// /var/lib/vnet-cni to the pod's hostPath volumes. IPAMD is nil then.
 	IPAMDAsDaemonSet bool
+	// TemplateIPs and ReadOnlyIdentity are the sim's (sim.Options): every
+	// NIC created with that many secondary ipConfigurations, as a cluster
+	// template's ipAddressCount makes them, and every node's identity
+	// allowed to read only (403 AuthorizationFailed on a write).
+	TemplateIPs      int
+	ReadOnlyIdentity bool
+	// CloudConfig writes every worker's /etc/kubernetes/azure.json as an
+	// AKS/acs-engine-style template does: the sim's tenant, subscription,
+	// resource group, location, VNet, subnet and route table, and the VM's
+	// managed identity (manifests/overlays/azure-template mounts it).
+	CloudConfig bool
 	// ExtraCNIPlugins are further plugins in every node's /opt/cni/bin
 	// (name → host path), for a conflist other than vnet-ipamd's.
 	ExtraCNIPlugins map[string]string
@@ -144,7 +156,8 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 
 	t := time.Now()
 	c.Sim, err = sim.Start(ctx, sim.Options{Nodes: opts.Workers + 1, Prefix: opts.Prefix, Dir: filepath.Join(opts.Dir, "sim"),
-		OperationDuration: 100 * time.Millisecond, PollInterval: 50 * time.Millisecond, Logger: discard()})
+		OperationDuration: 100 * time.Millisecond, PollInterval: 50 * time.Millisecond, Logger: discard(),
+		TemplateIPs: opts.TemplateIPs, ReadOnlyIdentity: opts.ReadOnlyIdentity})
 	if err != nil {
 		return nil, fmt.Errorf("start sim: %w", err)
 	}
@@ -270,6 +283,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		if err != nil {
 			return nil, err
 		}
+		if opts.CloudConfig {
+			if err := writeAzureJSON(n.HostPath("/etc/kubernetes/azure.json"), c.Desc); err != nil {
+				return nil, fmt.Errorf("node %s: %w", nd.Name, err)
+			}
+		}
 		c.Nodes = append(c.Nodes, n)
 	}
 	for _, n := range c.Nodes {
@@ -311,6 +329,25 @@ func buildNodeImage(dir, binDir string) (string, error) {
 		return "", fmt.Errorf("write node image: %w", err)
 	}
 	return path, nil
+}
+
+// writeAzureJSON writes the cloud-provider configuration of a node of the
+// sim's cluster, as an acs-engine template writes /etc/kubernetes/azure.json
+// (the fields vnet-ipamd reads and some it ignores).
+func writeAzureJSON(path string, d sim.Description) error {
+	doc, err := json.MarshalIndent(map[string]any{
+		"cloud": "AzurePublicCloud", "tenantId": d.TenantID, "subscriptionId": d.SubscriptionID,
+		"resourceGroup": d.ResourceGroup, "location": d.Location, "vnetName": d.VNet, "vnetResourceGroup": d.ResourceGroup,
+		"subnetName": d.Subnet, "routeTableName": d.RouteTable, "useManagedIdentityExtension": true,
+		"useInstanceMetadata": true, "vmType": "standard", "cloudProviderBackoff": true,
+	}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, doc, 0o600); err != nil {
+		return fmt.Errorf("write azure.json: %w", err)
+	}
+	return nil
 }
 
 func (c *Cluster) writeKubeconfig(path, user string, groups ...string) error {

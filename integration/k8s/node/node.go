@@ -4,7 +4,7 @@
 // by vnet-k8s-mountns, in which the node's own directories are bound over
 // /var/lib/kubelet, /var/lib/containerd, /run/containerd, /etc/cni/net.d,
 // /opt/cni/bin, /var/lib/cni, /var/log/pods, /var/log/containers,
-// /run/netns, /run/vnet-cni and /var/lib/vnet-cni. Two nodes on one host never see each other's files, and the
+// /run/netns, /run/vnet-cni, /var/lib/vnet-cni and /etc/kubernetes. Two nodes on one host never see each other's files, and the
 // host's own directories are never written (only the empty mount points,
 // which the caller makes and removes: see Targets).
 //
@@ -91,6 +91,9 @@ var Targets = []string{
 	// vnet-ipamd's socket, store and lock, and the plugin's release
 	// spool, where the DaemonSet (manifests/) puts them.
 	"/run/vnet-cni", "/var/lib/vnet-cni",
+	// The cloud-provider configuration a cluster template writes
+	// (azure.json), which manifests/overlays/azure-template mounts.
+	"/etc/kubernetes",
 }
 
 // hostDir maps each target to the node's directory under Dir.
