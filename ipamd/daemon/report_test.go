@@ -39,7 +39,8 @@ func TestReport(t *testing.T) {
 	h.waitFor("the refusal reported", 5*time.Second, func(s api.StatusResponse) bool { return s.LastCloudError != "" })
 	r = h.d.Report()
 	if e := r.CloudError; e == nil || e.Kind != cloud.Denied || !e.Active || e.Count != 1 || e.At.IsZero() ||
-		!strings.Contains(e.Message, "AuthorizationFailed") || !r.LimitReached || r.Counts.Assigned != template {
+		!strings.HasPrefix(e.Message, "NetworkInterfaces_CreateOrUpdate: denied (AuthorizationFailed): ") ||
+		strings.Contains(e.Message, "RESPONSE 403") || !r.LimitReached || r.Counts.Assigned != template {
 		t.Errorf("report after the refused write: %+v, cloud error %+v", r, r.CloudError)
 	}
 

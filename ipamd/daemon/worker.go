@@ -606,7 +606,7 @@ func (d *Daemon) fail(what string, err error) time.Duration {
 	if d.lastErr != nil {
 		count = d.lastErr.Count
 	}
-	msg := err.Error()
+	msg := reportMessage(err)
 	if len(msg) > cloud.MaxMessage {
 		msg = msg[:cloud.MaxMessage]
 	}
@@ -646,6 +646,17 @@ func (d *Daemon) fail(what string, err error) time.Duration {
 	}
 	d.log.Warn("cloud call failed", "step", what, "kind", kind.String(), "retryIn", wait.String(), "err", err)
 	return wait
+}
+
+// reportMessage is a cloud error as the Report carries it (the VNetNode's
+// status, the Node's Events): the operation and the cloud's own words
+// (cloud.Reason), not the SDK's dump of the request and the response.
+func reportMessage(err error) string {
+	var ce *cloud.Error
+	if errors.As(err, &ce) && ce.Op != "" && ce.Message != "" {
+		return ce.Op + ": " + cloud.Reason(err)
+	}
+	return err.Error()
 }
 
 func (d *Daemon) succeeded() {

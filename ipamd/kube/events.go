@@ -48,7 +48,9 @@ func conditionOf(r daemon.Report) (reason, message string) {
 		case cloud.Throttled:
 			return ReasonThrottled, "the cloud throttles the pool's calls: " + e.Message
 		case cloud.Denied:
-			return ReasonWriteDenied, "the node's identity may not change its interface; the pool serves what the interface holds: " + e.Message
+			return ReasonWriteDenied, "the node's identity may not add addresses to its interface: the pool holds only its " +
+				strconv.Itoa(r.Counts.Total()) + " addresses and new pods beyond them wait (CNI error 11); grant the identity write access " +
+				"to the interface, or create more addresses with the node (the template's ipAddressCount): " + e.Message
 		}
 	}
 	if r.LimitReached {

@@ -1,11 +1,13 @@
 package kube
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
+	"github.com/vnet-cni/vnet-cni/ipamd/store"
 )
 
 // A condition gives one Event when it begins, none while it lasts, and
@@ -53,5 +55,10 @@ func TestConditionOf(t *testing.T) {
 		if got, _ := conditionOf(tc.r); got != tc.want {
 			t.Errorf("%d: %q, want %q", i, got, tc.want)
 		}
+	}
+	// A refused write says how many addresses the pool keeps serving.
+	r := daemon.Report{LimitReached: true, CloudError: active(cloud.Denied), Counts: store.Counts{Assigned: 28, Cooling: 2}}
+	if _, msg := conditionOf(r); !strings.Contains(msg, "holds only its 30 addresses") || !strings.HasSuffix(msg, ": m") {
+		t.Errorf("%s message %q, want the pool's 30 addresses and the cloud's message", ReasonWriteDenied, msg)
 	}
 }
