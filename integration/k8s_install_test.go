@@ -113,6 +113,14 @@ func (e *k8sEnv) daemonSetPodsLog() string {
 		out, err := e.kubectl(args...)
 		fmt.Fprintf(&b, "$ kubectl %s (%v)\n%s\n", strings.Join(args, " "), err, out)
 	}
+	// kubectl logs needs the node's name in DNS; the container logs are
+	// in each node's /var/log/pods.
+	for _, n := range e.c.Nodes {
+		logs, _ := filepath.Glob(n.HostPath("/var/log/pods/vnet-cni_vnet-ipamd-*/vnet-ipamd/*.log"))
+		for _, l := range logs {
+			fmt.Fprintf(&b, "--- %s %s:\n%s\n", n.Name(), strings.TrimPrefix(l, n.HostPath("/var/log/pods")+"/"), tailOf(l, 10))
+		}
+	}
 	return b.String()
 }
 
