@@ -28,6 +28,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/k8s/workload"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
 	"github.com/vnet-cni/vnet-cni/internal/nstest"
+	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
@@ -653,10 +654,11 @@ func (e *k8sEnv) waitDrained(op *e2eOperator) {
 		return n == 0, fmt.Sprintf("%d pods left", n)
 	})
 	for i, n := range e.c.Nodes {
-		in := e.c.IPAMD.Nodes[i]
-		want := max(in.Config.WarmIPTarget, in.Config.MinIPTarget)
-		e.waitFor(n.Name()+" pool back to its target", time.Minute, func() (bool, string) {
-			st, err := in.Status(e.ctx)
+		want := e.warmTarget(i)
+		e.waitFor(n.Name()+" pool back to its target", 2*time.Minute, func() (bool, string) {
+			ctx, cancel := context.WithTimeout(e.ctx, 2*time.Second)
+			defer cancel()
+			st, err := e.ipamdClient(i).Status(ctx, api.StatusRequest{})
 			if err != nil {
 				return false, err.Error()
 			}

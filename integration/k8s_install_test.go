@@ -21,61 +21,18 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
 	k8scluster "github.com/vnet-cni/vnet-cni/integration/k8s/cluster"
+	"github.com/vnet-cni/vnet-cni/integration/k8s/install"
 	"github.com/vnet-cni/vnet-cni/internal/nodeimage"
 )
 
 // simInstall writes, into a new directory, a kustomization over
-// manifests/overlays/sim with this run's sim filled in: the overlay's
-// ipamd.json with the sim's ARM endpoint, and the CA's ConfigMap from the
-// sim's CA file. It returns the directory.
+// manifests/overlays/sim with this run's sim filled in (package
+// integration/k8s/install) and returns the directory.
 func simInstall(t *testing.T, e *k8sEnv) string {
 	t.Helper()
-	overlay, err := filepath.Abs("../manifests/overlays/sim")
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(filepath.Join(overlay, "ipamd.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(raw, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	cfg["cloud"].(map[string]any)["azure"].(map[string]any)["resourceManagerEndpoint"] = e.c.Desc.ARMEndpoint
-	out, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := os.ReadFile(e.c.Desc.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	// kustomize takes no absolute path as a resource.
-	rel, err := filepath.Rel(dir, overlay)
-	if err != nil {
+	if err := install.SimOverlay(dir, "../manifests", e.c.Desc, nil); err != nil {
 		t.Fatal(err)
-	}
-	kust := `apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ` + rel + `
-configMapGenerator:
-  - name: vnet-cni-config
-    namespace: vnet-cni
-    behavior: replace
-    files: [ipamd.json]
-  - name: vnet-cni-cloud-ca
-    namespace: vnet-cni
-    files: [ca.pem]
-generatorOptions:
-  disableNameSuffixHash: true
-`
-	for name, data := range map[string][]byte{"kustomization.yaml": []byte(kust), "ipamd.json": out, "ca.pem": ca} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
 	}
 	return dir
 }

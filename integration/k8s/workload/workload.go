@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/vnet-cni/vnet-cni/integration/k8s/images"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
@@ -190,14 +191,20 @@ func Why(p corev1.Pod) string {
 	return ""
 }
 
-// Scale sets the Deployment's replicas.
+// Scale sets the Deployment's replicas. A conflict (the Deployment
+// changed since it was read, e.g. by its controller right after its
+// creation) is tried again with the new version.
 func Scale(ctx context.Context, cs kubernetes.Interface, replicas int32) error {
-	s, err := cs.AppsV1().Deployments(Namespace).GetScale(ctx, Name, metav1.GetOptions{})
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		s, err := cs.AppsV1().Deployments(Namespace).GetScale(ctx, Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		s.Spec.Replicas = replicas
+		_, err = cs.AppsV1().Deployments(Namespace).UpdateScale(ctx, Name, s, metav1.UpdateOptions{})
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("get scale: %w", err)
-	}
-	s.Spec.Replicas = replicas
-	if _, err := cs.AppsV1().Deployments(Namespace).UpdateScale(ctx, Name, s, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("scale to %d: %w", replicas, err)
 	}
 	return nil

@@ -1,0 +1,84 @@
+// Package install writes what `kubectl apply -k` needs to install vnet-cni
+// from manifests/ on a cluster of package integration/k8s/cluster: a
+// kustomization over the sim overlay with the run's ARM endpoint and CA.
+// The tests and vnet-demo-k8s install through it.
+package install
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim"
+)
+
+// SimOverlay writes into dir a kustomization over manifests/overlays/sim
+// (manifests is the repository's manifests directory): the overlay's
+// ipamd.json with the sim's ARM endpoint (then adjusted by adjust, if not
+// nil) and the CA's ConfigMap from the sim's CA file. dir is what to pass
+// to kubectl apply -k.
+func SimOverlay(dir, manifests string, d sim.Description, adjust func(cfg map[string]any)) error {
+	overlay, err := filepath.Abs(filepath.Join(manifests, "overlays", "sim"))
+	if err != nil {
+		return err
+	}
+	raw, err := os.ReadFile(filepath.Join(overlay, "ipamd.json"))
+	if err != nil {
+		return fmt.Errorf("sim overlay: %w", err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return fmt.Errorf("sim overlay's ipamd.json: %w", err)
+	}
+	cloud, _ := cfg["cloud"].(map[string]any)
+	azure, _ := cloud["azure"].(map[string]any)
+	if azure == nil {
+		return fmt.Errorf("sim overlay's ipamd.json: no cloud.azure")
+	}
+	azure["resourceManagerEndpoint"] = d.ARMEndpoint
+	if adjust != nil {
+		adjust(cfg)
+	}
+	out, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	ca, err := os.ReadFile(d.CAFile)
+	if err != nil {
+		return fmt.Errorf("sim's CA: %w", err)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	// kustomize takes no absolute path as a resource.
+	rel, err := filepath.Rel(abs, overlay)
+	if err != nil {
+		return err
+	}
+	kust := `apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - ` + rel + `
+configMapGenerator:
+  - name: vnet-cni-config
+    namespace: vnet-cni
+    behavior: replace
+    files: [ipamd.json]
+  - name: vnet-cni-cloud-ca
+    namespace: vnet-cni
+    files: [ca.pem]
+generatorOptions:
+  disableNameSuffixHash: true
+`
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{"kustomization.yaml": []byte(kust), "ipamd.json": out, "ca.pem": ca} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,66 @@
+package install
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vnet-cni/vnet-cni/cloud/sim"
+)
+
+// TestSimOverlay writes the kustomization over the repository's sim
+// overlay: its resource resolves to the overlay, ipamd.json carries the
+// sim's endpoint and the adjustment, ca.pem the sim's CA.
+func TestSimOverlay(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "install")
+	d := sim.Description{ARMEndpoint: "https://10.0.0.1:8443", CAFile: ca}
+	if err := SimOverlay(dir, "../../../manifests", d, func(cfg map[string]any) { cfg["batchSize"] = 1 }); err != nil {
+		t.Fatal(err)
+	}
+	kust, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res string
+	for _, l := range strings.Split(string(kust), "\n") {
+		if strings.HasPrefix(l, "  - ") && res == "" {
+			res = strings.TrimPrefix(l, "  - ")
+		}
+	}
+	if filepath.IsAbs(res) {
+		t.Errorf("resource %q is absolute; kustomize refuses it", res)
+	}
+	if _, err := os.Stat(filepath.Join(dir, res, "kustomization.yaml")); err != nil {
+		t.Errorf("resource %q does not resolve to the sim overlay: %v", res, err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "ipamd.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		BatchSize int `json:"batchSize"`
+		Cloud     struct {
+			Azure struct {
+				ResourceManagerEndpoint string `json:"resourceManagerEndpoint"`
+			} `json:"azure"`
+		} `json:"cloud"`
+	}
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Cloud.Azure.ResourceManagerEndpoint != d.ARMEndpoint || cfg.BatchSize != 1 {
+		t.Errorf("ipamd.json: %+v, want the sim's endpoint and batchSize 1", cfg)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "ca.pem")); err != nil || !strings.HasPrefix(string(got), "-----BEGIN") {
+		t.Errorf("ca.pem: %q, %v", got, err)
+	}
+	if err := SimOverlay(t.TempDir(), t.TempDir(), d, nil); err == nil {
+		t.Error("no error for a manifests directory without the sim overlay")
+	}
+}
