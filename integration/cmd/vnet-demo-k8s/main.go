@@ -1,9 +1,11 @@
 // Command vnet-demo-k8s shows vnet-cni under a real Kubernetes cluster on
 // the simulated Azure VNet, offline: a control plane on a VM of the VNet,
-// two worker VMs with containerd, kubelet, kube-proxy and vnet-ipamd, a
-// Deployment of test servers whose pods get addresses of their node's NIC
-// from vnet-cni, then traffic checks (pod to pod, Service, NodePort,
-// internet) and a scale to 0 that must leave nothing behind. It prints
+// two worker VMs with containerd, kubelet and kube-proxy, vnet-cni
+// installed from manifests/ (`kubectl apply -k` of the sim overlay: the
+// vnet-ipamd DaemonSet from the node image, its per-node VNetNode
+// objects), a Deployment of test servers whose pods get addresses of their
+// node's NIC from vnet-cni, then traffic checks (pod to pod, Service,
+// NodePort, internet) and a scale to 0 that must leave nothing behind. It prints
 // tables, marks every check ok or FAIL, ends with "N checks passed, M
 // failed", exits non-zero on a failure and removes everything it made,
 // also on Ctrl-C. `make demo-k8s` builds what it needs and runs it.
@@ -40,13 +42,13 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/k8s/workload"
 	"github.com/vnet-cni/vnet-cni/integration/probe"
 	"github.com/vnet-cni/vnet-cni/integration/report"
-	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 const name = "vnet-demo-k8s"
 
 func main() {
 	binDir := flag.String("bin", "bin", "directory holding vnet-ipamd and vnet-cni (make build)")
+	manifests := flag.String("manifests", "manifests", "the repository's manifests directory (kustomize base and overlays)")
 	replicas := flag.Int("replicas", 20, "replicas of the test server's Deployment")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -57,10 +59,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, name+": -replicas must be 2..100")
 		os.Exit(2)
 	}
-	os.Exit(run(*binDir, int32(*replicas)))
+	os.Exit(run(*binDir, *manifests, int32(*replicas)))
 }
 
-func run(binDir string, replicas int32) int {
+func run(binDir, manifests string, replicas int32) int {
 	r := report.New(name, os.Stdout)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -82,7 +84,7 @@ func run(binDir string, replicas int32) int {
 	}()
 
 	fmt.Println(name + ": vnet-cni under kubelet and containerd on a simulated Azure VNet (offline)")
-	d := &demo{r: r, binDir: binDir, replicas: replicas}
+	d := &demo{r: r, binDir: binDir, manifests: manifests, replicas: replicas}
 	if err := d.run(ctx); err != nil {
 		if interrupted.Load() {
 			err = fmt.Errorf("interrupted: %w", err)
@@ -103,9 +105,10 @@ func run(binDir string, replicas int32) int {
 
 // demo is one run.
 type demo struct {
-	r        *report.Report
-	binDir   string
-	replicas int32
+	r         *report.Report
+	binDir    string
+	manifests string
+	replicas  int32
 
 	dir    string
 	logf   *os.File
@@ -114,6 +117,7 @@ type demo struct {
 	srv    probe.Servers
 	inet   netip.AddrPort
 	kctl   string
+	warm   int // the pool's warm target in the installed configuration
 	pids   []int
 	roots  []string
 	mounts []string
@@ -138,18 +142,12 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 
-	r.Step("starting the cluster: a simulated Azure VNet; the control plane (etcd, kube-apiserver, controllers) on VM 3; containerd, kubelet, kube-proxy and vnet-ipamd on VMs 1 and 2")
+	r.Step("starting the cluster: a simulated Azure VNet; the control plane (etcd, kube-apiserver, controllers) on VM 3; containerd, kubelet and kube-proxy on VMs 1 and 2, the node image (vnet-ipamd and vnet-cni) imported into their containerd")
 	d.c, err = k8scluster.Start(ctx, k8scluster.Options{
 		Prefix: "dk8s" + hex.EncodeToString(b[:]), Dir: d.dir, BinDir: d.binDir,
 		Kubernetes: set, Containerd: ctr, CNIPlugins: plugins, Etcd: etcd,
-		IPAMD: func(_ string, c *config.Config) {
-			// Release to the warm target soon after the pods go, so the
-			// scale to 0 is seen within the demo.
-			c.BatchSize = 1
-			c.ReleaseDelay = config.Duration(3 * time.Second)
-			c.Cooldown = config.Duration(2 * time.Second)
-		},
-		Log: slog.New(slog.NewTextHandler(d.logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		IPAMDAsDaemonSet: true,
+		Log:              slog.New(slog.NewTextHandler(d.logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	})
 	if err != nil {
 		return fmt.Errorf("start the cluster: %w", err)
@@ -176,11 +174,17 @@ func (d *demo) run(ctx context.Context) error {
 		return fmt.Errorf("internet server: %w", err)
 	}
 
+	if err := d.install(ctx); err != nil {
+		return err
+	}
 	if err := d.nodes(ctx); err != nil {
 		return err
 	}
 	pods, svc, local, err := d.deploy(ctx)
 	if err != nil {
+		return err
+	}
+	if err := d.vnetNodes(ctx, pods); err != nil {
 		return err
 	}
 	if err := d.traffic(ctx, pods, svc, local); err != nil {
@@ -273,17 +277,17 @@ func readyCondition(n *corev1.Node) *corev1.NodeCondition {
 // poolTable shows every node's vnet-ipamd pool next to its NIC.
 func (d *demo) poolTable(ctx context.Context) error {
 	var rows [][]string
-	for i, n := range d.c.IPAMD.Nodes {
-		st, err := n.Status(ctx)
+	for i, n := range d.c.Nodes {
+		st, err := ipamdStatus(ctx, n)
 		if err != nil {
-			return fmt.Errorf("%s: vnet-ipamd status: %w", n.Name, err)
+			return fmt.Errorf("%s: vnet-ipamd status: %w", n.Name(), err)
 		}
 		sec, err := armops.Secondaries(ctx, d.nics, d.c.Desc.ResourceGroup, d.c.Desc.Nodes[i].NIC)
 		if err != nil {
 			return err
 		}
 		p := st.Pool
-		rows = append(rows, []string{n.Name, fmt.Sprint(p.Free), fmt.Sprint(p.Assigned), fmt.Sprint(p.Cooling), fmt.Sprint(len(sec)), yesNo(st.Ready)})
+		rows = append(rows, []string{n.Name(), fmt.Sprint(p.Free), fmt.Sprint(p.Assigned), fmt.Sprint(p.Cooling), fmt.Sprint(len(sec)), yesNo(st.Ready)})
 	}
 	d.r.Table([]string{"NODE", "FREE", "ASSIGNED", "COOLING", "SECONDARY IPS ON THE NIC (ARM)", "VNET-IPAMD READY"}, rows)
 	return nil
@@ -296,12 +300,19 @@ func yesNo(b bool) string {
 	return "no"
 }
 
+// kubectlOut runs kubectl as the admin inside the control plane's VM and
+// returns its output.
+func (d *demo) kubectlOut(args ...string) (string, error) {
+	out, err := d.c.CP.Command(context.Background(), d.kctl, append([]string{"--kubeconfig", d.c.CP.AdminKubeconfig}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
 // kubectl runs kubectl as the admin inside the control plane's VM and
 // prints its output under the step.
 func (d *demo) kubectl(args ...string) {
-	out, err := d.c.CP.Command(context.Background(), d.kctl, append([]string{"--kubeconfig", d.c.CP.AdminKubeconfig}, args...)...).CombinedOutput()
+	out, err := d.kubectlOut(args...)
 	d.r.Note("$ kubectl %s", strings.Join(args, " "))
-	for _, l := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+	for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
 		d.r.Note("  %s", l)
 	}
 	if err != nil {
@@ -551,11 +562,11 @@ func (d *demo) scaleDown(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for i, n := range c.IPAMD.Nodes {
-		want := max(n.Config.WarmIPTarget, n.Config.MinIPTarget)
+	for i, n := range c.Nodes {
+		want := d.warm
 		var last string
-		err := workload.WaitFor(ctx, n.Name+" back to its warm pool", time.Minute, func() (bool, string) {
-			st, err := n.Status(ctx)
+		err := workload.WaitFor(ctx, n.Name()+" back to its warm pool", time.Minute, func() (bool, string) {
+			st, err := ipamdStatus(ctx, n)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -567,7 +578,7 @@ func (d *demo) scaleDown(ctx context.Context) error {
 			last = fmt.Sprintf("free %d, assigned %d, cooling %d, releasing %d, %d on the NIC", p.Free, p.Assigned, p.Cooling, p.Releasing, len(sec))
 			return p.Assigned == 0 && p.Cooling == 0 && p.Releasing == 0 && p.Free == want && len(sec) == want, last
 		})
-		r.CheckLine(fmt.Sprintf("%s: no assignment left, pool and NIC back to the warm target %d (%s)", n.Name, want, last), err)
+		r.CheckLine(fmt.Sprintf("%s: no assignment left, pool and NIC back to the warm target %d (%s)", n.Name(), want, last), err)
 	}
 	for _, n := range c.Nodes {
 		veths, err := podVeths(n.NetNS())
@@ -617,7 +628,7 @@ func (d *demo) scaleUp(ctx context.Context, before []corev1.Pod) error {
 // teardown stops the cluster and checks that nothing of it is left.
 func (d *demo) teardown() {
 	r := d.r
-	r.Step("tearing down: workers (kube-proxy, kubelet, containerd, vnet-ipamd), control plane (kube-apiserver before etcd), the simulated cloud")
+	r.Step("tearing down: workers (kube-proxy, kubelet, containerd with the vnet-ipamd pods), control plane (kube-apiserver before etcd), the simulated cloud")
 	d.srv.Close()
 	if !r.OK() {
 		d.printLogs()
@@ -678,8 +689,8 @@ func (d *demo) printLogs() {
 			show(n.Name()+" "+comp, n.LogTail(comp, 15))
 		}
 	}
-	for _, n := range d.c.IPAMD.Nodes {
-		show(n.Name+" vnet-ipamd", tail(n.LogPath, 15))
+	if out, err := d.kubectlOut("-n", "vnet-cni", "logs", "-l", "app.kubernetes.io/component=ipamd", "--all-containers", "--tail", "15", "--prefix"); err == nil {
+		show("vnet-ipamd (kubectl logs)", out)
 	}
 }
 
