@@ -31,8 +31,9 @@ const rollingRef = "vnet-cni.invalid/vnet-cni:rolling"
 // image built again under another reference and imported into every
 // worker's containerd) while a Deployment of test servers scales 0 → 20 →
 // 0 twice. Throughout, a prober polls every Ready pod from both nodes: each
-// answers as itself (no failure, no address answering for another pod),
-// and no two live pods share an address. After each scale-up every node's
+// answers as itself from its first answer on (no failure, no address
+// answering for another pod), no two live pods share an address and no
+// node's store assigns a Ready pod's address to another pod. After each scale-up every node's
 // store assigns exactly its pods' addresses (and its VNetNode counts them);
 // every pod whose sandbox creation failed was Running later (kubelet's
 // retry succeeded); after the last scale to 0 nothing is left (pool and
@@ -87,8 +88,17 @@ func TestK8sRollingUpdate(t *testing.T) {
 		up := time.Now()
 		e.scale(replicas)
 		if c == 0 {
-			// The roll begins while the first pods' ADDs run.
-			time.Sleep(time.Second)
+			// The roll begins once the first pods run, while the others'
+			// ADDs do.
+			e.waitFor("the first pods Ready", time.Minute, func() (bool, string) {
+				n := 0
+				for _, p := range e.testPods() {
+					if workload.Ready(p) {
+						n++
+					}
+				}
+				return n >= 3, fmt.Sprintf("%d pods Ready", n)
+			})
 			rollStart = time.Now()
 			go func() {
 				r := roll{start: rollStart}
@@ -157,8 +167,19 @@ func TestK8sRollingUpdate(t *testing.T) {
 		for _, d := range probes.duplicates {
 			t.Error(d)
 		}
-		t.Logf("%d probes of %d pods in %d rounds, %d failed; %d probes of pods being deleted failed (not counted)",
-			probes.made, len(probes.pods), probes.rounds, len(probes.failures), probes.excused)
+		t.Logf("%d probes of %d pods in %d rounds, %d failed; not counted: %d failed probes of pods being deleted, %d before a pod's server answered first; %d probes while the pod's node had no vnet-ipamd answering",
+			probes.made, len(probes.pods), probes.rounds, len(probes.failures), probes.excused, probes.notYet, probes.daemonDown)
+		for _, s := range probes.notYetSeen {
+			t.Logf("before the first answer: %s", s)
+		}
+		for name := range probes.pods {
+			if !probes.serving[name] {
+				t.Errorf("pod %s was Ready but never answered a probe", name)
+			}
+		}
+		if probes.daemonDown == 0 {
+			t.Error("no pod was probed while its node's vnet-ipamd was down: the roll did not overlap Running pods")
+		}
 		if probes.made == 0 || len(probes.pods) < cycles*replicas {
 			t.Errorf("%d probes of %d pods, want every pod of the %d cycles probed", probes.made, len(probes.pods), cycles)
 		}
@@ -303,12 +324,25 @@ func (e *k8sEnv) warmTarget(i int) int {
 // probeResult is what a prober saw.
 type probeResult struct {
 	rounds, made, excused int
-	pods                  map[string]bool
-	failures, duplicates  []string
+	// notYet counts the failed probes of a pod before its first answer:
+	// the test server has no readiness probe, so a pod is Ready once its
+	// container started, maybe before the server listens.
+	notYet int
+	// serving are the pods that answered at least once; every failure
+	// after a pod's first answer counts.
+	serving    map[string]bool
+	notYetSeen []string // the first of them
+	// daemonDown counts the probes of a pod whose node's vnet-ipamd did
+	// not answer in that round (being replaced).
+	daemonDown           int
+	pods                 map[string]bool
+	failures, duplicates []string
 }
 
 // prober polls every Ready test pod, from every node's network namespace,
-// until stopped.
+// until stopped (a pod from its first answer on: see probeResult.notYet);
+// each round also asks each node's vnet-ipamd for its
+// status, to count the probes made while a daemon was being replaced.
 type prober struct {
 	e    *k8sEnv
 	done chan struct{}
@@ -318,7 +352,7 @@ type prober struct {
 }
 
 func startProber(e *k8sEnv) *prober {
-	p := &prober{e: e, done: make(chan struct{}), res: probeResult{pods: map[string]bool{}}}
+	p := &prober{e: e, done: make(chan struct{}), res: probeResult{pods: map[string]bool{}, serving: map[string]bool{}}}
 	p.wg.Add(1)
 	go p.run()
 	return p
@@ -328,6 +362,22 @@ func startProber(e *k8sEnv) *prober {
 func (p *prober) stop() probeResult {
 	p.once.Do(func() { close(p.done); p.wg.Wait() })
 	return p.res
+}
+
+// startedAt says when the pod's server container started, for a failure.
+func startedAt(p corev1.Pod) string {
+	for _, c := range p.Status.ContainerStatuses {
+		if c.State.Running != nil {
+			return "server started " + c.State.Running.StartedAt.Format("15:04:05")
+		}
+	}
+	return "server not running"
+}
+
+// deleted reports whether the test pod is gone or being deleted.
+func (p *prober) deleted(name string) bool {
+	now, err := p.e.c.Client.CoreV1().Pods(k8sTestNS).Get(p.e.ctx, name, metav1.GetOptions{})
+	return apierrors.IsNotFound(err) || (err == nil && now.DeletionTimestamp != nil)
 }
 
 func (p *prober) run() {
@@ -344,6 +394,30 @@ func (p *prober) run() {
 			continue
 		}
 		p.res.rounds++
+		// Each node's store: who holds which address (nil while its
+		// daemon is down).
+		down := map[string]bool{}
+		stores := map[string]map[string]string{}
+		for i, n := range e.c.Nodes {
+			ctx, cancel := context.WithTimeout(e.ctx, time.Second)
+			l, err := e.ipamdClient(i).List(ctx, api.ListRequest{})
+			cancel()
+			down[n.Name()] = err != nil
+			if err != nil {
+				continue
+			}
+			held := map[string]string{}
+			for _, a := range l.Addresses {
+				if a.State != "assigned" {
+					continue
+				}
+				if other, dup := held[a.IP.String()]; dup {
+					p.res.duplicates = append(p.res.duplicates, fmt.Sprintf("%s's store assigns %s to %s and %s", n.Name(), a.IP, other, a.PodName))
+				}
+				held[a.IP.String()] = a.PodName
+			}
+			stores[n.Name()] = held
+		}
 		owner := map[string]string{}
 		for _, pod := range pods {
 			if pod.DeletionTimestamp != nil || pod.Status.PodIP == "" || !workload.Ready(pod) {
@@ -354,26 +428,45 @@ func (p *prober) run() {
 			}
 			owner[pod.Status.PodIP] = pod.Name
 			p.res.pods[pod.Name] = true
+			// The pod listing may be older than the store's (a pod
+			// deleted since): only a Ready pod's address held by another
+			// pod that is not being deleted counts.
+			if held, ok := stores[pod.Spec.NodeName]; ok {
+				if h := held[pod.Status.PodIP]; h != "" && h != pod.Name && !p.deleted(h) {
+					p.res.duplicates = append(p.res.duplicates, fmt.Sprintf("pod %s is Ready with %s, which %s's store assigns to %s", pod.Name, pod.Status.PodIP, pod.Spec.NodeName, h))
+				}
+			}
 			for _, n := range e.c.Nodes {
 				hc := workload.HTTPIn(n.NetNS())
 				hc.Timeout = 2 * time.Second
 				body, err := workload.Fetch(e.ctx, hc, workload.PodURL(pod, "/"))
 				p.res.made++
+				if down[pod.Spec.NodeName] {
+					p.res.daemonDown++
+				}
 				if err == nil {
 					id, perr := workload.ParseIdentity(body)
 					if perr == nil && id.Hostname == pod.Name {
+						p.res.serving[pod.Name] = true
 						continue
 					}
 					err = fmt.Errorf("answered %q, not as %s", body, pod.Name)
+				} else if !p.res.serving[pod.Name] {
+					p.res.notYet++
+					if len(p.res.notYetSeen) < 5 {
+						p.res.notYetSeen = append(p.res.notYetSeen, fmt.Sprintf("%s: %s (%s, %s) from %s: %v",
+							time.Now().Format("15:04:05.000"), pod.Name, pod.Status.PodIP, startedAt(pod), n.Name(), err))
+					}
+					continue
 				}
 				// A pod deleted since the listing may stop answering.
-				now, gerr := e.c.Client.CoreV1().Pods(k8sTestNS).Get(e.ctx, pod.Name, metav1.GetOptions{})
-				if apierrors.IsNotFound(gerr) || (gerr == nil && now.DeletionTimestamp != nil) {
+				if p.deleted(pod.Name) {
 					p.res.excused++
 					continue
 				}
-				p.res.failures = append(p.res.failures, fmt.Sprintf("%s: %s (%s on %s) from %s: %v",
-					time.Now().Format("15:04:05.000"), pod.Name, pod.Status.PodIP, pod.Spec.NodeName, n.Name(), err))
+				p.res.failures = append(p.res.failures, fmt.Sprintf("%s: %s (%s on %s, %s, its vnet-ipamd down %v, the store's holder %q) from %s: %v",
+					time.Now().Format("15:04:05.000"), pod.Name, pod.Status.PodIP, pod.Spec.NodeName, startedAt(pod),
+					down[pod.Spec.NodeName], stores[pod.Spec.NodeName][pod.Status.PodIP], n.Name(), err))
 			}
 		}
 	}
