@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	k8scluster "github.com/vnet-cni/vnet-cni/integration/k8s/cluster"
+	"github.com/vnet-cni/vnet-cni/integration/k8s/install"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/workload"
 	"github.com/vnet-cni/vnet-cni/ipamd/kube"
 )
@@ -30,77 +29,18 @@ const templateIPs = 30
 // ConfigMap and its mount. It returns the directory.
 func templateInstall(t *testing.T, e *k8sEnv) string {
 	t.Helper()
-	overlay, err := filepath.Abs("../manifests/overlays/azure-template")
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(filepath.Join(overlay, "ipamd.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(raw, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	if _, set := cfg["maxIPs"]; set {
-		t.Fatalf("the azure-template overlay sets maxIPs %v: a template node's ceiling is its maxPods", cfg["maxIPs"])
-	}
-	cfg["warmIPTarget"], cfg["minIPTarget"], cfg["ipAddressCount"] = 0, templateIPs, templateIPs
-	cfg["cooldown"], cfg["releaseDelay"], cfg["resyncInterval"] = "2s", "30s", "10s"
-	az := cfg["cloud"].(map[string]any)["azure"].(map[string]any)
-	az["resourceManagerEndpoint"], az["caFile"] = e.c.Desc.ARMEndpoint, "/etc/vnet-cni-ca/ca.pem"
-	out, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := os.ReadFile(e.c.Desc.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	rel, err := filepath.Rel(dir, overlay)
+	var maxIPs any
+	err := install.Overlay(dir, "../manifests", "azure-template", e.c.Desc, func(cfg map[string]any) {
+		maxIPs = cfg["maxIPs"]
+		cfg["warmIPTarget"], cfg["minIPTarget"], cfg["ipAddressCount"] = 0, templateIPs, templateIPs
+		cfg["cooldown"], cfg["releaseDelay"], cfg["resyncInterval"] = "2s", "30s", "10s"
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	kust := `apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - ` + rel + `
-configMapGenerator:
-  - name: vnet-cni-config
-    namespace: vnet-cni
-    behavior: replace
-    files: [ipamd.json]
-  - name: vnet-cni-cloud-ca
-    namespace: vnet-cni
-    files: [ca.pem]
-generatorOptions:
-  disableNameSuffixHash: true
-patches:
-  - patch: |-
-      apiVersion: apps/v1
-      kind: DaemonSet
-      metadata:
-        name: vnet-ipamd
-        namespace: vnet-cni
-      spec:
-        template:
-          spec:
-            containers:
-              - name: vnet-ipamd
-                volumeMounts:
-                  - name: cloud-ca
-                    mountPath: /etc/vnet-cni-ca
-                    readOnly: true
-            volumes:
-              - name: cloud-ca
-                configMap:
-                  name: vnet-cni-cloud-ca
-`
-	for name, data := range map[string][]byte{"kustomization.yaml": []byte(kust), "ipamd.json": out, "ca.pem": ca} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if maxIPs != nil {
+		t.Fatalf("the azure-template overlay sets maxIPs %v: a template node's ceiling is its maxPods", maxIPs)
 	}
 	return dir
 }

@@ -1,6 +1,7 @@
 // Package install writes what `kubectl apply -k` needs to install vnet-cni
 // from manifests/ on a cluster of package integration/k8s/cluster: a
-// kustomization over the sim overlay with the run's ARM endpoint and CA.
+// kustomization over an overlay (sim, azure-template) with the run's ARM
+// endpoint and CA.
 // The tests and vnet-demo-k8s install through it.
 package install
 
@@ -19,24 +20,60 @@ import (
 // nil) and the CA's ConfigMap from the sim's CA file. dir is what to pass
 // to kubectl apply -k.
 func SimOverlay(dir, manifests string, d sim.Description, adjust func(cfg map[string]any)) error {
-	overlay, err := filepath.Abs(filepath.Join(manifests, "overlays", "sim"))
+	return Overlay(dir, manifests, "sim", d, adjust)
+}
+
+// caMount mounts the CA's ConfigMap at /etc/vnet-cni-ca, for an overlay
+// made for a real cloud, which trusts the system roots only.
+const caMount = `patches:
+  - patch: |-
+      apiVersion: apps/v1
+      kind: DaemonSet
+      metadata:
+        name: vnet-ipamd
+        namespace: vnet-cni
+      spec:
+        template:
+          spec:
+            containers:
+              - name: vnet-ipamd
+                volumeMounts:
+                  - name: cloud-ca
+                    mountPath: /etc/vnet-cni-ca
+                    readOnly: true
+            volumes:
+              - name: cloud-ca
+                configMap:
+                  name: vnet-cni-cloud-ca
+`
+
+// Overlay is SimOverlay over manifests/overlays/<name>. An overlay other
+// than sim also gets the CA's mount and caFile /etc/vnet-cni-ca/ca.pem, as
+// the sim overlay has them.
+func Overlay(dir, manifests, name string, d sim.Description, adjust func(cfg map[string]any)) error {
+	overlay, err := filepath.Abs(filepath.Join(manifests, "overlays", name))
 	if err != nil {
 		return err
 	}
 	raw, err := os.ReadFile(filepath.Join(overlay, "ipamd.json"))
 	if err != nil {
-		return fmt.Errorf("sim overlay: %w", err)
+		return fmt.Errorf("%s overlay: %w", name, err)
 	}
 	var cfg map[string]any
 	if err := json.Unmarshal(raw, &cfg); err != nil {
-		return fmt.Errorf("sim overlay's ipamd.json: %w", err)
+		return fmt.Errorf("%s overlay's ipamd.json: %w", name, err)
 	}
 	cloud, _ := cfg["cloud"].(map[string]any)
 	azure, _ := cloud["azure"].(map[string]any)
 	if azure == nil {
-		return fmt.Errorf("sim overlay's ipamd.json: no cloud.azure")
+		return fmt.Errorf("%s overlay's ipamd.json: no cloud.azure", name)
 	}
 	azure["resourceManagerEndpoint"] = d.ARMEndpoint
+	patch := ""
+	if name != "sim" {
+		azure["caFile"] = "/etc/vnet-cni-ca/ca.pem"
+		patch = caMount
+	}
 	if adjust != nil {
 		adjust(cfg)
 	}
@@ -71,7 +108,7 @@ configMapGenerator:
     files: [ca.pem]
 generatorOptions:
   disableNameSuffixHash: true
-`
+` + patch
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}

@@ -3,11 +3,13 @@ package install
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
+	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
 )
 
 // TestSimOverlay writes the kustomization over the repository's sim
@@ -62,5 +64,47 @@ func TestSimOverlay(t *testing.T) {
 	}
 	if err := SimOverlay(t.TempDir(), t.TempDir(), d, nil); err == nil {
 		t.Error("no error for a manifests directory without the sim overlay")
+	}
+}
+
+// TestTemplateOverlay: over the azure-template overlay the kustomization
+// also mounts the CA and ipamd.json trusts it; kubectl kustomize renders it
+// with the overlay's azure.json mount and the CA's.
+func TestTemplateOverlay(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "install")
+	d := sim.Description{ARMEndpoint: "https://10.0.0.1:8443", CAFile: ca}
+	if err := Overlay(dir, "../../../manifests", "azure-template", d, nil); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "ipamd.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), `"caFile": "/etc/vnet-cni-ca/ca.pem"`) || !strings.Contains(string(raw), `"credential": "cloudConfig"`) {
+		t.Errorf("ipamd.json over azure-template:\n%s", raw)
+	}
+	kust, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(kust), "mountPath: /etc/vnet-cni-ca") {
+		t.Errorf("no CA mount in the kustomization:\n%s", kust)
+	}
+	set, ok := binaries.Find(binaries.Options{})
+	if !ok {
+		t.Skip("kubectl not built: run `make k8s-bins`")
+	}
+	out, err := exec.Command(set.Path("kubectl"), "kustomize", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
+	}
+	for _, want := range []string{"mountPath: /etc/vnet-cni-ca", "path: /etc/kubernetes/azure.json", "name: vnet-cni-cloud-ca"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("rendered installation has no %q", want)
+		}
 	}
 }
