@@ -119,6 +119,11 @@ func TestK8sRollingUpdate(t *testing.T) {
 		t.Logf("cycle %d: %d pods Running %s after the scale-up (%s into the test)", c+1, replicas,
 			time.Since(up).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 		e.checkStoresMatch(pods)
+		// Every pod answers the prober before the scale-down, so that
+		// each cycle's pods are probed whatever a round's timing.
+		if missing := p.waitServed(pods, time.Minute); len(missing) > 0 {
+			t.Errorf("cycle %d: pods that never answered the prober: %v", c+1, missing)
+		}
 		down := time.Now()
 		e.scale(0)
 		e.waitFor("every test pod gone", 2*time.Minute, func() (bool, string) {
@@ -349,10 +354,14 @@ type prober struct {
 	wg   sync.WaitGroup
 	once sync.Once
 	res  probeResult
+
+	// served is res.serving for the test's goroutine (waitServed).
+	mu     sync.Mutex
+	served map[string]bool
 }
 
 func startProber(e *k8sEnv) *prober {
-	p := &prober{e: e, done: make(chan struct{}), res: probeResult{pods: map[string]bool{}, serving: map[string]bool{}}}
+	p := &prober{e: e, done: make(chan struct{}), res: probeResult{pods: map[string]bool{}, serving: map[string]bool{}}, served: map[string]bool{}}
 	p.wg.Add(1)
 	go p.run()
 	return p
@@ -362,6 +371,26 @@ func startProber(e *k8sEnv) *prober {
 func (p *prober) stop() probeResult {
 	p.once.Do(func() { close(p.done); p.wg.Wait() })
 	return p.res
+}
+
+// waitServed waits until each of pods has answered the prober once, and
+// returns those that did not within timeout.
+func (p *prober) waitServed(pods []corev1.Pod, timeout time.Duration) []string {
+	deadline := time.Now().Add(timeout)
+	for {
+		var missing []string
+		p.mu.Lock()
+		for _, pod := range pods {
+			if !p.served[pod.Name] {
+				missing = append(missing, pod.Name)
+			}
+		}
+		p.mu.Unlock()
+		if len(missing) == 0 || time.Now().After(deadline) {
+			return missing
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // startedAt says when the pod's server container started, for a failure.
@@ -448,6 +477,9 @@ func (p *prober) run() {
 					id, perr := workload.ParseIdentity(body)
 					if perr == nil && id.Hostname == pod.Name {
 						p.res.serving[pod.Name] = true
+						p.mu.Lock()
+						p.served[pod.Name] = true
+						p.mu.Unlock()
 						continue
 					}
 					err = fmt.Errorf("answered %q, not as %s", body, pod.Name)
