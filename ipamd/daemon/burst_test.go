@@ -19,7 +19,6 @@ import (
 	"github.com/vnet-cni/vnet-cni/cloud/aws"
 	ec2sim "github.com/vnet-cni/vnet-cni/cloud/sim/ec2"
 	"github.com/vnet-cni/vnet-cni/cloud/sim/ec2imds"
-	"github.com/vnet-cni/vnet-cni/cloud/sim/simca"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/store"
@@ -84,25 +83,7 @@ func TestAWSBurst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := simca.New("burst test ca", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, err := ca.ServerConfig("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewUnstartedServer(s.Handler())
-	ts.TLS = tlsCfg
-	ts.StartTLS()
-	t.Cleanup(func() {
-		ts.Close()
-		s.Close()
-	})
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ts, caFile := serveEC2(t, s)
 
 	// Every node: its own IMDS, the provider with the product's defaults
 	// (only the endpoints and the CA are the sim's), a daemon with the

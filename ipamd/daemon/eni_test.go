@@ -45,27 +45,9 @@ func newAWSHarness(t *testing.T, opts Options) (*harness, *ec2sim.Server) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := simca.New("daemon aws test ca", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg, err := ca.ServerConfig("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewUnstartedServer(s.Handler())
-	ts.TLS = tlsCfg
-	ts.StartTLS()
+	ts, caFile := serveEC2(t, s)
 	md := httptest.NewServer(ec2imds.NewHandler(s.IMDS(awsNode)))
-	t.Cleanup(func() {
-		ts.Close()
-		md.Close()
-		s.Close()
-	})
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(md.Close)
 	cfg := aws.Config{
 		ClusterName: "daemon-test", EC2Endpoint: ts.URL, CAFile: caFile, IMDSEndpoint: md.URL,
 		CallTimeout: 10 * time.Second, MaxBackoff: 20 * time.Millisecond, AttachTimeout: 5 * time.Second,
@@ -157,4 +139,31 @@ func TestPoolOverENIs(t *testing.T) {
 	if got := len(nodeENIs(s)); got != 2 {
 		t.Errorf("%d ENIs for 12 pods, want 2", got)
 	}
+}
+
+// serveEC2 serves the simulated EC2 s over TLS with a CA of its own, until
+// the test ends (s is closed then too), and returns the server and the CA
+// file to trust.
+func serveEC2(t *testing.T, s *ec2sim.Server) (*httptest.Server, string) {
+	t.Helper()
+	ca, err := simca.New("daemon aws test ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCfg, err := ca.ServerConfig("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(s.Handler())
+	ts.TLS = tlsCfg
+	ts.StartTLS()
+	t.Cleanup(func() {
+		ts.Close()
+		s.Close()
+	})
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return ts, caFile
 }
