@@ -18,6 +18,10 @@ const (
 	// stays as it is), policy-routing the addresses of non-primary
 	// interfaces out of their own interface.
 	ModeRouted = "routed"
+	// ModeKubenet is the datapath mode where pods take addresses of the
+	// node's pod CIDR on a local bridge whose address is the pod CIDR's
+	// gateway; the cloud's route table carries each pod CIDR to its node.
+	ModeKubenet = "kubenet"
 	// PluginType is the type of vnet-cni's entry in a conflist: the name of
 	// the plugin's binary.
 	PluginType = "vnet-cni"
@@ -47,9 +51,10 @@ const (
 // Values stay in their JSON form (strings) so that the plugin validates them
 // once and reports a bad one as CNI error 7 naming the key.
 type PluginConf struct {
-	// Mode is the datapath: "bridge" (the default) or "routed".
+	// Mode is the datapath: "bridge" (the default), "routed" or "kubenet".
 	Mode string `json:"mode,omitempty"`
-	// Bridge is the bridge name (default azure0); bridge mode only.
+	// Bridge is the bridge name (bridge mode: default azure0; kubenet
+	// mode: the local bridge, default vnetbr0).
 	Bridge string `json:"bridge,omitempty"`
 	// Master is the node's uplink (default: the interface holding the node's
 	// primary IP, found on the bridge once it exists).

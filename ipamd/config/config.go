@@ -57,6 +57,12 @@ const (
 	DefaultSweepInterval           = 5 * time.Minute
 	DefaultSweepGrace              = 10 * time.Minute
 	DefaultStatusInterval          = 5 * time.Second
+	DefaultKubenetBridge           = "vnetbr0"
+	DefaultKubenetStateDir         = "/run/vnet-cni/podcidr"
+	DefaultMaxRoutes               = 1000
+	DefaultRouteInterval           = 30 * time.Second
+	DefaultLeaseName               = "vnet-cni-routes"
+	DefaultLeaseNamespace          = "vnet-cni"
 )
 
 // Allowed values of the enumerated fields.
@@ -72,8 +78,14 @@ const (
 	// ModeRouted: no bridge, the NIC stays as it is; the node routes to
 	// each pod's /32 over its veth, and the pod's default route is a
 	// link-local gateway on its veth (Azure CNI's transparent mode, the
-	// AWS VPC CNI's datapath). "kubenet" will follow.
+	// AWS VPC CNI's datapath).
 	ModeRouted = api.ModeRouted
+	// ModeKubenet: pods take addresses of the node's pod CIDR (the
+	// Kubernetes Node's spec.podCIDRs, or kubenet.podCIDR) on a local
+	// bridge; the node's route podCIDR → node in the VNet's route table
+	// (UDR) and its NIC's IP forwarding carry traffic between nodes. No
+	// secondary address is taken from the subnet.
+	ModeKubenet = api.ModeKubenet
 
 	// NodeSetupIPAMD: the daemon sets the node's datapath up before it
 	// writes the conflist and repairs it (and the conflist) while it runs.
@@ -124,6 +136,13 @@ const (
 	// The per-node object's status is written at most this often.
 	MinStatusInterval = time.Second
 	MaxStatusInterval = 5 * time.Minute
+	// The check of the node's own route, and the leader's round over
+	// every node's.
+	MinRouteInterval = time.Second
+	MaxRouteInterval = time.Hour
+	// MaxRoutes bounds kubenet.maxRoutes: Azure lets a subscription raise
+	// the limit per route table, never beyond a few thousand.
+	MaxMaxRoutes = 10000
 	// MaxAddresses bounds maxIPs, batchSize and the targets: a sanity bound
 	// above what any instance holds. The cloud provider's own limit (an
 	// Azure NIC: 255 secondary addresses) caps the pool at run time.
@@ -213,7 +232,8 @@ type Config struct {
 	MetricsAddr netip.AddrPort `json:"metricsAddr"`
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string `json:"logLevel"`
-	// Mode is the datapath mode: "bridge" (the default) or "routed". It is
+	// Mode is the datapath mode: "bridge" (the default), "routed" or
+	// "kubenet" (configured by the kubenet section). It is
 	// written into the conflist for the plugin. A node changes its mode
 	// only drained: the daemon refuses (stays not ready, saying why) to set
 	// routed mode up on a node whose NIC bridge mode took over in this
@@ -239,6 +259,68 @@ type Config struct {
 	Cloud Cloud `json:"cloud"`
 	// Kubernetes connects the daemon to the cluster's API server (optional).
 	Kubernetes Kubernetes `json:"kubernetes"`
+	// Kubenet configures mode "kubenet"; ignored in the other modes.
+	Kubenet Kubenet `json:"kubenet"`
+}
+
+// Kubenet configures the kubenet mode: addresses from the node's pod CIDR
+// on a local bridge, and the route table that carries each pod CIDR to its
+// node.
+type Kubenet struct {
+	// ClusterCIDR holds every node's pod CIDR (kube-controller-manager's
+	// --cluster-cidr), an IPv4 CIDR; required. Only routes inside it are
+	// vnet-cni's to change, and pods reach it without SNAT.
+	ClusterCIDR string `json:"clusterCIDR"`
+	// PodCIDR is the node's pod CIDR, an IPv4 CIDR inside clusterCIDR, /8
+	// to /29; empty (the default) means the Kubernetes Node's
+	// spec.podCIDRs, which needs kubernetes.enabled. Set it only on nodes
+	// without the API server (kubelet's --pod-cidr).
+	PodCIDR string `json:"podCIDR,omitempty"`
+	// Bridge is the pods' local bridge, an interface name; default vnetbr0.
+	Bridge string `json:"bridge"`
+	// StateDir keeps the pod CIDR's allocation (which addresses the pool
+	// took), the second witness beside storeDir, absolute and different
+	// from it; default /run/vnet-cni/podcidr.
+	StateDir string `json:"stateDir"`
+	// RouteTable is the resource ID of the route table to program; empty
+	// (the default) means the one associated with the node's subnet.
+	RouteTable string `json:"routeTable,omitempty"`
+	// MaxRoutes is the route table's limit, 1..10000; default 1,000
+	// (Azure's since 2026; 400 in older subscriptions). A node whose route
+	// does not fit is reported and its pods are held back.
+	MaxRoutes int `json:"maxRoutes"`
+	// RouteInterval is how often a node checks its own route, its NIC's
+	// IP forwarding and the route's effect, and how often the leader
+	// reconciles every node's route, 1s..1h; default 30s.
+	RouteInterval Duration `json:"routeInterval"`
+	// Controller runs the leader-elected route controller in this daemon
+	// (it removes the routes of deleted nodes); needs kubernetes.enabled.
+	// Default: on when kubernetes.enabled.
+	Controller *bool `json:"controller,omitempty"`
+	// LeaseName and LeaseNamespace name the coordination.k8s.io Lease of
+	// the controller's leader election; defaults vnet-cni-routes and
+	// vnet-cni.
+	LeaseName      string `json:"leaseName"`
+	LeaseNamespace string `json:"leaseNamespace"`
+}
+
+// ControllerEnabled reports whether this daemon takes part in the route
+// controller's leader election.
+func (k Kubenet) ControllerEnabled(kubernetes bool) bool {
+	if k.Controller != nil {
+		return *k.Controller
+	}
+	return kubernetes
+}
+
+// ClusterPrefix returns clusterCIDR parsed and masked; invalid when it does
+// not parse (Validate reports it).
+func (k Kubenet) ClusterPrefix() netip.Prefix {
+	p, err := netip.ParsePrefix(k.ClusterCIDR)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	return p.Masked()
 }
 
 // Kubernetes configures the daemon's use of the Kubernetes API: its Node
@@ -387,6 +469,14 @@ func Default() Config {
 			},
 		},
 		Kubernetes: Kubernetes{StatusInterval: Duration(DefaultStatusInterval)},
+		Kubenet: Kubenet{
+			Bridge:         DefaultKubenetBridge,
+			StateDir:       DefaultKubenetStateDir,
+			MaxRoutes:      DefaultMaxRoutes,
+			RouteInterval:  Duration(DefaultRouteInterval),
+			LeaseName:      DefaultLeaseName,
+			LeaseNamespace: DefaultLeaseNamespace,
+		},
 	}
 }
 

@@ -57,6 +57,10 @@ var documented = Config{
 		AWS: AWS{IMDSEndpoint: "http://169.254.169.254", SweepInterval: Duration(5 * time.Minute), SweepGrace: Duration(10 * time.Minute)},
 	},
 	Kubernetes: Kubernetes{StatusInterval: Duration(5 * time.Second)},
+	Kubenet: Kubenet{
+		Bridge: "vnetbr0", StateDir: "/run/vnet-cni/podcidr", MaxRoutes: 1000,
+		RouteInterval: Duration(30 * time.Second), LeaseName: "vnet-cni-routes", LeaseNamespace: "vnet-cni",
+	},
 }
 
 func TestDefaults(t *testing.T) {
@@ -256,8 +260,14 @@ func TestParseErrors(t *testing.T) {
 		{"metrics port zero", `{"metricsAddr": "127.0.0.1:0"}`, []string{"metricsAddr"}, "port 1..65535"},
 		{"metrics by host name", `{"metricsAddr": "localhost:10093"}`, []string{"metricsAddr"}, "not an ip:port"},
 		{"log level", `{"logLevel": "trace"}`, []string{"logLevel"}, `"trace" is not allowed (allowed: debug, info, warn, error)`},
-		{"kubenet not yet", `{"mode": "kubenet"}`, []string{"mode"}, `"kubenet" is not supported yet (allowed: bridge, routed)`},
-		{"unknown mode", `{"mode": "transparent"}`, []string{"mode"}, "(allowed: bridge, routed)"},
+		{"kubenet without its cidrs", `{"mode": "kubenet"}`, []string{"kubenet.clusterCIDR", "kubenet.podCIDR"}, "required with mode kubenet"},
+		{"kubenet pod cidr outside the cluster", `{"mode": "kubenet", "kubenet": {"clusterCIDR": "10.244.0.0/16", "podCIDR": "10.245.1.0/24"}}`, []string{"kubenet.podCIDR"}, "not inside kubenet.clusterCIDR"},
+		{"kubenet pod cidr too small", `{"mode": "kubenet", "kubenet": {"clusterCIDR": "10.244.0.0/16", "podCIDR": "10.244.1.0/30"}}`, []string{"kubenet.podCIDR"}, "8..29"},
+		{"kubenet on aws", `{"mode": "kubenet", "cloud": {"provider": "aws", "aws": {"clusterName": "c"}}, "kubenet": {"clusterCIDR": "10.244.0.0/16", "podCIDR": "10.244.1.0/24"}}`, []string{"mode"}, "has none (use routed)"},
+		{"kubenet controller without kubernetes", `{"mode": "kubenet", "kubenet": {"clusterCIDR": "10.244.0.0/16", "podCIDR": "10.244.1.0/24", "controller": true}}`, []string{"kubenet.controller"}, "needs kubernetes.enabled"},
+		{"kubenet bad bits", `{"mode": "kubenet", "kubenet": {"clusterCIDR": "nope", "podCIDR": "10.244.1.0/24", "bridge": "a/b", "stateDir": "/run/vnet-cni/store", "maxRoutes": 0, "routeInterval": "0s", "routeTable": "rt1", "leaseName": "A_B"}}`, []string{"kubenet.clusterCIDR", "kubenet.bridge", "kubenet.stateDir", "kubenet.maxRoutes", "kubenet.routeInterval", "kubenet.routeTable", "kubenet.leaseName"}, "is not an IPv4 CIDR"},
+		{"kubenet from the node", `{"mode": "kubenet", "kubernetes": {"enabled": true}, "kubenet": {"clusterCIDR": "10.244.0.0/16", "podCIDR": "10.244.1.0/24", "maxRoutes": 3}, "snatExclusions": ["bad"]}`, []string{"snatExclusions[0]"}, "not an IPv4 CIDR"},
+		{"unknown mode", `{"mode": "transparent"}`, []string{"mode"}, "(allowed: bridge, routed, kubenet)"},
 		{"provider", `{"cloud": {"provider": "gcp"}}`, []string{"cloud.provider"}, "(allowed: azure, aws)"},
 		{"aws without a cluster name", `{"cloud": {"provider": "aws"}}`, []string{"cloud.aws.clusterName"}, "tags the ENIs"},
 		{"aws cluster name", `{"cloud": {"provider": "aws", "aws": {"clusterName": "-x"}}}`, []string{"cloud.aws.clusterName"}, "starting with a letter or digit"},
@@ -287,7 +297,7 @@ func TestParseErrors(t *testing.T) {
 		{"token file with managed identity", `{"cloud": {"azure": {"tokenFile": "/etc/token"}}}`, []string{"cloud.azure.tokenFile"}, "only allowed with credential staticTokenFile"},
 		{"client id with static token", `{"cloud": {"azure": {"credential": "staticTokenFile", "tokenFile": "/t", "managedIdentityClientID": "0123abcd-4567-89ab-cdef-0123456789ab"}}}`, []string{"cloud.azure.managedIdentityClientID"}, "only allowed with credential managedIdentity"},
 		{"client id not a guid", `{"cloud": {"azure": {"managedIdentityClientID": "my-identity"}}}`, []string{"cloud.azure.managedIdentityClientID"}, "is not a client ID"},
-		{"several errors at once", `{"warmIPTarget": 300, "mode": "kubenet", "bogus": 1, "cloud": {"callTimeout": "1h"}}`, []string{"bogus", "warmIPTarget", "mode", "cloud.callTimeout"}, "bogus: unknown field"},
+		{"several errors at once", `{"warmIPTarget": 300, "mode": "ipvlan", "bogus": 1, "cloud": {"callTimeout": "1h"}}`, []string{"bogus", "warmIPTarget", "mode", "cloud.callTimeout"}, "bogus: unknown field"},
 		{"decode and validation errors together", `{"cooldown": 5, "maxIPs": 2000}`, []string{"cooldown", "maxIPs"}, "cooldown: 5 is not a duration"},
 	}
 	for _, tc := range tests {

@@ -83,16 +83,83 @@ func (c Config) Validate() error {
 		add(fieldErr("metricsAddr", fmt.Sprintf("%q must be a loopback address with a port (allowed: 127.0.0.0/8 or [::1], port 1..65535)", a)))
 	}
 	add(oneOf("logLevel", c.LogLevel, LogDebug, LogInfo, LogWarn, LogError))
-	if c.Mode == "kubenet" {
-		add(fieldErr("mode", `"kubenet" is not supported yet (allowed: bridge, routed)`))
-	} else {
-		add(oneOf("mode", c.Mode, ModeBridge, ModeRouted))
+	add(oneOf("mode", c.Mode, ModeBridge, ModeRouted, ModeKubenet))
+	if c.Mode == ModeKubenet {
+		add(c.validateKubenet())
 	}
 	add(oneOf("nodeSetup", c.NodeSetup, NodeSetupIPAMD, NodeSetupPlugin))
 	add(cidrList("snatExclusions", c.SNATExclusions, api.MaxSNATExclusions))
 	add(c.Cloud.validate())
 	add(c.Kubernetes.validate())
 	return errors.Join(errs...)
+}
+
+// validateKubenet checks the kubenet section for mode kubenet.
+func (c Config) validateKubenet() error {
+	k := c.Kubenet
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Cloud.Provider != ProviderAzure {
+		add(fieldErr("mode", fmt.Sprintf("kubenet programs an Azure route table; cloud.provider %q has none (use routed)", c.Cloud.Provider)))
+	}
+	cluster, err := netip.ParsePrefix(k.ClusterCIDR)
+	switch {
+	case k.ClusterCIDR == "":
+		add(fieldErr("kubenet.clusterCIDR", "required with mode kubenet (kube-controller-manager's --cluster-cidr)"))
+	case err != nil || !cluster.Addr().Is4():
+		add(fieldErr("kubenet.clusterCIDR", fmt.Sprintf("%q is not an IPv4 CIDR", k.ClusterCIDR)))
+	}
+	if k.PodCIDR != "" {
+		p, err := netip.ParsePrefix(k.PodCIDR)
+		switch {
+		case err != nil || !p.Addr().Is4():
+			add(fieldErr("kubenet.podCIDR", fmt.Sprintf("%q is not an IPv4 CIDR", k.PodCIDR)))
+		case p.Bits() < 8 || p.Bits() > 29:
+			add(fieldErr("kubenet.podCIDR", fmt.Sprintf("%q: the prefix length must be 8..29", k.PodCIDR)))
+		case cluster.IsValid() && (p.Bits() < cluster.Bits() || !cluster.Masked().Contains(p.Addr())):
+			add(fieldErr("kubenet.podCIDR", fmt.Sprintf("%q is not inside kubenet.clusterCIDR %s", k.PodCIDR, k.ClusterCIDR)))
+		}
+	} else if !c.Kubernetes.Enabled {
+		add(fieldErr("kubenet.podCIDR", "required without kubernetes.enabled (with it, the Node's spec.podCIDRs is used)"))
+	}
+	if msgs := ifName(k.Bridge); msgs != "" {
+		add(fieldErr("kubenet.bridge", fmt.Sprintf("%q %s", k.Bridge, msgs)))
+	}
+	add(absPath("kubenet.stateDir", k.StateDir, true))
+	if k.StateDir != "" && (k.StateDir == c.StoreDir || k.StateDir == c.ReleaseSpool) {
+		add(fieldErr("kubenet.stateDir", fmt.Sprintf("%q must differ from storeDir and releaseSpool: it is a witness of its own", k.StateDir)))
+	}
+	add(intRange("kubenet.maxRoutes", k.MaxRoutes, 1, MaxMaxRoutes, ""))
+	add(durRange("kubenet.routeInterval", k.RouteInterval, MinRouteInterval, MaxRouteInterval))
+	if k.ControllerEnabled(c.Kubernetes.Enabled) && !c.Kubernetes.Enabled {
+		add(fieldErr("kubenet.controller", "needs kubernetes.enabled (the leader election and the Nodes are in the API server)"))
+	}
+	if k.RouteTable != "" && !strings.Contains(strings.ToLower(k.RouteTable), "/providers/microsoft.network/routetables/") {
+		add(fieldErr("kubenet.routeTable", fmt.Sprintf("%q is not a route table's resource ID (/subscriptions/…/resourceGroups/…/providers/Microsoft.Network/routeTables/NAME)", k.RouteTable)))
+	}
+	for _, f := range []struct{ name, v string }{{"kubenet.leaseName", k.LeaseName}, {"kubenet.leaseNamespace", k.LeaseNamespace}} {
+		if msgs := validation.IsDNS1123Subdomain(f.v); len(msgs) > 0 {
+			add(fieldErr(f.name, fmt.Sprintf("%q: %s", f.v, strings.Join(msgs, "; "))))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ifName returns why name is not a Linux interface name, "" when it is one.
+func ifName(name string) string {
+	switch {
+	case name == "":
+		return "is empty"
+	case len(name) > 15:
+		return "is longer than 15 bytes"
+	case strings.ContainsAny(name, "/ \t\n:") || name == "." || name == "..":
+		return "has a character an interface name cannot have"
+	}
+	return ""
 }
 
 func (k Kubernetes) validate() error {

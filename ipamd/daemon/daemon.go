@@ -270,6 +270,8 @@ type Daemon struct {
 	// promoteAfter holds promotions back after a failed read of the
 	// witness (see guardPromotion).
 	promoteAfter time.Time
+	// holds keep the daemon not ready, by name (see SetHold).
+	holds map[string]string
 }
 
 // New returns a daemon over an open store. Start its worker with Run.

@@ -50,6 +50,18 @@ func newHarness(t *testing.T, simOpts sim.Options, opts Options) *harness {
 // everything).
 func newHarnessAs(t *testing.T, simOpts sim.Options, opts Options, tokenFor func(*sim.Sim) string) *harness {
 	t.Helper()
+	return newHarnessWith(t, simOpts, opts, tokenFor, nil)
+}
+
+// newHarnessConnect is newHarness whose daemon connects with what connect
+// returns for the harness's Azure configuration.
+func newHarnessConnect(t *testing.T, simOpts sim.Options, opts Options, connect func(azure.Config) Connect) *harness {
+	t.Helper()
+	return newHarnessWith(t, simOpts, opts, nil, connect)
+}
+
+func newHarnessWith(t *testing.T, simOpts sim.Options, opts Options, tokenFor func(*sim.Sim) string, connect func(azure.Config) Connect) *harness {
+	t.Helper()
 	simOpts.Dir = t.TempDir()
 	simOpts.NoFabric = true
 	simOpts.StaticToken = token
@@ -84,6 +96,9 @@ func newHarnessAs(t *testing.T, simOpts sim.Options, opts Options, tokenFor func
 		IMDSEndpoint: imds.URL, Credential: cred, CallTimeout: 10 * time.Second,
 		PollFrequency: 20 * time.Millisecond, MaxRetries: 1,
 	}}
+	if connect != nil {
+		hs.connect = connect(hs.cfg)
+	}
 	if w, ok := opts.Witness.(*fakeWitness); ok {
 		w.setNIC(d.Nodes[0].MAC)
 	}

@@ -83,7 +83,7 @@ func (d *Daemon) storeWritable() error {
 func (d *Daemon) readyLocked() bool {
 	ok, _ := d.datapathReadyLocked()
 	_, recovering := d.recoveryHoldLocked(d.opts.Now(), 0)
-	return d.ready && ok && d.storeErr == nil && !recovering
+	return d.ready && ok && d.storeErr == nil && !recovering && len(d.holds) == 0
 }
 
 // Allocate hands out an address from the pool; it never calls the cloud.
@@ -94,6 +94,9 @@ func (d *Daemon) Allocate(ctx context.Context, req api.AllocateRequest) (api.All
 	base, err := d.network()
 	if err == nil {
 		err = d.storeWritable()
+	}
+	if err == nil {
+		err = d.heldErr()
 	}
 	if err != nil {
 		d.metrics.allocations.WithLabelValues("not_ready").Inc()
@@ -299,6 +302,9 @@ func (d *Daemon) Status(_ context.Context, _ api.StatusRequest) (api.StatusRespo
 	}
 	if d.storeErr != nil {
 		resp.Reason = d.storeErr.Error()
+	}
+	if why := d.holdLocked(); why != "" && resp.Reason == "" {
+		resp.Reason = why
 	}
 	if d.lastCloudErr != nil {
 		resp.LastCloudError = d.lastCloudErr.Error()

@@ -62,6 +62,9 @@ func (d *Daemon) Report() Report {
 		TargetsFrom:  d.targetsFrom,
 		LimitReached: d.limitReached,
 	}
+	if why := d.holdLocked(); why != "" && r.Reason == "" {
+		r.Reason = why
+	}
 	if d.synced {
 		if p, ok := d.inst.Primary(); ok {
 			r.Interfaces = append(r.Interfaces, p.ID)
