@@ -5,7 +5,9 @@
 // on the table's ETag; a 412 re-reads and tries again; nothing is written
 // when nothing changed. Routes that are not vnet-cni's (another name, or a
 // prefix outside the cluster CIDR) are never changed or removed, and count
-// against the table's route limit.
+// against the table's route limit. Sync (the leader's) makes vnet-cni's
+// routes exactly the wanted ones; Ensure (every node's, for itself) adds or
+// fixes one node's route and touches nothing else; both share one planner.
 package routetable
 
 import (
@@ -15,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -79,7 +82,8 @@ type Route struct {
 	NextHop netip.Addr
 }
 
-// TablesClient is the part of armnetwork's RouteTablesClient Sync uses.
+// TablesClient is the part of armnetwork's RouteTablesClient the
+// Reconciler uses.
 type TablesClient interface {
 	Get(ctx context.Context, resourceGroup, table string, opts *armnetwork.RouteTablesClientGetOptions) (armnetwork.RouteTablesClientGetResponse, error)
 	BeginCreateOrUpdate(ctx context.Context, resourceGroup, table string, params armnetwork.RouteTable, opts *armnetwork.RouteTablesClientBeginCreateOrUpdateOptions) (*runtime.Poller[armnetwork.RouteTablesClientCreateOrUpdateResponse], error)
@@ -153,19 +157,56 @@ type Result struct {
 	Foreign int
 }
 
-// Sync reads the table once and, when the routes vnet-cni owns differ from
-// want, writes the whole table once with If-Match; on 412 it reads again,
-// at most MaxConflicts times. Errors are classified cloud.Errors (a 429 is
-// cloud.Throttled with its RetryAfter): the caller backs off and calls
-// Sync again.
+// SyncOptions adjust one SyncWith.
+type SyncOptions struct {
+	// KeepUnknown is asked about every route vnet-cni owns whose node is
+	// not in want: true keeps the route as it is (it then counts against
+	// the limit, and a wanted route overlapping it is rejected), false
+	// removes it. Nil removes them all. The route controller keeps the
+	// route of a node its informer has not seen yet, which the node's own
+	// daemon may have added with Ensure.
+	KeepUnknown func(routeName string) bool
+}
+
+// Sync is SyncWith without options: the routes vnet-cni owns become
+// exactly want.
 func (r *Reconciler) Sync(ctx context.Context, want []Route) (Result, error) {
+	return r.SyncWith(ctx, want, SyncOptions{})
+}
+
+// SyncWith reads the table once and, when the routes vnet-cni owns differ
+// from want, writes the whole table once with If-Match; on 412 it reads
+// again, at most MaxConflicts times. Errors are classified cloud.Errors (a
+// 429 is cloud.Throttled with its RetryAfter): the caller backs off and
+// calls SyncWith again.
+func (r *Reconciler) SyncWith(ctx context.Context, want []Route, opts SyncOptions) (Result, error) {
+	return r.apply(ctx, want, planOptions{keep: opts.KeepUnknown})
+}
+
+// Ensure puts one node's route into the table, as every node's daemon does
+// for itself: it adds the route, or fixes it, and never removes or changes
+// any other route. An absent route that does not fit under MaxRoutes is
+// reported in OverLimit and nothing is written; a route outside the
+// cluster CIDR or overlapping another node's route in the table is
+// reported in Rejected (the node's existing route, if any, stays as it
+// is). Nothing is written when the route is already as wanted; the write
+// uses If-Match and a 412 reads again, as in Sync.
+func (r *Reconciler) Ensure(ctx context.Context, want Route) (Result, error) {
+	if want.Node == "" {
+		return Result{}, errors.New("routetable: ensure a route without a node name")
+	}
+	return r.apply(ctx, []Route{want}, planOptions{keep: func(string) bool { return true }, keepOverLimit: true})
+}
+
+// apply is the read, plan, write loop of SyncWith and Ensure.
+func (r *Reconciler) apply(ctx context.Context, want []Route, opts planOptions) (Result, error) {
 	var res Result
 	for range r.cfg.MaxConflicts + 1 {
 		table, etag, err := r.read(ctx)
 		if err != nil {
 			return res, err
 		}
-		plan := r.plan(table, want)
+		plan := r.plan(table, want, opts)
 		res.Added, res.Changed, res.Removed = plan.added, plan.changed, plan.removed
 		res.Programmed, res.OverLimit, res.Rejected, res.Foreign = plan.programmed, plan.overLimit, plan.rejected, plan.foreign
 		if len(plan.added)+len(plan.changed)+len(plan.removed) == 0 {
@@ -175,8 +216,8 @@ func (r *Reconciler) Sync(ctx context.Context, want []Route) (Result, error) {
 		res.Puts++
 		err = r.put(ctx, table, etag)
 		if err == nil {
-			r.cfg.Logger.Info("route table written", "table", r.cfg.Table, "added", len(plan.added),
-				"changed", len(plan.changed), "removed", len(plan.removed), "overLimit", len(plan.overLimit))
+			r.cfg.Logger.Info("route table written", "table", r.cfg.Table, "added", plan.added,
+				"changed", plan.changed, "removed", plan.removed, "overLimit", len(plan.overLimit))
 			return res, nil
 		}
 		var re *azcore.ResponseError
@@ -227,6 +268,16 @@ func (r *Reconciler) put(ctx context.Context, table armnetwork.RouteTable, etag 
 	return nil
 }
 
+// planOptions make plan serve both SyncWith and Ensure.
+type planOptions struct {
+	// keep says whether an owned route whose node is not in want stays as
+	// it is (nil: none stays).
+	keep func(name string) bool
+	// keepOverLimit leaves a wanted node's existing route as it is when
+	// there is no room for it, instead of removing it.
+	keepOverLimit bool
+}
+
 type plan struct {
 	routes                  []*armnetwork.Route
 	added, changed, removed []string
@@ -255,9 +306,10 @@ func sameRoute(rt *armnetwork.Route, w Route) bool {
 		p.NextHopIPAddress != nil && *p.NextHopIPAddress == w.NextHop.String()
 }
 
-// plan computes the table's routes: the foreign ones as they are, then the
-// valid wanted ones that fit, routes already in the table first.
-func (r *Reconciler) plan(table armnetwork.RouteTable, want []Route) plan {
+// plan computes the table's routes: the foreign ones as they are, the
+// owned ones opts keep as they are, then the valid wanted ones that fit,
+// routes already in the table first.
+func (r *Reconciler) plan(table armnetwork.RouteTable, want []Route, opts planOptions) plan {
 	pl := plan{rejected: map[string]string{}}
 	existing := map[string]*armnetwork.Route{} // owned, by name
 	var foreign []*armnetwork.Route
@@ -298,32 +350,54 @@ func (r *Reconciler) plan(table armnetwork.RouteTable, want []Route) plan {
 		}
 		seen[w.Node] = true
 	}
+	// Owned routes of nodes not in want that stay as they are.
+	var kept []*armnetwork.Route
+	if opts.keep != nil {
+		names := map[string]bool{}
+		for n := range seen {
+			names[RouteName(n)] = true
+		}
+		for _, name := range slices.Sorted(maps.Keys(existing)) {
+			if !names[name] && opts.keep(name) {
+				kept = append(kept, existing[name])
+			}
+		}
+	}
 	inTable := func(w Route) bool {
 		rt, ok := existing[RouteName(w.Node)]
 		return ok && sameRoute(rt, w)
 	}
-	var kept []Route
+	var fit []Route
 	for i, w := range valid {
 		lose := ""
+		for _, k := range kept {
+			if p, _ := r.owned(k); p.Overlaps(w.Prefix) {
+				lose = "route " + *k.Name
+				break
+			}
+		}
 		for j, o := range valid {
+			if lose != "" {
+				break
+			}
 			if i == j || !w.Prefix.Overlaps(o.Prefix) {
 				continue
 			}
 			wi, oi := inTable(w), inTable(o)
 			if oi && !wi || oi == wi && o.Node < w.Node {
-				lose = o.Node
+				lose = "node " + o.Node + "'s"
 				break
 			}
 		}
 		if lose != "" {
-			pl.rejected[w.Node] = fmt.Sprintf("pod CIDR %s overlaps node %s's", w.Prefix, lose)
+			pl.rejected[w.Node] = fmt.Sprintf("pod CIDR %s overlaps %s", w.Prefix, lose)
 			continue
 		}
-		kept = append(kept, w)
+		fit = append(fit, w)
 	}
 
 	// Room under the limit: routes already there first, then by name.
-	slices.SortStableFunc(kept, func(a, b Route) int {
+	slices.SortStableFunc(fit, func(a, b Route) int {
 		_, ea := existing[RouteName(a.Node)]
 		_, eb := existing[RouteName(b.Node)]
 		switch {
@@ -336,6 +410,10 @@ func (r *Reconciler) plan(table armnetwork.RouteTable, want []Route) plan {
 	})
 	routes := slices.Clone(foreign)
 	wanted := map[string]bool{}
+	for _, k := range kept {
+		routes = append(routes, k)
+		wanted[*k.Name] = true
+	}
 	// A rejected node's existing route stays as it is: removing it would
 	// black-hole pods that still run there because of a bad update.
 	for node := range pl.rejected {
@@ -346,10 +424,14 @@ func (r *Reconciler) plan(table armnetwork.RouteTable, want []Route) plan {
 		}
 	}
 	room := r.cfg.MaxRoutes - len(routes)
-	for _, w := range kept {
+	for _, w := range fit {
 		name := RouteName(w.Node)
 		if room <= 0 {
 			pl.overLimit = append(pl.overLimit, w.Node)
+			if rt, ok := existing[name]; ok && opts.keepOverLimit {
+				routes = append(routes, rt)
+				wanted[name] = true
+			}
 			continue
 		}
 		room--

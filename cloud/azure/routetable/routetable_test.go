@@ -379,3 +379,167 @@ func TestSync50Nodes(t *testing.T) {
 		t.Errorf("%d routes, want 55", len(e.table(t)))
 	}
 }
+
+// TestEnsure: a node's own route is added, then fixed, in one PUT each and
+// not written again while it is as wanted; no other route, vnet-cni's or
+// foreign, is ever removed or changed; a bad or overlapping route is
+// rejected and a route that does not fit is reported, both without a write.
+func TestEnsure(t *testing.T) {
+	e := newEnv(t, 0)
+	e.putRoute(t, "default-to-firewall", "0.0.0.0/0", "10.240.0.200")
+	e.putRoute(t, "vnetcni-outside", "192.168.0.0/24", "10.240.0.201")
+	r := e.reconciler(t, nil, 0)
+	ctx := context.Background()
+	if _, err := r.Sync(ctx, []Route{node(1), node(2)}); err != nil {
+		t.Fatal(err)
+	}
+	before := e.table(t)
+	puts := func() int { return e.calls("RouteTables_CreateOrUpdate", "") }
+	p0 := puts()
+
+	res, err := r.Ensure(ctx, node(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Puts != 1 || !slices.Equal(res.Added, []string{"vnetcni-node-03"}) || len(res.Changed)+len(res.Removed) != 0 ||
+		!slices.Equal(res.Programmed, []string{"node-03"}) || puts()-p0 != 1 {
+		t.Errorf("ensure a new node: %+v, %d PUTs; want node-03 added in one PUT", res, puts()-p0)
+	}
+	got := e.table(t)
+	for _, b := range before {
+		if !slices.Contains(got, b) {
+			t.Errorf("route %q changed or gone: %v", b, got)
+		}
+	}
+	if !slices.Contains(got, "vnetcni-node-03 10.244.3.0/24>10.240.0.7") || len(got) != len(before)+1 {
+		t.Errorf("table %v", got)
+	}
+
+	p1 := puts()
+	if res, err := r.Ensure(ctx, node(3)); err != nil || res.Puts != 0 || !slices.Equal(res.Programmed, []string{"node-03"}) {
+		t.Errorf("ensure again: %+v, %v; want no write", res, err)
+	}
+	if puts() != p1 {
+		t.Errorf("%d PUTs for a route already as wanted", puts()-p1)
+	}
+
+	moved := node(2)
+	moved.NextHop = netip.MustParseAddr("10.240.0.99")
+	res, err = r.Ensure(ctx, moved)
+	if err != nil || res.Puts != 1 || !slices.Equal(res.Changed, []string{"vnetcni-node-02"}) || len(res.Added)+len(res.Removed) != 0 {
+		t.Errorf("ensure a moved node: %+v, %v", res, err)
+	}
+	got = e.table(t)
+	if !slices.Contains(got, "vnetcni-node-02 10.244.2.0/24>10.240.0.99") || !slices.Contains(got, "vnetcni-node-01 10.244.1.0/24>10.240.0.5") ||
+		!slices.Contains(got, "vnetcni-outside 192.168.0.0/24>10.240.0.201") || len(got) != 5 {
+		t.Errorf("table %v", got)
+	}
+
+	p2 := puts()
+	outside := Route{Node: "node-40", Prefix: netip.MustParsePrefix("10.10.0.0/24"), NextHop: netip.MustParseAddr("10.240.0.40")}
+	overlap := Route{Node: "node-41", Prefix: netip.MustParsePrefix("10.244.1.128/25"), NextHop: netip.MustParseAddr("10.240.0.41")}
+	for _, tc := range []struct {
+		w    Route
+		want string
+	}{
+		{outside, "outside the cluster CIDR"},
+		{overlap, "overlaps route vnetcni-node-01"},
+		{Route{Node: "node-42", NextHop: netip.MustParseAddr("10.240.0.42")}, "no pod CIDR"},
+	} {
+		res, err := r.Ensure(ctx, tc.w)
+		if err != nil || res.Puts != 0 || !strings.Contains(res.Rejected[tc.w.Node], tc.want) || len(res.Programmed) != 0 {
+			t.Errorf("ensure %v: %+v, %v; want rejected %q, no write", tc.w, res, err, tc.want)
+		}
+	}
+	if puts() != p2 || len(e.table(t)) != 5 {
+		t.Errorf("bad input wrote %d times; table %v", puts()-p2, e.table(t))
+	}
+	if _, err := r.Ensure(ctx, Route{Prefix: netip.MustParsePrefix("10.244.9.0/24")}); err == nil {
+		t.Error("ensure without a node name: no error")
+	}
+}
+
+// TestEnsureRouteLimit: under a limit of 3 (one foreign route, two nodes'),
+// a third node's absent route is reported and nothing is written, while an
+// existing node's route is still fixed in place.
+func TestEnsureRouteLimit(t *testing.T) {
+	e := newEnv(t, 3)
+	e.putRoute(t, "default-to-firewall", "0.0.0.0/0", "10.240.0.200")
+	r := e.reconciler(t, nil, 3)
+	ctx := context.Background()
+	if _, err := r.Sync(ctx, []Route{node(1), node(2)}); err != nil {
+		t.Fatal(err)
+	}
+	p0 := e.calls("RouteTables_CreateOrUpdate", "")
+	res, err := r.Ensure(ctx, node(3))
+	if err != nil || res.Puts != 0 || !slices.Equal(res.OverLimit, []string{"node-03"}) || len(res.Programmed) != 0 {
+		t.Errorf("a third node over the limit: %+v, %v; want reported, no write", res, err)
+	}
+	if n := e.calls("RouteTables_CreateOrUpdate", "") - p0; n != 0 || len(e.table(t)) != 3 {
+		t.Errorf("%d PUTs, table %v", n, e.table(t))
+	}
+	moved := node(1)
+	moved.NextHop = netip.MustParseAddr("10.240.0.77")
+	res, err = r.Ensure(ctx, moved)
+	if err != nil || !slices.Equal(res.Changed, []string{"vnetcni-node-01"}) || len(res.OverLimit) != 0 {
+		t.Errorf("fix an existing route at the limit: %+v, %v", res, err)
+	}
+	if got := e.table(t); !slices.Contains(got, "vnetcni-node-01 10.244.1.0/24>10.240.0.77") || !slices.Contains(got, "vnetcni-node-02 10.244.2.0/24>10.240.0.6") {
+		t.Errorf("table %v", got)
+	}
+}
+
+// TestEnsureRereadsOn412: a route added by hand between Ensure's read and
+// its write costs one 412 and a re-read; both routes end in the table.
+func TestEnsureRereadsOn412(t *testing.T) {
+	e := newEnv(t, 0)
+	rc := &racingClient{RouteTablesClient: e.tables}
+	rc.race = func() { e.putRoute(t, "ops-added", "172.16.0.0/24", "10.240.0.250") }
+	r := e.reconciler(t, rc, 0)
+	res, err := r.Ensure(context.Background(), node(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Puts != 2 || e.calls("RouteTables_CreateOrUpdate", "412") != 1 {
+		t.Errorf("puts %d, 412s %d; want 2 PUTs, the first refused with 412", res.Puts, e.calls("RouteTables_CreateOrUpdate", "412"))
+	}
+	if got := e.table(t); !slices.Contains(got, "ops-added 172.16.0.0/24>10.240.0.250") || !slices.Contains(got, "vnetcni-node-01 10.244.1.0/24>10.240.0.5") || len(got) != 2 {
+		t.Errorf("table %v", got)
+	}
+}
+
+// TestSyncKeepUnknown: a route whose node is not wanted stays while
+// KeepUnknown says so (asked only about such routes), blocks an
+// overlapping new route and takes room under the limit; once KeepUnknown
+// says no, Sync removes it.
+func TestSyncKeepUnknown(t *testing.T) {
+	e := newEnv(t, 3)
+	r := e.reconciler(t, nil, 3)
+	ctx := context.Background()
+	if _, err := r.Ensure(ctx, node(2)); err != nil {
+		t.Fatal(err)
+	}
+	var asked []string
+	keep := true
+	opts := SyncOptions{KeepUnknown: func(name string) bool { asked = append(asked, name); return keep }}
+	overlap := Route{Node: "node-07", Prefix: netip.MustParsePrefix("10.244.2.0/23"), NextHop: netip.MustParseAddr("10.240.0.70")}
+	res, err := r.SyncWith(ctx, []Route{node(1), overlap, node(3), node(4)}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(asked, []string{"vnetcni-node-02"}) {
+		t.Errorf("KeepUnknown asked about %v, want only vnetcni-node-02", asked)
+	}
+	if len(res.Removed) != 0 || !strings.Contains(res.Rejected["node-07"], "overlaps route vnetcni-node-02") ||
+		!slices.Equal(res.Programmed, []string{"node-01", "node-03"}) || !slices.Equal(res.OverLimit, []string{"node-04"}) {
+		t.Errorf("kept unknown route: %+v", res)
+	}
+	if got := e.table(t); !slices.Contains(got, "vnetcni-node-02 10.244.2.0/24>10.240.0.6") || len(got) != 3 {
+		t.Errorf("table %v", got)
+	}
+	keep = false
+	res, err = r.SyncWith(ctx, []Route{node(1), node(3), node(4)}, opts)
+	if err != nil || !slices.Equal(res.Removed, []string{"vnetcni-node-02"}) || !slices.Equal(res.Added, []string{"vnetcni-node-04"}) {
+		t.Errorf("unknown route no longer kept: %+v, %v; want it removed and node-04 in its room", res, err)
+	}
+}
