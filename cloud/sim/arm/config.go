@@ -33,7 +33,8 @@ type Config struct {
 	VNetPrefixes                            []netip.Prefix
 	SubnetName                              string
 	Subnet                                  netip.Prefix
-	// RouteTableName is created empty at start and associated with the subnet.
+	// RouteTableName is created empty at start and associated with the
+	// subnet (Server.SetSubnetRouteTable changes the association).
 	RouteTableName string
 	// NICs are created at start, each with one primary Static ipConfiguration
 	// named "ipconfig1".

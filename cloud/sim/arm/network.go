@@ -74,6 +74,10 @@ func (s *Server) renderSubnetLocked() armnetwork.Subnet {
 			refs = append(refs, &armnetwork.IPConfiguration{ID: to.Ptr(s.ipConfigID(n.name, c.name))})
 		}
 	}
+	var table *armnetwork.RouteTable
+	if t := s.subnetTableLocked(); t != nil {
+		table = &armnetwork.RouteTable{ID: to.Ptr(s.routeTableID(t.name))}
+	}
 	return armnetwork.Subnet{
 		ID:   to.Ptr(s.subnetID()),
 		Name: to.Ptr(s.cfg.SubnetName),
@@ -81,7 +85,7 @@ func (s *Server) renderSubnetLocked() armnetwork.Subnet {
 		Etag: to.Ptr(s.vnetETag),
 		Properties: &armnetwork.SubnetPropertiesFormat{
 			AddressPrefix:     to.Ptr(s.cfg.Subnet.String()),
-			RouteTable:        &armnetwork.RouteTable{ID: to.Ptr(s.routeTableID(s.cfg.RouteTableName))},
+			RouteTable:        table,
 			IPConfigurations:  refs,
 			ProvisioningState: to.Ptr(armnetwork.ProvisioningStateSucceeded),
 		},

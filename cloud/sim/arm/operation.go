@@ -29,6 +29,10 @@ type operation struct {
 	doneAt time.Time
 	status string
 	err    *apiError
+	// result, when set by finish, is the body the Location URL answers
+	// with 200 once the operation succeeded (a POST's result); without
+	// it the Location URL answers 204.
+	result any
 	finish func(ok bool) // called with Server.mu held
 	timer  *time.Timer
 }
@@ -107,7 +111,9 @@ func (s *Server) completeLocked(op *operation) {
 	}
 	op.status = statusSucceeded
 	op.finish(true)
-	s.notifyLocked()
+	if op.method != http.MethodPost { // a POST here only reads
+		s.notifyLocked()
+	}
 }
 
 // setPollHeaders advertises the poll interval: Retry-After in whole seconds
@@ -125,7 +131,7 @@ func (s *Server) setPollHeaders(h http.Header) {
 // acceptLRO sets the headers of a response that starts op.
 func (s *Server) acceptLRO(w http.ResponseWriter, r *http.Request, op *operation) {
 	w.Header().Set("Azure-AsyncOperation", s.operationURL(r, "operations", op.id))
-	if op.method == http.MethodDelete {
+	if op.method == http.MethodDelete || op.method == http.MethodPost {
 		w.Header().Set("Location", s.operationURL(r, "operationResults", op.id))
 	}
 	s.setPollHeaders(w.Header())
@@ -160,16 +166,18 @@ func (s *Server) getOperation(w http.ResponseWriter, id string) {
 	writeJSON(w, http.StatusOK, body)
 }
 
-// getOperationResult answers a poll of the Location URL of a DELETE: 202
-// while in progress, 204 when done.
+// getOperationResult answers a poll of the Location URL of a DELETE or a
+// POST: 202 while in progress, when done 200 with the operation's result or
+// 204 when it has none.
 func (s *Server) getOperationResult(w http.ResponseWriter, r *http.Request, id string) {
 	s.mu.Lock()
 	s.advanceLocked(time.Now())
 	op := s.ops[id]
 	var status string
 	var opErr *apiError
+	var result any
 	if op != nil {
-		status, opErr = op.status, op.err
+		status, opErr, result = op.status, op.err, op.result
 	}
 	s.mu.Unlock()
 	switch {
@@ -181,6 +189,8 @@ func (s *Server) getOperationResult(w http.ResponseWriter, r *http.Request, id s
 		w.WriteHeader(http.StatusAccepted)
 	case status == statusFailed:
 		opErr.write(w)
+	case result != nil:
+		writeJSON(w, http.StatusOK, result)
 	default:
 		w.WriteHeader(http.StatusNoContent)
 	}

@@ -19,6 +19,7 @@ const (
 	kindUnknown resourceKind = iota
 	kindNICs
 	kindNIC
+	kindNICEffectiveRoutes
 	kindVNet
 	kindSubnets
 	kindSubnet
@@ -46,6 +47,9 @@ type target struct {
 var operationIDs = map[resourceKind]map[string]string{
 	kindNICs:            {http.MethodGet: "NetworkInterfaces_List"},
 	kindNIC:             {http.MethodGet: "NetworkInterfaces_Get", http.MethodPut: "NetworkInterfaces_CreateOrUpdate"},
+	// A POST: ARM counts it against the subscription's writes, and
+	// Azure's Reader role does not include its action.
+	kindNICEffectiveRoutes: {http.MethodPost: "NetworkInterfaces_GetEffectiveRouteTable"},
 	kindVNet:            {http.MethodGet: "VirtualNetworks_Get"},
 	kindSubnets:         {http.MethodGet: "Subnets_List"},
 	kindSubnet:          {http.MethodGet: "Subnets_Get"},
@@ -57,15 +61,16 @@ var operationIDs = map[resourceKind]map[string]string{
 }
 
 var kindNames = map[resourceKind]string{
-	kindNICs: "NetworkInterfaces", kindNIC: "NetworkInterfaces", kindVNet: "VirtualNetworks",
+	kindNICs: "NetworkInterfaces", kindNIC: "NetworkInterfaces", kindNICEffectiveRoutes: "NetworkInterfaces", kindVNet: "VirtualNetworks",
 	kindSubnets: "Subnets", kindSubnet: "Subnets", kindRouteTable: "RouteTables", kindRoutes: "Routes",
 	kindRoute: "Routes", kindOperation: "AsyncOperations", kindOperationResult: "OperationResults",
 }
 
 // kindActions name the resource types in Azure RBAC actions
-// (Microsoft.Network/<type>/write).
+// (Microsoft.Network/<type>/write, .../delete, .../action for a POST).
 var kindActions = map[resourceKind]string{
 	kindNIC: "networkInterfaces", kindRouteTable: "routeTables", kindRoute: "routeTables/routes",
+	kindNICEffectiveRoutes: "networkInterfaces/effectiveRouteTable",
 }
 
 // parseTarget maps method and path to a target. Literal path segments match
@@ -109,6 +114,8 @@ func parseNetworkPath(seg []string) (resourceKind, string, string) {
 		return kindNICs, "", ""
 	case is(0, "networkInterfaces") && len(seg) == 2:
 		return kindNIC, seg[1], ""
+	case is(0, "networkInterfaces") && is(2, "effectiveRouteTable") && len(seg) == 3:
+		return kindNICEffectiveRoutes, seg[1], ""
 	case is(0, "virtualNetworks") && len(seg) == 2:
 		return kindVNet, seg[1], ""
 	case is(0, "virtualNetworks") && is(2, "subnets") && len(seg) == 3:
@@ -172,8 +179,11 @@ func (s *Server) serveARM(w http.ResponseWriter, r *http.Request) {
 	}
 	if class := classOf(r.Method); identity.readOnly && class != classRead {
 		verb := "write"
-		if class == classDelete {
+		switch {
+		case class == classDelete:
 			verb = "delete"
+		case r.Method == http.MethodPost:
+			verb = "action"
 		}
 		denied(identity, "Microsoft.Network/"+kindActions[t.kind]+"/"+verb, r.URL.Path).write(rec)
 		return
@@ -281,6 +291,8 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request, t target) {
 		s.getNIC(w, t.name)
 	case t.kind == kindNIC:
 		s.putNIC(w, r, t.name)
+	case t.kind == kindNICEffectiveRoutes:
+		s.postEffectiveRoutes(w, r, t.name)
 	case t.kind == kindVNet:
 		s.getVNet(w, t.name)
 	case t.kind == kindSubnets:

@@ -323,7 +323,7 @@ func (s *Server) renderTableLocked(t *routeTable, routes map[string]route, etag 
 		v := s.renderRoute(t.name, rt, rt.etag, ps)
 		props.Routes = append(props.Routes, &v)
 	}
-	if strings.EqualFold(t.name, s.cfg.RouteTableName) {
+	if s.subnetTable != "" && strings.EqualFold(t.name, s.subnetTable) {
 		props.Subnets = []*armnetwork.Subnet{{ID: to.Ptr(s.subnetID())}}
 	}
 	return armnetwork.RouteTable{

@@ -35,6 +35,9 @@ type Server struct {
 	inflight map[string]*operation  // operations still InProgress, by id
 	vnetETag string
 	pruned   time.Time
+	// subnetTable is the name of the route table associated with the
+	// subnet, "" for none: Config.RouteTableName at start.
+	subnetTable string
 }
 
 // New validates cfg and creates the server with its initial resources.
@@ -56,6 +59,8 @@ func New(cfg Config) (*Server, error) {
 		ops:      map[string]*operation{},
 		inflight: map[string]*operation{},
 		vnetETag: newETag(),
+
+		subnetTable: cfg.RouteTableName,
 	}
 	for _, spec := range cfg.NICs {
 		s.nics[strings.ToLower(spec.Name)] = &nic{
@@ -178,7 +183,7 @@ func (s *Server) Snapshot() Snapshot {
 		slices.SortFunc(st.Secondary, netip.Addr.Compare)
 		snap.NICs = append(snap.NICs, st)
 	}
-	if t := s.tables[strings.ToLower(s.cfg.RouteTableName)]; t != nil && t.exists {
+	if t := s.subnetTableLocked(); t != nil {
 		for _, r := range sortedRoutes(t.effective) {
 			snap.Routes = append(snap.Routes, RouteState{Name: r.name, Prefix: r.prefix, NextHopType: r.nextHopType, NextHop: r.nextHop})
 		}
