@@ -45,19 +45,19 @@ type target struct {
 
 // operationIDs maps a resource kind and method to Azure's operationId.
 var operationIDs = map[resourceKind]map[string]string{
-	kindNICs:            {http.MethodGet: "NetworkInterfaces_List"},
-	kindNIC:             {http.MethodGet: "NetworkInterfaces_Get", http.MethodPut: "NetworkInterfaces_CreateOrUpdate"},
+	kindNICs: {http.MethodGet: "NetworkInterfaces_List"},
+	kindNIC:  {http.MethodGet: "NetworkInterfaces_Get", http.MethodPut: "NetworkInterfaces_CreateOrUpdate"},
 	// A POST: ARM counts it against the subscription's writes, and
 	// Azure's Reader role does not include its action.
 	kindNICEffectiveRoutes: {http.MethodPost: "NetworkInterfaces_GetEffectiveRouteTable"},
-	kindVNet:            {http.MethodGet: "VirtualNetworks_Get"},
-	kindSubnets:         {http.MethodGet: "Subnets_List"},
-	kindSubnet:          {http.MethodGet: "Subnets_Get"},
-	kindRouteTable:      {http.MethodGet: "RouteTables_Get", http.MethodPut: "RouteTables_CreateOrUpdate"},
-	kindRoutes:          {http.MethodGet: "Routes_List"},
-	kindRoute:           {http.MethodGet: "Routes_Get", http.MethodPut: "Routes_CreateOrUpdate", http.MethodDelete: "Routes_Delete"},
-	kindOperation:       {http.MethodGet: "AsyncOperations_Get"},
-	kindOperationResult: {http.MethodGet: "OperationResults_Get"},
+	kindVNet:               {http.MethodGet: "VirtualNetworks_Get"},
+	kindSubnets:            {http.MethodGet: "Subnets_List"},
+	kindSubnet:             {http.MethodGet: "Subnets_Get"},
+	kindRouteTable:         {http.MethodGet: "RouteTables_Get", http.MethodPut: "RouteTables_CreateOrUpdate"},
+	kindRoutes:             {http.MethodGet: "Routes_List"},
+	kindRoute:              {http.MethodGet: "Routes_Get", http.MethodPut: "Routes_CreateOrUpdate", http.MethodDelete: "Routes_Delete"},
+	kindOperation:          {http.MethodGet: "AsyncOperations_Get"},
+	kindOperationResult:    {http.MethodGet: "OperationResults_Get"},
 }
 
 var kindNames = map[resourceKind]string{
