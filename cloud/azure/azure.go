@@ -108,6 +108,12 @@ type Provider struct {
 	nics  *armnetwork.InterfacesClient
 	vnets *armnetwork.VirtualNetworksClient
 	log   *slog.Logger
+	// subscription is the node's (from IMDS); factory makes clients for
+	// it, opts (endpoint, transport, retries) with cfg.Credential clients
+	// for another one.
+	subscription string
+	factory      *armnetwork.ClientFactory
+	opts         *arm.ClientOptions
 }
 
 // New discovers the node (IMDS, then the NIC whose MAC IMDS reports, then
@@ -144,6 +150,10 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 		nics:  factory.NewInterfacesClient(),
 		vnets: factory.NewVirtualNetworksClient(),
 		log:   cfg.Logger,
+
+		subscription: inst.SubscriptionID,
+		factory:      factory,
+		opts:         opts,
 	}
 	if err := p.discover(ctx, inst); err != nil {
 		return nil, err
