@@ -34,13 +34,31 @@ func (c credential) GetToken(context.Context, policy.TokenRequestOptions) (azcor
 // Interfaces returns an armnetwork client of the sim's NICs (two retries,
 // 30 s per request).
 func Interfaces(desc sim.Description, a *arm.Server) (*armnetwork.InterfacesClient, error) {
+	opts, err := clientOptions(desc)
+	if err != nil {
+		return nil, err
+	}
+	return armnetwork.NewInterfacesClient(desc.SubscriptionID, credential{a}, opts)
+}
+
+// RouteTables returns an armnetwork client of the sim's route tables, as
+// Interfaces does for the NICs.
+func RouteTables(desc sim.Description, a *arm.Server) (*armnetwork.RouteTablesClient, error) {
+	opts, err := clientOptions(desc)
+	if err != nil {
+		return nil, err
+	}
+	return armnetwork.NewRouteTablesClient(desc.SubscriptionID, credential{a}, opts)
+}
+
+func clientOptions(desc sim.Description) (*azarm.ClientOptions, error) {
 	pool, err := cabundle.Load(desc.CAFile)
 	if err != nil {
 		return nil, fmt.Errorf("the sim's CA: %w", err)
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	return armnetwork.NewInterfacesClient(desc.SubscriptionID, credential{a}, &azarm.ClientOptions{
+	return &azarm.ClientOptions{
 		ClientOptions: policy.ClientOptions{
 			Cloud: azcloud.Configuration{Services: map[azcloud.ServiceName]azcloud.ServiceConfiguration{
 				azcloud.ResourceManager: {Endpoint: desc.ARMEndpoint, Audience: desc.ARMAudience},
@@ -48,7 +66,7 @@ func Interfaces(desc sim.Description, a *arm.Server) (*armnetwork.InterfacesClie
 			Transport: &http.Client{Transport: tr, Timeout: 30 * time.Second},
 			Retry:     policy.RetryOptions{MaxRetries: 2, RetryDelay: 200 * time.Millisecond},
 		},
-	})
+	}, nil
 }
 
 // Secondaries reads a NIC and returns the addresses of its secondary

@@ -61,6 +61,7 @@ const (
 	DefaultKubenetStateDir         = "/run/vnet-cni/podcidr"
 	DefaultMaxRoutes               = 1000
 	DefaultRouteInterval           = 30 * time.Second
+	DefaultRouteSettle             = 10 * time.Second
 	DefaultLeaseName               = "vnet-cni-routes"
 	DefaultLeaseNamespace          = "vnet-cni"
 )
@@ -143,6 +144,8 @@ const (
 	// MaxRoutes bounds kubenet.maxRoutes: Azure lets a subscription raise
 	// the limit per route table, never beyond a few thousand.
 	MaxMaxRoutes = 10000
+	// The settle time after a route write.
+	MaxRouteSettle = 10 * time.Minute
 	// MaxAddresses bounds maxIPs, batchSize and the targets: a sanity bound
 	// above what any instance holds. The cloud provider's own limit (an
 	// Azure NIC: 255 secondary addresses) caps the pool at run time.
@@ -293,6 +296,12 @@ type Kubenet struct {
 	// IP forwarding and the route's effect, and how often the leader
 	// reconciles every node's route, 1s..1h; default 30s.
 	RouteInterval Duration `json:"routeInterval"`
+	// RouteSettle is how long the node's pods stay held back after a
+	// write of its route or of its NIC's IP forwarding, even when the
+	// NIC's effective routes show the route already (they may still show
+	// the state before the write), 0s..10m; default 10s. Set it above the
+	// time the VNet takes to follow a route table change.
+	RouteSettle Duration `json:"routeSettle"`
 	// Controller runs the leader-elected route controller in this daemon
 	// (it removes the routes of deleted nodes); needs kubernetes.enabled.
 	// Default: on when kubernetes.enabled.
@@ -474,6 +483,7 @@ func Default() Config {
 			StateDir:       DefaultKubenetStateDir,
 			MaxRoutes:      DefaultMaxRoutes,
 			RouteInterval:  Duration(DefaultRouteInterval),
+			RouteSettle:    Duration(DefaultRouteSettle),
 			LeaseName:      DefaultLeaseName,
 			LeaseNamespace: DefaultLeaseNamespace,
 		},

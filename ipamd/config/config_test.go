@@ -59,7 +59,7 @@ var documented = Config{
 	Kubernetes: Kubernetes{StatusInterval: Duration(5 * time.Second)},
 	Kubenet: Kubenet{
 		Bridge: "vnetbr0", StateDir: "/run/vnet-cni/podcidr", MaxRoutes: 1000,
-		RouteInterval: Duration(30 * time.Second), LeaseName: "vnet-cni-routes", LeaseNamespace: "vnet-cni",
+		RouteInterval: Duration(30 * time.Second), RouteSettle: Duration(10 * time.Second), LeaseName: "vnet-cni-routes", LeaseNamespace: "vnet-cni",
 	},
 }
 

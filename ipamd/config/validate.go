@@ -135,6 +135,7 @@ func (c Config) validateKubenet() error {
 	}
 	add(intRange("kubenet.maxRoutes", k.MaxRoutes, 1, MaxMaxRoutes, ""))
 	add(durRange("kubenet.routeInterval", k.RouteInterval, MinRouteInterval, MaxRouteInterval))
+	add(durRange("kubenet.routeSettle", k.RouteSettle, 0, MaxRouteSettle))
 	if k.ControllerEnabled(c.Kubernetes.Enabled) && !c.Kubernetes.Enabled {
 		add(fieldErr("kubenet.controller", "needs kubernetes.enabled (the leader election and the Nodes are in the API server)"))
 	}

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
+	"github.com/vnet-cni/vnet-cni/ipamd/noderoute"
 	"github.com/vnet-cni/vnet-cni/ipamd/pool"
 )
 
@@ -86,6 +87,13 @@ type Agent struct {
 	vnn         *VNetNode
 	overrideErr error
 	appliedGen  int64
+	// network is what the Node says of the node's network (kubenet);
+	// cidrEvents when each pod CIDR Event was last sent; netState the
+	// node's route state to write into the Node's condition.
+	network    nodeNetwork
+	cidrEvents map[string]time.Time
+	netState   *noderoute.State
+	netKick    chan struct{}
 }
 
 // New returns an agent for d; it makes no call before Run.
@@ -125,7 +133,7 @@ func New(d Daemon, opts Options) (*Agent, error) {
 	}
 	return &Agent{
 		opts: opts, d: d, core: core, dyn: dyn, log: opts.Logger, base: opts.Base,
-		kickCh: make(chan struct{}, 1),
+		kickCh: make(chan struct{}, 1), netKick: make(chan struct{}, 1),
 		// As kubelet names its Node in Events: the UID is the node's name,
 		// which is what kubectl describe node looks for.
 		nodeRef: &corev1.ObjectReference{Kind: "Node", Name: opts.NodeName, UID: types.UID(opts.NodeName)},
@@ -269,6 +277,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer wg.Wait()
 	wg.Go(func() { nodeInf.RunWithContext(ctx) })
 	wg.Go(func() { vnnInf.RunWithContext(ctx) })
+	wg.Go(func() { a.reportNetwork(ctx) })
 	a.log.Info("watching the Kubernetes node and its VNetNode", "node", a.opts.NodeName, "server", a.opts.REST.Host)
 	a.report(ctx, vnnInf)
 	return nil
@@ -284,7 +293,9 @@ func (a *Agent) onNode(obj any) {
 func (a *Agent) setNode(n *corev1.Node) {
 	pods := 0
 	var uid types.UID
+	var nn nodeNetwork
 	if n != nil {
+		nn = networkOf(n)
 		uid = n.UID
 		if q, ok := n.Status.Allocatable[corev1.ResourcePods]; ok {
 			v := q.Value()
@@ -302,6 +313,7 @@ func (a *Agent) setNode(n *corev1.Node) {
 	a.mu.Lock()
 	changed := pods != a.allocatable || uid != a.nodeUID
 	a.allocatable, a.nodeUID = pods, uid
+	a.network = nn
 	a.mu.Unlock()
 	if changed {
 		a.log.Info("the Kubernetes node changed", "node", a.opts.NodeName, "allocatablePods", pods, "known", n != nil)
