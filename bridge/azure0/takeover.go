@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -81,15 +82,25 @@ func (n *Node) ensureBridge(ctx context.Context, cfg BridgeConfig) (BridgeInfo, 
 }
 
 // refuseRoutedPods fails with linux.ErrModeConflict while pods of routed
-// mode run on the node: taking the NIC over under them would cut them off.
+// or kubenet mode run on the node, or kubenet mode's bridge exists: taking
+// the NIC over under them would cut them off.
 func (n *Node) refuseRoutedPods() error {
 	veths, err := n.ns.PodVeths()
 	if err != nil {
 		return err
 	}
 	for _, v := range veths {
-		if v.Record.Mode == linux.ModeRouted {
-			return fmt.Errorf("%w: routed-mode pod %s (%s) runs on the node; bridge mode needs it drained first", linux.ErrModeConflict, v.Record.IP, v.Name)
+		if v.Record.Mode == linux.ModeRouted || v.Record.Mode == linux.ModeKubenet {
+			return fmt.Errorf("%w: %s-mode pod %s (%s) runs on the node; bridge mode needs it drained first", linux.ErrModeConflict, v.Record.Mode, v.Record.IP, v.Name)
+		}
+	}
+	links, err := linux.RetryDump(n.ns.Netlink.LinkList)
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if a := l.Attrs(); l.Type() == "bridge" && strings.HasPrefix(a.Alias, linux.AliasPrefix) && linux.AliasField(a.Alias, "mode") == linux.ModeKubenet {
+			return fmt.Errorf("%w: kubenet mode's bridge %s exists; bridge mode needs the node drained and the bridge deleted (or a reboot)", linux.ErrModeConflict, a.Name)
 		}
 	}
 	return nil

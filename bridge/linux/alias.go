@@ -69,13 +69,17 @@ type PodRecord struct {
 	// empty when not recorded.
 	Interface string
 	// Mode is the datapath mode that made the veth when it is not bridge
-	// mode (ModeRouted); empty for bridge mode and for aliases written
+	// mode (ModeRouted, ModeKubenet); empty for bridge mode and for aliases written
 	// before modes were recorded, all of bridge mode.
 	Mode string
 }
 
 // ModeRouted is PodRecord.Mode of a routed-mode pod's veth.
 const ModeRouted = "routed"
+
+// ModeKubenet is PodRecord.Mode of a kubenet-mode pod's veth, and the mode
+// field of the kubenet bridge's alias.
+const ModeKubenet = "kubenet"
 
 // InterfaceTag is how a pod's alias records the cloud's ID of an interface:
 // the first 48 bits of its SHA-256 in hex, unambiguous among the few

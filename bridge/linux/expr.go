@@ -88,6 +88,7 @@ func NormalPrefixes(in []netip.Prefix) []netip.Prefix {
 var modeTables = [][]string{
 	{"vnet-cni", "vnet-cni-guard"}, // bridge mode (package azure0)
 	{"vnet-cni-routed"},            // routed mode (package routed)
+	{"vnet-cni-kubenet"},           // kubenet mode (package kubenet)
 }
 
 // OwnedTables are the names of every mode's nftables tables.

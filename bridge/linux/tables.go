@@ -14,8 +14,8 @@ import (
 )
 
 // Table is the wanted state of one nftables table a mode owns: its chains
-// with their rules, and its one set, whose elements are mostly maintained
-// by ADD and DEL.
+// with their rules, and its one set (nil: none), whose elements are mostly
+// maintained by ADD and DEL.
 type Table struct {
 	Table  *nftables.Table
 	Set    *nftables.Set
@@ -236,7 +236,10 @@ func plan(want []Table, held Tables, locked bool) (tablePlan, error) {
 		wanted[id] = true
 		ht := held.tables[id]
 		have, readable := []nftables.SetElement(nil), false
-		if ht != nil {
+		switch {
+		case ht != nil && w.Set == nil:
+			readable = true
+		case ht != nil:
 			have, readable = ht.setElements(w.Set, held.elems)
 		}
 		ok, err := ht.matches(w)
@@ -254,7 +257,7 @@ func plan(want []Table, held Tables, locked bool) (tablePlan, error) {
 			p.rebuild = append(p.rebuild, rb)
 			continue
 		}
-		if !held.elems {
+		if !held.elems || w.Set == nil {
 			continue
 		}
 		add, del := diff(w.Set, have, w.Elements, w.Exact)
@@ -417,17 +420,20 @@ func (n *NS) apply(p tablePlan) error {
 			n.NFT.DelTable(w.Table)
 		}
 		n.NFT.AddTable(w.Table)
-		s := *w.Set
-		s.Table = w.Table
-		if err := n.NFT.AddSet(&s, rb.elems); err != nil {
-			errs = append(errs, fmt.Errorf("add set %s %s: %w", w.Table.Name, s.Name, err))
+		var s nftables.Set
+		if w.Set != nil {
+			s = *w.Set
+			s.Table = w.Table
+			if err := n.NFT.AddSet(&s, rb.elems); err != nil {
+				errs = append(errs, fmt.Errorf("add set %s %s: %w", w.Table.Name, s.Name, err))
+			}
 		}
 		for _, c := range w.Chains {
 			n.NFT.AddChain(c.Chain)
 			for _, r := range c.Rules {
 				exprs := slices.Clone(r.Exprs)
 				for i, e := range exprs {
-					if l, ok := e.(*expr.Lookup); ok && l.SetName == s.Name {
+					if l, ok := e.(*expr.Lookup); ok && w.Set != nil && l.SetName == s.Name {
 						cp := *l
 						cp.SetID = s.ID
 						exprs[i] = &cp

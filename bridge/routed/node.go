@@ -234,7 +234,8 @@ func (n *Node) EnsureNode(ctx context.Context, cfg NodeConfig) (NodeInfo, error)
 // refuseBridge fails with linux.ErrModeConflict when a bridge of bridge
 // mode (a bridge with vnet-cni's alias naming its master) exists: routed
 // mode cannot run beside the NIC's takeover, and undoing it under running
-// pods would cut them off.
+// pods would cut them off. So it does when kubenet mode's bridge or a
+// kubenet pod is on the node (routed mode would delete its table).
 func (n *Node) refuseBridge() error {
 	links, err := linux.RetryDump(n.ns.Netlink.LinkList)
 	if err != nil {
@@ -245,6 +246,13 @@ func (n *Node) refuseBridge() error {
 		if l.Type() == "bridge" && strings.HasPrefix(a.Alias, linux.AliasPrefix) && linux.AliasField(a.Alias, "master") != "" {
 			return fmt.Errorf("%w: bridge mode's %s has taken over %s; routed mode needs a node that has not run bridge mode since its boot (drain and reboot it)",
 				linux.ErrModeConflict, a.Name, linux.AliasField(a.Alias, "master"))
+		}
+		if l.Type() == "bridge" && strings.HasPrefix(a.Alias, linux.AliasPrefix) && linux.AliasField(a.Alias, "mode") == linux.ModeKubenet {
+			return fmt.Errorf("%w: kubenet mode's bridge %s exists; routed mode needs the node drained and the bridge deleted (or a reboot)",
+				linux.ErrModeConflict, a.Name)
+		}
+		if r, ok := linux.ParsePodRecord(a.Alias); ok && r.Mode == linux.ModeKubenet && l.Type() == "veth" {
+			return fmt.Errorf("%w: kubenet-mode pod %s (%s) runs on the node; routed mode needs it drained first", linux.ErrModeConflict, r.IP, a.Name)
 		}
 	}
 	return nil
