@@ -471,9 +471,29 @@ func (n *NS) ReadSet(s *nftables.Set) ([]nftables.SetElement, bool, error) {
 		return nil, false, nil
 	}
 	if err != nil {
+		// The library reports a missing table without its errno.
+		if ok, lerr := n.hasSet(s); lerr == nil && !ok {
+			return nil, false, nil
+		}
 		return nil, false, fmt.Errorf("list elements of %s %s: %w", s.Table.Name, s.Name, err)
 	}
 	return elems, true, nil
+}
+
+// hasSet reports whether the set's table holds it.
+func (n *NS) hasSet(s *nftables.Set) (bool, error) {
+	tables, err := n.NFT.ListTablesOfFamily(s.Table.Family)
+	if err != nil {
+		return false, fmt.Errorf("list nftables tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == s.Table.Name }) {
+		return false, nil
+	}
+	sets, err := n.NFT.GetSets(s.Table)
+	if err != nil {
+		return false, fmt.Errorf("list sets of %s: %w", s.Table.Name, err)
+	}
+	return slices.ContainsFunc(sets, func(x *nftables.Set) bool { return x.Name == s.Name }), nil
 }
 
 func comment(note string) []byte {
