@@ -59,7 +59,7 @@ func newReporter(recorder record.EventRecorder, interval time.Duration) *reporte
 	return &reporter{recorder: recorder, interval: interval, last: map[eventKey]sent{}}
 }
 
-func (r *reporter) report(now time.Time, informer cache.SharedIndexInformer, res routetable.Result) {
+func (r *reporter) report(now time.Time, nodes cache.Store, res routetable.Result) {
 	active := map[eventKey]string{}
 	for node, why := range res.Rejected {
 		active[eventKey{node, ReasonRejected}] = "the node's route is not programmed: " + why
@@ -72,7 +72,7 @@ func (r *reporter) report(now time.Time, informer cache.SharedIndexInformer, res
 		if l, ok := r.last[k]; ok && l.message == msg && now.Sub(l.at) < r.interval {
 			continue
 		}
-		ref := nodeRef(informer, k.node)
+		ref := nodeRef(nodes, k.node)
 		if ref == nil {
 			continue
 		}
@@ -86,10 +86,10 @@ func (r *reporter) report(now time.Time, informer cache.SharedIndexInformer, res
 	}
 }
 
-// nodeRef is the reference of the cached Node named name (kubelet's
-// convention: the UID of a Node's Events is the node's name when unset).
-func nodeRef(informer cache.SharedIndexInformer, name string) *corev1.ObjectReference {
-	obj, ok, err := informer.GetStore().GetByKey(name)
+// nodeRef is the reference of the cached Node named name, nil when the
+// cache does not hold it.
+func nodeRef(nodes cache.Store, name string) *corev1.ObjectReference {
+	obj, ok, err := nodes.GetByKey(name)
 	if err != nil || !ok {
 		return nil
 	}

@@ -338,7 +338,7 @@ func (c *Controller) lead(ctx context.Context, recorder record.EventRecorder) {
 			continue
 		}
 		backoff = 0
-		rep.report(time.Now(), informer, res)
+		rep.report(time.Now(), informer.GetStore(), res)
 		c.metrics.overLimit.Set(float64(len(res.OverLimit)))
 		c.metrics.rejected.Set(float64(len(res.Rejected)))
 		c.metrics.programmed.Set(float64(len(res.Programmed)))
