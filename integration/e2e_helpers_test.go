@@ -45,6 +45,13 @@ func newE2EEnv(t *testing.T, nodes int, hook func(node string, c *config.Config)
 // operation timings are set here).
 func newE2EEnvOn(t *testing.T, opts sim.Options, hook func(node string, c *config.Config)) *e2eEnv {
 	t.Helper()
+	return newE2EEnvWith(t, opts, cluster.Options{IPAMD: hook})
+}
+
+// newE2EEnvWith is newE2EEnvOn with the cluster's options (Dir, BinDir and
+// PluginStderr are set here).
+func newE2EEnvWith(t *testing.T, opts sim.Options, copts cluster.Options) *e2eEnv {
+	t.Helper()
 	nstest.RequireRoot(t)
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -64,9 +71,8 @@ func newE2EEnvOn(t *testing.T, opts sim.Options, hook func(node string, c *confi
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = pluginLog.Close() })
-	c, err := cluster.New(s.Description(), cluster.Options{
-		Dir: filepath.Join(dir, "cluster"), BinDir: "../bin", IPAMD: hook, PluginStderr: pluginLog,
-	})
+	copts.Dir, copts.BinDir, copts.PluginStderr = filepath.Join(dir, "cluster"), "../bin", pluginLog
+	c, err := cluster.New(s.Description(), copts)
 	if err != nil {
 		t.Fatal(err)
 	}

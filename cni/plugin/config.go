@@ -1,7 +1,7 @@
 // Package plugin implements the vnet-cni CNI plugin's verbs: ADD, DEL,
 // CHECK, GC and STATUS (VERSION is answered by skel). An address comes from
 // vnet-ipamd over its unix socket; the datapath is built by package azure0
-// (bridge mode) or package routed (routed mode), as the conflist's mode says.
+// (bridge mode), package routed (routed mode) or package kubenet (kubenet mode), as the conflist's mode says.
 package plugin
 
 import (
@@ -19,6 +19,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/kubenet"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 )
 
@@ -67,7 +68,6 @@ func parseNetConf(data []byte, dropBadPrev bool) (*NetConf, error) {
 	}
 	conf := &NetConf{PluginConf: api.PluginConf{
 		Mode:         api.ModeBridge,
-		Bridge:       azure0.DefaultBridgeName,
 		IPAMDSocket:  api.DefaultSocketPath,
 		ReleaseSpool: api.DefaultReleaseSpool,
 		LockDir:      api.DefaultLockDir,
@@ -99,8 +99,20 @@ func (c *NetConf) validate() error {
 	if c.Name == "" {
 		return invalid("name", "missing")
 	}
-	if c.Mode != api.ModeBridge && c.Mode != api.ModeRouted {
-		return invalid("mode", "%q is not supported; supported: %q, %q", c.Mode, api.ModeBridge, api.ModeRouted)
+	switch c.Mode {
+	case api.ModeBridge, api.ModeRouted:
+		if c.Bridge == "" {
+			c.Bridge = azure0.DefaultBridgeName
+		}
+	case api.ModeKubenet:
+		if c.Bridge == "" {
+			c.Bridge = kubenet.DefaultBridgeName
+		}
+		if c.Master != "" {
+			return invalid("master", "%q: kubenet mode's bridge is local and takes no interface over", c.Master)
+		}
+	default:
+		return invalid("mode", "%q is not supported; supported: %q, %q, %q", c.Mode, api.ModeBridge, api.ModeRouted, api.ModeKubenet)
 	}
 	if err := validIfName(c.Bridge); err != nil {
 		return invalid("bridge", "%q: %v", c.Bridge, err)

@@ -28,6 +28,10 @@ func TestLoadNetConfDefaults(t *testing.T) {
 		c.ipamdTimeout != 10*time.Second || c.logLevel != "info" || c.ReleaseSpool != "/var/lib/vnet-cni/release-spool" || c.LockDir != "/run/vnet-cni" {
 		t.Errorf("defaults not applied: %+v", c)
 	}
+	c, err = loadNetConf([]byte(`{"cniVersion":"1.1.0","name":"vnet","type":"vnet-cni","mode":"kubenet"}`))
+	if err != nil || c.Mode != "kubenet" || c.Bridge != "vnetbr0" {
+		t.Errorf("kubenet defaults: %+v, %v; want the bridge vnetbr0", c, err)
+	}
 	c, err = loadNetConf([]byte(`{"cniVersion":"1.1.0","name":"vnet","type":"vnet-cni","snatExclusions":["10.0.0.0/8","192.168.1.7/16"],"ipamdTimeout":"3s","mtu":1400}`))
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +118,8 @@ func TestLoadNetConfErrors(t *testing.T) {
 		{"bridge too long", `{` + base + `,"name":"n","bridge":"averyveryverylongname"}`, types.ErrInvalidNetworkConfig, "bridge"},
 		{"bridge with slash", `{` + base + `,"name":"n","bridge":"a/b"}`, types.ErrInvalidNetworkConfig, "bridge"},
 		{"master", `{` + base + `,"name":"n","master":"x y"}`, types.ErrInvalidNetworkConfig, "master"},
+		{"kubenet with a master", `{` + base + `,"name":"n","mode":"kubenet","master":"eth0"}`, types.ErrInvalidNetworkConfig, "takes no interface over"},
+		{"kubenet bridge", `{` + base + `,"name":"n","mode":"kubenet","bridge":"averyveryverylongname"}`, types.ErrInvalidNetworkConfig, "bridge"},
 		{"socket relative", `{` + base + `,"name":"n","ipamdSocket":"ipamd.sock"}`, types.ErrInvalidNetworkConfig, "ipamdSocket"},
 		{"mtu low", `{` + base + `,"name":"n","mtu":100}`, types.ErrInvalidNetworkConfig, "mtu"},
 		{"mtu high", `{` + base + `,"name":"n","mtu":65000}`, types.ErrInvalidNetworkConfig, "mtu"},

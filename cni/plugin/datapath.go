@@ -8,6 +8,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/kubenet"
 	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/bridge/routed"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
@@ -39,6 +40,7 @@ type attachment interface {
 var (
 	_ attachment = (*azure0.Attachment)(nil)
 	_ attachment = (*routed.Attachment)(nil)
+	_ attachment = (*kubenet.Attachment)(nil)
 )
 
 // node is the node's datapath as DEL, CHECK and GC use it.
@@ -55,12 +57,22 @@ type node interface {
 var (
 	_ node = (*azure0.Node)(nil)
 	_ node = (*routed.Node)(nil)
+	_ node = (*kubenet.Node)(nil)
 )
 
 // prepare starts the pod's attachment: with the VNet's address space from
 // the configuration, the node and the pod's veth are set up while the
 // address is on its way.
 func (p *Plugin) prepare(ctx context.Context, conf *NetConf, args *skel.CmdArgs) attachment {
+	if conf.Mode == api.ModeKubenet {
+		// The VNet's prefixes in the conflist include the cluster CIDR
+		// (vnet-ipamd adds it): pods reach both without SNAT.
+		return kubenet.Prepare(ctx, p.NodeNS, kubenet.Options{LockDir: conf.LockDir}, kubenet.AttachRequest{
+			ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, MTU: conf.MTU, Bridge: conf.Bridge,
+			VNetPrefixes: conf.vnetCIDRs, SNATExclusions: conf.snatExclusions,
+			AllowMetadata: conf.AllowMetadata, Managed: conf.ManagedNode,
+		})
+	}
 	if conf.Mode == api.ModeRouted {
 		return routed.Prepare(ctx, p.NodeNS, routed.Options{LockDir: conf.LockDir}, routed.AttachRequest{
 			ContainerID: args.ContainerID, IfName: args.IfName, NetNS: args.Netns, MTU: conf.MTU,
@@ -82,9 +94,12 @@ func (p *Plugin) prepare(ctx context.Context, conf *NetConf, args *skel.CmdArgs)
 func (p *Plugin) node(conf *NetConf) (node, error) {
 	var n node
 	var err error
-	if conf.Mode == api.ModeRouted {
+	switch conf.Mode {
+	case api.ModeRouted:
 		n, err = routed.Open(p.NodeNS, routed.Options{LockDir: conf.LockDir})
-	} else {
+	case api.ModeKubenet:
+		n, err = kubenet.Open(p.NodeNS, kubenet.Options{LockDir: conf.LockDir})
+	default:
 		n, err = azure0.Open(p.NodeNS, azure0.Options{LockDir: conf.LockDir})
 	}
 	if err != nil {

@@ -70,7 +70,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) (err error) {
 	if err := compare(st, want); err != nil {
 		return err
 	}
-	if conf.Mode == api.ModeRouted {
+	if conf.Mode == api.ModeRouted || conf.Mode == api.ModeKubenet {
 		if len(st.Drift) > 0 {
 			return drift("%s", strings.Join(st.Drift, "; "))
 		}

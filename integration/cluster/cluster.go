@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,6 +48,20 @@ type Options struct {
 	// StoreOnTmpfs mounts a tmpfs on each node's store directory, as a
 	// node's /run (where the default storeDir lives) is; Close unmounts it.
 	StoreOnTmpfs bool
+	// KubenetCIDR, when valid, runs the nodes in kubenet mode (Azure
+	// only): the cluster CIDR, of which node i gets the i-th /24 as its
+	// pod CIDR (kubenet.podCIDR, as kubelet's --pod-cidr on a node without
+	// the API server). IPAMD runs after and may change it.
+	KubenetCIDR netip.Prefix
+}
+
+// KubenetPodCIDR is the pod CIDR of node i in a cluster of cluster CIDR
+// cidr: its i-th /24.
+func KubenetPodCIDR(cidr netip.Prefix, i int) netip.Prefix {
+	a := cidr.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v += uint32(i) << 8
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), 24)
 }
 
 // Cluster is a set of nodes with their daemons.
@@ -129,6 +144,17 @@ func New(desc sim.Description, opts Options) (*Cluster, error) {
 			cluster: c,
 		}
 		n.Config = nodeConfig(desc, dir)
+		if opts.KubenetCIDR.IsValid() {
+			if desc.Cloud == sim.CloudAWS {
+				return nil, errors.New("cluster: kubenet mode programs an Azure route table: not on AWS")
+			}
+			n.Config.Mode = config.ModeKubenet
+			n.Config.Kubenet.ClusterCIDR = opts.KubenetCIDR.Masked().String()
+			n.Config.Kubenet.PodCIDR = KubenetPodCIDR(opts.KubenetCIDR, len(c.Nodes)).String()
+			n.Config.Kubenet.StateDir = filepath.Join(dir, "podcidr")
+			n.Config.Kubenet.RouteInterval = config.Duration(2 * time.Second)
+			n.Config.Kubenet.RouteSettle = config.Duration(4 * time.Second)
+		}
 		if opts.IPAMD != nil {
 			opts.IPAMD(nd.Name, &n.Config)
 		}

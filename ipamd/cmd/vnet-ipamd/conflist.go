@@ -30,6 +30,7 @@ func conflist(cfg config.Config, vnet []netip.Prefix) []byte {
 		Plugins: []any{
 			api.PluginEntry{Type: api.PluginType, PluginConf: api.PluginConf{
 				Mode:           cfg.Mode,
+				Bridge:         kubenetBridge(cfg),
 				IPAMDSocket:    cfg.SocketPath,
 				ReleaseSpool:   cfg.ReleaseSpool,
 				LockDir:        cfg.PluginLockDir,
@@ -49,4 +50,13 @@ func conflist(cfg config.Config, vnet []netip.Prefix) []byte {
 		panic(err)
 	}
 	return append(data, '\n')
+}
+
+// kubenetBridge is the conflist's bridge key: kubenet mode's local bridge;
+// empty (the plugin's default, azure0) in the other modes.
+func kubenetBridge(cfg config.Config) string {
+	if cfg.Mode == config.ModeKubenet {
+		return cfg.Kubenet.Bridge
+	}
+	return ""
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/cloud/aws"
 	"github.com/vnet-cni/vnet-cni/cloud/azure"
+	"github.com/vnet-cni/vnet-cni/cloud/azure/routetable"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
 	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
@@ -123,11 +124,18 @@ func run(args []string) error {
 	case cfg.NodeSetup != config.NodeSetupIPAMD:
 	case cfg.Mode == config.ModeRouted:
 		datapath = &routedDatapath{lockDir: cfg.PluginLockDir, allowMetadata: cfg.AllowPodMetadata, snatExclusions: cfg.SNATPrefixes()}
+	case cfg.Mode == config.ModeKubenet:
+		datapath = &kubenetDatapath{lockDir: cfg.PluginLockDir, bridge: cfg.Kubenet.Bridge, allowMetadata: cfg.AllowPodMetadata, snatExclusions: cfg.SNATPrefixes()}
 	default:
 		datapath = &bridgeDatapath{lockDir: cfg.PluginLockDir, allowMetadata: cfg.AllowPodMetadata, snatExclusions: cfg.SNATPrefixes()}
 	}
 	if cfg.Kubernetes.NodeName != "" {
 		*nodeName = cfg.Kubernetes.NodeName
+	}
+	var kn *kubenetNode
+	if cfg.Mode == config.ModeKubenet {
+		kn = &kubenetNode{cfg: cfg, node: *nodeName, log: log}
+		connect = kn.connect(connect)
 	}
 	// With maxIPs from the node, the daemon starts with the fallback until
 	// the node is known.
@@ -167,6 +175,17 @@ func run(args []string) error {
 		}
 		setTargets = agent.SetBase
 	}
+	workerCtx, stopWorker := context.WithCancel(context.Background())
+	defer stopWorker()
+	if kn != nil {
+		// Set before the worker connects, which is when they are used.
+		kn.agent, kn.hold, kn.registry, kn.runCtx = agent, d, d.Metrics().Registry(), workerCtx
+		if cfg.Kubenet.ControllerEnabled(cfg.Kubernetes.Enabled) {
+			kn.onReconciler = func(rec *routetable.Reconciler) {
+				startRouteController(workerCtx, cfg, *nodeName, rec, d.Metrics().Registry(), log)
+			}
+		}
+	}
 	srv, err := server.New(cfg.SocketPath, d, server.WithLogger(log))
 	if err != nil {
 		return err
@@ -189,7 +208,6 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	workerCtx, stopWorker := context.WithCancel(context.Background())
 	workerDone := make(chan error, 1)
 	go func() { workerDone <- d.Run(workerCtx) }()
 	serveDone := make(chan error, 1)
@@ -232,6 +250,23 @@ func run(args []string) error {
 // kubernetes section: client-go from the kubeconfig, or in-cluster.
 func kubeAgent(cfg config.Config, nodeName string, d *daemon.Daemon, log *slog.Logger) (*kube.Agent, error) {
 	klog.SetSlogLogger(log.With("component", "client-go"))
+	rc, err := restConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return kube.New(d, kube.Options{
+		NodeName:       nodeName,
+		REST:           rc,
+		Base:           cfg.PoolTargets(),
+		FallbackMaxIPs: config.DefaultMaxIPs,
+		StatusInterval: cfg.Kubernetes.StatusInterval.D(),
+		Logger:         log,
+	})
+}
+
+// restConfig is the API server's client configuration: the kubeconfig, or
+// in-cluster (the pod's ServiceAccount).
+func restConfig(cfg config.Config) (*rest.Config, error) {
 	var rc *rest.Config
 	var err error
 	if cfg.Kubernetes.Kubeconfig != "" {
@@ -242,14 +277,7 @@ func kubeAgent(cfg config.Config, nodeName string, d *daemon.Daemon, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
 	}
-	return kube.New(d, kube.Options{
-		NodeName:       nodeName,
-		REST:           rc,
-		Base:           cfg.PoolTargets(),
-		FallbackMaxIPs: config.DefaultMaxIPs,
-		StatusInterval: cfg.Kubernetes.StatusInterval.D(),
-		Logger:         log,
-	})
+	return rc, nil
 }
 
 // cloudConnect returns the connection to the configured cloud's provider.

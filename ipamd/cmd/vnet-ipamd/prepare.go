@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/vnet-cni/vnet-cni/bridge/azure0"
+	"github.com/vnet-cni/vnet-cni/bridge/kubenet"
 	"github.com/vnet-cni/vnet-cni/bridge/linux"
 	"github.com/vnet-cni/vnet-cni/bridge/routed"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
@@ -51,6 +52,8 @@ func prepareSysctls(cfg config.Config) []linux.Sysctl {
 		return nil
 	case cfg.Mode == config.ModeRouted:
 		return routed.NodeSysctls()
+	case cfg.Mode == config.ModeKubenet:
+		return kubenet.NodeSysctls()
 	default:
 		return azure0.NodeSysctls(azure0.NodeConfig{})
 	}
