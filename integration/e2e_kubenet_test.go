@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -322,5 +323,92 @@ func TestE2EKubenetRouteLimit(t *testing.T) {
 	}
 	if !slices.ContainsFunc(pods, func(q *cluster.Pod) bool { return q.IP.IsValid() }) {
 		t.Error("no pod on the three nodes")
+	}
+}
+
+// TestE2EKubenetStateLost: kill -9 of a kubenet daemon, then an operator
+// deletes its address store and the pod CIDR's allocation file, the two
+// witnesses of what the pool handed out. The daemon comes back from the
+// pods' veths: their assignments are rebuilt, every other address of the
+// pod CIDR is quarantined for the recovery grace, and the pods started
+// after it get addresses no live pod holds. Then the allocation file alone
+// is deleted: the store knows every assignment and nothing is handed out
+// twice either.
+func TestE2EKubenetStateLost(t *testing.T) {
+	e := newKubenetEnv(t, 1, func(_ string, c *config.Config) { c.RecoveryGrace = config.Duration(3 * time.Second) })
+	e.start(t)
+	ctx := context.Background()
+	n := e.c.Nodes[0]
+	var pods []*cluster.Pod
+	for i := range 3 {
+		pods = append(pods, e2eAddPod(t, n, fmt.Sprintf("s%d", i)))
+	}
+	held := func() map[netip.Addr]string {
+		m := map[netip.Addr]string{}
+		for _, p := range pods {
+			m[p.IP] = p.Name
+		}
+		return m
+	}
+	wipe := func(dir string) {
+		t.Helper()
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, en := range entries {
+			if err := os.RemoveAll(filepath.Join(dir, en.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := n.StopIPAMD(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	wipe(n.Config.StoreDir)
+	wipe(n.Config.Kubenet.StateDir)
+	if err := n.StartIPAMD(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods {
+		if a := e2eAssigned(t, p); a == nil || a.IP != p.IP {
+			t.Errorf("%s after the loss: %+v, want %s rebuilt from its veth", p.Name, a, p.IP)
+		}
+	}
+	for i := range 5 {
+		q := e2eAddPod(t, n, fmt.Sprintf("after%d", i))
+		if who := held()[q.IP]; who != "" {
+			t.Fatalf("a new pod got %s, which %s holds", q.IP, who)
+		}
+		pods = append(pods, q)
+	}
+
+	// The allocation file alone.
+	if err := n.StopIPAMD(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	wipe(n.Config.Kubenet.StateDir)
+	if err := n.StartIPAMD(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		q := e2eAddPod(t, n, fmt.Sprintf("again%d", i))
+		if who := held()[q.IP]; who != "" {
+			t.Fatalf("a new pod got %s, which %s holds", q.IP, who)
+		}
+		pods = append(pods, q)
+	}
+	// Every live pod still answers with its own address.
+	for _, p := range pods {
+		e2eServe(t, p.NSPath, p.Name, netip.AddrPortFrom(p.IP, 80))
+	}
+	for _, p := range pods[1:] {
+		e2eExpect(t, pods[0].Name+" -> "+p.Name, pods[0].NSPath, netip.AddrPortFrom(p.IP, 80), p.Name, pods[0].IP)
 	}
 }
