@@ -525,6 +525,8 @@ func testRC50Nodes(t *testing.T, e *rcEnv) {
 	c.sim.ARM().SetFaults(arm.Faults{Storm: &arm.Storm{Duration: arm.Duration(3 * time.Second), RetryAfterSeconds: 1}})
 	stormStart := time.Now()
 	create(50, 60)
+	// The test's own reads would be throttled too: they wait for the end.
+	time.Sleep(time.Until(stormStart.Add(3*time.Second + 100*time.Millisecond)))
 	waitFor(e.ctx, t, "60 routes after the storm", func() (bool, string) {
 		n := len(c.ownRoutes(t))
 		return n == 60, fmt.Sprintf("%d routes", n)
