@@ -136,8 +136,11 @@ func cut(t *testing.T, what string, a, b *cluster.Pod) {
 			held = true
 		}
 		name, src, err := e2eDialQuick(a.NSPath, dst)
-		if err != nil || name != b.Name || src != a.IP {
-			return fmt.Errorf("%s -> %s: %q from %s, %v", a.Name, b.Name, name, src, err)
+		if err != nil {
+			return fmt.Errorf("%s -> %s: %w", a.Name, b.Name, err)
+		}
+		if name != b.Name || src != a.IP {
+			return fmt.Errorf("%s -> %s: %q answered, seeing %s", a.Name, b.Name, name, src)
 		}
 		return nil
 	}); err != nil {
