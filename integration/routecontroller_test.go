@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -404,6 +407,77 @@ func TestRouteController(t *testing.T) {
 	t.Run("limit", func(t *testing.T) { testRCLimit(t, e) })
 	t.Run("badinput", func(t *testing.T) { testRCBadInput(t, e) })
 	t.Run("race", func(t *testing.T) { testRCRace(t, e) })
+	t.Run("cut", func(t *testing.T) { testRCLeaderCut(t, e) })
+}
+
+// cutTransport fails every request while cut is set: a leader whose node
+// lost the API server, which can neither renew nor release its Lease.
+type cutTransport struct {
+	rt  http.RoundTripper
+	cut *atomic.Bool
+}
+
+func (c cutTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if c.cut.Load() {
+		return nil, errors.New("cut off from the API server")
+	}
+	return c.rt.RoundTrip(r)
+}
+
+// testRCLeaderCut: the leader is cut off from the API server. It stops
+// leading once it could not renew for RenewDeadline; the other candidate
+// takes the Lease only once it saw the record unchanged for
+// LeaseDuration, so the two never lead at once.
+func testRCLeaderCut(t *testing.T, e *rcEnv) {
+	c := newRCCloud(t, 0)
+	const lease = "routes-cut"
+	opts := routecontroller.Options{Reconciler: c.reconciler(t, 0), LeaseName: lease, Interval: 2 * time.Second,
+		LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond}
+	var cut atomic.Bool
+	wrapped := rest.CopyConfig(e.rc)
+	wrapped.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return cutTransport{rt: rt, cut: &cut} }
+	a := (&rcEnv{ctx: e.ctx, admin: e.admin, rc: wrapped, log: e.log}).start(t, "cut-a", opts)
+	waitFor(e.ctx, t, "cut-a leading", func() (bool, string) { return a.leader() == 1, "not leading" })
+	b := e.start(t, "cut-b", opts)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if b.leader() == 1 {
+			t.Fatal("cut-b leads while cut-a holds the Lease")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cut.Store(true)
+	start := time.Now()
+	var aStopped, bLeads time.Duration
+	for aStopped == 0 || bLeads == 0 {
+		al, bl := a.leader(), b.leader()
+		if al == 1 && bl == 1 {
+			t.Fatalf("both lead %s after the cut", time.Since(start))
+		}
+		if al == 0 && aStopped == 0 {
+			aStopped = time.Since(start)
+		}
+		if bl == 1 && bLeads == 0 {
+			bLeads = time.Since(start)
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("after the cut: cut-a stopped after %s, cut-b leads after %s (0: not yet)", aStopped, bLeads)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if bLeads < opts.LeaseDuration {
+		t.Errorf("cut-b took the Lease %s after the cut, before it could have expired (%s)", bLeads, opts.LeaseDuration)
+	}
+	if h := e.holder(t, lease); h != "cut-b" {
+		t.Errorf("the Lease's holder %q, want cut-b", h)
+	}
+	l, err := e.admin.CoordinationV1().Leases("vnet-cni").Get(e.ctx, lease, metav1.GetOptions{})
+	if err != nil || l.Spec.LeaseTransitions == nil || *l.Spec.LeaseTransitions != 1 {
+		t.Errorf("lease transitions %v (%v), want 1", l.Spec.LeaseTransitions, err)
+	}
+	t.Logf("cut off: the leader stopped leading after %s, the other took over after %s (lease %s, renew deadline %s)",
+		aStopped.Round(10*time.Millisecond), bLeads.Round(10*time.Millisecond), opts.LeaseDuration, opts.RenewDeadline)
+	cut.Store(false)
 }
 
 func nodeCIDR(i int) string { return fmt.Sprintf("10.244.%d.0/24", i) }

@@ -123,7 +123,7 @@ func New(d Daemon, opts Options) (*Agent, error) {
 	if rc.UserAgent == "" {
 		rc.UserAgent = "vnet-ipamd/" + opts.NodeName
 	}
-	core, err := coreClient(rc)
+	core, err := CoreClient(rc)
 	if err != nil {
 		return nil, err
 	}
@@ -233,8 +233,8 @@ func (a *Agent) byName(o *metav1.ListOptions) {
 func (a *Agent) Run(ctx context.Context) error {
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	defer broadcaster.Shutdown()
-	broadcaster.StartRecordingToSink(eventSink{c: a.core, timeout: a.opts.CallTimeout})
-	rec := broadcaster.NewRecorder(coreScheme, corev1.EventSource{Component: "vnet-ipamd", Host: a.opts.NodeName})
+	broadcaster.StartRecordingToSink(EventSink{C: a.core, Timeout: a.opts.CallTimeout})
+	rec := broadcaster.NewRecorder(CoreScheme, corev1.EventSource{Component: "vnet-ipamd", Host: a.opts.NodeName})
 	a.mu.Lock()
 	a.recorder = rec
 	a.mu.Unlock()
@@ -242,11 +242,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	nodeInf := cache.NewSharedIndexInformer(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			a.byName(&o)
-			return listNodes(ctx, a.core, o)
+			return ListNodes(ctx, a.core, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			a.byName(&o)
-			return watchNodes(ctx, a.core, o)
+			return WatchNodes(ctx, a.core, o)
 		},
 	}, &corev1.Node{}, 0, cache.Indexers{})
 	if _, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{

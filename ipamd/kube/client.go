@@ -16,25 +16,26 @@ import (
 	"k8s.io/client-go/tools/record"
 )
 
-// coreScheme knows the core group's types only. client-go's typed clients
+// CoreScheme knows the core group's types only. client-go's typed clients
 // and informer factories register every API group of Kubernetes (their
 // package inits run in every vnet-ipamd, with the section or without, and
 // double the binary); the agent needs Nodes and Events.
 var (
-	coreScheme = runtime.NewScheme()
-	coreParams = runtime.NewParameterCodec(coreScheme)
+	CoreScheme = runtime.NewScheme()
+	coreParams = runtime.NewParameterCodec(CoreScheme)
 )
 
 func init() {
-	utilruntime.Must(corev1.AddToScheme(coreScheme))
+	utilruntime.Must(corev1.AddToScheme(CoreScheme))
 }
 
-// coreClient is a REST client for the core group (/api/v1).
-func coreClient(rc *rest.Config) (*rest.RESTClient, error) {
+// CoreClient is a REST client for the core group (/api/v1) of CoreScheme:
+// what vnet-ipamd uses instead of client-go's typed clientset.
+func CoreClient(rc *rest.Config) (*rest.RESTClient, error) {
 	c := rest.CopyConfig(rc)
 	c.APIPath = "/api"
 	c.GroupVersion = &corev1.SchemeGroupVersion
-	c.NegotiatedSerializer = serializer.NewCodecFactory(coreScheme).WithoutConversion()
+	c.NegotiatedSerializer = serializer.NewCodecFactory(CoreScheme).WithoutConversion()
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
@@ -45,47 +46,48 @@ func coreClient(rc *rest.Config) (*rest.RESTClient, error) {
 	return cl, nil
 }
 
-// listNodes and watchNodes are the Node informer's calls.
-func listNodes(ctx context.Context, c rest.Interface, o metav1.ListOptions) (*corev1.NodeList, error) {
+// ListNodes and WatchNodes are a Node informer's calls.
+func ListNodes(ctx context.Context, c rest.Interface, o metav1.ListOptions) (*corev1.NodeList, error) {
 	l := &corev1.NodeList{}
 	err := c.Get().Resource("nodes").VersionedParams(&o, coreParams).Do(ctx).Into(l)
 	return l, err
 }
 
-func watchNodes(ctx context.Context, c rest.Interface, o metav1.ListOptions) (watch.Interface, error) {
+func WatchNodes(ctx context.Context, c rest.Interface, o metav1.ListOptions) (watch.Interface, error) {
 	o.Watch = true
 	return c.Get().Resource("nodes").VersionedParams(&o, coreParams).Watch(ctx)
 }
 
-// eventSink writes the broadcaster's Events (core/v1), each call within
-// timeout (the sink's interface carries no context).
-type eventSink struct {
-	c       rest.Interface
-	timeout time.Duration
+// EventSink writes an event broadcaster's Events (core/v1) through the
+// core client C, each call within Timeout (the sink's interface carries no
+// context).
+type EventSink struct {
+	C       rest.Interface
+	Timeout time.Duration
 }
 
-var _ record.EventSink = eventSink{}
+var _ record.EventSink = EventSink{}
 
-func (s eventSink) Create(e *corev1.Event) (*corev1.Event, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+func (s EventSink) Create(e *corev1.Event) (*corev1.Event, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 	defer cancel()
 	out := &corev1.Event{}
-	err := s.c.Post().Namespace(e.Namespace).Resource("events").Body(e).Do(ctx).Into(out)
+	err := s.C.Post().Namespace(e.Namespace).Resource("events").Body(e).Do(ctx).Into(out)
 	return out, err
 }
 
-func (s eventSink) Update(e *corev1.Event) (*corev1.Event, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+func (s EventSink) Update(e *corev1.Event) (*corev1.Event, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 	defer cancel()
 	out := &corev1.Event{}
-	err := s.c.Put().Namespace(e.Namespace).Resource("events").Name(e.Name).Body(e).Do(ctx).Into(out)
+	err := s.C.Put().Namespace(e.Namespace).Resource("events").Name(e.Name).Body(e).Do(ctx).Into(out)
 	return out, err
 }
 
-func (s eventSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+func (s EventSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.Timeout)
 	defer cancel()
 	out := &corev1.Event{}
-	err := s.c.Patch(types.StrategicMergePatchType).Namespace(e.Namespace).Resource("events").Name(e.Name).Body(data).Do(ctx).Into(out)
+	err := s.C.Patch(types.StrategicMergePatchType).Namespace(e.Namespace).Resource("events").Name(e.Name).Body(data).Do(ctx).Into(out)
 	return out, err
 }

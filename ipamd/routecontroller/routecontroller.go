@@ -28,16 +28,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
-	coordinationv1 "k8s.io/client-go/kubernetes/typed/coordination/v1"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/cloud/azure/routetable"
+	"github.com/vnet-cni/vnet-cni/ipamd/kube"
 )
 
 // Defaults of Options.
@@ -101,6 +98,9 @@ type Options struct {
 	EventInterval time.Duration
 	// Registry gets the controller's metrics; none are registered if nil.
 	Registry prometheus.Registerer
+	// noRelease keeps the Lease at the end of Run, as a leader that dies
+	// does (tests).
+	noRelease bool
 	Logger   *slog.Logger
 }
 
@@ -108,14 +108,11 @@ type Options struct {
 type Controller struct {
 	opts    Options
 	rec     Syncer
-	coord   coordinationv1.CoordinationV1Interface
-	core    typedcorev1.CoreV1Interface
+	coord   rest.Interface
+	core    rest.Interface
 	log     *slog.Logger
 	metrics *metrics
 
-	// leadMu is held by a term's leader loop while it runs: a new
-	// campaign waits for the last term's loop to end.
-	leadMu sync.Mutex
 }
 
 // New checks opts, fills in the defaults and registers the metrics.
@@ -155,13 +152,13 @@ func New(opts Options) (*Controller, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	coord, err := coordinationv1.NewForConfig(opts.REST)
+	coord, err := coordClient(opts.REST)
 	if err != nil {
-		return nil, fmt.Errorf("routecontroller: coordination client: %w", err)
+		return nil, fmt.Errorf("routecontroller: %w", err)
 	}
-	core, err := typedcorev1.NewForConfig(opts.REST)
+	core, err := kube.CoreClient(opts.REST)
 	if err != nil {
-		return nil, fmt.Errorf("routecontroller: core client: %w", err)
+		return nil, fmt.Errorf("routecontroller: %w", err)
 	}
 	m, err := newMetrics(opts.Registry)
 	if err != nil {
@@ -178,39 +175,18 @@ func New(opts Options) (*Controller, error) {
 func (c *Controller) Run(ctx context.Context) error {
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	defer broadcaster.Shutdown()
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.core.Events("")})
-	recorder := broadcaster.NewRecorder(runtime.NewScheme(), corev1.EventSource{Component: "vnet-ipamd-routes", Host: c.opts.NodeName})
+	broadcaster.StartRecordingToSink(kube.EventSink{C: c.core, Timeout: 10 * time.Second})
+	recorder := broadcaster.NewRecorder(kube.CoreScheme, corev1.EventSource{Component: "vnet-ipamd-routes", Host: c.opts.NodeName})
 
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Name: c.opts.LeaseName, Namespace: c.opts.LeaseNamespace},
-		Client:     c.coord,
-		LockConfig: resourcelock.ResourceLockConfig{Identity: c.opts.NodeName},
+	e := &elector{
+		c: c.coord, namespace: c.opts.LeaseNamespace, name: c.opts.LeaseName, identity: c.opts.NodeName,
+		leaseDuration: c.opts.LeaseDuration, renewDeadline: c.opts.RenewDeadline, retryPeriod: c.opts.RetryPeriod,
+		log: c.log, release: !c.opts.noRelease,
+		onNewLeader: func(identity string) {
+			c.log.Info("route controller leader", "leader", identity, "self", identity == c.opts.NodeName)
+		},
 	}
-	for ctx.Err() == nil {
-		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-			Lock:            lock,
-			Name:            c.opts.LeaseName,
-			LeaseDuration:   c.opts.LeaseDuration,
-			RenewDeadline:   c.opts.RenewDeadline,
-			RetryPeriod:     c.opts.RetryPeriod,
-			ReleaseOnCancel: true,
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(ctx context.Context) { c.lead(ctx, recorder) },
-				OnStoppedLeading: func() {},
-				OnNewLeader: func(identity string) {
-					c.log.Info("route controller leader", "leader", identity, "self", identity == c.opts.NodeName)
-				},
-			},
-		})
-		if err != nil {
-			return fmt.Errorf("routecontroller: leader election: %w", err)
-		}
-		le.Run(ctx)
-		// Wait for this term's loop (le.Run does not), so that two terms
-		// never sync at once.
-		c.leadMu.Lock()
-		c.leadMu.Unlock() //nolint:staticcheck // an empty critical section: waiting is the point
-	}
+	e.run(ctx, func(ctx context.Context) { c.lead(ctx, recorder) })
 	return nil
 }
 
@@ -238,8 +214,6 @@ func (t *term) poke() {
 // lead is the leader's loop: a Node informer of its own, a round after
 // the cache synced, after Node changes and every Interval, until ctx ends.
 func (c *Controller) lead(ctx context.Context, recorder record.EventRecorder) {
-	c.leadMu.Lock()
-	defer c.leadMu.Unlock()
 	if ctx.Err() != nil {
 		return
 	}
@@ -249,13 +223,12 @@ func (c *Controller) lead(ctx context.Context, recorder record.EventRecorder) {
 	defer c.log.Info("no longer leading the route controller")
 
 	t := &term{kick: make(chan struct{}, 1), deleted: map[string]bool{}, unknownSince: map[string]time.Time{}}
-	nodes := c.core.Nodes()
 	informer := cache.NewSharedIndexInformer(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return nodes.List(ctx, o)
+			return kube.ListNodes(ctx, c.core, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return nodes.Watch(ctx, o)
+			return kube.WatchNodes(ctx, c.core, o)
 		},
 	}, &corev1.Node{}, 0, cache.Indexers{})
 	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
