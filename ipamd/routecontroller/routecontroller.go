@@ -101,7 +101,7 @@ type Options struct {
 	// noRelease keeps the Lease at the end of Run, as a leader that dies
 	// does (tests).
 	noRelease bool
-	Logger   *slog.Logger
+	Logger    *slog.Logger
 }
 
 // Controller is one candidate for the route controller's Lease.
@@ -112,7 +112,6 @@ type Controller struct {
 	core    rest.Interface
 	log     *slog.Logger
 	metrics *metrics
-
 }
 
 // New checks opts, fills in the defaults and registers the metrics.
