@@ -9,6 +9,9 @@ export CGO_ENABLED
 BINARIES := $(BIN)/vnet-sim $(BIN)/vnet-ipamd $(BIN)/vnet-cni
 # The simulated cloud of make demo and make soak: azure or aws.
 CLOUD    ?= azure
+# The datapath mode of make demo: empty is the cloud's default (azure:
+# bridge; aws: routed); azure also runs routed or kubenet.
+MODE     ?=
 
 .PHONY: all build test lint clean demo
 
@@ -93,11 +96,16 @@ lint:
 # The whole system on the simulated cloud (as root): installs Debian's
 # nftables, iproute2 and reference CNI plugins if missing, then runs
 # integration/cmd/vnet-demo against the binaries in bin/. CLOUD=aws runs it
-# on the simulated EC2 (routed mode, ENIs).
-demo: build
+# on the simulated EC2 (routed mode, ENIs). MODE=kubenet runs the nodes in
+# kubenet mode (pod CIDRs on a local bridge, the VNet's route table; Azure
+# only), MODE=routed the routed mode on Azure.
+demo:
+	@if [ "$(CLOUD)" = aws ] && [ "$(MODE)" = kubenet ]; then \
+		echo "make demo: MODE=kubenet programs an Azure route table; it does not run with CLOUD=aws (use CLOUD=azure)" >&2; exit 2; fi
+	@$(MAKE) --no-print-directory build
 	@sh integration/cmd/vnet-demo/install-deps.sh
 	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-demo ./integration/cmd/vnet-demo
-	$(BIN)/vnet-demo --bin $(BIN) --cloud $(CLOUD)
+	$(BIN)/vnet-demo --bin $(BIN) --cloud $(CLOUD) --mode=$(MODE)
 
 # The demo under Kubernetes (as root): a control plane and two workers with
 # containerd, kubelet, kube-proxy and vnet-ipamd on the simulated VNet, a

@@ -1,7 +1,7 @@
 // Command vnet-demo shows the whole of vnet-cni on the simulated Azure VNet
-// (bridge mode) or, with --cloud aws, the simulated EC2 (routed mode, ENIs),
-// driven as a Kubernetes node drives it (`make demo`, `make demo
-// CLOUD=aws`, as root):
+// (bridge mode; --mode routed or --mode kubenet) or, with --cloud aws, the
+// simulated EC2 (routed mode, ENIs), driven as a Kubernetes node drives it
+// (`make demo`, `make demo MODE=kubenet`, `make demo CLOUD=aws`, as root):
 //
 //   - vnet-sim up --nodes 2 (the ARM API and IMDS, or the EC2 API and
 //     IMDSv2, and the fabric) as a child process;
@@ -13,7 +13,11 @@
 // then it proves and shows each pod's address, the NIC ipConfigurations
 // (the ENIs' private addresses) as the cloud API reports them, pod-to-pod
 // across nodes, pod-to-node, pod-to-internet through SNAT, the hostPort,
-// and after DEL the addresses cooling down and back in the pool. It tears
+// and after DEL the addresses cooling down and back in the pool. In kubenet
+// mode the pods take addresses of their node's pod CIDR on the local bridge
+// vnetbr0 instead, and it shows the NICs without secondary addresses, IP
+// forwarding, the route table and the NICs' effective routes, and the heal
+// of a route deleted and of IP forwarding turned off by hand. It tears
 // everything down (also on Ctrl-C or a failed check) and exits 0 only if
 // every check passed.
 package main
@@ -54,6 +58,7 @@ func main() {
 	cooldown := flag.Duration("cooldown", 3*time.Second, "vnet-ipamd's cooldown of released addresses")
 	cloud := flag.String("cloud", string(sim.CloudAzure), "the simulated cloud: azure (bridge mode) or aws (routed mode over ENIs)")
 	instanceType := flag.String("instance-type", "t3.small", "aws: the instances' type (t3.small: 3 ENIs of 4 addresses, so the warm pool already needs a second ENI)")
+	mode := flag.String("mode", "", "the datapath mode: bridge, routed or kubenet on azure (default bridge); routed on aws (the default)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "vnet-demo: needs root (it creates network namespaces); run `sudo make demo`")
@@ -63,7 +68,30 @@ func main() {
 		fmt.Fprintf(os.Stderr, "vnet-demo: --cloud %q: want azure or aws\n", *cloud)
 		os.Exit(2)
 	}
-	os.Exit(run(&demo{binDir: *binDir, cooldown: *cooldown, cloud: sim.Cloud(*cloud), instanceType: *instanceType}))
+	m, err := resolveMode(sim.Cloud(*cloud), *mode)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vnet-demo:", err)
+		os.Exit(2)
+	}
+	os.Exit(run(&demo{binDir: *binDir, cooldown: *cooldown, cloud: sim.Cloud(*cloud), mode: m, instanceType: *instanceType}))
+}
+
+// resolveMode checks --mode against the cloud and returns the mode the
+// demo runs: "" is the cloud's default (bridge on azure, routed on aws).
+func resolveMode(c sim.Cloud, mode string) (string, error) {
+	switch {
+	case mode == "" && c == sim.CloudAWS:
+		return config.ModeRouted, nil
+	case mode == "":
+		return config.ModeBridge, nil
+	case c == sim.CloudAWS && mode == config.ModeKubenet:
+		return "", errors.New("--mode kubenet: kubenet mode programs an Azure route table; the simulated EC2 runs routed mode only (use --cloud azure)")
+	case c == sim.CloudAWS && mode != config.ModeRouted:
+		return "", fmt.Errorf("--mode %q: the simulated EC2 runs routed mode only", mode)
+	case mode != config.ModeBridge && mode != config.ModeRouted && mode != config.ModeKubenet:
+		return "", fmt.Errorf("--mode %q: want bridge, routed or kubenet", mode)
+	}
+	return mode, nil
 }
 
 // run runs the demo and returns the exit status.
@@ -89,9 +117,12 @@ func run(d *demo) int {
 		}
 	}()
 
-	if d.aws() {
+	switch {
+	case d.aws():
 		fmt.Printf("vnet-demo: vnet-cni on a simulated AWS VPC (%s instances, routed mode), pods driven through libcni as containerd does\n", d.instanceType)
-	} else {
+	case d.mode != config.ModeBridge:
+		fmt.Printf("vnet-demo: vnet-cni on a simulated Azure VNet (%s mode), pods driven through libcni as containerd does\n", d.mode)
+	default:
 		fmt.Println("vnet-demo: vnet-cni on a simulated Azure VNet, pods driven through libcni as containerd does")
 	}
 	err := d.run(ctx)
@@ -119,6 +150,7 @@ type demo struct {
 	binDir       string
 	cooldown     time.Duration
 	cloud        sim.Cloud
+	mode         string
 	instanceType string
 
 	dir     string
@@ -132,6 +164,9 @@ type demo struct {
 
 // aws says whether the demo runs on the simulated EC2.
 func (d *demo) aws() bool { return d.cloud == sim.CloudAWS }
+
+// kubenet says whether the daemons run in kubenet mode.
+func (d *demo) kubenet() bool { return d.mode == config.ModeKubenet }
 
 func (d *demo) run(ctx context.Context) error {
 	r := d.r
@@ -176,9 +211,14 @@ func (d *demo) run(ctx context.Context) error {
 	}
 
 	// 2. The daemons.
-	if d.aws() {
+	switch {
+	case d.aws():
 		r.Step("starting vnet-ipamd in every node namespace (own config file, routed mode, the instance role via IMDSv2)")
-	} else {
+	case d.kubenet():
+		r.Step("starting vnet-ipamd in every node namespace (own config file, kubenet mode: node i's pod CIDR is the i-th /24 of %s, managed identity via IMDS)", kubenetCIDR)
+	case d.mode == config.ModeRouted:
+		r.Step("starting vnet-ipamd in every node namespace (own config file, routed mode, managed identity via IMDS)")
+	default:
 		r.Step("starting vnet-ipamd in every node namespace (own config file, managed identity via IMDS)")
 	}
 	d.podLogs = filepath.Join(dir, "plugins.log")
@@ -187,10 +227,19 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	defer pluginLog.Close()
-	d.c, err = cluster.New(desc, cluster.Options{
+	opts := cluster.Options{
 		Dir: filepath.Join(dir, "cluster"), BinDir: bin, PluginStderr: pluginLog,
-		IPAMD: func(_ string, c *config.Config) { c.Cooldown = config.Duration(d.cooldown) },
-	})
+		IPAMD: func(_ string, c *config.Config) {
+			c.Cooldown = config.Duration(d.cooldown)
+			if !d.aws() && d.mode == config.ModeRouted {
+				c.Mode = config.ModeRouted
+			}
+		},
+	}
+	if d.kubenet() {
+		opts.KubenetCIDR = kubenetCIDR
+	}
+	d.c, err = cluster.New(desc, opts)
 	if err != nil {
 		return err
 	}
@@ -213,6 +262,11 @@ func (d *demo) run(ctx context.Context) error {
 		rows = append(rows, []string{n.Name, yesNo(st.Ready), poolText(st.Pool), chain})
 	}
 	r.Table([]string{"NODE", "READY", "POOL", "CONFLIST WRITTEN BY VNET-IPAMD"}, rows)
+	if d.kubenet() {
+		if err := d.showKubenetNodes(ctx); err != nil {
+			return err
+		}
+	}
 
 	// 3. The pods.
 	if d.aws() {
@@ -226,12 +280,17 @@ func (d *demo) run(ctx context.Context) error {
 	}
 
 	// 4. The cloud's view.
-	if d.aws() {
+	switch {
+	case d.kubenet():
+		if err := d.showKubenetCloud(ctx); err != nil {
+			return err
+		}
+	case d.aws():
 		r.Step("the instances' ENIs and their private addresses as EC2 reports them (DescribeNetworkInterfaces)")
 		if err := d.showENIs(ctx); err != nil {
 			return err
 		}
-	} else {
+	default:
 		r.Step("the NIC ipConfigurations as the cloud API reports them (armnetwork InterfacesClient.Get)")
 		if err := d.showNICs(ctx); err != nil {
 			return err
@@ -242,7 +301,11 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.startServers(); err != nil {
 		return err
 	}
-	for _, show := range []func(context.Context){d.podToPod, d.podToNode, d.podToInternet, d.hostPort, d.selfHeal} {
+	shows := []func(context.Context){d.podToPod, d.podToNode, d.podToInternet, d.hostPort, d.selfHeal}
+	if d.kubenet() {
+		shows = []func(context.Context){d.podToPodSameNode, d.podToPod, d.podToNode, d.podToInternet, d.hostPort, d.selfHeal, d.routeHeal}
+	}
+	for _, show := range shows {
 		show(ctx)
 		if err := ctx.Err(); err != nil {
 			return err
@@ -317,7 +380,12 @@ func (d *demo) addPods(ctx context.Context) error {
 			start := time.Now()
 			res, err := n.Add(ctx, p, ports...)
 			took := time.Since(start)
-			if err == nil {
+			if err == nil && d.kubenet() {
+				err = inPodCIDR(n, p.IP)
+				if err == nil && seen[p.IP] != "" {
+					err = fmt.Errorf("%s was already given to %s", p.IP, seen[p.IP])
+				}
+			} else if err == nil {
 				switch {
 				case !subnet.Contains(p.IP) || p.IP.String() == n.PrimaryIP:
 					err = fmt.Errorf("%s is not a secondary address of subnet %s", p.IP, subnet)
@@ -535,8 +603,13 @@ func (d *demo) hostPort(ctx context.Context) {
 		}
 	}
 	r.Table([]string{"FROM", "TO", "ANSWERED BY", "SOURCE SEEN", "RESULT"}, rows)
-	r.Note("portmap (\"snat\": true) masquerades hostPort connections from the pod's own prefix, here the")
-	r.Note("whole subnet, so web may see %s's address instead of the client's", n0.Name)
+	if d.kubenet() {
+		r.Note("portmap (\"snat\": true) masquerades hostPort connections from the pod's own prefix, here")
+		r.Note("%s's pod CIDR, so web may see %s's address instead of the client's", n0.Name, n0.Name)
+	} else {
+		r.Note("portmap (\"snat\": true) masquerades hostPort connections from the pod's own prefix, here the")
+		r.Note("whole subnet, so web may see %s's address instead of the client's", n0.Name)
+	}
 }
 
 func seenText(a probe.Answer) string {
@@ -582,6 +655,15 @@ func (d *demo) deleteAll(ctx context.Context) error {
 		r.CheckLine("the hostPort is gone after DEL", errors.New("it still answers"))
 	} else {
 		r.CheckLine("the hostPort is gone after DEL", nil)
+	}
+	if d.kubenet() {
+		for _, n := range d.c.Nodes {
+			ports, err := bridgePorts(n, n.Config.Kubenet.Bridge)
+			if err == nil && len(ports) > 0 {
+				err = fmt.Errorf("ports left: %v", ports)
+			}
+			r.CheckLine(fmt.Sprintf("%s's %s has no pod port left after DEL", n.Name, n.Config.Kubenet.Bridge), err)
+		}
 	}
 
 	r.Step("the released addresses cool down for %s before vnet-ipamd hands them out again", d.cooldown)

@@ -154,9 +154,9 @@ func (t staticToken) GetToken(context.Context, policy.TokenRequestOptions) (azco
 	return azcore.AccessToken{Token: string(t), ExpiresOn: time.Now().Add(time.Hour)}, nil
 }
 
-// nicsClient is the armnetwork client of the simulated cloud's NICs, built
+// armFactory is an armnetwork client factory of the simulated cloud, built
 // exactly as for Azure but for the endpoint and the CA.
-func (s *simProcess) nicsClient() (*armnetwork.InterfacesClient, error) {
+func (s *simProcess) armFactory() (*armnetwork.ClientFactory, error) {
 	pem, err := os.ReadFile(s.desc.CAFile)
 	if err != nil {
 		return nil, fmt.Errorf("read the sim's CA: %w", err)
@@ -175,11 +175,26 @@ func (s *simProcess) nicsClient() (*armnetwork.InterfacesClient, error) {
 		}},
 		Transport: client,
 	}}
-	f, err := armnetwork.NewClientFactory(s.desc.SubscriptionID, staticToken(s.token), opts)
+	return armnetwork.NewClientFactory(s.desc.SubscriptionID, staticToken(s.token), opts)
+}
+
+// nicsClient is the armnetwork client of the simulated cloud's NICs.
+func (s *simProcess) nicsClient() (*armnetwork.InterfacesClient, error) {
+	f, err := s.armFactory()
 	if err != nil {
 		return nil, err
 	}
 	return f.NewInterfacesClient(), nil
+}
+
+// routeTablesClient is the armnetwork client of the simulated cloud's
+// route tables.
+func (s *simProcess) routeTablesClient() (*armnetwork.RouteTablesClient, error) {
+	f, err := s.armFactory()
+	if err != nil {
+		return nil, err
+	}
+	return f.NewRouteTablesClient(), nil
 }
 
 // leftovers lists the namespaces of the run that still exist.
