@@ -1,6 +1,8 @@
 // Package bench measures vnet-cni against Debian's reference plugins on the
 // simulated cloud, each mode against its like-for-like reference (bridge
-// mode against bridge + host-local, routed mode against ptp + host-local): ADD and DEL latency, wall time
+// mode against bridge + host-local, routed mode against ptp + host-local,
+// kubenet mode against bridge + host-local on the node's pod CIDR, the
+// datapath of AKS's kubenet): ADD and DEL latency, wall time
 // of a burst, vnet-ipamd's memory and cloud calls, and pod-to-pod
 // throughput. Both plugins are executed by libcni from inside the same node
 // namespace, in alternating batches so that a loaded machine slows both
@@ -43,7 +45,8 @@ type Options struct {
 	Prefix string
 	// Mode is vnet-cni's datapath mode [bridge]: "bridge" is measured
 	// against Debian's bridge + host-local, "routed" against ptp +
-	// host-local.
+	// host-local, "kubenet" against bridge (cbr0, the pod CIDR's gateway)
+	// + host-local on the measured node's pod CIDR.
 	Mode string
 	// RefIPMasq runs the reference with ipMasq, masquerading as
 	// vnet-cni does, at the cost of iptables calls per pod. Without it the
@@ -118,10 +121,18 @@ const (
 
 // The reference network: a cni0-style bridge in the node namespace and
 // host-local on a range that does not overlap the VNet (10.240.0.0/12).
+// In kubenet mode the bridge is kubenet's cbr0 and host-local takes the
+// measured node's pod CIDR (the reference runs in a node namespace of its
+// own, so the same range does not clash).
 const (
-	refBridge = "cni0"
-	refSubnet = "10.88.0.0/16"
+	refBridge        = "cni0"
+	refSubnet        = "10.88.0.0/16"
+	refKubenetBridge = "cbr0"
 )
+
+// kubenetCIDR is the cluster CIDR of kubenet mode: node i's pod CIDR is
+// its i-th /24 (a /24 holds the 250 pods of the largest run).
+var kubenetCIDR = netip.MustParsePrefix("10.100.0.0/16")
 
 // side is one plugin under test, executed by libcni inside a node
 // namespace.
@@ -244,8 +255,8 @@ func Run(ctx context.Context, opts Options) (res *Results, err error) {
 	if maxN := maxInt(opts.Sizes); maxN > opts.PoolSize || opts.PoolSize > poolMax-5 {
 		return nil, fmt.Errorf("bench: %d pods do not fit a pool of %d (at most %d)", maxN, opts.PoolSize, poolMax-5)
 	}
-	if opts.Mode != config.ModeBridge && opts.Mode != config.ModeRouted {
-		return nil, fmt.Errorf("bench: mode %q: want %s or %s", opts.Mode, config.ModeBridge, config.ModeRouted)
+	if opts.Mode != config.ModeBridge && opts.Mode != config.ModeRouted && opts.Mode != config.ModeKubenet {
+		return nil, fmt.Errorf("bench: mode %q: want %s, %s or %s", opts.Mode, config.ModeBridge, config.ModeRouted, config.ModeKubenet)
 	}
 	res = &Results{LoadAvgStart: loadAvg(), Started: time.Now().UTC().Format(time.RFC3339), RefIPMasq: opts.RefIPMasq,
 		Mode: opts.Mode, RefName: refName(opts.Mode)}
@@ -312,13 +323,17 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 	}
 	e.sim = s
 	res.Prefix = s.Description().Prefix
-	c, err := cluster.New(s.Description(), cluster.Options{
+	copts := cluster.Options{
 		Dir: filepath.Join(o.Dir, "nodes"), BinDir: o.BinDir,
 		// The stores live where the default storeDir does: on a tmpfs.
 		StoreOnTmpfs: true,
 		IPAMD: func(node string, cfg *config.Config) {
 			cfg.Mode = o.Mode
 			cfg.ResyncInterval = config.Duration(config.DefaultResyncInterval)
+			// The route agent's checks at their defaults, as a node runs
+			// them (the harness shortens them for tests).
+			cfg.Kubenet.RouteInterval = config.Duration(config.DefaultRouteInterval)
+			cfg.Kubenet.RouteSettle = config.Duration(config.DefaultRouteSettle)
 			if node != s.Description().Nodes[0].Name {
 				return // the peer keeps the cluster's small pool
 			}
@@ -329,7 +344,11 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 			cfg.Cooldown = config.Duration(poolCooldown)
 			cfg.ReleaseDelay = config.Duration(poolReleaseDelay)
 		},
-	})
+	}
+	if o.Mode == config.ModeKubenet {
+		copts.KubenetCIDR = kubenetCIDR
+	}
+	c, err := cluster.New(s.Description(), copts)
 	if err != nil {
 		return err
 	}
@@ -341,7 +360,11 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 	// The measured node alone first, so that the counters hold its fill.
 	arm := s.ARM()
 	arm.ResetStats()
-	e.progress("starting vnet-ipamd on %s, filling %d addresses", e.node.Name, o.PoolSize)
+	if o.Mode == config.ModeKubenet {
+		e.progress("starting vnet-ipamd on %s: its pool is the pod CIDR %s, ready once its route is effective", e.node.Name, e.node.Config.Kubenet.PodCIDR)
+	} else {
+		e.progress("starting vnet-ipamd on %s, filling %d addresses", e.node.Name, o.PoolSize)
+	}
 	fillStart := time.Now()
 	if err := e.node.StartIPAMD(); err != nil {
 		return err
@@ -378,7 +401,11 @@ func (e *env) setup(ctx context.Context, res *Results) error {
 	e.vnet = &side{name: "vnet-cni", nsPath: e.node.NSPath, node: e.node, list: vnetList,
 		cni: libcni.NewCNIConfigWithCacheDir([]string{mustAbs(o.BinDir)},
 			filepath.Join(o.Dir, "cache-vnet"), execWithStderr(logf))}
-	refList, err := refConflist(filepath.Join(o.Dir, "host-local"), o.Mode, o.RefIPMasq)
+	res.RefSubnet = refSubnet
+	if o.Mode == config.ModeKubenet {
+		res.RefSubnet = e.node.Config.Kubenet.PodCIDR
+	}
+	refList, err := refConflist(filepath.Join(o.Dir, "host-local"), o.Mode, res.RefSubnet, o.RefIPMasq)
 	if err != nil {
 		return err
 	}
@@ -425,20 +452,24 @@ func refPlugin(mode string) string {
 
 func refName(mode string) string { return refPlugin(mode) + "+host-local" }
 
-// refConflist is the mode's reference plugin with host-local, as a
-// kubenet-style runtime configures them, with the IPAM data in dataDir;
-// ipMasq makes it masquerade pod traffic leaving its subnet, as vnet-cni
-// does.
-func refConflist(dataDir, mode string, ipMasq bool) (*libcni.NetworkConfigList, error) {
+// refConflist is the mode's reference plugin with host-local on subnet,
+// as a kubenet-style runtime configures them, with the IPAM data in
+// dataDir; ipMasq makes it masquerade pod traffic leaving its subnet, as
+// vnet-cni does. In kubenet mode the bridge is cbr0 and subnet the pod
+// CIDR, whose first address host-local gives the bridge as the gateway.
+func refConflist(dataDir, mode, subnet string, ipMasq bool) (*libcni.NetworkConfigList, error) {
 	plugin := map[string]any{
 		"type": "bridge", "bridge": refBridge, "isGateway": true, "ipMasq": ipMasq, "hairpinMode": true,
 	}
-	if mode == config.ModeRouted {
+	switch mode {
+	case config.ModeRouted:
 		plugin = map[string]any{"type": "ptp", "ipMasq": ipMasq}
+	case config.ModeKubenet:
+		plugin["bridge"] = refKubenetBridge
 	}
 	plugin["ipam"] = map[string]any{
 		"type": "host-local", "dataDir": dataDir,
-		"ranges": [][]map[string]string{{{"subnet": refSubnet}}},
+		"ranges": [][]map[string]string{{{"subnet": subnet}}},
 		"routes": []map[string]string{{"dst": "0.0.0.0/0"}},
 	}
 	doc := map[string]any{"cniVersion": "1.0.0", "name": "bench-ref", "plugins": []any{plugin}}

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 // Results is everything a run measured. The flat fields are the headline
@@ -66,8 +68,10 @@ type Results struct {
 	SharedMachine bool   `json:"shared_machine_loaded"`
 	RefIPMasq     bool   `json:"ref_ipmasq"`
 	// Mode is vnet-cni's datapath mode, RefName its reference.
-	Mode       string  `json:"mode"`
-	RefName    string  `json:"reference"`
+	Mode    string `json:"mode"`
+	RefName string `json:"reference"`
+	// RefSubnet is the reference's host-local range.
+	RefSubnet  string  `json:"reference_subnet"`
 	Started    string  `json:"started"`
 	RunSeconds float64 `json:"run_seconds"`
 	Prefix     string  `json:"prefix"`
@@ -251,7 +255,15 @@ func (r *Results) Print(w io.Writer) {
 		refFlags = "isGateway, " + refFlags
 	}
 	fmt.Fprintf(w, "vnet-cni alone (no chained plugin) on node0 with vnet-ipamd; the reference, Debian %s (%s) +\n", ref, refFlags)
-	fmt.Fprintf(w, "host-local %s, on a node namespace of its own (so neither sees the other's bridge, rules or chains).\n", refSubnet)
+	refBr := ""
+	if ref == "bridge" {
+		refBr = refBridge
+		if r.Mode == config.ModeKubenet {
+			refBr = refKubenetBridge
+		}
+		refBr = " (bridge " + refBr + ")"
+	}
+	fmt.Fprintf(w, "host-local %s%s, on a node namespace of its own (so neither sees the other's bridge, rules or chains).\n", r.RefSubnet, refBr)
 	fmt.Fprintf(w, "Percentiles are nearest-rank over N calls; ratio = vnet-cni / reference; wall = all pods of the phase.\n\n")
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -297,6 +309,14 @@ func (r *Results) Print(w io.Writer) {
 		r.Pool.IPAddressCount, r.Cloud.FillSeconds, r.Cloud.Fill.Writes, r.Cloud.Fill.Reads, r.Cloud.Fill.ByOp)
 	fmt.Fprintf(w, "  during the ADD/DEL phases (both nodes, background worker and resync): %d writes, %d reads %v\n",
 		r.Cloud.Measured.Writes, r.Cloud.Measured.Reads, r.Cloud.Measured.ByOp)
+	if r.Mode == config.ModeKubenet {
+		nicWrites := r.Cloud.Measured.ByOp["NetworkInterfaces_CreateOrUpdate"]
+		verdict := "met"
+		if nicWrites != 0 {
+			verdict = "NOT met"
+		}
+		fmt.Fprintf(w, "  kubenet: NIC writes during the ADD/DEL phases: %d (target 0: the pool is the pod CIDR, no address of the subnet)  %s\n", nicWrites, verdict)
+	}
 	fmt.Fprintf(w, "  Allocate calls: %d ok, %d try-again; %d of %d answered within 250 ms (not from the warm pool: %d)\n",
 		r.Allocations.OK, r.Allocations.TryAgain, r.Allocations.Within250ms, r.Allocations.Count, r.AllocationsSlow)
 	fmt.Fprintf(w, "  time inside vnet-ipamd per Allocate (its handler, journal write and fdatasync included): %d of %d within 0.5 ms, %d within 1 ms\n",

@@ -37,7 +37,7 @@ func run() error {
 	mib := flag.Int64("throughput-mib", 256, "MiB moved per throughput run")
 	refMasq := flag.Bool("ref-ipmasq", false, "run the reference bridge with ipMasq (SNAT like vnet-cni, iptables calls per pod); default: the plain bridge + host-local")
 	pluginLog := flag.String("plugin-log", "", "keep a copy of vnet-cni's log lines (one per call) in this file")
-	modes := flag.String("modes", "bridge,routed", "datapath modes to measure, comma-separated: bridge (against bridge + host-local), routed (against ptp + host-local); the second mode's results go to -out with the mode before the extension")
+	modes := flag.String("modes", "bridge,routed,kubenet", "datapath modes to measure, comma-separated: bridge (against bridge + host-local), routed (against ptp + host-local), kubenet (against bridge cbr0 + host-local on the node's pod CIDR); the results of every mode after the first go to -out with the mode before the extension")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it creates network namespaces")
