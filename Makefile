@@ -127,8 +127,10 @@ bench-k8s: build k8s-bins
 	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-bench-k8s ./integration/cmd/vnet-bench-k8s
 	$(BIN)/vnet-bench-k8s -bin $(BIN) -out $(CURDIR)/bench-k8s-results.json
 
-# vnet-cni against Debian's bridge + host-local on the simulated cloud (as
-# root, a few minutes): prints a table and writes bench-results.json.
+# vnet-cni against Debian's reference plugins on the simulated cloud (as
+# root, a few minutes per mode), every mode (bridge, routed, kubenet) against
+# its like-for-like reference: prints a table and writes bench-results.json
+# (bridge) and bench-results-<mode>.json.
 .PHONY: bench
 bench: build
 	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-bench ./integration/cmd/vnet-bench
