@@ -9,8 +9,9 @@
 // part the NIC plays in the other modes, a witness of what the pool holds
 // beside the address store. No cloud call is made for an address.
 //
-// When the allocation file is missing or damaged, every usable address of
-// the pod CIDR is reported as taken: the store then keeps what it knows and
+// When the allocation file is missing (on a node where something may hold
+// a pod address) or damaged, every usable address of the pod CIDR is
+// reported as taken: the store then keeps what it knows and
 // takes the rest as free, or, when the store was lost too, quarantines them
 // for its recovery grace (a pod whose ADD was in flight may hold any of
 // them). The pool then gives back what it does not need.
@@ -54,6 +55,11 @@ type Config struct {
 	ClusterCIDR netip.Prefix
 	// StateDir holds the allocation file; created (0700) when missing.
 	StateDir string
+	// Fresh says that nothing on the node can hold a pod address (the
+	// store is empty and no pod veth or bridge of vnet-cni exists): a
+	// missing allocation file is then a new node's, and nothing is taken.
+	// A damaged file takes everything whatever Fresh says.
+	Fresh bool
 	Logger   *slog.Logger
 }
 
@@ -131,6 +137,8 @@ func (pc *Cloud) load() error {
 	var a allocation
 	why := ""
 	switch {
+	case errors.Is(err, os.ErrNotExist) && pc.cfg.Fresh:
+		return pc.saveLocked()
 	case errors.Is(err, os.ErrNotExist):
 		why = "missing"
 	case err != nil:

@@ -179,6 +179,23 @@ func TestMissingOrDamagedFile(t *testing.T) {
 	}
 }
 
+// TestFreshNode: on a new node (nothing can hold a pod address) a missing
+// file takes nothing; a damaged one still takes everything.
+func TestFreshNode(t *testing.T) {
+	dir := t.TempDir()
+	c, err := New(Config{Inner: testNode(), PodCIDR: podCIDR, ClusterCIDR: cluster, StateDir: dir, Fresh: true})
+	if err != nil || c.Taken() != 0 {
+		t.Fatalf("a new node: %d taken, %v; want none", c.Taken(), err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, fileName), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err = New(Config{Inner: testNode(), PodCIDR: podCIDR, ClusterCIDR: cluster, StateDir: dir, Fresh: true})
+	if err != nil || c.Taken() != 13 {
+		t.Errorf("a damaged file on a fresh node: %d taken, %v; want all 13", c.Taken(), err)
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	dir := t.TempDir()
 	for _, p := range []string{"10.245.0.0/24", "10.244.1.0/30", "10.244.1.5/24", "10.0.0.0/7"} {

@@ -40,6 +40,9 @@ type kubenetNode struct {
 	hold noderoute.Holder
 	// runCtx bounds the route agent, started at the first connect.
 	runCtx context.Context
+	// fresh reports a node where nothing can hold a pod address (see
+	// podcidr.Config.Fresh).
+	fresh func(ctx context.Context) bool
 
 	mu      sync.Mutex
 	started bool
@@ -67,7 +70,7 @@ func (k *kubenetNode) connect(inner daemon.Connect) daemon.Connect {
 			return nil, err
 		}
 		pc, err := podcidr.New(podcidr.Config{Inner: p, PodCIDR: podCIDR, ClusterCIDR: k.cfg.Kubenet.ClusterPrefix(),
-			StateDir: k.cfg.Kubenet.StateDir, Logger: k.log})
+			StateDir: k.cfg.Kubenet.StateDir, Fresh: k.fresh != nil && k.fresh(ctx), Logger: k.log})
 		if err != nil {
 			return nil, &cloud.Error{Kind: cloud.Fatal, Op: "kubenet", Err: err}
 		}

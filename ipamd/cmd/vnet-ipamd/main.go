@@ -134,7 +134,15 @@ func run(args []string) error {
 	}
 	var kn *kubenetNode
 	if cfg.Mode == config.ModeKubenet {
-		kn = &kubenetNode{cfg: cfg, node: *nodeName, log: log}
+		kn = &kubenetNode{cfg: cfg, node: *nodeName, log: log, fresh: func(ctx context.Context) bool {
+			// The store holds nothing and no pod veth or bridge of
+			// vnet-cni exists: a new node (or a new boot).
+			if len(st.List()) > 0 {
+				return false
+			}
+			w, err := nodeWitness{}.Read(ctx, nil)
+			return err == nil && !w.Present && len(w.Attachments) == 0
+		}}
 		connect = kn.connect(connect)
 	}
 	// With maxIPs from the node, the daemon starts with the fallback until
