@@ -26,12 +26,13 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
 	"github.com/vnet-cni/vnet-cni/ipamd/config"
+	"github.com/vnet-cni/vnet-cni/ipamd/routecontroller"
 )
 
 // TestIPAMDConfigsValid: every ipamd.json shipped is a configuration
 // vnet-ipamd accepts.
 func TestIPAMDConfigsValid(t *testing.T) {
-	for _, p := range []string{"base/ipamd.json", "overlays/sim/ipamd.json", "overlays/azure-template/ipamd.json"} {
+	for _, p := range []string{"base/ipamd.json", "overlays/sim/ipamd.json", "overlays/azure-template/ipamd.json", "overlays/kubenet/ipamd.json"} {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
@@ -171,6 +172,13 @@ var wantHostPaths = []string{"/etc/cni/net.d", "/opt/cni/bin", "/run/vnet-cni", 
 // vnet-ipamd accepts (returned).
 func checkInstall(t *testing.T, objs map[string]runtime.Object, extraHostPaths ...string) config.Config {
 	t.Helper()
+	return checkInstallOf(t, objs, wantObjects, wantRules, extraHostPaths...)
+}
+
+// checkInstallOf is checkInstall with the objects and the ClusterRole's
+// rules given.
+func checkInstallOf(t *testing.T, objs map[string]runtime.Object, wantObjects []string, wantRules []rbacv1.PolicyRule, extraHostPaths ...string) config.Config {
+	t.Helper()
 	if diff := cmp.Diff(wantObjects, keys(objs)); diff != "" {
 		t.Fatalf("objects (-want +got):\n%s", diff)
 	}
@@ -304,6 +312,86 @@ func TestKustomizeAzureTemplateOverlay(t *testing.T) {
 	}
 	if !mounted {
 		t.Error("azure.json not mounted read-only at cloudConfigFile")
+	}
+}
+
+// Kubenet mode's objects and rights beyond the base's: the route
+// controller's Lease in the daemon's namespace (a Role, not a ClusterRole)
+// and the patch of its Node's status (the NetworkUnavailable condition).
+var (
+	wantKubenetObjects = sortedCopy(append(slices.Clone(wantObjects), "Role vnet-cni/vnet-ipamd-routes", "RoleBinding vnet-cni/vnet-ipamd-routes"))
+	wantKubenetRules   = append(slices.Clone(wantRules),
+		rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}})
+	wantLeaseRules = []rbacv1.PolicyRule{
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{routecontroller.DefaultLeaseName}, Verbs: []string{"get", "update"}},
+	}
+)
+
+func sortedCopy(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+// checkKubenet checks a kubenet rendering: the base's checks with
+// kubenet's objects and rules, the Lease's Role bound to the daemon's
+// ServiceAccount in its namespace, and a configuration in mode kubenet
+// whose Lease is the one the Role names, with the cluster CIDR given.
+func checkKubenet(t *testing.T, objs map[string]runtime.Object, clusterCIDR string) config.Config {
+	t.Helper()
+	cfg := checkInstallOf(t, objs, wantKubenetObjects, wantKubenetRules)
+	role := objs["Role vnet-cni/vnet-ipamd-routes"].(*rbacv1.Role)
+	if diff := cmp.Diff(wantLeaseRules, role.Rules); diff != "" {
+		t.Errorf("Role vnet-ipamd-routes rules (-want +got):\n%s", diff)
+	}
+	binding := objs["RoleBinding vnet-cni/vnet-ipamd-routes"].(*rbacv1.RoleBinding)
+	if binding.RoleRef != (rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "vnet-ipamd-routes"}) || len(binding.Subjects) != 1 ||
+		binding.Subjects[0] != (rbacv1.Subject{Kind: "ServiceAccount", Name: "vnet-ipamd", Namespace: "vnet-cni"}) {
+		t.Errorf("RoleBinding %+v", binding)
+	}
+	k := cfg.Kubenet
+	if cfg.Mode != config.ModeKubenet || k.ClusterCIDR != clusterCIDR || k.PodCIDR != "" || !k.ControllerEnabled(cfg.Kubernetes.Enabled) ||
+		k.LeaseName != routecontroller.DefaultLeaseName || k.LeaseNamespace != role.Namespace {
+		t.Errorf("kubenet configuration: mode %q, %+v, kubernetes %v", cfg.Mode, k, cfg.Kubernetes.Enabled)
+	}
+	return cfg
+}
+
+// TestKustomizeKubenetOverlay: the kubenet overlay is the base in mode
+// kubenet with the sim's cluster CIDR and kubenet's rights, nothing more.
+func TestKustomizeKubenetOverlay(t *testing.T) {
+	objs := objects(t, run(t, kubectl(t), "kustomize", "overlays/kubenet"))
+	cfg := checkKubenet(t, objs, "10.100.0.0/16")
+	if cfg.Cloud.Azure.ResourceManagerEndpoint != config.DefaultResourceManagerEndpoint || cfg.Cloud.Azure.CAFile != "" {
+		t.Errorf("kubenet config: endpoint %q, CA %q", cfg.Cloud.Azure.ResourceManagerEndpoint, cfg.Cloud.Azure.CAFile)
+	}
+}
+
+// TestHelmChartKubenet: the chart with mode=kubenet and the cluster CIDR
+// renders the objects of manifests/overlays/kubenet, and refuses kubenet
+// without a cluster CIDR.
+func TestHelmChartKubenet(t *testing.T) {
+	h := helm(t)
+	chart := filepath.Join("..", "charts", "vnet-cni")
+	fromHelm := objects(t, run(t, h, "template", "--include-crds", "vnet-cni", chart, "--set", "mode=kubenet,kubenet.clusterCIDR=10.100.0.0/16"))
+	fromKustomize := objects(t, run(t, kubectl(t), "kustomize", "overlays/kubenet"))
+	helmCfg := checkKubenet(t, fromHelm, "10.100.0.0/16")
+	kustCfg := checkKubenet(t, fromKustomize, "10.100.0.0/16")
+	if diff := cmp.Diff(kustCfg, helmCfg, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
+		t.Errorf("ipamd.json: kustomize kubenet overlay vs helm (-kustomize +helm):\n%s", diff)
+	}
+	for _, objs := range []map[string]runtime.Object{fromHelm, fromKustomize} {
+		objs["ConfigMap vnet-cni/vnet-cni-config"].(*corev1.ConfigMap).Data = nil
+	}
+	for _, key := range wantKubenetObjects {
+		if diff := cmp.Diff(fromKustomize[key], fromHelm[key]); diff != "" {
+			t.Errorf("%s: kustomize kubenet overlay vs helm (-kustomize +helm):\n%s", key, diff)
+		}
+	}
+	cmd := exec.Command(h, "template", "vnet-cni", chart, "--set", "mode=kubenet")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "kubenet.clusterCIDR is required") {
+		t.Errorf("mode=kubenet without kubenet.clusterCIDR: %v\n%s", err, out)
 	}
 }
 

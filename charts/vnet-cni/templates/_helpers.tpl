@@ -26,6 +26,7 @@
   "kubernetes" (dict "enabled" .Values.kubernetes.enabled)
   "cloud" (dict "provider" .Values.cloud.provider "azure" $azure)
 -}}
+{{- if eq .Values.mode "kubenet" }}{{ $_ := set $cfg "kubenet" (dict "clusterCIDR" (required "kubenet.clusterCIDR is required with mode kubenet" .Values.kubenet.clusterCIDR)) }}{{ end -}}
 {{- with .Values.pool.maxIPs }}{{ $_ := set $cfg "maxIPs" . }}{{ end -}}
 {{ toPrettyJson $cfg }}
 {{- end -}}
