@@ -87,6 +87,13 @@ type Options struct {
 	// ExtraCNIPlugins are further plugins in every node's /opt/cni/bin
 	// (name → host path), for a conflist other than vnet-ipamd's.
 	ExtraCNIPlugins map[string]string
+	// KubenetCIDR, when valid, is a kubenet cluster's cluster CIDR:
+	// kube-controller-manager allocates each Node a /24 of it
+	// (controlplane.Config.ClusterCIDR) and kube-proxy takes it as the
+	// pods' range. vnet-ipamd runs from the DaemonSet then (it needs
+	// IPAMDAsDaemonSet): the caller installs manifests/overlays/kubenet
+	// (install.KubenetOverlay). It must not overlap the VNet.
+	KubenetCIDR netip.Prefix
 	// ContainerdMetrics serves containerd's Prometheus metrics on
 	// ContainerdMetricsAddr inside every worker's network namespace.
 	ContainerdMetrics bool
@@ -141,6 +148,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
+	if opts.KubenetCIDR.IsValid() && !opts.IPAMDAsDaemonSet {
+		return nil, errors.New("k8s cluster: KubenetCIDR needs IPAMDAsDaemonSet (install manifests/overlays/kubenet)")
+	}
 	c := &Cluster{opts: opts, log: opts.Log}
 	if c.hostLock, err = lockHost(ctx, opts.Log); err != nil {
 		return nil, err
@@ -172,6 +182,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	c.CP, err = controlplane.Start(ctx, controlplane.Config{
 		Bin: opts.Kubernetes, Etcd: opts.Etcd, TempDir: opts.Dir, NetNS: cpNode.Netns, Addr: addr, Log: opts.Log,
+		ClusterCIDR: opts.KubenetCIDR,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
@@ -236,6 +247,15 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("vnet prefix: %w", err)
 	}
+	// The pods' range, kube-proxy's clusterCIDR: the VNet, or kubenet's
+	// cluster CIDR.
+	podRange := vnetPrefix
+	if opts.KubenetCIDR.IsValid() {
+		if opts.KubenetCIDR.Overlaps(vnetPrefix) {
+			return nil, fmt.Errorf("k8s cluster: kubenet cluster CIDR %s overlaps the VNet %s", opts.KubenetCIDR, vnetPrefix)
+		}
+		podRange = opts.KubenetCIDR.Masked()
+	}
 	binDir, err := filepath.Abs(opts.BinDir)
 	if err != nil {
 		return nil, err
@@ -276,7 +296,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			CNIConfDir: confDir,
 			CNIPlugins: plugins, ContainerdMetrics: metrics,
 			CgroupRoot: root, Server: c.CP.Server, CAFile: caFile,
-			Kubeconfig: kubeconfig, ProxyKubeconfig: proxyCfg, ClusterCIDR: vnetPrefix,
+			Kubeconfig: kubeconfig, ProxyKubeconfig: proxyCfg, ClusterCIDR: podRange,
 			Images: nodeImages, SandboxImage: images.Pause,
 			Log: opts.Log,
 		})

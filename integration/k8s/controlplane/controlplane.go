@@ -56,6 +56,12 @@ type Config struct {
 	Addr netip.Addr
 	// ServiceCIDR is the ClusterIP range; 10.96.0.0/16 if unset.
 	ServiceCIDR netip.Prefix
+	// ClusterCIDR, when valid, has kube-controller-manager allocate every
+	// Node a /24 of it as its spec.podCIDRs (--allocate-node-cidrs), as
+	// kubenet mode needs; it programs no cloud route
+	// (--configure-cloud-routes=false: vnet-ipamd does). Must be IPv4 and
+	// at most a /23.
+	ClusterCIDR netip.Prefix
 	// ReadyTimeout bounds the wait for each component; 2 minutes if 0.
 	ReadyTimeout time.Duration
 	// Log receives progress; slog.Default() if nil.
@@ -112,6 +118,9 @@ func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	}
 	if !cfg.ServiceCIDR.IsValid() {
 		cfg.ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+	}
+	if c := cfg.ClusterCIDR; c.IsValid() && (!c.Addr().Is4() || c.Bits() > 23) {
+		return nil, fmt.Errorf("control plane: cluster CIDR %s: want an IPv4 prefix of /23 or wider", c)
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 2 * time.Minute
@@ -420,6 +429,10 @@ func (cp *ControlPlane) startControllerManager(ctx context.Context, cfg Config, 
 		"--service-cluster-ip-range=" + cfg.ServiceCIDR.String(),
 		"--controllers=*",
 		"--profiling=false",
+	}
+	if cfg.ClusterCIDR.IsValid() {
+		args = append(args, "--allocate-node-cidrs=true", "--cluster-cidr="+cfg.ClusterCIDR.Masked().String(),
+			"--node-cidr-mask-size=24", "--configure-cloud-routes=false")
 	}
 	return cp.startAndWait(ctx, cfg, ControllerManager, cfg.Bin.Path(ControllerManager), args,
 		"https://"+hostPort(cfg.Addr, cp.ports[ControllerManager])+"/healthz", insecureTLS(), func(body string) bool { return body == "ok" })

@@ -23,6 +23,27 @@ func SimOverlay(dir, manifests string, d sim.Description, adjust func(cfg map[st
 	return Overlay(dir, manifests, "sim", d, adjust)
 }
 
+// KubenetOverlay writes into dir a kustomization over
+// manifests/overlays/kubenet for the sim's cluster (Overlay: the ARM
+// endpoint, the CA's ConfigMap and its mount), with the route checks of
+// the sim's pace: every 2 s, and the node's pods held back 4 s after a
+// route write (the sim's route table takes effect after 3 s). adjust,
+// if not nil, runs last.
+func KubenetOverlay(dir, manifests string, d sim.Description, adjust func(cfg map[string]any)) error {
+	return Overlay(dir, manifests, "kubenet", d, func(cfg map[string]any) {
+		k, _ := cfg["kubenet"].(map[string]any)
+		if k == nil {
+			k = map[string]any{}
+			cfg["kubenet"] = k
+		}
+		k["routeInterval"] = "2s"
+		k["routeSettle"] = "4s"
+		if adjust != nil {
+			adjust(cfg)
+		}
+	})
+}
+
 // caMount mounts the CA's ConfigMap at /etc/vnet-cni-ca, for an overlay
 // made for a real cloud, which trusts the system roots only.
 const caMount = `patches:

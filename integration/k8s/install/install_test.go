@@ -7,9 +7,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/binaries"
+	"github.com/vnet-cni/vnet-cni/ipamd/config"
 )
 
 // TestSimOverlay writes the kustomization over the repository's sim
@@ -103,6 +105,49 @@ func TestTemplateOverlay(t *testing.T) {
 		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
 	}
 	for _, want := range []string{"mountPath: /etc/vnet-cni-ca", "path: /etc/kubernetes/azure.json", "name: vnet-cni-cloud-ca"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("rendered installation has no %q", want)
+		}
+	}
+}
+
+// TestKubenetOverlay: over the kubenet overlay the kustomization trusts
+// the sim's CA, and ipamd.json is a kubenet configuration vnet-ipamd
+// accepts, with the overlay's cluster CIDR and the sim's route pace;
+// kubectl kustomize renders it with the Lease's Role and the CA's mount.
+func TestKubenetOverlay(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, []byte("-----BEGIN CERTIFICATE-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "install")
+	d := sim.Description{ARMEndpoint: "https://10.0.0.1:8443", CAFile: ca}
+	if err := KubenetOverlay(dir, "../../../manifests", d, func(cfg map[string]any) { cfg["batchSize"] = 3 }); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "ipamd.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse(raw)
+	if err != nil {
+		t.Fatalf("ipamd.json over kubenet: %v\n%s", err, raw)
+	}
+	k := cfg.Kubenet
+	if cfg.Mode != config.ModeKubenet || k.ClusterCIDR != "10.100.0.0/16" || k.RouteInterval.D() != 2*time.Second ||
+		k.RouteSettle.D() != 4*time.Second || cfg.BatchSize != 3 || cfg.Cloud.Azure.CAFile != "/etc/vnet-cni-ca/ca.pem" ||
+		cfg.Cloud.Azure.ResourceManagerEndpoint != d.ARMEndpoint {
+		t.Errorf("ipamd.json over kubenet:\n%s", raw)
+	}
+	set, ok := binaries.Find(binaries.Options{})
+	if !ok {
+		t.Skip("kubectl not built: run `make k8s-bins`")
+	}
+	out, err := exec.Command(set.Path("kubectl"), "kustomize", dir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
+	}
+	for _, want := range []string{"mountPath: /etc/vnet-cni-ca", "name: vnet-cni-cloud-ca", "kind: Role\n", "- nodes/status", `"mode": "kubenet"`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("rendered installation has no %q", want)
 		}
