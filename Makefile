@@ -110,12 +110,16 @@ demo:
 # The demo under Kubernetes (as root): a control plane and two workers with
 # containerd, kubelet, kube-proxy and vnet-ipamd on the simulated VNet, a
 # 20-pod Deployment through vnet-cni, traffic checks, scale to 0; builds
-# the Kubernetes binaries first when missing (make k8s-bins).
+# the Kubernetes binaries first when missing (make k8s-bins). MODE=kubenet
+# runs it in kubenet mode (manifests/overlays/kubenet: the Nodes' pod
+# CIDRs from kube-controller-manager, the route table, NetworkUnavailable,
+# the route controller's Lease).
+MODE ?= bridge
 .PHONY: demo-k8s
 demo-k8s: build k8s-bins
 	@sh integration/cmd/vnet-demo/install-deps.sh etcd-server runc
 	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-demo-k8s ./integration/cmd/vnet-demo-k8s
-	$(BIN)/vnet-demo-k8s --bin $(BIN)
+	$(BIN)/vnet-demo-k8s --bin $(BIN) --mode $(MODE)
 
 # Pod start-up through kubelet (as root, a few minutes): clusterloader2's
 # node-throughput profile (100 pods at 5/s on one node) with vnet-cni and

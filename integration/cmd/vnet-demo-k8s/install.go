@@ -21,9 +21,13 @@ import (
 // CA and waits for the DaemonSet to roll out on both nodes.
 func (d *demo) install(ctx context.Context) error {
 	r, c := d.r, d.c
-	r.Step("installing vnet-cni from %s: kubectl apply -k of the sim overlay (its ipamd.json with this run's ARM endpoint, the sim's CA as a ConfigMap)", filepath.Join(d.manifests, "overlays", "sim"))
+	overlay, write := "sim", install.SimOverlay
+	if d.kubenet {
+		overlay, write = "kubenet", install.KubenetOverlay
+	}
+	r.Step("installing vnet-cni from %s: kubectl apply -k of the %s overlay (its ipamd.json with this run's ARM endpoint, the sim's CA as a ConfigMap)", filepath.Join(d.manifests, "overlays", overlay), overlay)
 	dir := filepath.Join(d.dir, "install")
-	err := install.SimOverlay(dir, d.manifests, c.Desc, func(cfg map[string]any) {
+	err := write(dir, d.manifests, c.Desc, func(cfg map[string]any) {
 		// Release to the warm target soon after the pods go, so the
 		// scale to 0 is seen within the demo.
 		cfg["batchSize"], cfg["releaseDelay"], cfg["cooldown"] = 1, "3s", "2s"
@@ -36,7 +40,7 @@ func (d *demo) install(ctx context.Context) error {
 	}
 	start := time.Now()
 	out, err := d.kubectlOut("apply", "-k", dir)
-	d.notes("kubectl apply -k <sim overlay>", out)
+	d.notes("kubectl apply -k <"+overlay+" overlay>", out)
 	r.CheckLine("kubectl apply -k: namespace, ServiceAccount, RBAC, the VNetNode CRD, ConfigMaps, DaemonSet", err)
 	if err != nil {
 		return err

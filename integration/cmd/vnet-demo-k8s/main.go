@@ -5,7 +5,13 @@
 // vnet-ipamd DaemonSet from the node image, its per-node VNetNode
 // objects), a Deployment of test servers whose pods get addresses of their
 // node's NIC from vnet-cni, then traffic checks (pod to pod, Service,
-// NodePort, internet) and a scale to 0 that must leave nothing behind. It prints
+// NodePort, internet) and a scale to 0 that must leave nothing behind.
+// With -mode kubenet (make demo-k8s MODE=kubenet) the cluster is a kubenet
+// one: kube-controller-manager allocates the Nodes' pod CIDRs, vnet-cni is
+// installed from manifests/overlays/kubenet, the pods take addresses of
+// their node's pod CIDR, and the demo shows the route table through ARM
+// (one vnetcni-<node> route per worker), the Nodes' NetworkUnavailable
+// condition and the route controller's Lease. It prints
 // tables, marks every check ok or FAIL, ends with "N checks passed, M
 // failed", exits non-zero on a failure and removes everything it made,
 // also on Ctrl-C. `make demo-k8s` builds what it needs and runs it.
@@ -50,6 +56,7 @@ func main() {
 	binDir := flag.String("bin", "bin", "directory holding vnet-ipamd and vnet-cni (make build)")
 	manifests := flag.String("manifests", "manifests", "the repository's manifests directory (kustomize base and overlays)")
 	replicas := flag.Int("replicas", 20, "replicas of the test server's Deployment")
+	mode := flag.String("mode", "bridge", "vnet-cni's mode: bridge (VNet addresses from the NIC) or kubenet (the Nodes' pod CIDRs and the route table)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, name+": needs root (network and mount namespaces, cgroups); run `sudo make demo-k8s`")
@@ -59,10 +66,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, name+": -replicas must be 2..100")
 		os.Exit(2)
 	}
-	os.Exit(run(*binDir, *manifests, int32(*replicas)))
+	if *mode != "bridge" && *mode != "kubenet" {
+		fmt.Fprintln(os.Stderr, name+": -mode must be bridge or kubenet")
+		os.Exit(2)
+	}
+	os.Exit(run(*binDir, *manifests, int32(*replicas), *mode == "kubenet"))
 }
 
-func run(binDir, manifests string, replicas int32) int {
+func run(binDir, manifests string, replicas int32, kubenet bool) int {
 	r := report.New(name, os.Stdout)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -83,8 +94,12 @@ func run(binDir, manifests string, replicas int32) int {
 		}
 	}()
 
-	fmt.Println(name + ": vnet-cni under kubelet and containerd on a simulated Azure VNet (offline)")
-	d := &demo{r: r, binDir: binDir, manifests: manifests, replicas: replicas}
+	mode := "bridge mode"
+	if kubenet {
+		mode = "kubenet mode"
+	}
+	fmt.Println(name + ": vnet-cni (" + mode + ") under kubelet and containerd on a simulated Azure VNet (offline)")
+	d := &demo{r: r, binDir: binDir, manifests: manifests, replicas: replicas, kubenet: kubenet}
 	if err := d.run(ctx); err != nil {
 		if interrupted.Load() {
 			err = fmt.Errorf("interrupted: %w", err)
@@ -109,6 +124,8 @@ type demo struct {
 	binDir    string
 	manifests string
 	replicas  int32
+	// kubenet runs the cluster in kubenet mode.
+	kubenet bool
 
 	dir    string
 	logf   *os.File
@@ -122,6 +139,8 @@ type demo struct {
 	roots  []string
 	mounts []string
 	sysctl map[string]string
+	// cidrs are the Nodes' pod CIDRs in kubenet mode.
+	cidrs map[string]netip.Prefix
 }
 
 func (d *demo) run(ctx context.Context) error {
@@ -143,12 +162,17 @@ func (d *demo) run(ctx context.Context) error {
 	}
 
 	r.Step("starting the cluster: a simulated Azure VNet; the control plane (etcd, kube-apiserver, controllers) on VM 3; containerd, kubelet and kube-proxy on VMs 1 and 2, the node image (vnet-ipamd and vnet-cni) imported into their containerd")
-	d.c, err = k8scluster.Start(ctx, k8scluster.Options{
+	opts := k8scluster.Options{
 		Prefix: "dk8s" + hex.EncodeToString(b[:]), Dir: d.dir, BinDir: d.binDir,
 		Kubernetes: set, Containerd: ctr, CNIPlugins: plugins, Etcd: etcd,
 		IPAMDAsDaemonSet: true,
 		Log:              slog.New(slog.NewTextHandler(d.logf, &slog.HandlerOptions{Level: slog.LevelInfo})),
-	})
+	}
+	if d.kubenet {
+		opts.KubenetCIDR = kubenetCIDR
+		r.Note("kubenet: kube-controller-manager --allocate-node-cidrs --cluster-cidr=%s --node-cidr-mask-size=24 --configure-cloud-routes=false", kubenetCIDR)
+	}
+	d.c, err = k8scluster.Start(ctx, opts)
 	if err != nil {
 		return fmt.Errorf("start the cluster: %w", err)
 	}
@@ -179,6 +203,11 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	if err := d.nodes(ctx); err != nil {
 		return err
+	}
+	if d.kubenet {
+		if err := d.kubenetRoutes(ctx); err != nil {
+			return err
+		}
 	}
 	pods, svc, local, err := d.deploy(ctx)
 	if err != nil {
@@ -262,6 +291,11 @@ func (d *demo) nodes(ctx context.Context) error {
 		}
 	}
 	d.kubectl("get", "nodes", "-o", "wide")
+	if d.kubenet {
+		if err := d.podCIDRs(ctx); err != nil {
+			return err
+		}
+	}
 	return d.poolTable(ctx)
 }
 
@@ -287,9 +321,17 @@ func (d *demo) poolTable(ctx context.Context) error {
 			return err
 		}
 		p := st.Pool
-		rows = append(rows, []string{n.Name(), fmt.Sprint(p.Free), fmt.Sprint(p.Assigned), fmt.Sprint(p.Cooling), fmt.Sprint(len(sec)), yesNo(st.Ready)})
+		row := []string{n.Name(), fmt.Sprint(p.Free), fmt.Sprint(p.Assigned), fmt.Sprint(p.Cooling), fmt.Sprint(len(sec)), yesNo(st.Ready)}
+		if d.kubenet {
+			row = append([]string{n.Name(), d.cidrs[n.Name()].String()}, row[1:]...)
+		}
+		rows = append(rows, row)
 	}
-	d.r.Table([]string{"NODE", "FREE", "ASSIGNED", "COOLING", "SECONDARY IPS ON THE NIC (ARM)", "VNET-IPAMD READY"}, rows)
+	header := []string{"NODE", "FREE", "ASSIGNED", "COOLING", "SECONDARY IPS ON THE NIC (ARM)", "VNET-IPAMD READY"}
+	if d.kubenet {
+		header = append([]string{"NODE", "POD CIDR (NODE SPEC)"}, header[1:]...)
+	}
+	d.r.Table(header, rows)
 	return nil
 }
 
@@ -360,6 +402,12 @@ func (d *demo) deploy(ctx context.Context) (pods []corev1.Pod, svc, local *corev
 	for _, p := range pods {
 		ip, _ := netip.ParseAddr(p.Status.PodIP)
 		onNIC := secs[p.Spec.NodeName][ip]
+		if d.kubenet {
+			// Of the node's pod CIDR, its gateway (the bridge) excepted,
+			// and never on the NIC.
+			cidr := d.cidrs[p.Spec.NodeName]
+			onNIC = cidr.Contains(ip) && ip != cidr.Addr().Next() && !secs[p.Spec.NodeName][ip]
+		}
 		cell := "yes"
 		if !onNIC {
 			cell = "NO"
@@ -372,8 +420,16 @@ func (d *demo) deploy(ctx context.Context) (pods []corev1.Pod, svc, local *corev
 		perNode[p.Spec.NodeName]++
 		rows = append(rows, []string{p.Name, readyText(p), string(p.Status.Phase), p.Status.PodIP, p.Spec.NodeName, nicOf[p.Spec.NodeName], cell})
 	}
-	r.Table([]string{"NAME", "READY", "STATUS", "IP", "NODE", "NIC", "IP CONFIGURATION OF THE NIC (ARM)"}, rows)
-	r.CheckLine("every pod's IP is a secondary ipConfiguration of its own node's NIC", listErr("not on the NIC", bad))
+	if d.kubenet {
+		for _, row := range rows {
+			row[5] = d.cidrs[row[4]].String()
+		}
+		r.Table([]string{"NAME", "READY", "STATUS", "IP", "NODE", "POD CIDR", "IN THE NODE'S POD CIDR, NOT ON THE NIC"}, rows)
+		r.CheckLine("every pod's IP is of its own node's pod CIDR (none taken from the subnet)", listErr("not of the pod CIDR", bad))
+	} else {
+		r.Table([]string{"NAME", "READY", "STATUS", "IP", "NODE", "NIC", "IP CONFIGURATION OF THE NIC (ARM)"}, rows)
+		r.CheckLine("every pod's IP is a secondary ipConfiguration of its own node's NIC", listErr("not on the NIC", bad))
+	}
 	r.CheckLine("no two pods share an address", listErr("shared", dup))
 	var spread error
 	if len(perNode) != len(c.Nodes) {
@@ -552,7 +608,11 @@ func retry(ctx context.Context, timeout time.Duration, f func() error) error {
 // scaleDown scales to 0 and checks that nothing of the pods is left.
 func (d *demo) scaleDown(ctx context.Context) error {
 	r, c := d.r, d.c
-	r.Step("kubectl scale deployment testserver --replicas 0: kubelet deletes the sandboxes, vnet-cni releases the addresses, vnet-ipamd gives the surplus back to the NIC")
+	if d.kubenet {
+		r.Step("kubectl scale deployment testserver --replicas 0: kubelet deletes the sandboxes, vnet-cni releases the addresses into the pod CIDR's pool")
+	} else {
+		r.Step("kubectl scale deployment testserver --replicas 0: kubelet deletes the sandboxes, vnet-cni releases the addresses, vnet-ipamd gives the surplus back to the NIC")
+	}
 	start := time.Now()
 	if err := workload.Scale(ctx, c.Client, 0); err != nil {
 		return err
@@ -576,8 +636,17 @@ func (d *demo) scaleDown(ctx context.Context) error {
 			}
 			p := st.Pool
 			last = fmt.Sprintf("free %d, assigned %d, cooling %d, releasing %d, %d on the NIC", p.Free, p.Assigned, p.Cooling, p.Releasing, len(sec))
+			if d.kubenet {
+				// The pool is the pod CIDR's: nothing goes back to the NIC,
+				// which never had any.
+				return p.Assigned == 0 && p.Cooling == 0 && p.Releasing == 0 && len(sec) == 0, last
+			}
 			return p.Assigned == 0 && p.Cooling == 0 && p.Releasing == 0 && p.Free == want && len(sec) == want, last
 		})
+		if d.kubenet {
+			r.CheckLine(fmt.Sprintf("%s: no assignment left, no secondary IP on the NIC (%s)", n.Name(), last), err)
+			continue
+		}
 		r.CheckLine(fmt.Sprintf("%s: no assignment left, pool and NIC back to the warm target %d (%s)", n.Name(), want, last), err)
 	}
 	for _, n := range c.Nodes {
