@@ -264,15 +264,20 @@ func TestK8sKubenet(t *testing.T) {
 			}
 			return len(got) == len(e.c.Nodes), fmt.Sprintf("routes %v", got)
 		})
-		for _, n := range e.c.Nodes {
-			c, err := e.networkCondition(n.Name())
-			if err != nil {
-				t.Fatal(err)
+		// The daemon writes the condition once its route is effective,
+		// beside the pods' hold: wait for it a little.
+		e.waitFor("NetworkUnavailable False/RouteCreated on every worker", 30*time.Second, func() (bool, string) {
+			for _, n := range e.c.Nodes {
+				c, err := e.networkCondition(n.Name())
+				if err != nil {
+					return false, err.Error()
+				}
+				if c.Status != corev1.ConditionFalse || c.Reason != "RouteCreated" {
+					return false, fmt.Sprintf("%s: NetworkUnavailable %s reason %s (%s)", n.Name(), c.Status, c.Reason, c.Message)
+				}
 			}
-			if c.Status != corev1.ConditionFalse || c.Reason != "RouteCreated" {
-				t.Errorf("%s: NetworkUnavailable %s reason %s (%s), want False RouteCreated", n.Name(), c.Status, c.Reason, c.Message)
-			}
-		}
+			return true, ""
+		})
 		got, _ := e.routes()
 		t.Logf("route table: %v", got)
 	})
