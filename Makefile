@@ -114,12 +114,11 @@ demo:
 # runs it in kubenet mode (manifests/overlays/kubenet: the Nodes' pod
 # CIDRs from kube-controller-manager, the route table, NetworkUnavailable,
 # the route controller's Lease).
-MODE ?= bridge
 .PHONY: demo-k8s
 demo-k8s: build k8s-bins
 	@sh integration/cmd/vnet-demo/install-deps.sh etcd-server runc
 	$(GO) build $(GOFLAGS) -o $(BIN)/vnet-demo-k8s ./integration/cmd/vnet-demo-k8s
-	$(BIN)/vnet-demo-k8s --bin $(BIN) --mode $(MODE)
+	$(BIN)/vnet-demo-k8s --bin $(BIN) --mode $(or $(MODE),bridge)
 
 # Pod start-up through kubelet (as root, a few minutes): clusterloader2's
 # node-throughput profile (100 pods at 5/s on one node) with vnet-cni and

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
+	"github.com/vnet-cni/vnet-cni/ipamd/podcidr"
 )
 
 // The VNetNode resource (manifests/crds/vnetnodes.vnet-cni.io.yaml):
@@ -97,6 +98,11 @@ func statusOf(r daemon.Report, generation int64, overrideErr error) VNetNodeStat
 	}
 	names := make([]string, len(r.Interfaces))
 	for i, id := range r.Interfaces {
+		if cidr, ok := strings.CutPrefix(id, podcidr.InterfacePrefix); ok {
+			// Kubenet: the pool's interface is the pod CIDR.
+			names[i] = cidr
+			continue
+		}
 		names[i] = id[strings.LastIndexByte(id, '/')+1:]
 	}
 	s.NICs = strings.Join(names, ",")
