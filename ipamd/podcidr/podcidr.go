@@ -59,8 +59,8 @@ type Config struct {
 	// store is empty and no pod veth or bridge of vnet-cni exists): a
 	// missing allocation file is then a new node's, and nothing is taken.
 	// A damaged file takes everything whatever Fresh says.
-	Fresh bool
-	Logger   *slog.Logger
+	Fresh  bool
+	Logger *slog.Logger
 }
 
 // Cloud is a daemon.Cloud over the pod CIDR. It is safe for concurrent use.
