@@ -483,7 +483,10 @@ func (d *demo) cut(ctx context.Context, a, b *cluster.Pod) {
 			break
 		}
 		if time.Since(start) > 90*time.Second {
-			r.CheckLine(fmt.Sprintf("%s -> %s comes back", a.Name, b.Name), fmt.Errorf("not within 90s: %v", err))
+			if err == nil {
+				err = fmt.Errorf("answered by %q with source %s", ans.Name, seenText(ans))
+			}
+			r.CheckLine(fmt.Sprintf("%s -> %s comes back", a.Name, b.Name), fmt.Errorf("not within 90s: %w", err))
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
