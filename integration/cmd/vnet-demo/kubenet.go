@@ -457,8 +457,11 @@ func (d *demo) cut(ctx context.Context, a, b *cluster.Pod) {
 		if ctx.Err() != nil {
 			return
 		}
+		// The failed dial's start is when the traffic stopped (it fails
+		// only after its 1s timeout).
+		tried := time.Since(start)
 		if _, err := quickDial(ctx, a.NSPath, dst); err != nil {
-			stopped = time.Since(start)
+			stopped = tried
 			r.CheckLine(fmt.Sprintf("%s -> %s stopped %.1fs after the edit (%v)", a.Name, b.Name, stopped.Seconds(), shortErr(err)), nil)
 			break
 		}
