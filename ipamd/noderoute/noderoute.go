@@ -281,7 +281,7 @@ func (a *Agent) round(ctx context.Context) (State, error) {
 	known, settled := a.effective, time.Since(a.wrote) >= o.Settle
 	a.mu.Unlock()
 	if !settled {
-		return State{Reason: ReasonRouteNotEffective, Message: fmt.Sprintf("the route of the pod CIDR %s via %s was just written; the VNet follows a change within %s", o.PodCIDR, o.NodeIP, o.Settle)}, nil
+		return State{Reason: ReasonRouteNotEffective, Message: fmt.Sprintf("the route of the pod CIDR %s via %s or the NIC's IP forwarding was just written; the VNet follows a change within %s", o.PodCIDR, o.NodeIP, o.Settle)}, nil
 	}
 	if known {
 		return State{Available: true, Reason: ReasonRouteCreated, Message: fmt.Sprintf("the route of the pod CIDR %s via %s is effective", o.PodCIDR, o.NodeIP)}, nil
