@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -323,9 +322,6 @@ func TestE2EKubenetRouteLimit(t *testing.T) {
 				e2eExpect(t, q.Name+" -> "+r.Name, q.NSPath, netip.AddrPortFrom(r.IP, 80), r.Name, q.IP)
 			}
 		}
-	}
-	if !slices.ContainsFunc(pods, func(q *cluster.Pod) bool { return q.IP.IsValid() }) {
-		t.Error("no pod on the three nodes")
 	}
 }
 

@@ -181,3 +181,19 @@ func (p *Provider) RouteTablesClientFor(subscriptionID string) (*armnetwork.Rout
 	}
 	return c, nil
 }
+
+// RouteEffective reports whether the NIC's effective routes carry prefix
+// via nextHop (Carries): kubenet's test that a node's route works in the
+// VNet, not merely that ARM accepted it.
+func (p *Provider) RouteEffective(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) (bool, error) {
+	routes, err := p.EffectiveRoutes(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range routes {
+		if r.Carries(prefix, nextHop) {
+			return true, nil
+		}
+	}
+	return false, nil
+}

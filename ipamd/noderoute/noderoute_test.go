@@ -39,26 +39,6 @@ func (h *holds) held() (bool, string) {
 	return h.reason != "", h.reason
 }
 
-// effective is the kubenet daemon's answer from the provider.
-type effective struct{ p *azure.Provider }
-
-func (e effective) EnsureIPForwarding(ctx context.Context) (bool, error) {
-	return e.p.EnsureIPForwarding(ctx)
-}
-
-func (e effective) RouteEffective(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) (bool, error) {
-	routes, err := e.p.EffectiveRoutes(ctx)
-	if err != nil {
-		return false, err
-	}
-	for _, r := range routes {
-		if r.Carries(prefix, nextHop) {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
 type env struct {
 	s      *sim.Sim
 	p      *azure.Provider
@@ -90,7 +70,7 @@ func (e *env) agent(t *testing.T, h *holds, maxRoutes int, settle time.Duration)
 	}
 	nodeIP := netip.MustParseAddr(e.s.Description().Nodes[0].PrimaryIP)
 	a, err := New(Options{Node: "node0", PodCIDR: netip.MustParsePrefix("10.100.0.0/24"), NodeIP: nodeIP,
-		Cloud: effective{e.p}, Routes: rec, Hold: h, Interval: 300 * time.Millisecond, Poll: 100 * time.Millisecond, Settle: settle})
+		Cloud: e.p, Routes: rec, Hold: h, Interval: 300 * time.Millisecond, Poll: 100 * time.Millisecond, Settle: settle})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -120,7 +120,7 @@ func (k *kubenetNode) startRoutes(ctx context.Context, p *azure.Provider, podCID
 		return err
 	}
 	nic, _ := inst.Primary()
-	opts := noderoute.Options{Node: k.node, PodCIDR: podCIDR, NodeIP: nic.PrimaryIP, Cloud: effective{p}, Routes: rec,
+	opts := noderoute.Options{Node: k.node, PodCIDR: podCIDR, NodeIP: nic.PrimaryIP, Cloud: p, Routes: rec,
 		Hold: k.hold, Interval: k.cfg.Kubenet.RouteInterval.D(), Settle: settle(k.cfg.Kubenet.RouteSettle.D()), Registry: k.registry, Logger: k.log}
 	if k.agent != nil {
 		opts.Reporter = k.agent
@@ -158,26 +158,6 @@ func (k *kubenetNode) routeTable(ctx context.Context, p *azure.Provider) (azure.
 		return ref, nil
 	}
 	return p.RouteTable(ctx)
-}
-
-// effective answers noderoute's question from the NIC's effective routes.
-type effective struct{ p *azure.Provider }
-
-func (e effective) EnsureIPForwarding(ctx context.Context) (bool, error) {
-	return e.p.EnsureIPForwarding(ctx)
-}
-
-func (e effective) RouteEffective(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) (bool, error) {
-	routes, err := e.p.EffectiveRoutes(ctx)
-	if err != nil {
-		return false, err
-	}
-	for _, r := range routes {
-		if r.Carries(prefix, nextHop) {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // kubenetDatapath is kubenet mode's node datapath as the daemon keeps it:
