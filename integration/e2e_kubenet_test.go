@@ -329,12 +329,13 @@ func TestE2EKubenetRouteLimit(t *testing.T) {
 // deletes its address store and the pod CIDR's allocation file, the two
 // witnesses of what the pool handed out. The daemon comes back from the
 // pods' veths: their assignments are rebuilt, every other address of the
-// pod CIDR is quarantined for the recovery grace, and the pods started
-// after it get addresses no live pod holds. Then the allocation file alone
+// pod CIDR is quarantined for the recovery grace (among them that of an
+// ADD in flight, which had no veth yet: without the quarantine a new pod
+// gets it), and the pods started after it get addresses no live pod holds. Then the allocation file alone
 // is deleted: the store knows every assignment and nothing is handed out
 // twice either.
 func TestE2EKubenetStateLost(t *testing.T) {
-	e := newKubenetEnv(t, 1, func(_ string, c *config.Config) { c.RecoveryGrace = config.Duration(3 * time.Second) })
+	e := newKubenetEnv(t, 1, func(_ string, c *config.Config) { c.RecoveryGrace = config.Duration(6 * time.Second) })
 	e.start(t)
 	ctx := context.Background()
 	n := e.c.Nodes[0]
@@ -361,6 +362,16 @@ func TestE2EKubenetStateLost(t *testing.T) {
 			}
 		}
 	}
+	// An ADD in flight: its address is handed out, its veth not yet made.
+	// Only the allocation file knew it; with the file and the store gone,
+	// the quarantine of every address keeps it from a new pod.
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	inflight, err := n.Client().Allocate(actx, api.AllocateRequest{ContainerID: "inflight", IfName: "eth0", PodNamespace: "default", PodName: "inflight"})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := inflight.Assignment.IP
 	if err := n.StopIPAMD(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -369,6 +380,50 @@ func TestE2EKubenetStateLost(t *testing.T) {
 	if err := n.StartIPAMD(); err != nil {
 		t.Fatal(err)
 	}
+	// Until the grace ends: a is quarantined, and new pods' allocations
+	// wait or get an address nobody holds. An allocation judged is one
+	// that returned while the recovery still held (after it, a is free
+	// again: the ADD in flight had the grace to record its pod).
+	recovering := func() bool {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		st, err := n.Client().Status(c, api.StatusRequest{})
+		return err != nil || strings.Contains(st.Reason, "recovering the address store")
+	}
+	quarantined, tries, refused := false, 0, 0
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); tries++ {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		l, lerr := n.Client().List(c, api.ListRequest{})
+		cancel()
+		for _, rec := range l.Addresses {
+			if lerr == nil && rec.IP == a && rec.State == "quarantined" {
+				quarantined = true
+			}
+		}
+		c, cancel = context.WithTimeout(ctx, 20*time.Second)
+		r, aerr := n.Client().Allocate(c, api.AllocateRequest{ContainerID: fmt.Sprintf("probe%d", tries), IfName: "eth0", PodNamespace: "default", PodName: "probe"})
+		cancel()
+		if !recovering() {
+			break
+		}
+		switch {
+		case aerr == nil && r.Assignment.IP == a:
+			t.Fatalf("during the recovery a new pod got %s, which the ADD in flight holds", a)
+		case aerr == nil && held()[r.Assignment.IP] != "":
+			t.Fatalf("during the recovery a new pod got %s, which %s holds", r.Assignment.IP, held()[r.Assignment.IP])
+		case api.IsUnreachable(aerr):
+			// Not listening yet.
+		case aerr != nil && !api.IsTryAgain(aerr) && !api.IsNotReady(aerr):
+			t.Fatalf("allocate during the recovery: %v", aerr)
+		case aerr != nil:
+			refused++
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !quarantined {
+		t.Errorf("the address %s of the ADD in flight was never quarantined in the recovery", a)
+	}
+	t.Logf("recovery: %s of the ADD in flight quarantined: %v; %d allocations asked for during it, %d told to try again", a, quarantined, tries, refused)
 	if err := n.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
