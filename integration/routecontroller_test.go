@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
 
 	"github.com/vnet-cni/vnet-cni/cloud/azure"
 	"github.com/vnet-cni/vnet-cni/cloud/azure/routetable"
@@ -449,6 +450,7 @@ func testRCLeaderCut(t *testing.T, e *rcEnv) {
 	cut.Store(true)
 	start := time.Now()
 	var aStopped, bLeads time.Duration
+	var lastRenew *metav1.MicroTime
 	for aStopped == 0 || bLeads == 0 {
 		al, bl := a.leader(), b.leader()
 		if al == 1 && bl == 1 {
@@ -460,20 +462,41 @@ func testRCLeaderCut(t *testing.T, e *rcEnv) {
 		if bl == 1 && bLeads == 0 {
 			bLeads = time.Since(start)
 		}
+		// cut-a's last renewal, once a request it had on the way when the
+		// cut came has ended (each try is bounded by RetryPeriod).
+		if lastRenew == nil && time.Since(start) > opts.RetryPeriod+200*time.Millisecond {
+			l, err := e.admin.CoordinationV1().Leases("vnet-cni").Get(e.ctx, lease, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h := ptr.Deref(l.Spec.HolderIdentity, ""); h != "cut-a" || l.Spec.RenewTime == nil {
+				t.Fatalf("%s after the cut the Lease is held by %q (renewed %v), want still cut-a", time.Since(start), h, l.Spec.RenewTime)
+			}
+			lastRenew = l.Spec.RenewTime
+		}
 		if time.Since(start) > 20*time.Second {
 			t.Fatalf("after the cut: cut-a stopped after %s, cut-b leads after %s (0: not yet)", aStopped, bLeads)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if bLeads < opts.LeaseDuration {
-		t.Errorf("cut-b took the Lease %s after the cut, before it could have expired (%s)", bLeads, opts.LeaseDuration)
+	l, err := e.admin.CoordinationV1().Leases("vnet-cni").Get(e.ctx, lease, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if h := e.holder(t, lease); h != "cut-b" {
+	if h := ptr.Deref(l.Spec.HolderIdentity, ""); h != "cut-b" {
 		t.Errorf("the Lease's holder %q, want cut-b", h)
 	}
-	l, err := e.admin.CoordinationV1().Leases("vnet-cni").Get(e.ctx, lease, metav1.GetOptions{})
-	if err != nil || l.Spec.LeaseTransitions == nil || *l.Spec.LeaseTransitions != 1 {
-		t.Errorf("lease transitions %v (%v), want 1", l.Spec.LeaseTransitions, err)
+	if l.Spec.LeaseTransitions == nil || *l.Spec.LeaseTransitions != 1 {
+		t.Errorf("lease transitions %v, want 1", l.Spec.LeaseTransitions)
+	}
+	// Both stamps come from this machine's clock: cut-b acquired no
+	// earlier than a lease duration after cut-a's last renewal.
+	if lastRenew == nil || l.Spec.AcquireTime == nil {
+		t.Errorf("cut-a's last renewal %v, cut-b's acquisition %v: want both", lastRenew, l.Spec.AcquireTime)
+	} else if gap := l.Spec.AcquireTime.Sub(lastRenew.Time); gap < opts.LeaseDuration {
+		t.Errorf("cut-b acquired the Lease %s after cut-a's last renewal, before it expired (%s)", gap, opts.LeaseDuration)
+	} else {
+		t.Logf("cut-b acquired the Lease %s after cut-a's last renewal (lease %s)", gap.Round(time.Millisecond), opts.LeaseDuration)
 	}
 	t.Logf("cut off: the leader stopped leading after %s, the other took over after %s (lease %s, renew deadline %s)",
 		aStopped.Round(10*time.Millisecond), bLeads.Round(10*time.Millisecond), opts.LeaseDuration, opts.RenewDeadline)

@@ -141,10 +141,12 @@ func (e *elector) renew(ctx context.Context) {
 func (e *elector) try(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, e.retryPeriod)
 	defer cancel()
-	now := metav1.NewMicroTime(time.Now())
 	seconds := int32(e.leaseDuration / time.Second)
 	lease := &coordinationv1.Lease{}
 	err := e.c.Get().Namespace(e.namespace).Resource("leases").Name(e.name).Do(ctx).Into(lease)
+	// After the read: an acquisition is stamped no earlier than the moment
+	// the holder's record was seen unchanged for its duration.
+	now := metav1.NewMicroTime(time.Now())
 	switch {
 	case apierrors.IsNotFound(err):
 		lease = &coordinationv1.Lease{
