@@ -371,6 +371,21 @@ func (d *Daemon) kick() {
 	}
 }
 
+// Reconnect ends the back-off of a daemon that is not connected, so that
+// its next round connects at once: what its connection waited for changed
+// (kubenet: the Node's pod CIDR appeared). Once connected it does nothing.
+func (d *Daemon) Reconnect() {
+	d.mu.Lock()
+	waiting := d.cloud == nil
+	if waiting {
+		d.backoffUntil = time.Time{}
+	}
+	d.mu.Unlock()
+	if waiting {
+		d.kick()
+	}
+}
+
 // signalFreeLocked wakes allocations waiting for a free address.
 func (d *Daemon) signalFreeLocked() {
 	close(d.freed)

@@ -2,10 +2,14 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/cloud/azure"
 	"github.com/vnet-cni/vnet-cni/cloud/sim"
 	"github.com/vnet-cni/vnet-cni/ipamd/api"
@@ -60,5 +64,46 @@ func TestPodCIDRPoolAndHold(t *testing.T) {
 	}
 	if _, err := h.allocate("c2"); err != nil {
 		t.Errorf("ADD after the hold: %v", err)
+	}
+}
+
+// TestReconnectEndsTheBackOff: a connection that waits for something (the
+// Node's pod CIDR) fails; the daemon backs off. The clock is stopped, so
+// the back-off never ends by itself; Reconnect, called when what it waited
+// for arrives, connects at once.
+func TestReconnectEndsTheBackOff(t *testing.T) {
+	stopped := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	var known atomic.Bool
+	var calls atomic.Int32
+	connect := func(cfg azure.Config) Connect {
+		return func(ctx context.Context) (Cloud, error) {
+			calls.Add(1)
+			if !known.Load() {
+				return nil, &cloud.Error{Kind: cloud.Transient, Op: "read the Node's pod CIDR", Err: errors.New("waiting for the Node's spec.podCIDRs")}
+			}
+			return azure.New(ctx, cfg)
+		}
+	}
+	h := newHarnessConnect(t, sim.Options{}, Options{Targets: targets(2, 0, 30, 2, time.Hour), Now: func() time.Time { return stopped }}, connect)
+	h.waitFor("the connection refused", 10*time.Second, func(s api.StatusResponse) bool {
+		return !s.Ready && strings.Contains(s.Reason, "spec.podCIDRs")
+	})
+	// Several times the first back-off (1 s) of the worker's sleeps: with
+	// the clock stopped it does not connect again.
+	time.Sleep(2500 * time.Millisecond)
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d connection attempts with the clock stopped, want 1: the back-off did not hold", n)
+	}
+	known.Store(true)
+	h.d.Reconnect()
+	h.waitFor("ready after Reconnect", 10*time.Second, func(s api.StatusResponse) bool { return s.Ready })
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d connection attempts, want 2: the refused one and the one Reconnect started", n)
+	}
+	// Connected: Reconnect does nothing.
+	h.d.Reconnect()
+	time.Sleep(200 * time.Millisecond)
+	if n := calls.Load(); n != 2 {
+		t.Errorf("%d connection attempts after a Reconnect while connected, want still 2", n)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -60,7 +61,11 @@ type Options struct {
 	EventInterval time.Duration
 	// CallTimeout bounds each create and patch (default 10s).
 	CallTimeout time.Duration
-	Logger      *slog.Logger
+	// OnPodCIDR, when set, is called when the Node's pod CIDRs appear or
+	// change: kubenet's daemon, waiting for them to connect, connects
+	// again at once instead of at the end of its back-off.
+	OnPodCIDR func()
+	Logger    *slog.Logger
 }
 
 // Agent keeps the daemon's targets in line with its Node and VNetNode, and
@@ -312,9 +317,13 @@ func (a *Agent) setNode(n *corev1.Node) {
 	}
 	a.mu.Lock()
 	changed := pods != a.allocatable || uid != a.nodeUID
+	newCIDRs := len(nn.podCIDRs) > 0 && !slices.Equal(nn.podCIDRs, a.network.podCIDRs)
 	a.allocatable, a.nodeUID = pods, uid
 	a.network = nn
 	a.mu.Unlock()
+	if newCIDRs && a.opts.OnPodCIDR != nil {
+		a.opts.OnPodCIDR()
+	}
 	if changed {
 		a.log.Info("the Kubernetes node changed", "node", a.opts.NodeName, "allocatablePods", pods, "known", n != nil)
 		_ = a.apply()

@@ -1,6 +1,7 @@
 package kube
 
 import (
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -81,5 +82,50 @@ func TestAgentComposes(t *testing.T) {
 	check("node gone", pool.Targets{WarmIPTarget: 6, MaxIPs: 30, BatchSize: 2}, FromDefault)
 	if err := a.SetBase(pool.Targets{BatchSize: 0}); err == nil {
 		t.Error("SetBase accepted batchSize 0")
+	}
+}
+
+// The Node's pod CIDRs appearing or changing call OnPodCIDR once per
+// change; the same pod CIDRs again, another field changing, or none do
+// not.
+func TestAgentOnPodCIDR(t *testing.T) {
+	f := &fakeDaemon{changes: make(chan struct{})}
+	calls := 0
+	a, err := New(f, Options{NodeName: "n1", REST: &rest.Config{Host: "https://127.0.0.1:1"}, Base: pool.Targets{WarmIPTarget: 4, BatchSize: 2},
+		OnPodCIDR: func() { calls++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCIDRs := func(pods string, cidrs ...string) *corev1.Node {
+		n := nodeWithPods(pods)
+		n.Spec.PodCIDRs = cidrs
+		return n
+	}
+	cluster := netip.MustParsePrefix("10.100.0.0/16")
+	for _, step := range []struct {
+		what  string
+		node  *corev1.Node
+		calls int
+		cidr  string // what PodCIDR returns, "" an error
+	}{
+		{"no pod CIDR", withCIDRs("17"), 0, ""},
+		{"the pod CIDR written", withCIDRs("17", "10.100.3.0/24"), 1, "10.100.3.0/24"},
+		{"the same again", withCIDRs("17", "10.100.3.0/24"), 1, "10.100.3.0/24"},
+		{"allocatable pods changed", withCIDRs("20", "10.100.3.0/24"), 1, "10.100.3.0/24"},
+		{"another pod CIDR", withCIDRs("20", "10.100.4.0/24"), 2, "10.100.4.0/24"},
+		{"the Node gone", nil, 2, ""},
+		{"back with it", withCIDRs("20", "10.100.4.0/24"), 3, "10.100.4.0/24"},
+	} {
+		a.setNode(step.node)
+		if calls != step.calls {
+			t.Errorf("%s: OnPodCIDR called %d times in all, want %d", step.what, calls, step.calls)
+		}
+		p, err := a.PodCIDR(cluster)
+		switch {
+		case step.cidr == "" && err == nil:
+			t.Errorf("%s: pod CIDR %s, want an error", step.what, p)
+		case step.cidr != "" && (err != nil || p.String() != step.cidr):
+			t.Errorf("%s: pod CIDR %s (%v), want %s", step.what, p, err, step.cidr)
+		}
 	}
 }

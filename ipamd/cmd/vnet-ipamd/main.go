@@ -262,14 +262,20 @@ func kubeAgent(cfg config.Config, nodeName string, d *daemon.Daemon, log *slog.L
 	if err != nil {
 		return nil, err
 	}
-	return kube.New(d, kube.Options{
+	opts := kube.Options{
 		NodeName:       nodeName,
 		REST:           rc,
 		Base:           cfg.PoolTargets(),
 		FallbackMaxIPs: config.DefaultMaxIPs,
 		StatusInterval: cfg.Kubernetes.StatusInterval.D(),
 		Logger:         log,
-	})
+	}
+	if cfg.Mode == config.ModeKubenet && cfg.Kubenet.PodCIDR == "" {
+		// The connection waits for the Node's pod CIDR: take it as soon
+		// as kube-controller-manager writes it.
+		opts.OnPodCIDR = d.Reconnect
+	}
+	return kube.New(d, opts)
 }
 
 // restConfig is the API server's client configuration: the kubeconfig, or
