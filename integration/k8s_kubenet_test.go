@@ -7,6 +7,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -32,6 +33,7 @@ import (
 	"github.com/vnet-cni/vnet-cni/integration/k8s/node"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/workload"
 	"github.com/vnet-cni/vnet-cni/internal/nsnet"
+	"github.com/vnet-cni/vnet-cni/ipamd/kube"
 	"github.com/vnet-cni/vnet-cni/ipamd/routecontroller"
 )
 
@@ -278,6 +280,36 @@ func TestK8sKubenet(t *testing.T) {
 			}
 			return true, ""
 		})
+		// The per-node object says the same: each VNetNode's route.
+		e.waitFor("each worker's VNetNode with its route created", 30*time.Second, func() (bool, string) {
+			out, err := e.kubectl("get", "vnetnodes", "-o", "json")
+			if err != nil {
+				return false, out
+			}
+			var list struct{ Items []kube.VNetNode }
+			if err := json.Unmarshal([]byte(out), &list); err != nil {
+				return false, err.Error()
+			}
+			byName := map[string]*kube.RouteStatus{}
+			for _, v := range list.Items {
+				byName[v.Name] = v.Status.Route
+			}
+			for _, n := range e.c.Nodes {
+				r := byName[n.Name()]
+				if r == nil || !r.Available || r.Reason != "RouteCreated" || r.PodCIDR+" via "+r.NextHop != wantRoute(n) {
+					return false, fmt.Sprintf("%s: route status %+v, want %s created", n.Name(), r, wantRoute(n))
+				}
+			}
+			return true, ""
+		})
+		if out, err := e.kubectl("get", "vnn", "-o", "wide"); err != nil {
+			t.Errorf("kubectl get vnn -o wide: %v\n%s", err, out)
+		} else {
+			t.Logf("kubectl get vnn -o wide:\n%s", out)
+			if strings.Count(out, "RouteCreated") != len(e.c.Nodes) {
+				t.Errorf("the ROUTE column does not say RouteCreated for each of the %d workers", len(e.c.Nodes))
+			}
+		}
 		got, _ := e.routes()
 		t.Logf("route table: %v", got)
 	})

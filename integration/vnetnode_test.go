@@ -270,7 +270,7 @@ func TestK8sVNetNode(t *testing.T) {
 	} else {
 		t.Logf("kubectl get vnn -o wide:\n%s", out)
 		header := strings.Fields(strings.SplitN(out, "\n", 2)[0])
-		if got, want := strings.Join(header, " "), "NAME FREE ASSIGNED COOLING LIMIT FROM NICS LAST ERROR ERROR TIME READY AGE"; got != want {
+		if got, want := strings.Join(header, " "), "NAME FREE ASSIGNED COOLING LIMIT FROM NICS LAST ERROR ERROR TIME READY ROUTE AGE"; got != want {
 			t.Errorf("columns %q, want %q", got, want)
 		}
 	}

@@ -397,7 +397,7 @@ func (a *Agent) report(ctx context.Context, vnnInf cache.SharedIndexInformer) {
 		}
 
 		a.mu.Lock()
-		vnn, nodeUID, oerr := a.vnn, a.nodeUID, a.overrideErr
+		vnn, nodeUID, oerr, route := a.vnn, a.nodeUID, a.overrideErr, a.netState
 		a.mu.Unlock()
 		if vnn == nil {
 			// The informer's sync and the Node's arrival may come without
@@ -410,6 +410,9 @@ func (a *Agent) report(ctx context.Context, vnnInf cache.SharedIndexInformer) {
 			continue
 		}
 		st := statusOf(r, vnn.Generation, oerr)
+		if route != nil {
+			st.Route = routeStatusOf(*route)
+		}
 		data, err := json.Marshal(map[string]any{"status": st})
 		if err != nil {
 			a.log.Error("encode the VNetNode status", "err", err)

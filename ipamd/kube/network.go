@@ -138,6 +138,8 @@ func (a *Agent) NetworkState(st noderoute.State) {
 	case a.netKick <- struct{}{}:
 	default:
 	}
+	// The VNetNode's status shows it too.
+	a.kick()
 }
 
 // reportNetwork writes the NetworkUnavailable condition whenever it

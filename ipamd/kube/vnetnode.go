@@ -3,12 +3,14 @@ package kube
 import (
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/vnet-cni/vnet-cni/cloud"
 	"github.com/vnet-cni/vnet-cni/ipamd/daemon"
+	"github.com/vnet-cni/vnet-cni/ipamd/noderoute"
 	"github.com/vnet-cni/vnet-cni/ipamd/podcidr"
 )
 
@@ -64,6 +66,53 @@ type VNetNodeStatus struct {
 	// refused, saying why in OverrideError, null when none).
 	ObservedGeneration int64   `json:"observedGeneration"`
 	OverrideError      *string `json:"overrideError"`
+	// Route is the node's route in kubenet mode (absent in the other
+	// modes), as the Node's NetworkUnavailable condition says it.
+	Route *RouteStatus `json:"route,omitempty"`
+}
+
+// RouteStatus is the node's route in the VNet's route table (kubenet).
+type RouteStatus struct {
+	// PodCIDR via NextHop (the node's address) is the route.
+	PodCIDR string `json:"podCIDR"`
+	NextHop string `json:"nextHop"`
+	// Available is true once the route is effective in the VNet; the
+	// node's pods are held back until then. Reason (RouteCreated,
+	// RouteNotEffective, RouteLimitReached, PodCIDRRejected,
+	// IPForwardingNotEnabled, RouteError) and Message say more.
+	Available bool        `json:"available"`
+	Reason    string      `json:"reason"`
+	Message   string      `json:"message"`
+	Since     metav1.Time `json:"since"`
+}
+
+// maxStatusMessage is the CRD's maxLength of a message in the status: a
+// longer one would make the API server refuse the whole status.
+const maxStatusMessage = 1024
+
+// boundMessage cuts msg to maxStatusMessage bytes (so as many characters
+// at most), at a character's boundary.
+func boundMessage(msg string) string {
+	if len(msg) <= maxStatusMessage {
+		return msg
+	}
+	cut := maxStatusMessage
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut]
+}
+
+// routeStatusOf is the status of the node's route state.
+func routeStatusOf(st noderoute.State) *RouteStatus {
+	r := &RouteStatus{Available: st.Available, Reason: st.Reason, Message: boundMessage(st.Message), Since: metav1.NewTime(st.Since.Truncate(time.Second))}
+	if st.PodCIDR.IsValid() {
+		r.PodCIDR = st.PodCIDR.String()
+	}
+	if st.NextHop.IsValid() {
+		r.NextHop = st.NextHop.String()
+	}
+	return r
 }
 
 // CloudErrorStatus is a cloud error in the status.
@@ -107,7 +156,7 @@ func statusOf(r daemon.Report, generation int64, overrideErr error) VNetNodeStat
 	}
 	s.NICs = strings.Join(names, ",")
 	if e := r.CloudError; e != nil {
-		s.LastCloudError = &CloudErrorStatus{Reason: reasons[e.Kind], Message: e.Message,
+		s.LastCloudError = &CloudErrorStatus{Reason: reasons[e.Kind], Message: boundMessage(e.Message),
 			Time: metav1.NewTime(e.At.Truncate(time.Second)), Active: e.Active}
 	}
 	if overrideErr != nil {

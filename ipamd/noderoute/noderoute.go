@@ -75,6 +75,10 @@ type State struct {
 	Message string
 	// Since is when Available last changed.
 	Since time.Time
+	// PodCIDR and NextHop are the route's: the node's pod CIDR via its
+	// address.
+	PodCIDR netip.Prefix
+	NextHop netip.Addr
 }
 
 // Reporter is told every change of State (the Node's condition, Events).
@@ -311,6 +315,7 @@ func (a *Agent) forget() {
 
 // set records st, holds or releases the node, and reports a change.
 func (a *Agent) set(st State) {
+	st.PodCIDR, st.NextHop = a.opts.PodCIDR, a.opts.NodeIP
 	a.mu.Lock()
 	prev := a.state
 	if st.Available != prev.Available || prev.Since.IsZero() {
