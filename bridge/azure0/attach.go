@@ -2,11 +2,8 @@ package azure0
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
@@ -37,28 +34,11 @@ type AttachRequest struct {
 // before the address is known, Complete finishes it with the address, and
 // Abort removes whatever exists of it. Close releases it in every case.
 type Attachment struct {
-	nodeNS string
-	opts   Options
-	req    AttachRequest
-	// early and veth deliver the background work started by Prepare; nil
-	// when nothing was started.
-	early chan ensured
-	veth  chan bool
-	// Set once the background work is collected.
-	collected bool
-	node      *Node
-	vethMade  bool
-	ip        netip.Addr
-	steps     linux.Steps
-}
-
-// ensured is the node's datapath after EnsureNode.
-type ensured struct {
-	node *Node
-	info NodeInfo
-	err  error
-	// open and ensure time the two steps.
-	open, ensure time.Duration
+	att *linux.Attachment[*Node]
+	req AttachRequest
+	// bridge is the bridge's name as EnsureNode last reported it (before:
+	// the request's).
+	bridge string
 }
 
 // Prepare starts a pod's attachment on the node at nodeNS ("" is the
@@ -68,80 +48,29 @@ type ensured struct {
 // kernel's work overlaps the wait for the address; otherwise nothing starts
 // until Complete.
 func Prepare(ctx context.Context, nodeNS string, opts Options, req AttachRequest) *Attachment {
-	a := &Attachment{nodeNS: nodeNS, opts: opts, req: req}
-	if len(req.VNetPrefixes) == 0 {
-		return a
+	a := &Attachment{req: req, bridge: req.Bridge.Name}
+	if a.bridge == "" {
+		a.bridge = DefaultBridgeName
 	}
-	a.early = make(chan ensured, 1)
-	a.veth = make(chan bool, 1)
-	go func() {
-		if req.Managed {
-			a.early <- a.open()
-			return
-		}
-		a.early <- a.ensure(ctx, req.VNetPrefixes)
-	}()
-	go func() {
-		master := req.Bridge.Name
-		if master == "" {
-			master = DefaultBridgeName
-		}
-		ok, _ := linux.PrepareVeth(nodeNS, linux.VethRequest{
-			ContainerID: req.ContainerID, IfName: req.IfName, NetNS: req.NetNS, MTU: req.Bridge.MTU, Master: master,
-		})
-		a.veth <- ok
-	}()
+	a.att = linux.NewAttachment(nodeNS, linux.VethRequest{
+		ContainerID: req.ContainerID, IfName: req.IfName, NetNS: req.NetNS, MTU: req.Bridge.MTU, Master: a.bridge,
+	}, req.Managed, func() (*Node, error) { return Open(nodeNS, opts) })
+	if len(req.VNetPrefixes) > 0 {
+		a.att.Prepare(ctx, func(*Node) linux.EnsureFunc[*Node] { return a.ensure(req.VNetPrefixes) })
+	}
 	return a
 }
 
-// collect waits for the work Prepare started.
-func (a *Attachment) collect() ensured {
-	a.collected = true
-	if a.early == nil {
-		return ensured{}
+// ensure makes sure of the bridge and the tables with the VNet's address
+// space vnet.
+func (a *Attachment) ensure(vnet []netip.Prefix) linux.EnsureFunc[*Node] {
+	return func(ctx context.Context, n *Node) error {
+		info, err := n.EnsureNode(ctx, a.nodeConfig(vnet))
+		if err == nil {
+			a.bridge = info.Bridge.Name
+		}
+		return err
 	}
-	e := <-a.early
-	a.vethMade = <-a.veth
-	a.node = e.node
-	return e
-}
-
-// open opens the node's datapath without setting it up: the managed path.
-func (a *Attachment) open() ensured {
-	start := time.Now()
-	node, err := Open(a.nodeNS, a.opts)
-	if err != nil {
-		return ensured{err: fmt.Errorf("%w: %w", linux.ErrNodeSetup, err)}
-	}
-	e := ensured{node: node, open: time.Since(start)}
-	e.info.Bridge.Name = a.req.Bridge.Name
-	if e.info.Bridge.Name == "" {
-		e.info.Bridge.Name = DefaultBridgeName
-	}
-	return e
-}
-
-// ensure opens the node's datapath and makes sure of the bridge and the
-// tables with the VNet's address space vnet.
-func (a *Attachment) ensure(ctx context.Context, vnet []netip.Prefix) ensured {
-	e := a.open()
-	if e.err != nil {
-		return e
-	}
-	return a.ensureOpen(ctx, e, vnet)
-}
-
-// ensureOpen sets up the node e has opened.
-func (a *Attachment) ensureOpen(ctx context.Context, e ensured, vnet []netip.Prefix) ensured {
-	start := time.Now()
-	info, err := e.node.EnsureNode(ctx, a.nodeConfig(vnet))
-	e.ensure = time.Since(start)
-	if err != nil {
-		e.err = fmt.Errorf("%w: %w", linux.ErrNodeSetup, err)
-		return e
-	}
-	e.info = info
-	return e
 }
 
 // nodeConfig is the node's wanted datapath as the request describes it.
@@ -157,77 +86,39 @@ func (a *Attachment) nodeConfig(vnet []netip.Prefix) NodeConfig {
 // differs from the request's (or the request had none), and adds the pod
 // (see AddPod). A failure leaves the pieces for Abort.
 func (a *Attachment) Complete(ctx context.Context, addr linux.Address) (linux.PodResult, error) {
-	e := a.collect()
-	if a.early == nil || !slices.Equal(a.req.VNetPrefixes, addr.VNetPrefixes) {
-		_ = a.closeNode() // opened again just below
-		e = a.ensure(ctx, addr.VNetPrefixes)
-		a.node = e.node
+	p := a.att.Collect()
+	ensure := a.ensure(addr.VNetPrefixes)
+	if !p.Started || !slices.Equal(a.req.VNetPrefixes, addr.VNetPrefixes) {
+		a.att.Reopen()
+		a.att.Ensure(ctx, ensure)
 	}
-	a.steps.NodeOpen, a.steps.EnsureNode, a.steps.NodeReady = e.open, e.ensure, time.Now()
-	if e.err != nil {
-		return linux.PodResult{}, e.err
+	if err := a.att.Ready(); err != nil {
+		return linux.PodResult{}, err
 	}
-	a.ip = addr.IP
-	start := time.Now()
 	pod := PodConfig{
 		ContainerID: a.req.ContainerID, IfName: a.req.IfName, NetNS: a.req.NetNS,
 		IP: addr.IP, Subnet: addr.Subnet, Gateway: addr.Gateway, Interface: addr.Interface,
-		MTU: a.req.Bridge.MTU, Bridge: e.info.Bridge.Name,
+		MTU: a.req.Bridge.MTU, Bridge: a.bridge,
 		Strict: a.req.Managed,
 	}
-	res, err := a.node.AddPod(ctx, pod)
-	if errors.Is(err, ErrNotReady) && a.req.Managed {
-		// The node lacks what vnet-ipamd keeps (it is repairing it, or it
-		// has not seen the change yet): set it up here, as an unmanaged
-		// ADD does, and try once more.
-		e = a.ensureOpen(ctx, ensured{node: a.node}, addr.VNetPrefixes)
-		a.steps.EnsureNode = e.ensure
-		if e.err != nil {
-			return linux.PodResult{}, e.err
+	// Managed: when the node lacks what vnet-ipamd keeps (it is repairing
+	// it, or it has not seen the change yet), AddPod sets it up here, as an
+	// unmanaged ADD does, and adds the pod once more, no longer strictly.
+	return a.att.AddPod(ctx, addr.IP, ErrNotReady, ensure, func(ctx context.Context, n *Node, again bool) (linux.PodResult, error) {
+		if again {
+			pod.Bridge, pod.Strict = a.bridge, false
 		}
-		pod.Bridge, pod.Strict = e.info.Bridge.Name, false
-		res, err = a.node.AddPod(ctx, pod)
-	}
-	a.steps.AddPod = time.Since(start)
-	return res, err
+		return n.AddPod(ctx, pod)
+	})
 }
 
 // Steps reports the timings of the work done so far.
-func (a *Attachment) Steps() linux.Steps { return a.steps }
+func (a *Attachment) Steps() linux.Steps { return a.att.Steps() }
 
 // Abort removes what exists of the attachment: the prepared veth pair, or
 // the pod Complete built (in part or in full) with its entries. It waits for
 // the work Prepare started; ctx bounds the removal.
-func (a *Attachment) Abort(ctx context.Context) error {
-	if !a.collected {
-		a.collect()
-	}
-	if !a.vethMade && !a.ip.IsValid() {
-		return nil
-	}
-	if a.node == nil {
-		n, err := Open(a.nodeNS, a.opts)
-		if err != nil {
-			return err
-		}
-		a.node = n
-	}
-	return a.node.DelPod(ctx, linux.PodRef{ContainerID: a.req.ContainerID, IfName: a.req.IfName, NetNS: a.req.NetNS, IP: a.ip})
-}
+func (a *Attachment) Abort(ctx context.Context) error { return a.att.Abort(ctx) }
 
 // Close releases the node's datapath, waiting for the work Prepare started.
-func (a *Attachment) Close() error {
-	if !a.collected {
-		a.collect()
-	}
-	return a.closeNode()
-}
-
-func (a *Attachment) closeNode() error {
-	if a.node == nil {
-		return nil
-	}
-	err := a.node.Close()
-	a.node = nil
-	return err
-}
+func (a *Attachment) Close() error { return a.att.Close() }
