@@ -191,24 +191,15 @@ func (n *Node) addPodPerTableLocked(ip netip.Addr, mac net.HardwareAddr) error {
 // DelPod. The IP is taken from ref, from what the veth records or from the
 // guard set; an address another pod on the node now holds keeps its entries.
 func (n *Node) DelPod(ctx context.Context, ref linux.PodRef) error {
-	hostName, l, ip, err := n.ns.FindPodVeth(ref)
-	if err != nil {
-		return err
-	}
 	// The nftables entries go first: removing set elements leaves the
 	// kernel an RCU grace period of cleanup, which overlaps with the veth
-	// deletion here instead of being waited for when the plugin closes its
-	// nftables socket. The veth goes even when they fail (a lock wait cut
-	// by ctx): the error makes the runtime retry, and the guard set still
-	// names the address for the retry, while a failed ADD's rollback must
-	// not leave the veth.
-	entriesErr := n.delPodEntries(ctx, hostName, ip)
-	if l != nil {
-		if err := n.ns.Netlink.LinkDel(l); err != nil && !linux.IsNotFound(err) {
-			return errors.Join(entriesErr, fmt.Errorf("delete veth %s: %w", hostName, err))
-		}
-	}
-	return entriesErr
+	// deletion instead of being waited for when the plugin closes its
+	// nftables socket. The veth goes even when they fail: the guard set
+	// still names the address for the retry, while a failed ADD's rollback
+	// must not leave the veth.
+	return n.ns.DelPodVeth(ref, func(hostName string, ip netip.Addr) error {
+		return n.delPodEntries(ctx, hostName, ip)
+	})
 }
 
 // InspectPod reports what really exists of an attachment, for CHECK. The
@@ -216,17 +207,9 @@ func (n *Node) DelPod(ctx context.Context, ref linux.PodRef) error {
 // when the IP is known (from ref or the host veth).
 func (n *Node) InspectPod(_ context.Context, ref linux.PodRef) (linux.PodState, error) {
 	var st linux.PodState
-	hostName := ref.HostVethName
-	if hostName == "" {
-		hostName = linux.HostVethName(ref.ContainerID, ref.IfName)
-	}
-	ip := ref.IP
-	hv, err := n.ns.InspectHostVeth(hostName)
+	hv, ip, err := n.ns.InspectPodVeth(ref)
 	if err != nil {
 		return st, err
-	}
-	if hv != nil && !ip.IsValid() {
-		ip = hv.IP
 	}
 	st.HostVeth = hv
 	if ref.NetNS != "" {

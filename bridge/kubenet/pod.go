@@ -164,20 +164,12 @@ func (n *Node) readyBridge(name string, gw netip.Prefix) (netlink.Link, error) {
 // pod's side goes with it). Missing netns, link or element are success, so
 // is a repeated DelPod.
 func (n *Node) DelPod(ctx context.Context, ref linux.PodRef) error {
-	hostName, l, ip, err := n.ns.FindPodVeth(ref)
-	if err != nil {
+	// The veth goes even when the element fails: a Sync removes the
+	// element of a veth that is gone.
+	return n.ns.DelPodVeth(ref, func(hostName string, ip netip.Addr) error {
+		_, err := n.delPorts(ctx, hostName, ip)
 		return err
-	}
-	// The veth goes even when the element fails (a lock wait cut by ctx):
-	// the error makes the runtime retry, and a Sync removes the element of
-	// a veth that is gone.
-	_, entriesErr := n.delPorts(ctx, hostName, ip)
-	if l != nil {
-		if err := n.ns.Netlink.LinkDel(l); err != nil && !linux.IsNotFound(err) {
-			return errors.Join(entriesErr, fmt.Errorf("delete veth %s: %w", hostName, err))
-		}
-	}
-	return entriesErr
+	})
 }
 
 // InspectPod reports what exists of an attachment, for CHECK: the veth's
@@ -187,19 +179,11 @@ func (n *Node) DelPod(ctx context.Context, ref linux.PodRef) error {
 // length) or its default route via the gateway, the guard element missing.
 func (n *Node) InspectPod(_ context.Context, ref linux.PodRef) (linux.PodState, error) {
 	var st linux.PodState
-	hostName := ref.HostVethName
-	if hostName == "" {
-		hostName = linux.HostVethName(ref.ContainerID, ref.IfName)
-	}
-	hv, err := n.ns.InspectHostVeth(hostName)
+	hv, ip, err := n.ns.InspectPodVeth(ref)
 	if err != nil || hv == nil {
 		return st, err
 	}
 	st.HostVeth = hv
-	ip := ref.IP
-	if !ip.IsValid() {
-		ip = hv.IP
-	}
 	if !hv.Up {
 		st.Drift = append(st.Drift, fmt.Sprintf("the host end %s is down", hv.Name))
 	}

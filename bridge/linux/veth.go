@@ -389,3 +389,42 @@ func (n *NS) FindPodVeth(ref PodRef) (string, netlink.Link, netip.Addr, error) {
 	}
 	return name, l, ip, nil
 }
+
+// DelPodVeth is DEL's common line: it finds the attachment's host veth
+// (see FindPodVeth), removes the mode's entries for it with delEntries
+// (given the veth's name and the pod's address, invalid when unknown) and
+// then deletes the veth (both ends; the pod's side goes with it). The veth
+// goes even when the entries fail (a lock wait cut by ctx): the error makes
+// the runtime retry. A missing link is success.
+func (n *NS) DelPodVeth(ref PodRef, delEntries func(hostName string, ip netip.Addr) error) error {
+	hostName, l, ip, err := n.FindPodVeth(ref)
+	if err != nil {
+		return err
+	}
+	entriesErr := delEntries(hostName, ip)
+	if l != nil {
+		if err := n.Netlink.LinkDel(l); err != nil && !IsNotFound(err) {
+			return errors.Join(entriesErr, fmt.Errorf("delete veth %s: %w", hostName, err))
+		}
+	}
+	return entriesErr
+}
+
+// InspectPodVeth is CHECK's common start: the attachment's host veth
+// (ref.HostVethName, else HostVethName of the attachment; nil when it does
+// not exist) and the pod's address (ref.IP, else what the veth records).
+func (n *NS) InspectPodVeth(ref PodRef) (*HostVethState, netip.Addr, error) {
+	hostName := ref.HostVethName
+	if hostName == "" {
+		hostName = HostVethName(ref.ContainerID, ref.IfName)
+	}
+	hv, err := n.InspectHostVeth(hostName)
+	if err != nil {
+		return nil, netip.Addr{}, err
+	}
+	ip := ref.IP
+	if hv != nil && !ip.IsValid() {
+		ip = hv.IP
+	}
+	return hv, ip, nil
+}

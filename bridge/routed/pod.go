@@ -185,23 +185,15 @@ func (n *Node) mtu(configured int, up uplinkLink) (int, error) {
 // taken from ref, from the veth's record or from the guard set; an address
 // another pod on the node now holds keeps its rules.
 func (n *Node) DelPod(ctx context.Context, ref linux.PodRef) error {
-	hostName, l, ip, err := n.ns.FindPodVeth(ref)
-	if err != nil {
-		return err
-	}
-	// The veth goes even when the entries fail (a lock wait cut by ctx):
-	// the error makes the runtime retry, and the guard set still names the
-	// address for the retry.
-	ip, taken, entriesErr := n.delPorts(ctx, hostName, ip)
-	if ip.IsValid() && !taken && entriesErr == nil {
-		entriesErr = n.delRulesOf(ip)
-	}
-	if l != nil {
-		if err := n.ns.Netlink.LinkDel(l); err != nil && !linux.IsNotFound(err) {
-			return errors.Join(entriesErr, fmt.Errorf("delete veth %s: %w", hostName, err))
+	// The veth goes even when the entries fail: the guard set still names
+	// the address for the retry.
+	return n.ns.DelPodVeth(ref, func(hostName string, ip netip.Addr) error {
+		ip, taken, err := n.delPorts(ctx, hostName, ip)
+		if ip.IsValid() && !taken && err == nil {
+			err = n.delRulesOf(ip)
 		}
-	}
-	return entriesErr
+		return err
+	})
 }
 
 // delRulesOf removes the policy rules of the pod address ip.
@@ -221,19 +213,11 @@ func (n *Node) delRulesOf(ip netip.Addr) error {
 // the main table and to the interface's table.
 func (n *Node) InspectPod(_ context.Context, ref linux.PodRef) (linux.PodState, error) {
 	var st linux.PodState
-	hostName := ref.HostVethName
-	if hostName == "" {
-		hostName = linux.HostVethName(ref.ContainerID, ref.IfName)
-	}
-	hv, err := n.ns.InspectHostVeth(hostName)
+	hv, ip, err := n.ns.InspectPodVeth(ref)
 	if err != nil || hv == nil {
 		return st, err
 	}
 	st.HostVeth = hv
-	ip := ref.IP
-	if !ip.IsValid() {
-		ip = hv.IP
-	}
 	if ref.NetNS != "" {
 		if st.PodIf, err = linux.InspectPodSide(ref.NetNS, ref.IfName); err != nil {
 			return st, err
