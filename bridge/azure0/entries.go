@@ -8,6 +8,8 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
+
+	"github.com/vnet-cni/vnet-cni/bridge/linux"
 )
 
 // A pod has three nftables entries: in the bridge table's map (address →
@@ -28,11 +30,11 @@ func (n *Node) addPodEntries(ctx context.Context, hostName string, ip netip.Addr
 	}
 	defer func() { err = errors.Join(err, unlock()) }()
 	bmap, iset, gset := podSets()
-	port := guardPort{name: hostName, mac: mac.String(), ip: ip}
+	port := linux.GuardPort{Name: hostName, MAC: mac.String(), IP: ip}
 	err = errors.Join(
 		n.ns.NFT.SetAddElements(bmap, elements(bmap, map[netip.Addr]net.HardwareAddr{ip: mac}, []netip.Addr{ip})),
 		n.ns.NFT.SetAddElements(iset, elements(iset, nil, []netip.Addr{ip})),
-		n.ns.NFT.SetAddElements(gset, []nftables.SetElement{{Key: port.key()}}),
+		n.ns.NFT.SetAddElements(gset, []nftables.SetElement{{Key: port.Key()}}),
 	)
 	if err == nil {
 		err = n.ns.NFT.Flush()
@@ -70,19 +72,19 @@ func (n *Node) delPodEntries(ctx context.Context, hostName string, ip netip.Addr
 		return err
 	} else if ok {
 		for _, e := range elems {
-			p, ok := parseGuardKey(e.Key)
+			p, ok := linux.ParseGuardKey(e.Key)
 			if !ok {
 				continue
 			}
-			if p.name == hostName {
+			if p.Name == hostName {
 				del = append(del, nftables.SetElement{Key: e.Key})
 				if !ip.IsValid() {
-					ip = p.ip
+					ip = p.IP
 				}
 			}
 		}
 		for _, e := range elems {
-			if p, ok := parseGuardKey(e.Key); ok && p.name != hostName && p.ip == ip {
+			if p, ok := linux.ParseGuardKey(e.Key); ok && p.Name != hostName && p.IP == ip {
 				taken = true
 			}
 		}

@@ -53,8 +53,8 @@ func TestManagedAttachment(t *testing.T) {
 		}
 		var out []netip.Addr
 		for _, e := range elems {
-			if p, ok := parseGuardKey(e.Key); ok {
-				out = append(out, p.ip)
+			if p, ok := linux.ParseGuardKey(e.Key); ok {
+				out = append(out, p.IP)
 			}
 		}
 		slices.SortFunc(out, netip.Addr.Compare)

@@ -59,8 +59,8 @@ func summarize(t *testing.T, c *nftables.Conn) tableSummary {
 			}
 			elems, _ := c.GetSetElements(guardSet(guardTable()))
 			for _, e := range elems {
-				if p, ok := parseGuardKey(e.Key); ok {
-					s.Guard = append(s.Guard, p.name+" "+p.mac+" "+p.ip.String())
+				if p, ok := linux.ParseGuardKey(e.Key); ok {
+					s.Guard = append(s.Guard, p.Name+" "+p.MAC+" "+p.IP.String())
 				}
 			}
 			slices.Sort(s.Guard)

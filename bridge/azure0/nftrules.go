@@ -69,7 +69,7 @@ const (
 	arpReply   = 2
 
 	// Offsets in an Ethernet/IPv4 ARP packet.
-	arpSHA = 8
+	arpSHA = linux.ARPSHA
 	arpTHA = 18
 	arpTPA = 24
 
@@ -77,9 +77,8 @@ const (
 	ipDst = linux.IPDst
 )
 
-// arpEthIPv4 is the fixed start of an Ethernet/IPv4 ARP packet: hardware
-// type 1, protocol 0x0800, address lengths 6 and 4.
-var arpEthIPv4 = []byte{0x00, 0x01, 0x08, 0x00, 0x06, 0x04}
+// arpEthIPv4 is the fixed start of an Ethernet/IPv4 ARP packet.
+var arpEthIPv4 = linux.ARPEthIPv4
 
 // buildTables computes the wanted tables. In nft syntax, with eth0 as the
 // master and 02:00:00:00:00:01 as its (and the bridge's) MAC:
@@ -128,7 +127,7 @@ func buildTables(s nftSpec) []linux.Table {
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-300), Policy: &accept,
 	}}
 	pre.Add("fabric to pod: destination mac of the pod owning the ip",
-		fromMaster, etherTypeIs(etherTypeIP),
+		fromMaster, linux.EtherTypeIs(etherTypeIP),
 		linux.LoadNet(ipDst, 4), lookupMAC(),
 		writeLL(0), setPktType(unix.PACKET_OTHERHOST))
 	pre.Add("arp reply from the fabric to the asking pod",
@@ -137,7 +136,7 @@ func buildTables(s nftSpec) []linux.Table {
 		writeLL(0), writeNet(arpTHA, 6), setPktType(unix.PACKET_OTHERHOST))
 	if s.snat {
 		pre.Add("pod to outside the vnet: route through the node for snat",
-			linux.IfnameIs(expr.MetaKeyIIFNAME, s.master, false), etherTypeIs(etherTypeIP),
+			linux.IfnameIs(expr.MetaKeyIIFNAME, s.master, false), linux.EtherTypeIs(etherTypeIP),
 			// unicast destinations only
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 0, Len: 1},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x01}, Xor: []byte{0x00}},
@@ -217,16 +216,9 @@ func lookupMAC() expr.Any {
 	return &expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: podSetName}
 }
 
-func etherTypeIs(t uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(t)},
-	}
-}
-
 // isARP matches Ethernet/IPv4 ARP.
 func isARP() []expr.Any {
-	return linux.Flatten([]any{etherTypeIs(etherTypeARP),
+	return linux.Flatten([]any{linux.EtherTypeIs(etherTypeARP),
 		linux.LoadNet(0, uint32(len(arpEthIPv4))),
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: arpEthIPv4}})
 }

@@ -203,7 +203,7 @@ func TestDelPod(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, e := range elems {
-				if p, ok := parseGuardKey(e.Key); ok && p.ip == ips[tc.name] {
+				if p, ok := linux.ParseGuardKey(e.Key); ok && p.IP == ips[tc.name] {
 					t.Errorf("guard element left behind: %+v", p)
 				}
 			}

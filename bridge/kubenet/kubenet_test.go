@@ -293,7 +293,7 @@ func TestKubenetDatapath(t *testing.T) {
 		if info, err := n.EnsureNode(ctx, cfg); err != nil || info.Changes == 0 {
 			t.Fatalf("ensure after the flush: %+v, %v", info, err)
 		}
-		for _, p := range []port{podPort(resA.HostVeth.Name, podA), podPort(resB.HostVeth.Name, podB)} {
+		for _, p := range []linux.GuardPort{podPort(resA.HostVeth.Name, podA), podPort(resB.HostVeth.Name, podB)} {
 			if ok, err := n.hasPort(p); err != nil || !ok {
 				t.Errorf("port %v after the rebuild: %v, %v", p, ok, err)
 			}
@@ -331,7 +331,7 @@ func TestKubenetDatapath(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range elems {
-		if p, ok := parsePortKey(e.Key); ok && (p.name == resA.HostVeth.Name || p.ip == podA) {
+		if p, ok := linux.ParseGuardKey(e.Key); ok && (p.Name == resA.HostVeth.Name || p.IP == podA) {
 			t.Errorf("DEL left the guard element %v", p)
 		}
 	}

@@ -57,27 +57,6 @@ var ownedTables = linux.OwnedTables()
 
 const portsSetName = "ports"
 
-// portKey is the concatenated key type of the ports set.
-var portKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
-
-// Registers of the concatenated key, as the kernel reports them back: the
-// interface name fills NFT_REG_1 (32-bit registers 00..03), the padded MAC
-// starts NFT_REG_2 (04..05), the address is NFT_REG32_06.
-const (
-	regKey  = unix.NFT_REG_1
-	regMAC  = unix.NFT_REG_2
-	regAddr = unix.NFT_REG32_06
-)
-
-// Ethernet/IPv4 ARP: the fixed start (hardware type 1, protocol 0x0800,
-// address lengths 6 and 4) and the sender's hardware and protocol address.
-var arpEthIPv4 = []byte{0x00, 0x01, 0x08, 0x00, 0x06, 0x04}
-
-const (
-	arpSHA = 8
-	arpSPA = 14
-)
-
 func guardTable() *nftables.Table {
 	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
 }
@@ -87,7 +66,7 @@ func natTable() *nftables.Table {
 }
 
 func portsSet() *nftables.Set {
-	return &nftables.Set{Table: guardTable(), Name: portsSetName, KeyType: portKey, Concatenation: true}
+	return &nftables.Set{Table: guardTable(), Name: portsSetName, KeyType: linux.GuardKey, Concatenation: true}
 }
 
 // nftSpec is everything the rules depend on.
@@ -100,88 +79,9 @@ type nftSpec struct {
 	allowMetadata bool
 }
 
-// port is one element: a pod's host veth with the pod's MAC and address.
-type port struct {
-	name string
-	mac  string
-	ip   netip.Addr
-}
-
-func podPort(name string, ip netip.Addr) port {
-	return port{name: name, mac: linux.PodMAC(ip).String(), ip: ip}
-}
-
-func (p port) key() []byte {
-	k := make([]byte, unix.IFNAMSIZ, portKey.Bytes)
-	copy(k, p.name)
-	mac, _ := net.ParseMAC(p.mac)
-	k = append(k, mac...)
-	k = append(k, 0, 0)
-	return append(k, p.ip.AsSlice()...)
-}
-
-func parsePortKey(k []byte) (port, bool) {
-	if len(k) != int(portKey.Bytes) {
-		return port{}, false
-	}
-	name := k[:unix.IFNAMSIZ]
-	if i := slices.Index(name, 0); i >= 0 {
-		name = name[:i]
-	}
-	ip, _ := netip.AddrFromSlice(k[24:28])
-	return port{name: string(name), mac: net.HardwareAddr(k[16:22]).String(), ip: ip}, true
-}
-
-func etherTypeIs(t uint16) []expr.Any {
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(t >> 8), byte(t)}},
-	}
-}
-
-// buildGuard is the guard table's chain.
-func buildGuard(allowMetadata bool) linux.Chain {
-	accept := nftables.ChainPolicyAccept
-	c := linux.Chain{Chain: &nftables.Chain{
-		Name: "prerouting", Table: guardTable(), Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-350), Policy: &accept,
-	}}
-	fromPod := linux.FromPod()
-	notOwn := func(macLoad, addrLoad *expr.Payload) []expr.Any {
-		macLoad.DestRegister, addrLoad.DestRegister = regMAC, regAddr
-		return []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: regKey},
-			macLoad, addrLoad,
-			&expr.Lookup{SourceRegister: regKey, SetName: portsSetName, Invert: true},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		}
-	}
-	etherSrc := func() *expr.Payload {
-		return &expr.Payload{Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6}
-	}
-	c.Add("from a pod: ipv4 only with the pod's own mac and address",
-		fromPod, etherTypeIs(unix.ETH_P_IP), notOwn(etherSrc(), linux.LoadNet(linux.IPSrc, 4)))
-	c.Add("from a pod: only ethernet/ipv4 arp",
-		fromPod, etherTypeIs(unix.ETH_P_ARP),
-		linux.LoadNet(0, uint32(len(arpEthIPv4))), &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: arpEthIPv4},
-		&expr.Verdict{Kind: expr.VerdictDrop})
-	c.Add("from a pod: arp only from the pod's own mac and address",
-		fromPod, etherTypeIs(unix.ETH_P_ARP), notOwn(etherSrc(), linux.LoadNet(arpSPA, 4)))
-	c.Add("from a pod: arp only announcing the pod's own mac and address",
-		fromPod, etherTypeIs(unix.ETH_P_ARP), notOwn(linux.LoadNet(arpSHA, 6), linux.LoadNet(arpSPA, 4)))
-	c.Add("from a pod: nothing but ipv4 and arp",
-		fromPod,
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x08, 0x00}},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x08, 0x06}},
-		&expr.Verdict{Kind: expr.VerdictDrop})
-	if !allowMetadata {
-		c.Add("from a pod: nothing to the instance metadata service",
-			fromPod, etherTypeIs(unix.ETH_P_IP),
-			linux.LoadNet(linux.IPDst, 4), &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: linux.MetadataAddr.AsSlice()},
-			&expr.Verdict{Kind: expr.VerdictDrop})
-	}
-	return c
+// podPort is the guard element of the pod ip behind the host veth name.
+func podPort(name string, ip netip.Addr) linux.GuardPort {
+	return linux.GuardPort{Name: name, MAC: linux.PodMAC(ip).String(), IP: ip}
 }
 
 // buildNAT is the SNAT table's chain.
@@ -205,7 +105,7 @@ func buildNAT(s nftSpec) linux.Chain {
 // wantedTables are the tables' wanted state; a rebuilt guard gets its ports
 // back from the kubenet veths' records.
 func (n *Node) wantedTables(s nftSpec, bridgeIndex int) []linux.Table {
-	guard := linux.Table{Table: guardTable(), Set: portsSet(), Chains: []linux.Chain{buildGuard(s.allowMetadata)},
+	guard := linux.Table{Table: guardTable(), Set: portsSet(), Chains: []linux.Chain{linux.GuardChain(guardTable(), portsSetName, s.allowMetadata)},
 		Recover: func() ([]nftables.SetElement, error) {
 			pods, err := n.kubenetVeths()
 			if err != nil {
@@ -214,7 +114,7 @@ func (n *Node) wantedTables(s nftSpec, bridgeIndex int) []linux.Table {
 			elems := make([]nftables.SetElement, 0, len(pods))
 			for _, v := range pods {
 				if v.MasterIndex == bridgeIndex {
-					elems = append(elems, nftables.SetElement{Key: podPort(v.Name, v.Record.IP).key()})
+					elems = append(elems, nftables.SetElement{Key: podPort(v.Name, v.Record.IP).Key()})
 				}
 			}
 			return elems, nil
@@ -242,20 +142,20 @@ func (n *Node) kubenetVeths() ([]linux.PodVeth, error) {
 
 // addPort registers the pod's port under the node's lock (a rebuild of the
 // table in between would lose it). A missing table is ErrNotReady.
-func (n *Node) addPort(ctx context.Context, p port) (err error) {
+func (n *Node) addPort(ctx context.Context, p linux.GuardPort) (err error) {
 	unlock, err := n.ns.Lock(ctx)
 	if err != nil {
 		return err
 	}
 	defer func() { err = errors.Join(err, unlock()) }()
-	if err := n.ns.NFT.SetAddElements(portsSet(), []nftables.SetElement{{Key: p.key()}}); err != nil {
-		return errors.Join(fmt.Errorf("add the guard of %s: %w", p.name, err), n.ns.DiscardBatch())
+	if err := n.ns.NFT.SetAddElements(portsSet(), []nftables.SetElement{{Key: p.Key()}}); err != nil {
+		return errors.Join(fmt.Errorf("add the guard of %s: %w", p.Name, err), n.ns.DiscardBatch())
 	}
 	if err := n.ns.NFT.Flush(); err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("%w: no nftables set %s %s", ErrNotReady, TableName, portsSetName)
 		}
-		return fmt.Errorf("add the guard of %s: %w", p.name, err)
+		return fmt.Errorf("add the guard of %s: %w", p.Name, err)
 	}
 	return nil
 }
@@ -274,10 +174,10 @@ func (n *Node) delPorts(ctx context.Context, name string, ip netip.Addr) (_ neti
 	}
 	var del []nftables.SetElement
 	for _, e := range elems {
-		if p, ok := parsePortKey(e.Key); ok && p.name == name {
+		if p, ok := linux.ParseGuardKey(e.Key); ok && p.Name == name {
 			del = append(del, nftables.SetElement{Key: e.Key})
 			if !ip.IsValid() {
-				ip = p.ip
+				ip = p.IP
 			}
 		}
 	}
@@ -294,13 +194,13 @@ func (n *Node) delPorts(ctx context.Context, name string, ip netip.Addr) (_ neti
 }
 
 // hasPort reports whether the set holds the port.
-func (n *Node) hasPort(p port) (bool, error) {
+func (n *Node) hasPort(p linux.GuardPort) (bool, error) {
 	elems, _, err := n.ns.ReadSet(portsSet())
 	if err != nil {
 		return false, err
 	}
 	return slices.ContainsFunc(elems, func(e nftables.SetElement) bool {
-		q, ok := parsePortKey(e.Key)
+		q, ok := linux.ParseGuardKey(e.Key)
 		return ok && q == p
 	}), nil
 }
@@ -324,20 +224,20 @@ func (n *Node) syncPods(ctx context.Context, br netlink.Link) (changes int, err 
 	if err != nil {
 		return 0, err
 	}
-	have := map[port]bool{}
+	have := map[linux.GuardPort]bool{}
 	for _, e := range elems {
-		if p, ok := parsePortKey(e.Key); ok {
+		if p, ok := linux.ParseGuardKey(e.Key); ok {
 			have[p] = true
 		}
 	}
 	var errs []error
-	want := map[port]bool{}
+	want := map[linux.GuardPort]bool{}
 	var add []nftables.SetElement
 	for _, v := range pods {
 		p := podPort(v.Name, v.Record.IP)
 		want[p] = true
 		if !have[p] {
-			add = append(add, nftables.SetElement{Key: p.key()})
+			add = append(add, nftables.SetElement{Key: p.Key()})
 		}
 		if v.MasterIndex == br.Attrs().Index {
 			continue
@@ -358,7 +258,7 @@ func (n *Node) syncPods(ctx context.Context, br netlink.Link) (changes int, err 
 	}
 	var del []nftables.SetElement
 	for _, e := range elems {
-		if p, ok := parsePortKey(e.Key); !ok || !want[p] {
+		if p, ok := linux.ParseGuardKey(e.Key); !ok || !want[p] {
 			del = append(del, nftables.SetElement{Key: e.Key})
 		}
 	}
