@@ -140,57 +140,20 @@ func (n *Node) kubenetVeths() ([]linux.PodVeth, error) {
 	return out, nil
 }
 
-// addPort registers the pod's port under the node's lock (a rebuild of the
-// table in between would lose it). A missing table is ErrNotReady.
-func (n *Node) addPort(ctx context.Context, p linux.GuardPort) (err error) {
-	unlock, err := n.ns.Lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, unlock()) }()
-	if err := n.ns.NFT.SetAddElements(portsSet(), []nftables.SetElement{{Key: p.Key()}}); err != nil {
-		return errors.Join(fmt.Errorf("add the guard of %s: %w", p.Name, err), n.ns.DiscardBatch())
-	}
-	if err := n.ns.NFT.Flush(); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("%w: no nftables set %s %s", ErrNotReady, TableName, portsSetName)
-		}
-		return fmt.Errorf("add the guard of %s: %w", p.Name, err)
-	}
-	return nil
+// addPort registers the pod's port (see linux.NS.AddPort). A missing table
+// is ErrNotReady.
+func (n *Node) addPort(ctx context.Context, p linux.GuardPort) error {
+	return n.ns.AddPort(ctx, portsSet(), p.Name, p.Key(), ErrNotReady)
 }
 
 // delPorts removes the elements of the port name and returns the address
 // they named (ip when valid).
-func (n *Node) delPorts(ctx context.Context, name string, ip netip.Addr) (_ netip.Addr, err error) {
-	unlock, err := n.ns.Lock(ctx)
-	if err != nil {
-		return ip, err
-	}
-	defer func() { err = errors.Join(err, unlock()) }()
-	elems, ok, err := n.ns.ReadSet(portsSet())
-	if err != nil || !ok {
-		return ip, err
-	}
-	var del []nftables.SetElement
-	for _, e := range elems {
-		if p, ok := linux.ParseGuardKey(e.Key); ok && p.Name == name {
-			del = append(del, nftables.SetElement{Key: e.Key})
-			if !ip.IsValid() {
-				ip = p.IP
-			}
-		}
-	}
-	if len(del) == 0 {
-		return ip, nil
-	}
-	if err := n.ns.NFT.SetDeleteElements(portsSet(), del); err != nil {
-		return ip, errors.Join(err, n.ns.DiscardBatch())
-	}
-	if err := n.ns.NFT.Flush(); err != nil {
-		return ip, fmt.Errorf("remove the guard of %s: %w", name, err)
-	}
-	return ip, nil
+func (n *Node) delPorts(ctx context.Context, name string, ip netip.Addr) (netip.Addr, error) {
+	ip, _, err := n.ns.DelPorts(ctx, portsSet(), name, ip, func(k []byte) (string, netip.Addr, bool) {
+		p, ok := linux.ParseGuardKey(k)
+		return p.Name, p.IP, ok
+	})
+	return ip, err
 }
 
 // hasPort reports whether the set holds the port.

@@ -2,8 +2,6 @@ package routed
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
 
@@ -175,64 +173,20 @@ func (n *Node) routedVeths() ([]linux.PodVeth, error) {
 	return out, nil
 }
 
-// addPort registers the pod's port under the node's lock (a rebuild of the
-// table in between would lose it). A missing table is ErrNotReady.
-func (n *Node) addPort(ctx context.Context, p port) (err error) {
-	unlock, err := n.ns.Lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { err = errors.Join(err, unlock()) }()
-	if err := n.ns.NFT.SetAddElements(portsSet(), []nftables.SetElement{{Key: p.key()}}); err != nil {
-		return errors.Join(fmt.Errorf("add the guard of %s: %w", p.name, err), n.ns.DiscardBatch())
-	}
-	if err := n.ns.NFT.Flush(); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("%w: no nftables set %s %s", ErrNotReady, TableName, portsSetName)
-		}
-		return fmt.Errorf("add the guard of %s: %w", p.name, err)
-	}
-	return nil
+// addPort registers the pod's port (see linux.NS.AddPort). A missing table
+// is ErrNotReady.
+func (n *Node) addPort(ctx context.Context, p port) error {
+	return n.ns.AddPort(ctx, portsSet(), p.name, p.key(), ErrNotReady)
 }
 
 // delPorts removes the elements of the port name and returns the address
 // they named (ip when valid) and whether another port holds that address
 // (a late DEL of an address a new pod on the node holds now).
-func (n *Node) delPorts(ctx context.Context, name string, ip netip.Addr) (_ netip.Addr, taken bool, err error) {
-	unlock, err := n.ns.Lock(ctx)
-	if err != nil {
-		return ip, false, err
-	}
-	defer func() { err = errors.Join(err, unlock()) }()
-	s := portsSet()
-	elems, ok, err := n.ns.ReadSet(s)
-	if err != nil || !ok {
-		return ip, false, err
-	}
-	var del []nftables.SetElement
-	for _, e := range elems {
-		if p, ok := parsePortKey(e.Key); ok && p.name == name {
-			del = append(del, nftables.SetElement{Key: e.Key})
-			if !ip.IsValid() {
-				ip = p.ip
-			}
-		}
-	}
-	for _, e := range elems {
-		if p, ok := parsePortKey(e.Key); ok && p.name != name && p.ip == ip {
-			taken = true
-		}
-	}
-	if len(del) == 0 {
-		return ip, taken, nil
-	}
-	if err := n.ns.NFT.SetDeleteElements(s, del); err != nil {
-		return ip, taken, errors.Join(err, n.ns.DiscardBatch())
-	}
-	if err := n.ns.NFT.Flush(); err != nil {
-		return ip, taken, fmt.Errorf("remove the guard of %s: %w", name, err)
-	}
-	return ip, taken, nil
+func (n *Node) delPorts(ctx context.Context, name string, ip netip.Addr) (netip.Addr, bool, error) {
+	return n.ns.DelPorts(ctx, portsSet(), name, ip, func(k []byte) (string, netip.Addr, bool) {
+		p, ok := parsePortKey(k)
+		return p.name, p.ip, ok
+	})
 }
 
 // hasPort reports whether the set holds the port.
