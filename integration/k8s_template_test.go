@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	k8scluster "github.com/vnet-cni/vnet-cni/integration/k8s/cluster"
 	"github.com/vnet-cni/vnet-cni/integration/k8s/install"
@@ -84,13 +85,15 @@ func TestK8sTemplateNode(t *testing.T) {
 
 	// The test server's Deployment on the first node only.
 	e.deployTestServer(0)
-	dep, err := e.c.Client.AppsV1().Deployments(k8sTestNS).Get(e.ctx, workload.Name, metav1.GetOptions{})
+	// A merge patch, not a read and an update: the Deployment controller
+	// writes the object meanwhile, and an update of what was read would be
+	// refused as a conflict.
+	pin, err := json.Marshal(map[string]any{"spec": map[string]any{"template": map[string]any{"spec": map[string]any{
+		"nodeSelector": map[string]string{"kubernetes.io/hostname": node.Name()}, "topologySpreadConstraints": nil}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dep.Spec.Template.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": node.Name()}
-	dep.Spec.Template.Spec.TopologySpreadConstraints = nil
-	if _, err := e.c.Client.AppsV1().Deployments(k8sTestNS).Update(e.ctx, dep, metav1.UpdateOptions{}); err != nil {
+	if _, err := e.c.Client.AppsV1().Deployments(k8sTestNS).Patch(e.ctx, workload.Name, types.MergePatchType, pin, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
