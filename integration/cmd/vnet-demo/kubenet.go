@@ -47,65 +47,66 @@ func inPodCIDR(n *cluster.Node, ip netip.Addr) error {
 	return nil
 }
 
-// bridgeAddrs reads the IPv4 addresses of link name in n's namespace.
-func bridgeAddrs(n *cluster.Node, name string) ([]netip.Prefix, error) {
+// withNetlink runs fn with a netlink handle in n's namespace.
+func withNetlink(n *cluster.Node, fn func(nl *netlink.Handle) error) error {
 	h, err := netns.GetFromPath(n.NSPath)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer h.Close()
 	nl, err := netlink.NewHandleAt(h)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer nl.Close()
-	link, err := nl.LinkByName(name)
-	if err != nil {
-		return nil, fmt.Errorf("link %s in %s: %w", name, n.Name, err)
-	}
-	addrs, err := nl.AddrList(link, syscall.AF_INET)
-	if err != nil {
-		return nil, fmt.Errorf("addresses of %s in %s: %w", name, n.Name, err)
-	}
+	return fn(nl)
+}
+
+// bridgeAddrs reads the IPv4 addresses of link name in n's namespace.
+func bridgeAddrs(n *cluster.Node, name string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	for _, a := range addrs {
-		ip, ok := netip.AddrFromSlice(a.IP.To4())
-		if !ok {
-			continue
+	err := withNetlink(n, func(nl *netlink.Handle) error {
+		link, err := nl.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("link %s in %s: %w", name, n.Name, err)
 		}
-		ones, _ := a.Mask.Size()
-		out = append(out, netip.PrefixFrom(ip, ones))
-	}
-	return out, nil
+		addrs, err := nl.AddrList(link, syscall.AF_INET)
+		if err != nil {
+			return fmt.Errorf("addresses of %s in %s: %w", name, n.Name, err)
+		}
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP.To4())
+			if !ok {
+				continue
+			}
+			ones, _ := a.Mask.Size()
+			out = append(out, netip.PrefixFrom(ip, ones))
+		}
+		return nil
+	})
+	return out, err
 }
 
 // bridgePorts lists the links enslaved to bridge name in n's namespace.
 func bridgePorts(n *cluster.Node, name string) ([]string, error) {
-	h, err := netns.GetFromPath(n.NSPath)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return nil, err
-	}
-	defer nl.Close()
-	br, err := nl.LinkByName(name)
-	if err != nil {
-		return nil, fmt.Errorf("link %s in %s: %w", name, n.Name, err)
-	}
-	links, err := nl.LinkList()
-	if err != nil {
-		return nil, fmt.Errorf("links of %s: %w", n.Name, err)
-	}
 	var out []string
-	for _, l := range links {
-		if l.Attrs().MasterIndex == br.Attrs().Index {
-			out = append(out, l.Attrs().Name)
+	err := withNetlink(n, func(nl *netlink.Handle) error {
+		br, err := nl.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("link %s in %s: %w", name, n.Name, err)
 		}
-	}
-	return out, nil
+		links, err := nl.LinkList()
+		if err != nil {
+			return fmt.Errorf("links of %s: %w", n.Name, err)
+		}
+		for _, l := range links {
+			if l.Attrs().MasterIndex == br.Attrs().Index {
+				out = append(out, l.Attrs().Name)
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 // showKubenetNodes shows every node's pod CIDR and its bridge with the
