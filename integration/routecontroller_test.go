@@ -566,9 +566,12 @@ func testRCLeader(t *testing.T, e *rcEnv) {
 	ctrls[first].stop(t)
 	c.sim.ARM().SetFaults(arm.Faults{})
 	delete(ctrls, first)
+	// The Lease names the new holder a moment before its controller
+	// starts leading (and sets the metric): wait for both.
 	waitFor(e.ctx, t, "a new leader", func() (bool, string) {
 		h := e.holder(t, lease)
-		return h != "" && h != first, "holder " + h
+		ctl, ok := ctrls[h]
+		return ok && ctl.leader() == 1, "holder " + h
 	})
 	second := leaderOf()
 	waitFor(e.ctx, t, "n2's route removed", func() (bool, string) {
